@@ -1,0 +1,3 @@
+from rho.cli import main
+
+raise SystemExit(main())

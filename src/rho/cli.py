@@ -1,0 +1,52 @@
+"""`rho <subcommand>`: argument parsing only; each stage module owns its subcommand's options.
+
+Each entry maps a subcommand to "module:function"; the function takes the remaining argv and
+returns an exit code. Modules load lazily so `rho --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from rho.errors import UserError
+
+SUBCOMMANDS = {
+    "demo": ("rho.pipeline:demo_cli", "run the whole method end to end on the shipped demo data"),
+    "tokenize": ("rho.tokenize:cli", "corpus files -> TokenStore (train or load a tokenizer)"),
+    "score": ("rho.score:cli", "reference model x TokenStore -> LossStore (resumable, torchrun)"),
+    "inspect": ("rho.store:inspect_cli", "one-screen summary of a TokenStore or LossStore"),
+    "train": ("rho.trainer:cli", "CLM / SLM training on transformers.Trainer"),
+}
+
+
+def usage() -> str:
+    width = max(map(len, SUBCOMMANDS))
+    lines = ["usage: rho <subcommand> [options]   (rho <subcommand> --help for its options)", ""]
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in SUBCOMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if argv else 2
+    if argv[0] in ("-V", "--version"):
+        from rho import __version__
+
+        print(f"rho {__version__}")
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in SUBCOMMANDS:
+        print(f"rho: unknown subcommand {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module, func = SUBCOMMANDS[name][0].split(":")
+    try:
+        return int(getattr(importlib.import_module(module), func)(rest) or 0)
+    except UserError as err:
+        print(f"rho {name}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"rho {name}: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,67 @@
+"""Rank and world helpers over torch.distributed (launched by torchrun or accelerate).
+
+Selection that must not depend on the number of processes ranks the scores of all ranks
+together: ``gather_rows`` brings every rank's rows to every rank, in rank order, so each rank can
+select over the global batch and keep its own slice.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def init_from_env(device: torch.device | None = None) -> bool:
+    """Join the process group torchrun describes in the environment (no-op for one process)."""
+    if is_distributed() or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return is_distributed()
+    backend = "nccl" if device is not None and device.type == "cuda" else "gloo"
+    dist.init_process_group(backend=backend)
+    return True
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    if is_distributed():
+        tensor = tensor.clone()
+        dist.all_reduce(tensor)
+    return tensor
+
+
+def gather_rows(tensor: torch.Tensor) -> tuple[torch.Tensor, slice]:
+    """Concatenate every rank's tensor along dim 0 (rank order) and return this rank's slice.
+
+    Rows may differ in number between ranks; the trailing dims must match.
+    """
+    if not is_distributed():
+        return tensor, slice(0, tensor.shape[0])
+    count = torch.tensor([tensor.shape[0]], device=tensor.device)
+    counts = [torch.zeros_like(count) for _ in range(world_size())]
+    dist.all_gather(counts, count)
+    counts = [int(c) for c in counts]
+    biggest = max(counts)
+    padded = torch.zeros((biggest, *tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
+    padded[: tensor.shape[0]] = tensor
+    parts = [torch.empty_like(padded) for _ in counts]
+    dist.all_gather(parts, padded)
+    start = sum(counts[: rank()])
+    whole = torch.cat([p[:c] for p, c in zip(parts, counts, strict=True)])
+    return whole, slice(start, start + tensor.shape[0])

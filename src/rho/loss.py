@@ -1,0 +1,289 @@
+"""The selective loss: pure torch, no I/O.
+
+Convention: inputs are already aligned. ``logits[b, t]`` predicts ``targets[b, t]`` and
+``ref_loss[b, t]`` is the reference model's loss on that same target. ``targets == ignore_index``
+marks padding or ignored positions and a NaN in ``ref_loss`` marks a position the reference could
+not score: neither is ever selected or counted.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+SCORES = ("excess", "learner", "reference", "random")
+SCOPES = ("batch", "sequence")
+CHUNK_TOKENS = 2048  # rows of logits upcast to float32 at a time
+
+
+class _ChunkedCrossEntropy(torch.autograd.Function):
+    """Per-token cross-entropy whose float32 working set is one chunk of rows.
+
+    Saves only the logits (no copy) and one log-sum-exp per row; the softmax is recomputed chunk by
+    chunk in backward, so neither pass ever holds a float32 (N, V) tensor.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, targets, ignore_index, chunk):
+        n = logits.shape[0]
+        losses = torch.zeros(n, dtype=torch.float32, device=logits.device)
+        lse = torch.zeros(n, dtype=torch.float32, device=logits.device)
+        valid = targets != ignore_index
+        safe_targets = torch.where(valid, targets, 0)
+        for start in range(0, n, chunk):
+            rows = slice(start, start + chunk)
+            block = logits[rows].float()
+            lse[rows] = torch.logsumexp(block, dim=-1)
+            picked = block.gather(1, safe_targets[rows, None]).squeeze(1)
+            losses[rows] = torch.where(valid[rows], lse[rows] - picked, 0.0)
+        ctx.save_for_backward(logits, safe_targets, valid, lse)
+        ctx.chunk = chunk
+        return losses
+
+    @staticmethod
+    def backward(ctx, grad_losses):
+        logits, safe_targets, valid, lse = ctx.saved_tensors
+        grad = torch.empty_like(logits)
+        scale = torch.where(valid, grad_losses.float(), 0.0)
+        for start in range(0, logits.shape[0], ctx.chunk):
+            rows = slice(start, start + ctx.chunk)
+            probs = torch.exp(logits[rows].float() - lse[rows, None])
+            probs.scatter_add_(
+                1, safe_targets[rows, None], -torch.ones_like(probs[:, :1])
+            )  # softmax - onehot
+            grad[rows] = (probs * scale[rows, None]).to(logits.dtype)
+        return grad, None, None, None
+
+
+def token_losses(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    ignore_index: int = -100,
+    chunk_tokens: int = CHUNK_TOKENS,
+) -> torch.Tensor:
+    """Per-token cross-entropy in float32, shape of ``targets``; 0 at ignored positions.
+
+    Computed ``chunk_tokens`` rows at a time so a float32 copy of the whole (B, T, V) logits never
+    exists, in forward or backward.
+    """
+    if logits.shape[:-1] != targets.shape:
+        raise ValueError(
+            f"logits {tuple(logits.shape)} must be targets {tuple(targets.shape)} plus a vocab dim"
+        )
+    if chunk_tokens < 1:
+        raise ValueError(f"chunk_tokens must be positive, got {chunk_tokens}")
+    flat = logits.reshape(-1, logits.shape[-1])
+    losses = _ChunkedCrossEntropy.apply(flat, targets.reshape(-1), ignore_index, chunk_tokens)
+    return losses.view(targets.shape)
+
+
+def valid_mask(
+    targets: torch.Tensor, ref_loss: torch.Tensor | None = None, ignore_index: int = -100
+) -> torch.Tensor:
+    """Positions that may be ranked and counted: a real target and, if given, a scored reference."""
+    valid = targets != ignore_index
+    if ref_loss is not None:
+        valid = valid & ~torch.isnan(ref_loss)
+    return valid
+
+
+def token_scores(
+    name: str,
+    learner_loss: torch.Tensor,
+    ref_loss: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Selection scores (higher = kept first), detached from the graph.
+
+    ``excess``: learner − reference (the paper's); ``learner``: learner loss alone;
+    ``reference``: lowest reference loss first; ``random``: uniform, seeded by ``generator``.
+    """
+    if name not in SCORES:
+        raise ValueError(f"unknown score {name!r}; choose one of {', '.join(SCORES)}")
+    if name in ("excess", "reference") and ref_loss is None:
+        raise ValueError(f"score {name!r} needs ref_loss (reference-model losses)")
+    learner_loss = learner_loss.detach().float()
+    if name == "excess":
+        return learner_loss - ref_loss.float()
+    if name == "learner":
+        return learner_loss
+    if name == "reference":
+        return -ref_loss.float()
+    # Drawn on the CPU so a seed gives the same draw on every device.
+    draw = torch.rand(learner_loss.shape, generator=generator)
+    return draw.to(learner_loss.device)
+
+
+def n_keep(ratio: float, n_valid: int | torch.Tensor) -> int | torch.Tensor:
+    """k = ceil(ratio · n_valid); the 1e-9 guards float noise (0.7 · 10 must keep 7, not 8)."""
+    if torch.is_tensor(n_valid):
+        return torch.ceil(n_valid.double() * ratio - 1e-9).clamp(min=0).long()
+    return max(0, math.ceil(n_valid * ratio - 1e-9))
+
+
+def _check_ratio(ratio: float) -> None:
+    if not (0.0 < ratio <= 1.0):
+        raise ValueError(f"ratio must be in (0, 1], got {ratio}")
+
+
+def _ranks(scores: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Rank of every position along the last dim: valid before invalid, then highest score first,
+    ties by position (stable sorts), so the result is deterministic."""
+    key = torch.where(valid, torch.nan_to_num(scores.float(), nan=-math.inf), -math.inf)
+    order = torch.argsort(key, dim=-1, descending=True, stable=True)
+    invalid_in_order = (~valid).gather(-1, order).to(torch.uint8)
+    order = order.gather(-1, torch.argsort(invalid_in_order, dim=-1, stable=True))
+    positions = torch.arange(order.shape[-1], device=order.device).expand_as(order)
+    return torch.empty_like(order).scatter_(-1, order, positions)
+
+
+def select_topk(
+    scores: torch.Tensor, valid: torch.Tensor, ratio: float, scope: str = "batch"
+) -> torch.Tensor:
+    """Boolean mask keeping exactly ceil(ratio · n_valid) valid positions per scope unit.
+
+    ``scope="batch"`` ranks all valid positions of the tensor together; ``scope="sequence"`` ranks
+    each row (last dim) on its own.
+    """
+    _check_ratio(ratio)
+    if scope not in SCOPES:
+        raise ValueError(f"unknown scope {scope!r}; choose one of {', '.join(SCOPES)}")
+    if scores.shape != valid.shape:
+        raise ValueError(f"scores {tuple(scores.shape)} and valid {tuple(valid.shape)} differ")
+    if scope == "batch":
+        flat_valid = valid.reshape(-1)
+        k = n_keep(ratio, flat_valid.sum())
+        selected = _ranks(scores.reshape(-1), flat_valid) < k
+    else:
+        rows_valid = valid.reshape(-1, valid.shape[-1])
+        k = n_keep(ratio, rows_valid.sum(-1))
+        selected = _ranks(scores.reshape(rows_valid.shape), rows_valid) < k[:, None]
+    return selected.view(valid.shape) & valid
+
+
+STAT_KEYS = ("n_valid", "n_selected", "sum_all", "sum_selected", "sum_excess", "n_excess")
+
+
+@dataclass
+class SLMResult:
+    """What ``slm_loss`` returns: the loss to backpropagate, the selection, and its statistics."""
+
+    loss: torch.Tensor  # mean learner loss over the selected tokens (differentiable)
+    selected: torch.Tensor  # bool, shape of targets
+    token_loss: torch.Tensor  # per-token learner loss, float32 (differentiable)
+    sums: dict[str, torch.Tensor]  # counts and sums (STAT_KEYS): add them across batches and ranks
+
+    @property
+    def stats(self) -> dict[str, float]:
+        return stats_from_sums(self.sums)
+
+
+def selection_sums(
+    token_loss: torch.Tensor,
+    selected: torch.Tensor,
+    valid: torch.Tensor,
+    ref_loss: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """Counts and loss sums as 0-d float tensors (no device sync), ready to be summed over
+    micro-batches and ranks before ``stats_from_sums`` turns them into means."""
+    loss = token_loss.detach()
+
+    def total(mask: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        return torch.where(mask, values, 0.0).sum()
+
+    sums = {
+        "n_valid": valid.sum().float(),
+        "n_selected": selected.sum().float(),
+        "sum_all": total(valid, loss),
+        "sum_selected": total(selected, loss),
+        "sum_excess": torch.zeros((), device=loss.device),
+        "n_excess": torch.zeros((), device=loss.device),
+    }
+    if ref_loss is not None:
+        sums["sum_excess"] = total(valid, loss - torch.nan_to_num(ref_loss.float()))
+        sums["n_excess"] = sums["n_valid"]
+    return sums
+
+
+def stats_from_sums(sums: dict[str, torch.Tensor]) -> dict[str, float]:
+    """n_valid, n_selected, selected fraction and the mean loss of all, selected and unselected
+    tokens, and mean excess (NaN where a mean has no tokens)."""
+    s = {k: float(v) for k, v in sums.items()}
+
+    def div(a: float, b: float) -> float:
+        return a / b if b else float("nan")
+
+    n_unselected = s["n_valid"] - s["n_selected"]
+    return {
+        "n_valid": int(s["n_valid"]),
+        "n_selected": int(s["n_selected"]),
+        "selected_fraction": div(s["n_selected"], s["n_valid"]),
+        "loss_all": div(s["sum_all"], s["n_valid"]),
+        "loss_selected": div(s["sum_selected"], s["n_selected"]),
+        "loss_unselected": div(s["sum_all"] - s["sum_selected"], n_unselected),
+        "excess_mean": div(s["sum_excess"], s["n_excess"]),
+    }
+
+
+def selective_mean(
+    token_loss: torch.Tensor, selected: torch.Tensor, normalizer: float | torch.Tensor | None = None
+) -> torch.Tensor:
+    """Sum of the selected tokens' losses over ``normalizer`` (default: how many were selected).
+
+    Unselected positions are masked with ``where`` (not multiplied by 0) so their gradient is
+    exactly zero even if their loss is inf. An empty selection gives 0.0 that still backpropagates.
+    """
+    total = torch.where(selected, token_loss, 0.0).sum()
+    if normalizer is None:
+        normalizer = selected.sum()
+    return total / torch.clamp(torch.as_tensor(normalizer, device=total.device), min=1)
+
+
+def slm_loss(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    ref_loss: torch.Tensor | None = None,
+    ratio: float = 0.6,
+    score: str = "excess",
+    scope: str = "batch",
+    ignore_index: int = -100,
+    generator: torch.Generator | None = None,
+    normalizer: float | torch.Tensor | None = None,
+    select: Callable[..., torch.Tensor] | None = None,
+    chunk_tokens: int = CHUNK_TOKENS,
+) -> SLMResult:
+    """Selective Language Modeling loss (Rho-1): mean learner loss over the top-``ratio`` tokens.
+
+    Tokens are ranked by ``score`` (detached) within each ``scope`` unit; only the selected tokens'
+    losses carry gradient. ``ratio=1.0`` equals mean cross-entropy over valid tokens.
+
+    Adapters may pass ``normalizer`` (the number of tokens selected over a whole optimizer step,
+    for gradient accumulation and many ranks) and ``select`` (a drop-in for ``select_topk``, e.g.
+    one that ranks across all ranks).
+    """
+    if targets.dim() < 1:
+        raise ValueError("targets must have at least one dimension")
+    if ref_loss is not None and ref_loss.shape != targets.shape:
+        raise ValueError(
+            f"ref_loss {tuple(ref_loss.shape)} must have the shape of targets {tuple(targets.shape)}"
+        )
+    _check_ratio(ratio)
+    if scope not in SCOPES:
+        raise ValueError(f"unknown scope {scope!r}; choose one of {', '.join(SCOPES)}")
+    if score in ("excess", "reference") and ref_loss is None:
+        raise ValueError(f"score {score!r} needs ref_loss (reference-model losses)")
+    if score not in SCORES:
+        raise ValueError(f"unknown score {score!r}; choose one of {', '.join(SCORES)}")
+    if ref_loss is not None:
+        ref_loss = ref_loss.to(device=targets.device)
+
+    token_loss = token_losses(logits, targets, ignore_index, chunk_tokens)
+    valid = valid_mask(targets, ref_loss, ignore_index)
+    scores = token_scores(score, token_loss, ref_loss, generator)
+    selected = (select or select_topk)(scores, valid, ratio, scope)
+    loss = selective_mean(token_loss, selected, normalizer)
+    sums = selection_sums(token_loss, selected, valid, ref_loss)
+    return SLMResult(loss=loss, selected=selected, token_loss=token_loss, sums=sums)
