@@ -268,7 +268,8 @@ def slm_loss(
         raise ValueError("targets must have at least one dimension")
     if ref_loss is not None and ref_loss.shape != targets.shape:
         raise ValueError(
-            f"ref_loss {tuple(ref_loss.shape)} must have the shape of targets {tuple(targets.shape)}"
+            f"ref_loss {tuple(ref_loss.shape)} must have the shape of "
+            f"targets {tuple(targets.shape)}"
         )
     _check_ratio(ratio)
     if scope not in SCOPES:

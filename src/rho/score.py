@@ -49,8 +49,8 @@ class ScoreSummary:
 
     def __str__(self) -> str:
         return (
-            f"scored {self.tokens:,} tokens in {self.seconds:.1f}s ({self.tokens_per_s:,.0f} tok/s), "
-            f"mean loss {self.mean_loss:.4f}"
+            f"scored {self.tokens:,} tokens in {self.seconds:.1f}s "
+            f"({self.tokens_per_s:,.0f} tok/s), mean loss {self.mean_loss:.4f}"
         )
 
 

@@ -337,16 +337,17 @@ def describe(path: str | Path, verify: bool = False) -> str:
             store.verify()
         lengths = np.diff(store.doc_offsets)
         lines += [
-            f"  TokenStore v{store.meta['version']}: {store.n_tokens:,} tokens ({store.meta['dtype']}), "
-            f"{store.n_docs:,} documents (mean {lengths.mean():.0f} tokens)",
-            f"  vocab {store.vocab_size:,}, eos id {store.eos_id}, content {store.content_hash[:12]}",
+            f"  TokenStore v{store.meta['version']}: {store.n_tokens:,} tokens "
+            f"({store.meta['dtype']}), {store.n_docs:,} documents (mean {lengths.mean():.0f} tokens)",
+            f"  vocab {store.vocab_size:,}, eos id {store.eos_id}, "
+            f"content {store.content_hash[:12]}",
         ]
         if store.doc_domains is not None:
             counts = np.bincount(
                 store.doc_domains, weights=lengths, minlength=len(store.domain_names)
             )
             share = ", ".join(
-                f"{name} {c / store.n_tokens:.0%}" for name, c in zip(store.domain_names, counts)
+                f"{name} {c / store.n_tokens:.0%}" for name, c in zip(store.domain_names, counts, strict=True)
             )
             lines.append(f"  domains (share of tokens): {share}")
         if store.noise_mask is not None:
@@ -363,12 +364,14 @@ def describe(path: str | Path, verify: bool = False) -> str:
         lines += [
             f"  LossStore v{store.meta['version']}: {len(loss):,} tokens, seq_len {store.seq_len}, "
             f"model {store.meta.get('model')}",
-            f"  token hash {store.token_hash[:12]}, model hash {str(store.meta.get('model_hash'))[:12]}",
+            f"  token hash {store.token_hash[:12]}, "
+            f"model hash {str(store.meta.get('model_hash'))[:12]}",
         ]
         if scored.any():
             q = np.percentile(loss[scored], [5, 50, 95])
             lines.append(
-                f"  loss mean {loss[scored].mean():.3f}, p5/p50/p95 {q[0]:.2f}/{q[1]:.2f}/{q[2]:.2f}"
+                f"  loss mean {loss[scored].mean():.3f}, "
+                f"p5/p50/p95 {q[0]:.2f}/{q[1]:.2f}/{q[2]:.2f}"
             )
         missing = int((~scored & ~starts).sum())
         state = "yes" if store.complete else f"no ({missing:,} tokens not scored yet)"
