@@ -338,7 +338,8 @@ def describe(path: str | Path, verify: bool = False) -> str:
         lengths = np.diff(store.doc_offsets)
         lines += [
             f"  TokenStore v{store.meta['version']}: {store.n_tokens:,} tokens "
-            f"({store.meta['dtype']}), {store.n_docs:,} documents (mean {lengths.mean():.0f} tokens)",
+            f"({store.meta['dtype']}), {store.n_docs:,} documents "
+            f"(mean {lengths.mean():.0f} tokens)",
             f"  vocab {store.vocab_size:,}, eos id {store.eos_id}, "
             f"content {store.content_hash[:12]}",
         ]
@@ -346,9 +347,8 @@ def describe(path: str | Path, verify: bool = False) -> str:
             counts = np.bincount(
                 store.doc_domains, weights=lengths, minlength=len(store.domain_names)
             )
-            share = ", ".join(
-                f"{name} {c / store.n_tokens:.0%}" for name, c in zip(store.domain_names, counts, strict=True)
-            )
+            pairs = zip(store.domain_names, counts, strict=True)
+            share = ", ".join(f"{name} {c / store.n_tokens:.0%}" for name, c in pairs)
             lines.append(f"  domains (share of tokens): {share}")
         if store.noise_mask is not None:
             lines.append(f"  noise mask: {np.mean(store.noise_mask):.1%} of tokens marked noise")
