@@ -1,0 +1,56 @@
+"""Training windows: TokenStore (+ LossStore) -> {"input_ids", "labels", "ref_loss"} batches.
+
+The windows are the alignment rule's (store.py), so ``ref_loss[t]`` is the reference loss of
+``input_ids[t]`` given the window before it. Every batch is padded to ``seq_len`` (labels -100,
+ref_loss NaN) so batches on every rank have one shape and can be ranked together.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from rho.store import LossStore, TokenStore
+
+
+class WindowDataset(Dataset):
+    """Window ``i`` of a TokenStore, with its reference losses when a LossStore is given."""
+
+    def __init__(self, tokens: TokenStore, seq_len: int, losses: LossStore | None = None):
+        if losses is not None:
+            losses.check_matches(tokens, seq_len)
+        self.tokens, self.seq_len, self.losses = tokens, seq_len, losses
+
+    def __len__(self) -> int:
+        return self.tokens.n_windows(self.seq_len)
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        item = {"input_ids": self.tokens.window(index, self.seq_len)}
+        if self.losses is not None:
+            item["ref_loss"] = self.losses.window(index)
+        return item
+
+
+class WindowCollator:
+    """Stack windows into tensors, padding each to ``seq_len``; labels are the input ids
+    (the trainer shifts them), -100 on padding."""
+
+    def __init__(self, seq_len: int, pad_id: int = 0):
+        self.seq_len, self.pad_id = seq_len, pad_id
+
+    def __call__(self, items: list[dict]) -> dict[str, torch.Tensor]:
+        n, length = len(items), self.seq_len
+        input_ids = torch.full((n, length), self.pad_id, dtype=torch.long)
+        labels = torch.full((n, length), -100, dtype=torch.long)
+        for row, item in enumerate(items):
+            ids = torch.as_tensor(np.asarray(item["input_ids"]), dtype=torch.long)
+            input_ids[row, : len(ids)] = ids
+            labels[row, : len(ids)] = ids
+        batch = {"input_ids": input_ids, "labels": labels}
+        if "ref_loss" in items[0]:
+            ref = torch.full((n, length), float("nan"))
+            for row, item in enumerate(items):
+                ref[row, : len(item["ref_loss"])] = torch.as_tensor(item["ref_loss"])
+            batch["ref_loss"] = ref
+        return batch
