@@ -1,0 +1,47 @@
+"""The shipped demo corpus and its builder.
+
+Three gzip-compressed jsonl files live in :data:`DEMO_DIR` (rebuild them with
+``python -m rho.corpora.build_demo``):
+
+- ``curated``: clean mathematical text (SymPy and mpmath docstrings); trains the reference model.
+- ``heldout``: more of the same kind, never trained on; target-distribution evaluation.
+- ``corpus``: the "pretraining corpus", a web-like mix of mathematical text (disjoint from the
+  two above), general text (Python standard library and NumPy docstrings) and generated noise.
+
+Each line is ``{"text": str, "domain": "math" | "general" | "noise", "noise_spans": [[s, e], ...]}``
+where the spans are ``[start, end)`` offsets in Unicode code points (Python ``str`` indices) of
+the injected noise: the ground truth for the precision and recall of token selection.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+from rho.errors import UserError
+
+DEMO_DIR = Path(__file__).resolve().parent / "demo"
+"""The folder holding the shipped demo corpus."""
+
+SPLITS = ("curated", "heldout", "corpus")
+"""The demo corpus' splits, each one ``<split>.jsonl.gz`` in :data:`DEMO_DIR`."""
+
+DOMAINS = ("math", "general", "noise")
+"""The document domains used by the demo corpus."""
+
+
+def demo_path(split: str) -> Path:
+    """Path of one split of the shipped demo corpus (``curated``, ``heldout`` or ``corpus``)."""
+    if split not in SPLITS:
+        raise UserError(f"unknown demo split {split!r}: expected one of {', '.join(SPLITS)}")
+    return DEMO_DIR / f"{split}.jsonl.gz"
+
+
+def iter_demo(split: str) -> Iterator[dict]:
+    """Yield the documents of one demo split as dicts (``text``, ``domain``, ``noise_spans``)."""
+    with gzip.open(demo_path(split), "rt", encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                yield json.loads(line)
