@@ -17,6 +17,7 @@ SUBCOMMANDS = {
     "score": ("rho.score:cli", "reference model x TokenStore -> LossStore (resumable, torchrun)"),
     "inspect": ("rho.store:inspect_cli", "one-screen summary of a TokenStore or LossStore"),
     "train": ("rho.trainer:cli", "CLM / SLM training on transformers.Trainer"),
+    "prune": ("rho.prune:cli", "offline pruning: drop whole documents or windows by loss"),
     "eval": ("rho.evaluate:cli", "held-out loss per domain, few-shot tasks, lm-eval bridge"),
     "analyze": ("rho.analysis.cli:cli", "token-loss dynamics, selection analyses, sweep, html"),
 }

@@ -1,0 +1,484 @@
+"""`rho demo`: the whole method end to end on the shipped demo corpus, composed from the stages.
+
+tokenizer -> reference model (CLM on curated math) -> score the corpus -> CLM and SLM on the
+corpus with the same token budget, initialisation and seed, held-out loss along the way ->
+selection analysis -> report (report.md, curves.png, selected.html, results.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rho.corpora import demo_path
+from rho.errors import UserError
+
+MARKER = ".rho-demo"  # marks a directory the demo made, so a rerun may replace it
+
+
+@dataclass
+class DemoConfig:
+    """Sizes of one demo run; ``quick`` is the smoke-test scale."""
+
+    preset: str = "1m"
+    vocab: int = 2048
+    seq_len: int = 256
+    batch_size: int = 16
+    ref_epochs: float = 2.0
+    train_tokens: int | None = None  # CLM/SLM budget; None = one pass over the corpus
+    corpus_fraction: float = 1.0
+    ratio: float = 0.6
+    learning_rate: float = 3e-3
+    evals: int = 12
+    eval_windows: int = 96  # held-out windows per evaluation
+    sample_windows: int = 128  # corpus windows re-scored per checkpoint for selection stats
+    seed: int = 0
+
+    @classmethod
+    def quick(cls) -> DemoConfig:
+        return cls(
+            preset="tiny",
+            vocab=512,
+            seq_len=128,
+            ref_epochs=1.0,
+            corpus_fraction=0.12,
+            train_tokens=160_000,
+            evals=5,
+            eval_windows=32,
+            sample_windows=48,
+        )
+
+
+# --- Stages -----------------------------------------------------------------------------------
+
+
+def _subset(split: str, out: Path, fraction: float, seed: int) -> Path:
+    """The shipped split, or a seeded fraction of its documents (quick mode)."""
+    src = demo_path(split)
+    if fraction >= 1.0:
+        return src
+    rng = np.random.default_rng(seed)
+    with gzip.open(src, "rt", encoding="utf-8") as f:
+        lines = [line for line in f if line.strip()]
+    keep = np.sort(rng.choice(len(lines), max(1, int(len(lines) * fraction)), replace=False))
+    dst = out / f"{split}.jsonl"
+    dst.write_text("".join(lines[i] for i in keep))
+    return dst
+
+
+def _training_args(out: Path, cfg: DemoConfig, steps: int, evals: int, **extra):
+    from transformers import TrainingArguments
+
+    every = max(1, steps // max(1, evals))
+    return TrainingArguments(
+        output_dir=str(out),
+        max_steps=steps,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_steps=max(1, steps // 20),
+        weight_decay=0.1,
+        adam_beta2=0.95,
+        max_grad_norm=1.0,
+        logging_steps=max(1, every // 2),
+        eval_strategy="steps",
+        eval_steps=every,
+        save_strategy="steps",
+        save_steps=every,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        report_to="none",
+        use_cpu=not torch.cuda.is_available(),
+        disable_tqdm=False,
+        **extra,
+    )
+
+
+def _train(name, out, cfg, tokens, steps, selection, eval_store, ref_losses=None, evals=None):
+    """One training run through the real `rho train` code; held-out loss at step 0 too."""
+    from torch.utils.data import Subset
+
+    from rho.trainer import ModelDataArguments, build_trainer
+
+    data = ModelDataArguments(
+        tokens=str(tokens),
+        preset=cfg.preset,
+        ref_losses=str(ref_losses) if ref_losses else None,
+        eval_tokens=str(eval_store),
+        seq_len=cfg.seq_len,
+    )
+    args = _training_args(out, cfg, steps, evals or cfg.evals)
+    trainer = build_trainer(data, selection, args)
+    n_eval = min(cfg.eval_windows, len(trainer.eval_dataset))
+    trainer.eval_dataset = Subset(trainer.eval_dataset, range(n_eval))
+    print(f"\n== {name}: {steps} steps of {cfg.batch_size}x{cfg.seq_len} tokens ==")
+    trainer.evaluate()
+    trainer.train()
+    trainer.save_model()
+    return trainer
+
+
+def _eval_curve(run: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens seen, held-out loss) at each evaluation of a run, in order, deduplicated."""
+    points = {}
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        if "eval_loss" in row:
+            points[row["tokens_seen"]] = row["eval_loss"]
+    tokens = np.array(sorted(points), dtype=np.float64)
+    return tokens, np.array([points[t] for t in tokens])
+
+
+def tokens_to_reach(tokens: np.ndarray, losses: np.ndarray, target: float) -> float | None:
+    """First point where a held-out curve reaches ``target``, linearly interpolated."""
+    for i, loss in enumerate(losses):
+        if loss <= target:
+            if i == 0:
+                return float(tokens[0])
+            t0, t1, l0, l1 = tokens[i - 1], tokens[i], losses[i - 1], losses[i]
+            return float(t0 + (t1 - t0) * (l0 - target) / (l0 - l1))
+    return None
+
+
+@torch.no_grad()
+def selection_sample(run: Path, corpus, ref, cfg: DemoConfig) -> dict:
+    """Re-score a seeded sample of corpus windows with each SLM checkpoint and select as training
+    does (excess, batch scope, groups of one batch): which tokens SLM picks along training."""
+    from rho.loss import select_topk, token_scores
+    from rho.models import load_model
+    from rho.score import window_losses
+
+    n_full = corpus.n_tokens // cfg.seq_len
+    rng = np.random.default_rng(cfg.seed + 1)
+    windows = np.sort(rng.choice(n_full, min(cfg.sample_windows, n_full), replace=False))
+    ids = torch.from_numpy(np.stack([corpus.window(w, cfg.seq_len) for w in windows]))
+    ref_loss = torch.from_numpy(np.stack([ref.window(w) for w in windows]))
+    checkpoints = sorted(run.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    selected, excess = [], []
+    for ckpt in checkpoints:
+        model = load_model(ckpt).eval()
+        learner = torch.cat([window_losses(model, ids[i : i + 16]) for i in range(0, len(ids), 16)])
+        scores = token_scores("excess", learner, ref_loss)
+        valid = ~torch.isnan(ref_loss)
+        sel = torch.cat(
+            [
+                select_topk(scores[i : i + cfg.batch_size], valid[i : i + cfg.batch_size], cfg.ratio)
+                for i in range(0, len(ids), cfg.batch_size)
+            ]
+        )
+        selected.append(sel.numpy())
+        excess.append(torch.nan_to_num(scores).numpy())
+    positions = (windows[:, None] * cfg.seq_len + np.arange(cfg.seq_len)).reshape(-1)
+    return {
+        "windows": windows,
+        "ids": ids.numpy(),
+        "valid": (~torch.isnan(ref_loss)).numpy(),
+        "selected": np.stack(selected),  # (checkpoints, windows, seq_len)
+        "excess": np.stack(excess),
+        "noise": None if corpus.noise_mask is None else corpus.noise_mask[positions],
+        "domain": None if corpus.doc_domains is None else corpus.token_domains()[positions],
+        "checkpoints": [c.name for c in checkpoints],
+    }
+
+
+def selection_rates(sample: dict, domain_names: list[str]) -> dict:
+    """Selection rate of noise vs clean tokens, precision/recall of 'selected = clean', and the
+    selected fraction per domain, pooled over the checkpoints."""
+    valid = np.broadcast_to(sample["valid"], sample["selected"].shape).reshape(-1)
+    selected = sample["selected"].reshape(-1)[valid]
+    out: dict = {"checkpoints": sample["checkpoints"], "tokens_per_checkpoint": int(valid.sum())}
+    out["tokens_per_checkpoint"] //= max(1, len(sample["checkpoints"]))
+    if sample["noise"] is not None:
+        noise = np.tile(sample["noise"], len(sample["checkpoints"]))[valid]
+        clean = ~noise
+        out["noise_fraction"] = float(noise.mean())
+        out["selection_rate_noise"] = float(selected[noise].mean())
+        out["selection_rate_clean"] = float(selected[clean].mean())
+        out["clean_precision"] = float(clean[selected].mean())
+        out["clean_recall"] = float(selected[clean].mean())
+    if sample["domain"] is not None:
+        domain = np.tile(sample["domain"], len(sample["checkpoints"]))[valid]
+        out["selected_fraction_by_domain"] = {
+            name: float(selected[domain == i].mean())
+            for i, name in enumerate(domain_names)
+            if (domain == i).any()
+        }
+    return out
+
+
+# --- Report -----------------------------------------------------------------------------------
+
+
+def plot_curves(curves: dict, ref_loss: float | None, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for (label, (tokens, losses)), style in zip(curves.items(), ("-o", "-s"), strict=False):
+        ax.plot(tokens / 1e3, losses, style, label=label, markersize=4)
+    if ref_loss is not None:
+        ax.axhline(ref_loss, color="grey", ls=":", label="reference model (trained on curated)")
+    ax.set_xlabel("training tokens seen (thousands)")
+    ax.set_ylabel("held-out math loss (nats/token)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_html(sample: dict, corpus, path: Path, cfg: DemoConfig) -> None:
+    from rho.analysis.html import passages_from_arrays, render_page
+
+    last = -1  # the final checkpoint's selection
+    tokenizer = corpus.tokenizer()
+    names = corpus.domain_names
+    domains = sample["domain"]
+    # A few windows of each domain (by the domain of their first token), 128 tokens each.
+    picks: list[int] = []
+    for d in range(len(names)):
+        rows = [i for i in range(len(sample["windows"])) if domains is None or domains[i * cfg.seq_len] == d]
+        picks += rows[:4]
+    length = min(128, cfg.seq_len)
+    flat = lambda a: np.asarray(a).reshape(-1)  # noqa: E731
+    passages = passages_from_arrays(
+        tokenizer,
+        flat(sample["ids"]),
+        flat(sample["excess"][last]),
+        flat(sample["selected"][last]),
+        None if sample["noise"] is None else flat(sample["noise"]),
+        [i * cfg.seq_len + 1 for i in picks],
+        length,
+        None if domains is None else [names[domains[i * cfg.seq_len]] for i in picks],
+    )
+    note = (
+        f"Tokens the final SLM checkpoint selects (top {cfg.ratio:.0%} by excess loss within its "
+        f"batch of {cfg.batch_size} windows). Underlined: injected noise (ground truth)."
+    )
+    page = render_page(
+        passages, title="rho demo: tokens selected by SLM", ratio=cfg.ratio, score="excess", note=note
+    )
+    path.write_text(page)
+
+
+def demo(out: str | Path = "rho-demo", quick: bool = False, cfg: DemoConfig | None = None) -> dict:
+    """Run the demo into ``out`` and return the results (also written to results.json)."""
+    from rho.score import score_store
+    from rho.store import LossStore, TokenStore
+    from rho.tokenize import tokenize_corpus
+    from rho.trainer import SelectionArguments
+
+    cfg = cfg or (DemoConfig.quick() if quick else DemoConfig())
+    out = Path(out)
+    if out.exists():
+        if not (out / MARKER).exists():
+            raise UserError(f"{out} exists and was not made by `rho demo`: choose another --out")
+        shutil.rmtree(out)
+    (out / "data").mkdir(parents=True)
+    (out / MARKER).write_text("made by rho demo; a rerun replaces this directory\n")
+    stores, runs = out / "stores", out / "runs"
+    t0 = time.perf_counter()
+    timings = {}
+
+    def stage(name):
+        timings[name] = time.perf_counter() - t0 - sum(timings.values())
+
+    print(f"== rho demo ({'quick' if quick else 'full'}) into {out} ==")
+    print("\n== [1/5] tokenizer and stores ==")
+    corpus_file = _subset("corpus", out / "data", cfg.corpus_fraction, cfg.seed)
+    corpus = tokenize_corpus([str(corpus_file)], stores / "corpus", train_vocab=cfg.vocab)
+    tok_dir = str(corpus.tokenizer_dir)
+    curated_file = _subset("curated", out / "data", cfg.corpus_fraction * 2, cfg.seed)
+    curated = tokenize_corpus([str(curated_file)], stores / "curated", tokenizer=tok_dir)
+    heldout = tokenize_corpus([str(demo_path("heldout"))], stores / "heldout", tokenizer=tok_dir)
+    stage("tokenize")
+
+    tokens_per_step = cfg.batch_size * cfg.seq_len
+    ref_steps = max(1, int(cfg.ref_epochs * curated.n_tokens / tokens_per_step))
+    none = SelectionArguments(selection="none")
+    _train("[2/5] reference model on curated math", runs / "reference", cfg, curated.path,
+           ref_steps, none, heldout.path, evals=3)  # fmt: skip
+    stage("reference")
+
+    print("\n== [3/5] score the corpus with the reference model ==")
+    ref_losses = score_store(runs / "reference", corpus, stores / "corpus_ref_losses", cfg.seq_len)
+    stage("score")
+
+    budget = cfg.train_tokens or (corpus.n_tokens // cfg.seq_len) * cfg.seq_len
+    steps = max(1, budget // tokens_per_step)
+    slm_args = SelectionArguments(selection="token", ratio=cfg.ratio, score="excess")
+    _train("[4/5] CLM baseline on the corpus", runs / "clm", cfg, corpus.path, steps, none,
+           heldout.path)  # fmt: skip
+    _train("[4/5] SLM on the corpus", runs / "slm", cfg, corpus.path, steps, slm_args,
+           heldout.path, ref_losses=ref_losses.path)  # fmt: skip
+    stage("train")
+
+    print("\n== [5/5] analysis and report ==")
+    corpus, ref_losses = TokenStore(stores / "corpus"), LossStore(stores / "corpus_ref_losses")
+    curves = {name: _eval_curve(runs / name) for name in ("clm", "slm")}
+    ref_curve = _eval_curve(runs / "reference")
+    clm_final, slm_final = float(curves["clm"][1][-1]), float(curves["slm"][1][-1])
+    clm_tokens = float(curves["clm"][0][-1])
+    slm_needed = tokens_to_reach(*curves["slm"], clm_final)
+    sample = selection_sample(runs / "slm", corpus, ref_losses, cfg)
+    rates = selection_rates(sample, corpus.domain_names)
+    plot_curves(
+        {"CLM (all tokens)": curves["clm"], f"SLM (top {cfg.ratio:.0%} by excess)": curves["slm"]},
+        float(ref_curve[1][-1]),
+        out / "curves.png",
+        "Held-out math loss: Selective Language Modeling vs plain training",
+    )
+
+    results = {
+        "mode": "quick" if quick else "full",
+        "config": cfg.__dict__,
+        "corpus_tokens": corpus.n_tokens,
+        "curated_tokens": curated.n_tokens,
+        "heldout_tokens": heldout.n_tokens,
+        "reference_heldout_loss": float(ref_curve[1][-1]),
+        "clm_final_heldout_loss": clm_final,
+        "slm_final_heldout_loss": slm_final,
+        "training_tokens": clm_tokens,
+        "slm_tokens_to_clm_final": slm_needed,
+        "speedup_tokens_to_clm_final": (clm_tokens / slm_needed) if slm_needed else None,
+        "curves": {k: {"tokens": v[0].tolist(), "heldout_loss": v[1].tolist()} for k, v in curves.items()},
+        "selection": rates,
+        "seconds": {k: round(v, 1) for k, v in timings.items()},
+    }
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "report.md").write_text(report_markdown(results, quick))
+    write_html(sample, corpus, out / "selected.html", cfg)
+    print("\n" + summary(results, out))
+    return results
+
+
+def _fmt(x, spec=".3f"):
+    return "n/a" if x is None else format(x, spec)
+
+
+def report_markdown(r: dict, quick: bool) -> str:
+    sel = r["selection"]
+    cmd = "rho demo --quick" if quick else "rho demo"
+    speed = r["speedup_tokens_to_clm_final"]
+    lines = [
+        "# rho demo: Selective Language Modeling vs plain training",
+        "",
+        f"Reproduce: `{cmd}` (seed {r['config']['seed']}, preset `{r['config']['preset']}`, "
+        f"ratio {r['config']['ratio']}).",
+        "",
+        "## Held-out math loss (nats/token)",
+        "",
+        "| run | final held-out loss |",
+        "|---|---|",
+        f"| CLM (all tokens) | {r['clm_final_heldout_loss']:.4f} |",
+        f"| SLM (top {r['config']['ratio']:.0%} by excess loss) | {r['slm_final_heldout_loss']:.4f} |",
+        f"| reference model (trained on curated math) | {r['reference_heldout_loss']:.4f} |",
+        "",
+        f"Both runs saw {r['training_tokens']:,.0f} training tokens from the same initialisation "
+        "and data order. ",
+        (
+            f"SLM reached CLM's final held-out loss after {r['slm_tokens_to_clm_final']:,.0f} "
+            f"tokens: **{speed:.2f}x** fewer tokens than CLM."
+            if speed
+            else "SLM did not reach CLM's final held-out loss within the budget."
+        ),
+        "",
+        "![held-out loss curves](curves.png)",
+        "",
+        "## Which tokens SLM selects",
+        "",
+        f"Measured by re-scoring {r['config']['sample_windows']} corpus windows with each SLM "
+        f"checkpoint ({len(sel['checkpoints'])}) and selecting as training does.",
+        "",
+    ]
+    if "selection_rate_noise" in sel:
+        lines += [
+            "| | value |",
+            "|---|---|",
+            f"| share of noise tokens in the sample | {sel['noise_fraction']:.1%} |",
+            f"| selection rate of noise tokens | {sel['selection_rate_noise']:.1%} |",
+            f"| selection rate of clean tokens | {sel['selection_rate_clean']:.1%} |",
+            f"| precision of 'selected = clean' | {sel['clean_precision']:.1%} |",
+            f"| recall of clean tokens | {sel['clean_recall']:.1%} |",
+            "",
+        ]
+    if "selected_fraction_by_domain" in sel:
+        lines += ["| document domain | selected fraction |", "|---|---|"]
+        lines += [f"| {k} | {v:.1%} |" for k, v in sel["selected_fraction_by_domain"].items()]
+        lines.append("")
+    lines += [
+        "Passages with the selected tokens highlighted: [selected.html](selected.html).",
+        "",
+        "## Time (seconds)",
+        "",
+        " · ".join(f"{k} {v}" for k, v in r["seconds"].items()),
+        "",
+        "## Commands behind it",
+        "",
+        "```bash",
+        "rho tokenize corpus.jsonl.gz --out stores/corpus --train-tokenizer "
+        f"{r['config']['vocab']}",
+        "rho tokenize curated.jsonl.gz --out stores/curated --tokenizer stores/corpus/tokenizer",
+        "rho tokenize heldout.jsonl.gz --out stores/heldout --tokenizer stores/corpus/tokenizer",
+        f"rho train --selection none --tokens stores/curated --preset {r['config']['preset']} "
+        "--output_dir runs/reference ...",
+        "rho score --model runs/reference --tokens stores/corpus --out stores/corpus_ref_losses "
+        f"--seq-len {r['config']['seq_len']}",
+        "rho train --selection none --tokens stores/corpus --eval_tokens stores/heldout "
+        "--output_dir runs/clm ...",
+        f"rho train --selection token --ratio {r['config']['ratio']} --tokens stores/corpus "
+        "--ref_losses stores/corpus_ref_losses --output_dir runs/slm ...",
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def summary(r: dict, out: Path) -> str:
+    sel = r["selection"]
+    speed = r["speedup_tokens_to_clm_final"]
+    lines = [
+        "=" * 72,
+        f"rho demo ({r['mode']}): {r['training_tokens']:,.0f} training tokens per run, "
+        f"{sum(r['seconds'].values()):.0f}s",
+        f"  held-out math loss   CLM {r['clm_final_heldout_loss']:.4f}   "
+        f"SLM {r['slm_final_heldout_loss']:.4f}   reference {r['reference_heldout_loss']:.4f}",
+        f"  SLM reached CLM's final loss with {_fmt(speed, '.2f')}x fewer tokens",
+    ]
+    if "selection_rate_noise" in sel:
+        lines.append(
+            f"  selection rate: noise tokens {sel['selection_rate_noise']:.1%}, "
+            f"clean tokens {sel['selection_rate_clean']:.1%}"
+        )
+    lines += [f"  report: {out / 'report.md'}  (curves.png, selected.html, results.json)", "=" * 72]
+    return "\n".join(lines)
+
+
+def demo_cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="rho demo", description="Selective Language Modeling end to end on the demo corpus."
+    )
+    parser.add_argument("--out", default="rho-demo", help="output directory (replaced on rerun)")
+    parser.add_argument("--quick", action="store_true", help="smoke-test scale (about a minute)")
+    parser.add_argument("--preset", help="model preset (default: 1m; quick: tiny)")
+    parser.add_argument("--ratio", type=float, help="SLM selection ratio (default 0.6)")
+    parser.add_argument("--seed", type=int, help="seed (default 0)")
+    args = parser.parse_args(argv)
+    cfg = DemoConfig.quick() if args.quick else DemoConfig()
+    for key in ("preset", "ratio", "seed"):
+        if getattr(args, key) is not None:
+            setattr(cfg, key, getattr(args, key))
+    demo(args.out, args.quick, cfg)
+    return 0

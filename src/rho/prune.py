@@ -1,0 +1,251 @@
+"""`rho prune`: offline data pruning, whole documents or windows dropped before training.
+
+Each unit (a document, or a training window) is scored by a statistic of its tokens' losses:
+the mean of base − reference loss (the CoLoR-Filter score: how much better the reference, trained
+on the target distribution, predicts the unit than a base model does) when base-model losses are
+given, else the mean reference loss (lower = more like the target distribution). The best
+``keep`` fraction of units survives.
+
+Alignment: pruning windows keeps every surviving window whole and in order, so the new stream's
+windows are exactly the old ones and their reference losses carry over unchanged. Pruning
+documents changes the windows (and so each token's context): the new TokenStore must be scored
+again, which happens here when ``ref_model`` is given, and is otherwise left to `rho score`
+(the command is printed), never silently misaligned.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from rho.errors import UserError
+from rho.store import (
+    LossStore,
+    TokenStore,
+    commit_output,
+    loss_store_meta,
+    prepare_output,
+    window_bounds,
+    write_json_atomic,
+    write_token_store,
+)
+
+UNITS = ("document", "window")
+BYS = ("excess", "reference")
+
+
+def unit_bounds(tokens: TokenStore, unit: str, seq_len: int) -> np.ndarray:
+    """(n_units, 2) [start, end) token spans of the documents or windows."""
+    if unit == "document":
+        offsets = np.asarray(tokens.doc_offsets)
+        return np.stack([offsets[:-1], offsets[1:]], axis=1)
+    n = tokens.n_windows(seq_len)
+    return np.array([window_bounds(w, seq_len, tokens.n_tokens) for w in range(n)], dtype=np.int64)
+
+
+def unit_means(values: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+    """Mean of the non-NaN values inside each span (NaN for a span with none)."""
+    values = np.asarray(values, dtype=np.float64)
+    finite = ~np.isnan(values)
+    sums = np.concatenate([[0.0], np.cumsum(np.where(finite, values, 0.0))])
+    counts = np.concatenate([[0], np.cumsum(finite)])
+    start, end = bounds[:, 0], bounds[:, 1]
+    n = counts[end] - counts[start]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 0, (sums[end] - sums[start]) / np.maximum(n, 1), np.nan)
+
+
+def unit_scores(ref_loss: np.ndarray, bounds: np.ndarray, base_loss: np.ndarray | None = None):
+    """Higher = keep first: mean(base − ref) with base losses, else −mean(ref)."""
+    if base_loss is not None:
+        return unit_means(np.asarray(base_loss, np.float64) - ref_loss, bounds)
+    return -unit_means(ref_loss, bounds)
+
+
+def keep_top(scores: np.ndarray, keep: float) -> np.ndarray:
+    """Bool mask of the ceil(keep · n) best-scoring units (NaN last, ties by position)."""
+    if not 0.0 < keep <= 1.0:
+        raise UserError(f"--keep must be in (0, 1], got {keep}")
+    n_keep = int(np.ceil(keep * len(scores) - 1e-9))
+    key = np.where(np.isnan(scores), -np.inf, scores)
+    order = np.argsort(-key, kind="stable")
+    mask = np.zeros(len(scores), dtype=bool)
+    mask[order[:n_keep]] = True
+    return mask
+
+
+def _gather(array: np.ndarray | None, bounds: np.ndarray) -> np.ndarray | None:
+    if array is None:
+        return None
+    return np.concatenate([np.asarray(array[a:b]) for a, b in bounds]) if len(bounds) else None
+
+
+def dropped_report(tokens: TokenStore, bounds: np.ndarray, kept: np.ndarray) -> dict:
+    """What was dropped, in tokens: overall, by domain, and against the noise mask."""
+    lengths = bounds[:, 1] - bounds[:, 0]
+    report = {
+        "units": int(len(kept)),
+        "units_kept": int(kept.sum()),
+        "tokens": int(lengths.sum()),
+        "tokens_kept": int(lengths[kept].sum()),
+    }
+    kept_tokens = np.zeros(tokens.n_tokens, dtype=bool)
+    for a, b in bounds[kept]:
+        kept_tokens[a:b] = True
+    domains = tokens.token_domains()
+    if domains is not None:
+        report["kept_fraction_by_domain"] = {}
+        for i, name in enumerate(tokens.domain_names):
+            in_domain = domains == i
+            if in_domain.any():
+                report["kept_fraction_by_domain"][name] = float(kept_tokens[in_domain].mean())
+    if tokens.noise_mask is not None:
+        noise = np.asarray(tokens.noise_mask)
+        report["kept_fraction_noise"] = float(kept_tokens[noise].mean()) if noise.any() else None
+        report["kept_fraction_clean"] = float(kept_tokens[~noise].mean())
+    return report
+
+
+def prune_store(
+    tokens: str | Path | TokenStore,
+    losses: str | Path | LossStore,
+    out: str | Path,
+    *,
+    keep: float = 0.5,
+    unit: str = "document",
+    by: str = "reference",
+    base_losses: str | Path | LossStore | None = None,
+    ref_model: str | Path | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Keep the best ``keep`` fraction of units; write ``out/tokens`` (TokenStore) and
+    ``out/ref_losses`` (LossStore, carried over for windows or re-scored for documents)."""
+    if unit not in UNITS:
+        raise UserError(f"--unit must be one of {', '.join(UNITS)}")
+    if by not in BYS:
+        raise UserError(f"--by must be one of {', '.join(BYS)}")
+    if by == "excess" and base_losses is None:
+        raise UserError("--by excess needs --base-losses (a base model's LossStore)")
+    tokens = tokens if isinstance(tokens, TokenStore) else TokenStore(tokens)
+    losses = losses if isinstance(losses, LossStore) else LossStore(losses)
+    losses.check_matches(tokens)
+    seq_len = losses.seq_len
+    base = None
+    if by == "excess":
+        base = base_losses if isinstance(base_losses, LossStore) else LossStore(base_losses)
+        base.check_matches(tokens, seq_len)
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise UserError(f"{out} already exists (pass --overwrite to replace it)")
+
+    bounds = unit_bounds(tokens, unit, seq_len)
+    scores = unit_scores(
+        np.asarray(losses.ref_loss, np.float64), bounds, None if base is None else base.ref_loss
+    )
+    kept = keep_top(scores, keep)
+    spans = bounds[kept]
+    report = dropped_report(tokens, bounds, kept)
+    report.update(unit=unit, by=by, keep=keep, seq_len=seq_len)
+
+    new_tokens = _gather(tokens.tokens, spans)
+    lengths = spans[:, 1] - spans[:, 0]
+    # Windows may cut documents: then each kept window is one "document" of the new store.
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    if unit == "document":
+        doc_domains = None if tokens.doc_domains is None else np.asarray(tokens.doc_domains)[kept]
+    else:
+        domains = tokens.token_domains()
+        doc_domains = None if domains is None else domains[spans[:, 0]]
+    tmp = prepare_output(out, overwrite)
+    try:
+        write_token_store(
+            tmp / "tokens",
+            new_tokens,
+            offsets,
+            tokens.tokenizer_dir,
+            vocab_size=tokens.vocab_size,
+            eos_id=tokens.eos_id,
+            doc_domains=doc_domains,
+            domain_names=tokens.domain_names or None,
+            noise_mask=_gather(tokens.noise_mask, spans),
+            sources=[{"path": str(tokens.path), "pruned": {k: report[k] for k in ("unit", "by")}}],
+        )
+        pruned = TokenStore(tmp / "tokens")
+        if unit == "window":
+            _write_carried_losses(tmp / "ref_losses", pruned, losses, spans)
+        write_json_atomic(tmp / "prune.json", report)
+        commit_output(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if unit == "document":
+        if ref_model is not None:
+            from rho.score import score_store
+
+            score_store(ref_model, out / "tokens", out / "ref_losses", seq_len, progress=progress)
+        elif progress:
+            print(
+                "documents were pruned, so windows changed: score the new store with\n"
+                f"  rho score --model REF_MODEL --tokens {out / 'tokens'} "
+                f"--out {out / 'ref_losses'} --seq-len {seq_len}"
+            )
+    return report
+
+
+def _write_carried_losses(path: Path, pruned: TokenStore, losses: LossStore, spans) -> None:
+    """Kept whole windows keep their losses: same windows, same contexts, same numbers.
+    (``path`` lies inside the temporary output directory, so this write is atomic too.)"""
+    path.mkdir()
+    np.save(path / "ref_loss.npy", _gather(losses.ref_loss, spans).astype(np.float16))
+    meta = loss_store_meta(
+        pruned,
+        losses.seq_len,
+        losses.meta.get("batch_size", 16),
+        model=losses.meta.get("model"),
+        model_hash=losses.meta.get("model_hash"),
+        score_dtype=losses.meta.get("score_dtype"),
+        carried_from=str(losses.path),
+    )
+    meta["complete"] = True
+    write_json_atomic(path / "meta.json", meta)
+
+
+def cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="rho prune", description="Drop the least useful documents or windows before training."
+    )
+    parser.add_argument("--tokens", required=True, help="TokenStore to prune")
+    parser.add_argument("--losses", required=True, help="its reference LossStore")
+    parser.add_argument("--base-losses", help="a base model's LossStore (for --by excess)")
+    parser.add_argument("--keep", type=float, default=0.5, help="fraction of units kept")
+    parser.add_argument("--unit", default="document", choices=UNITS)
+    parser.add_argument(
+        "--by",
+        default=None,
+        choices=BYS,
+        help="excess: mean base − reference (CoLoR-Filter); reference: lowest mean reference "
+        "loss (default: excess when --base-losses is given)",
+    )
+    parser.add_argument("--ref-model", help="reference model to re-score pruned documents")
+    parser.add_argument("--out", required=True, help="output directory (tokens/, ref_losses/)")
+    parser.add_argument("--overwrite", action="store_true")
+    args = parser.parse_args(argv)
+    by = args.by or ("excess" if args.base_losses else "reference")
+    report = prune_store(
+        args.tokens,
+        args.losses,
+        args.out,
+        keep=args.keep,
+        unit=args.unit,
+        by=by,
+        base_losses=args.base_losses,
+        ref_model=args.ref_model,
+        overwrite=args.overwrite,
+    )
+    print(json.dumps(report, indent=2))
+    return 0
