@@ -1,0 +1,154 @@
+"""The CUDA path in bf16: loss, memory bound, scoring and training (skipped without CUDA).
+
+``RHO_TEST_DEVICE=cpu pytest -m gpu tests/test_gpu.py`` runs the same tests (but the CUDA
+allocator's) on the CPU in bf16, to check the tests themselves on a machine without a GPU.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+from transformers import TrainingArguments
+
+from rho.data import WindowCollator, WindowDataset
+from rho.loss import CHUNK_TOKENS, slm_loss, token_losses
+from rho.models import build_model
+from rho.score import score_store
+from rho.trainer import SelectionArguments, SelectiveTrainer
+
+DEVICE = os.environ.get("RHO_TEST_DEVICE", "cuda")
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(
+        DEVICE == "cuda" and not torch.cuda.is_available(), reason="needs a CUDA device"
+    ),
+]
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="measures CUDA memory")
+
+
+def test_bf16_slm_loss_matches_fp32_on_cpu():
+    torch.manual_seed(0)
+    logits = 2 * torch.randn(4, 256, 4096)
+    targets = torch.randint(0, 4096, (4, 256))
+    targets[0, :10] = -100
+    ref_loss = 8 + torch.randn(4, 256)
+    ref_loss[1, :5] = float("nan")
+
+    cpu_logits = logits.clone().requires_grad_()
+    cpu = slm_loss(cpu_logits, targets, ref_loss, ratio=0.6)
+    cpu.loss.backward()
+    dev_logits = logits.to(DEVICE, torch.bfloat16).requires_grad_()
+    dev = slm_loss(dev_logits, targets.to(DEVICE), ref_loss.to(DEVICE), ratio=0.6)
+    dev.loss.backward()
+
+    assert dev.token_loss.dtype == torch.float32 and dev_logits.grad.dtype == torch.bfloat16
+    gap = (dev.token_loss.cpu() - cpu.token_loss).abs().max().item()
+    assert gap < 0.1  # bf16 rounding of logits of size ~8
+    assert dev.loss.item() == pytest.approx(cpu.loss.item(), abs=0.02)
+
+    # The same number of tokens; any token selected differently sits within the gap of the cut.
+    selected, dev_selected = cpu.selected, dev.selected.cpu()
+    assert dev_selected.sum() == selected.sum()
+    scores = cpu.token_loss.detach() - ref_loss
+    cut = scores[selected].min()
+    changed = selected ^ dev_selected
+    assert changed.float().mean() < 0.01
+    assert ((scores[changed] - cut).abs() <= 2 * gap + 1e-6).all()
+
+    # Gradients: equal where both selected, exactly zero where neither did.
+    grad, dev_grad = cpu_logits.grad, dev_logits.grad.float().cpu()
+    both, neither = selected & dev_selected, ~(selected | dev_selected)
+    torch.testing.assert_close(dev_grad[both], grad[both], rtol=0.05, atol=1e-7)
+    assert (dev_grad[neither] == 0).all() and (grad[neither] == 0).all()
+
+
+@needs_cuda
+@pytest.mark.parametrize("chunk", [512, CHUNK_TOKENS])
+def test_token_losses_peak_cuda_memory_grows_with_the_chunk(chunk):
+    """(8, 1024, 32000) bf16 logits: the step holds the logits, their bf16 gradient and a few
+    float32 chunks, never a float32 copy of the whole logits (1 GiB here)."""
+    vocab = 32000
+    logits = torch.randn(8, 1024, vocab, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    targets = torch.randint(0, vocab, (8, 1024), device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    token_losses(logits, targets, chunk_tokens=chunk).sum().backward()
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated()
+    logits_bytes = logits.numel() * 2
+    chunk_bytes = chunk * vocab * 4
+    assert peak <= 2 * logits_bytes + 4 * chunk_bytes + (64 << 20), (peak, chunk_bytes)
+
+
+def test_score_store_bf16_matches_fp32_on_cpu(token_store, model_dir, tmp_path):
+    kw = dict(seq_len=64, batch_size=8, progress=False)
+    fp32 = score_store(
+        str(model_dir), token_store, tmp_path / "fp32", dtype="float32", device="cpu", **kw
+    )
+    bf16 = score_store(
+        str(model_dir), token_store, tmp_path / "bf16", dtype="bfloat16", device=DEVICE, **kw
+    )
+    a = np.asarray(fp32.ref_loss, dtype=np.float32)
+    b = np.asarray(bf16.ref_loss, dtype=np.float32)
+    assert bf16.meta["score_dtype"] == "bfloat16" and bf16.complete
+    assert (np.isnan(a) == np.isnan(b)).all()
+    diff = np.abs(a - b)[~np.isnan(a)]
+    assert diff.mean() < 0.02 and diff.max() < 0.2, (diff.mean(), diff.max())
+
+
+@pytest.mark.parametrize("reference", ["offline", "online"])
+def test_selective_trainer_bf16_steps(reference, token_store, model_dir, tmp_path):
+    seq_len = 64
+    losses, ref_model = None, None
+    if reference == "offline":
+        losses = score_store(
+            str(model_dir),
+            token_store,
+            tmp_path / "losses",
+            seq_len,
+            batch_size=8,
+            dtype="bfloat16",
+            device=DEVICE,
+            progress=False,
+        )
+    else:
+        ref_model = build_model("tiny", token_store.vocab_size, seed=1)
+    model = build_model("tiny", token_store.vocab_size, seed=0)
+    before = [p.detach().clone() for p in model.parameters()]
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "out"),
+        bf16=True,
+        use_cpu=DEVICE == "cpu",
+        max_steps=3,
+        per_device_train_batch_size=8,
+        learning_rate=1e-3,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+    )
+    trainer = SelectiveTrainer(
+        model=model,
+        args=args,
+        train_dataset=WindowDataset(token_store, seq_len, losses),
+        data_collator=WindowCollator(seq_len, pad_id=token_store.eos_id),
+        selection=SelectionArguments(ratio=0.6),
+        ref_model=ref_model,
+    )
+    trainer.train()
+
+    assert next(model.parameters()).device.type == torch.device(DEVICE).type
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert len(logs) == 3
+    for log in logs:
+        assert math.isfinite(log["loss"]) and math.isfinite(log["excess_mean"])
+        assert log["selected_fraction"] == pytest.approx(0.6, abs=0.01)
+    moved = [
+        not torch.equal(a, p.detach().cpu())
+        for a, p in zip(before, model.parameters(), strict=True)
+    ]
+    assert all(moved)
