@@ -59,44 +59,74 @@ def window_starts(n_tokens: int, seq_len: int) -> np.ndarray:
 # --- Small file helpers ------------------------------------------------------------------------
 
 
+def one_line(err: BaseException | str, limit: int = 200) -> str:
+    """An error message squeezed onto one line (the CLI prints user errors as one line)."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def read_json(path: Path) -> dict:
     try:
-        return json.loads(Path(path).read_text())
+        data = json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise UserError(f"{path} is missing") from None
-    except (OSError, json.JSONDecodeError) as err:
-        raise UserError(f"{path} is unreadable or corrupted: {err}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserError(f"{path} is unreadable or corrupted: {one_line(err)}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} is corrupted: not a JSON object")
+    return data
+
+
+def _write_atomic(path: Path, write, suffix: str = "") -> None:
+    """Write through ``write(file)`` into a temporary sibling, fsync, then rename into place: a
+    reader (or a rerun after kill -9 or a power cut) sees the old file or the new, never half."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
+    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+    _write_atomic(path, lambda f: f.write(text.encode()))
 
 
 def save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npy")
-    with os.fdopen(fd, "wb") as f:
-        np.save(f, array)
-    os.replace(tmp, path)
+    _write_atomic(path, lambda f: np.save(f, array), suffix=".npy")
 
 
-def load_npy(path: Path, expected_len: int | None = None) -> np.ndarray:
-    """Memory-map a .npy, turning truncation and corruption into one-line errors."""
+def load_npy(
+    path: Path, expected_len: int | None = None, dtypes: tuple[str, ...] | None = None
+) -> np.ndarray:
+    """Memory-map a 1-D .npy, turning truncation and corruption into one-line errors."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path} is missing")
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as err:
-        raise UserError(f"{path} is truncated or corrupted ({err})") from None
+        raise UserError(f"{path} is truncated or corrupted ({one_line(err, 80)})") from None
+    if array.ndim != 1 or (dtypes is not None and array.dtype.name not in dtypes):
+        raise UserError(
+            f"{path} is corrupted: holds a {array.dtype.name} array of shape {array.shape}, "
+            f"expected 1-D {' or '.join(dtypes or ('any dtype',))}"
+        )
     if expected_len is not None and len(array) != expected_len:
         raise UserError(f"{path} holds {len(array)} entries, meta.json says {expected_len}")
     return array
+
+
+def require_keys(meta: dict, keys: tuple[str, ...], path: Path) -> None:
+    missing = [k for k in keys if k not in meta]
+    if missing:
+        raise UserError(f"{path}/meta.json is corrupted: missing {', '.join(missing)}")
 
 
 def sha256_file(path: Path, h: hashlib._Hash | None = None) -> str:
@@ -126,6 +156,15 @@ def hash_dir(path: Path) -> str:
     return h.hexdigest()
 
 
+def tokenizer_hash(path: Path) -> str:
+    """Identity of a saved tokenizer: its tokenizer.json (vocabulary, merges, normalisation)
+    when there is one; config files vary with how it was saved, so they are left out."""
+    path = Path(path)
+    if (path / "tokenizer.json").exists():
+        return sha256_file(path / "tokenizer.json")
+    return hash_dir(path)
+
+
 def prepare_output(path: Path, overwrite: bool) -> Path:
     """Refuse to clobber an existing output unless asked; return a fresh temporary sibling."""
     path = Path(path)
@@ -135,16 +174,30 @@ def prepare_output(path: Path, overwrite: bool) -> Path:
     return Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
 
 
+def remove_path(path: Path) -> None:
+    """Delete a file or a directory tree (best effort)."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
 def commit_output(tmp: Path, path: Path) -> None:
     """Move a finished temporary directory into place; the old one goes only once the new is in."""
     path = Path(path)
     old = None
-    if path.exists():
+    if path.exists() or path.is_symlink():
         old = path.with_name(f".{path.name}.old-{os.getpid()}")
         os.replace(path, old)
-    os.replace(tmp, path)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        if old is not None:  # put the old output back rather than lose it
+            os.replace(old, path)
+        raise
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        remove_path(old)
 
 
 def smallest_token_dtype(vocab_size: int) -> np.dtype:
@@ -154,13 +207,22 @@ def smallest_token_dtype(vocab_size: int) -> np.dtype:
 # --- TokenStore ---------------------------------------------------------------------------------
 
 
+TOKEN_KEYS = ("n_tokens", "n_docs", "vocab_size", "eos_id", "content_hash")
+LOSS_KEYS = ("n_tokens", "seq_len", "token_hash")
+CHUNK = 1 << 22  # entries read at a time by whole-array passes (hashes, statistics)
+
+
+def max_chunked(values: np.ndarray) -> int:
+    return max(int(values[s : s + CHUNK].max()) for s in range(0, len(values), CHUNK))
+
+
 class TokenStore:
     """A tokenized corpus on disk, opened read-only through memory maps."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        if not self.path.is_dir():
-            raise UserError(f"{self.path} is not a TokenStore directory")
+        if not (self.path / "meta.json").is_file():
+            raise UserError(f"{self.path} is not a TokenStore directory (no meta.json)")
         self.meta = read_json(self.path / "meta.json")
         if self.meta.get("format") != TOKEN_STORE:
             raise UserError(f"{self.path} is not a TokenStore (meta.json format is wrong)")
@@ -168,16 +230,17 @@ class TokenStore:
             raise UserError(
                 f"{self.path}: unsupported TokenStore version {self.meta.get('version')}"
             )
-        self.tokens = load_npy(self.path / "tokens.npy", self.meta["n_tokens"])
-        self.doc_offsets = load_npy(self.path / "doc_offsets.npy", self.meta["n_docs"] + 1)
+        require_keys(self.meta, TOKEN_KEYS, self.path)
+        self.tokens = load_npy(self.path / "tokens.npy", self.n_tokens, ("uint16", "uint32"))
+        self.doc_offsets = load_npy(self.path / "doc_offsets.npy", self.n_docs + 1, ("int64",))
         if self.doc_offsets[0] != 0 or self.doc_offsets[-1] != self.n_tokens:
-            raise UserError(f"{self.path}/doc_offsets.npy does not span the tokens")
-        self.doc_domains = self._optional("doc_domains.npy", self.n_docs)
-        self.noise_mask = self._optional("noise_mask.npy", self.n_tokens)
+            raise UserError(f"{self.path}/doc_offsets.npy does not span the tokens (corrupted)")
+        self.doc_domains = self._optional("doc_domains.npy", self.n_docs, ("int16",))
+        self.noise_mask = self._optional("noise_mask.npy", self.n_tokens, ("bool",))
 
-    def _optional(self, name: str, length: int) -> np.ndarray | None:
+    def _optional(self, name: str, length: int, dtypes: tuple[str, ...]) -> np.ndarray | None:
         file = self.path / name
-        return load_npy(file, length) if file.exists() else None
+        return load_npy(file, length, dtypes) if file.exists() else None
 
     n_tokens = property(lambda self: int(self.meta["n_tokens"]))
     n_docs = property(lambda self: int(self.meta["n_docs"]))
@@ -209,6 +272,13 @@ class TokenStore:
         """Recompute the content hash (reads every token): catches corrupted bytes."""
         if hash_arrays(self.tokens, self.doc_offsets) != self.content_hash:
             raise UserError(f"{self.path}: tokens do not match their content hash (corrupted)")
+        if np.any(np.diff(self.doc_offsets) < 1):
+            raise UserError(f"{self.path}/doc_offsets.npy is not increasing (corrupted)")
+        top = max_chunked(self.tokens)
+        if top >= self.vocab_size:
+            raise UserError(
+                f"{self.path}: token id {top} is outside the vocabulary of {self.vocab_size}"
+            )
 
 
 def write_token_store(
@@ -249,7 +319,7 @@ def write_token_store(
             "eos_id": int(eos_id),
             "dtype": tokens.dtype.name,
             "content_hash": hash_arrays(tokens, doc_offsets),
-            "tokenizer_hash": hash_dir(tmp / "tokenizer"),
+            "tokenizer_hash": tokenizer_hash(tmp / "tokenizer"),
             "domains": list(domain_names or []),
             "has_noise_mask": noise_mask is not None,
             "sources": sources or [],
@@ -272,8 +342,8 @@ class LossStore:
         self, path: str | Path, tokens: TokenStore | None = None, seq_len: int | None = None
     ):
         self.path = Path(path)
-        if not self.path.is_dir():
-            raise UserError(f"{self.path} is not a LossStore directory")
+        if not (self.path / "meta.json").is_file():
+            raise UserError(f"{self.path} is not a LossStore directory (no meta.json)")
         self.meta = read_json(self.path / "meta.json")
         if self.meta.get("format") != LOSS_STORE:
             raise UserError(f"{self.path} is not a LossStore (meta.json format is wrong)")
@@ -281,7 +351,10 @@ class LossStore:
             raise UserError(
                 f"{self.path}: unsupported LossStore version {self.meta.get('version')}"
             )
-        self.ref_loss = load_npy(self.path / "ref_loss.npy", self.meta["n_tokens"])
+        require_keys(self.meta, LOSS_KEYS, self.path)
+        self.ref_loss = load_npy(
+            self.path / "ref_loss.npy", int(self.meta["n_tokens"]), ("float16",)
+        )
         if tokens is not None:
             self.check_matches(tokens, seq_len)
 
@@ -307,6 +380,38 @@ class LossStore:
         start, end = window_bounds(index, self.seq_len, len(self.ref_loss))
         return np.asarray(self.ref_loss[start:end], dtype=np.float32)
 
+    def verify(self) -> None:
+        """Recompute the hash of the losses (reads them all): catches corrupted bytes."""
+        expected = self.meta.get("loss_hash")
+        if expected is None:
+            raise UserError(f"{self.path}: no loss hash to verify against (unfinished store?)")
+        if hash_arrays(self.ref_loss) != expected:
+            raise UserError(f"{self.path}: losses do not match their hash (corrupted)")
+
+
+def loss_summary(values: np.ndarray, seq_len: int) -> dict:
+    """Statistics of a loss array read in chunks (a big store never sits in memory at once):
+    mean over scored tokens, how many tokens are still unscored (NaN away from a window start),
+    and percentiles from an evenly strided sample of at most ~1M entries."""
+    total, count, missing = 0.0, 0, 0
+    for start in range(0, len(values), CHUNK):
+        block = np.asarray(values[start : start + CHUNK], dtype=np.float64)
+        nan = np.isnan(block)
+        total, count = total + block[~nan].sum(), count + int((~nan).sum())
+        at_starts = nan[np.arange(-start % seq_len, len(block), seq_len)].sum()
+        missing += int(nan.sum() - at_starts)
+    sample = np.asarray(values[:: max(1, len(values) // (1 << 20))], dtype=np.float32)
+    sample = sample[~np.isnan(sample)]
+    q = np.percentile(sample, [5, 50, 95]).tolist() if len(sample) else [math.nan] * 3
+    return {
+        "mean": total / count if count else math.nan,
+        "scored": count,
+        "missing": missing,
+        "p5": q[0],
+        "p50": q[1],
+        "p95": q[2],
+    }
+
 
 def loss_store_meta(tokens: TokenStore, seq_len: int, batch_size: int, **extra) -> dict:
     return {
@@ -329,6 +434,8 @@ def loss_store_meta(tokens: TokenStore, seq_len: int, batch_size: int, **extra) 
 def describe(path: str | Path, verify: bool = False) -> str:
     """A short human summary of a TokenStore or LossStore."""
     path = Path(path)
+    if not (path / "meta.json").is_file():
+        raise UserError(f"{path} is not a store directory (no meta.json)")
     kind = read_json(path / "meta.json").get("format")
     lines = [f"{path}"]
     if kind == TOKEN_STORE:
@@ -338,7 +445,7 @@ def describe(path: str | Path, verify: bool = False) -> str:
         lengths = np.diff(store.doc_offsets)
         lines += [
             f"  TokenStore v{store.meta['version']}: {store.n_tokens:,} tokens "
-            f"({store.meta['dtype']}), {store.n_docs:,} documents "
+            f"({store.tokens.dtype.name}), {store.n_docs:,} documents "
             f"(mean {lengths.mean():.0f} tokens)",
             f"  vocab {store.vocab_size:,}, eos id {store.eos_id}, "
             f"content {store.content_hash[:12]}",
@@ -351,30 +458,38 @@ def describe(path: str | Path, verify: bool = False) -> str:
             share = ", ".join(f"{name} {c / store.n_tokens:.0%}" for name, c in pairs)
             lines.append(f"  domains (share of tokens): {share}")
         if store.noise_mask is not None:
-            lines.append(f"  noise mask: {np.mean(store.noise_mask):.1%} of tokens marked noise")
+            marked = sum(
+                int(np.count_nonzero(store.noise_mask[i : i + CHUNK]))
+                for i in range(0, store.n_tokens, CHUNK)
+            )
+            lines.append(f"  noise mask: {marked / store.n_tokens:.1%} of tokens marked noise")
         for source in store.meta.get("sources", [])[:5]:
             domain = f" (domain {source['domain']})" if source.get("domain") else ""
             lines.append(f"  source {source.get('path')}{domain}")
         lines.append("  complete: yes" + (" (content hash verified)" if verify else ""))
     elif kind == LOSS_STORE:
         store = LossStore(path)
-        loss = np.asarray(store.ref_loss, dtype=np.float32)
-        scored = ~np.isnan(loss)
-        starts = window_starts(len(loss), store.seq_len)
+        if verify and store.complete:
+            store.verify()
+        n = len(store.ref_loss)
+        stats = loss_summary(store.ref_loss, store.seq_len)
         lines += [
-            f"  LossStore v{store.meta['version']}: {len(loss):,} tokens, seq_len {store.seq_len}, "
-            f"model {store.meta.get('model')}",
+            f"  LossStore v{store.meta['version']}: {n:,} tokens, seq_len {store.seq_len} "
+            f"({n_windows(n, store.seq_len):,} windows), model {store.meta.get('model')} "
+            f"({store.meta.get('score_dtype', '?')})",
             f"  token hash {store.token_hash[:12]}, "
             f"model hash {str(store.meta.get('model_hash'))[:12]}",
         ]
-        if scored.any():
-            q = np.percentile(loss[scored], [5, 50, 95])
+        if stats["scored"]:
             lines.append(
-                f"  loss mean {loss[scored].mean():.3f}, "
-                f"p5/p50/p95 {q[0]:.2f}/{q[1]:.2f}/{q[2]:.2f}"
+                f"  loss mean {stats['mean']:.3f}, p5/p50/p95 "
+                f"{stats['p5']:.2f}/{stats['p50']:.2f}/{stats['p95']:.2f} "
+                f"(nats/token; NaN at the {n_windows(n, store.seq_len):,} window starts)"
             )
-        missing = int((~scored & ~starts).sum())
-        state = "yes" if store.complete else f"no ({missing:,} tokens not scored yet)"
+        if store.complete:
+            state = "yes" + (" (loss hash verified)" if verify else "")
+        else:
+            state = f"no ({stats['missing']:,} tokens not scored yet: rerun `rho score`)"
         lines.append(f"  complete: {state}")
     else:
         raise UserError(f"{path} is neither a TokenStore nor a LossStore")

@@ -12,9 +12,13 @@ import argparse
 import glob
 import gzip
 import json
+import multiprocessing
 import os
 import tempfile
-from collections.abc import Iterator
+import zlib
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +26,14 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from rho.errors import UserError
-from rho.store import TokenStore, sha256_file, smallest_token_dtype, write_token_store
+from rho.store import (
+    TokenStore,
+    one_line,
+    remove_path,
+    sha256_file,
+    smallest_token_dtype,
+    write_token_store,
+)
 
 EOS_TOKEN = "<|endoftext|>"
 ENCODE_BATCH = 256  # documents per tokenizer call (the fast tokenizer threads within a call)
@@ -91,21 +102,33 @@ def _read_jsonl(path: Path, text_field: str) -> Iterator[Document]:
                 text = record[text_field]
                 if not isinstance(text, str):
                     raise UserError(f"{path}:{number}: field {text_field!r} is not a string")
-                spans = [(int(a), int(b)) for a, b in record.get("noise_spans") or []]
-                yield Document(text, record.get("domain"), spans)
-    except (OSError, EOFError) as err:
-        raise UserError(f"{path}: cannot read ({err})") from None
+                domain = record.get("domain")
+                if domain is not None and not isinstance(domain, str):
+                    raise UserError(f"{path}:{number}: field 'domain' is not a string")
+                try:
+                    spans = [(int(a), int(b)) for a, b in record.get("noise_spans") or []]
+                except (TypeError, ValueError):
+                    raise UserError(
+                        f"{path}:{number}: 'noise_spans' must be a list of [start, end] pairs"
+                    ) from None
+                yield Document(text, domain, spans)
+    except (OSError, EOFError, zlib.error) as err:  # also a corrupted or truncated .gz
+        raise UserError(f"{path}: cannot read ({one_line(err)})") from None
 
 
 def _read_table(path: Path, text_field: str) -> Iterator[Document]:
     """A parquet file, or a directory saved by HF datasets (first split if a DatasetDict)."""
+    import pyarrow as pa
+
     if path.is_dir():
         import datasets
 
         try:
             data = datasets.load_from_disk(str(path))
         except Exception as err:  # datasets raises several types for a bad directory
-            raise UserError(f"{path}: not a dataset saved with save_to_disk ({err})") from None
+            raise UserError(
+                f"{path}: not a dataset saved with save_to_disk ({one_line(err, 120)})"
+            ) from None
         if isinstance(data, datasets.DatasetDict):
             data = data["train"] if "train" in data else data[next(iter(data))]
         if text_field not in data.column_names:
@@ -117,17 +140,22 @@ def _read_table(path: Path, text_field: str) -> Iterator[Document]:
         try:
             table = pq.ParquetFile(path)
         except Exception as err:
-            raise UserError(f"{path}: not a readable parquet file ({err})") from None
+            raise UserError(f"{path}: not a readable parquet file ({one_line(err, 120)})") from None
         if text_field not in table.schema_arrow.names:
             raise UserError(f"{path}: no {text_field!r} column (has {table.schema_arrow.names})")
         batches = (
             b.column(0).to_pylist()
             for b in table.iter_batches(batch_size=1024, columns=[text_field])
         )
-    for batch in batches:
-        for text in batch:
-            if text is not None:
-                yield Document(text)
+    try:
+        for batch in batches:
+            for text in batch:
+                if text is not None and not isinstance(text, str):
+                    raise UserError(f"{path}: column {text_field!r} is not text")
+                if text is not None:
+                    yield Document(text)
+    except (OSError, pa.ArrowException) as err:  # a damaged file fails while reading batches
+        raise UserError(f"{path}: cannot read ({one_line(err, 120)})") from None
 
 
 def read_documents(source: Source, text_field: str = "text") -> Iterator[Document]:
@@ -140,7 +168,7 @@ def read_documents(source: Source, text_field: str = "text") -> Iterator[Documen
         try:
             docs = iter([Document(_decode(path.read_bytes(), path))])
         except OSError as err:
-            raise UserError(f"{path}: cannot read ({err})") from None
+            raise UserError(f"{path}: cannot read ({one_line(err)})") from None
     else:
         raise UserError(f"{path}: unsupported input (use .txt, .jsonl, .parquet or a dataset dir)")
     for doc in docs:
@@ -188,10 +216,14 @@ def train_tokenizer(texts: Iterator[str], vocab_size: int, out_dir: str | Path):
 def load_tokenizer(name_or_dir: str | Path):
     from transformers import AutoTokenizer
 
+    name = str(name_or_dir)
+    # A path that is not there would otherwise be tried as a hub name (network, slow, confusing).
+    if not Path(name).exists() and (Path(name).is_absolute() or name.startswith(".")):
+        raise UserError(f"tokenizer directory {name} does not exist")
     try:
-        return AutoTokenizer.from_pretrained(str(name_or_dir))
-    except (OSError, ValueError) as err:
-        raise UserError(f"cannot load tokenizer {name_or_dir!r}: {err}".splitlines()[0]) from None
+        return AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError, TypeError, KeyError) as err:
+        raise UserError(f"cannot load tokenizer {name!r}: {one_line(err, 160)}") from None
 
 
 def _token_noise(offsets: list[tuple[int, int]], spans: list[tuple[int, int]], n_chars: int):
@@ -207,6 +239,88 @@ def _token_noise(offsets: list[tuple[int, int]], spans: list[tuple[int, int]], n
     return inside[offsets[:, 1]] - inside[offsets[:, 0]] > 0
 
 
+# --- Encoding, in this process or in worker processes ------------------------------------------
+
+
+def _encode(tok, texts: list[str], spans: list[list], dtype: np.dtype) -> list[tuple]:
+    """(ids with EOS appended, noise marks or None) per text; marks only for texts with spans."""
+    encoded = tok(
+        texts,
+        add_special_tokens=False,
+        return_offsets_mapping=any(spans),
+        verbose=False,
+    )
+    result = []
+    for i, ids in enumerate(encoded["input_ids"]):
+        marks = None
+        if spans[i]:
+            marks = _token_noise(encoded["offset_mapping"][i], spans[i], len(texts[i]))
+            marks = np.append(marks, False)  # EOS is never noise
+        # An id that does not fit the dtype raises OverflowError here, never wraps silently.
+        result.append((np.asarray([*ids, tok.eos_token_id], dtype=dtype), marks))
+    return result
+
+
+_WORKER_TOKENIZER = None
+
+
+def _init_worker(tokenizer_dir: str) -> None:
+    global _WORKER_TOKENIZER
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the processes are the parallelism
+    from transformers import AutoTokenizer
+
+    _WORKER_TOKENIZER = AutoTokenizer.from_pretrained(tokenizer_dir)
+
+
+def _encode_in_worker(texts: list[str], spans: list[list], dtype: np.dtype) -> list[tuple]:
+    return _encode(_WORKER_TOKENIZER, texts, spans, dtype)
+
+
+def _batched(docs: Iterable[Document], size: int) -> Iterator[list[Document]]:
+    batch = []
+    for doc in docs:
+        batch.append(doc)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _encoded_batches(
+    batches: Iterable[list[Document]], tok, tokenizer_dir: Path, dtype: np.dtype, workers: int
+) -> Iterator[tuple[list[Document], list[tuple]]]:
+    """Each batch with its encoding, in input order. With workers > 1, batches go to a pool of
+    processes that each load the saved tokenizer; a bounded number are in flight (memory)."""
+
+    def args(batch):
+        return [d.text for d in batch], [d.noise_spans for d in batch], dtype
+
+    if workers <= 1:
+        for batch in batches:
+            yield batch, _encode(tok, *args(batch))
+        return
+    # spawn, not fork: forking after the tokenizer's own threads have run can deadlock.
+    pool = ProcessPoolExecutor(
+        workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_init_worker,
+        initargs=(str(tokenizer_dir),),
+    )
+    try:
+        pending: deque = deque()
+        for batch in batches:
+            pending.append((batch, pool.submit(_encode_in_worker, *args(batch))))
+            if len(pending) > 2 * workers:
+                done, future = pending.popleft()
+                yield done, future.result()
+        while pending:
+            done, future = pending.popleft()
+            yield done, future.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 # --- The stage ------------------------------------------------------------------------------------
 
 
@@ -218,93 +332,97 @@ def tokenize_corpus(
     train_vocab: int | None = None,
     domains: list[str] | None = None,
     text_field: str = "text",
+    workers: int = 1,
     overwrite: bool = False,
     progress: bool = True,
 ) -> TokenStore:
     """Tokenize corpus files into a TokenStore at ``out``. Exactly one of ``tokenizer`` (an HF
-    tokenizer dir or name) and ``train_vocab`` (train a byte-level BPE of that size) is needed."""
+    tokenizer dir or name) and ``train_vocab`` (train a byte-level BPE of that size) is needed.
+    ``workers`` > 1 encodes batches of documents in that many processes (same store)."""
     out = Path(out)
     if (tokenizer is None) == (train_vocab is None):
         raise UserError("give exactly one of --tokenizer and --train-tokenizer")
+    if workers < 1:
+        raise UserError(f"--workers must be at least 1, got {workers}")
     if out.exists() and not overwrite:
         raise UserError(f"{out} already exists (pass --overwrite to replace it)")
     sources = expand_inputs(inputs, domains)
-    with tempfile.TemporaryDirectory(prefix="rho-tokenize-") as work:
-        work = Path(work)
-        if train_vocab is not None:
-            texts = (doc.text for doc in iter_documents(sources, text_field))
-            tok = train_tokenizer(texts, train_vocab, work / "tokenizer")
-        else:
-            tok = load_tokenizer(tokenizer)
-            tok.save_pretrained(work / "tokenizer")
-        if tok.eos_token_id is None:
-            raise UserError("the tokenizer has no EOS token: documents cannot be separated")
-        vocab_size = len(tok)
-        dtype = smallest_token_dtype(vocab_size)
-        raw_path = work / "tokens.raw"
-        doc_lengths, doc_domains, noise, names = [], [], [], {}
-        any_noise = False
-        bar = tqdm(desc="tokenize", unit="doc", disable=not progress)
-        with open(raw_path, "wb") as raw:
-
-            def flush(batch: list[Document]) -> None:
-                nonlocal any_noise
-                want_offsets = any(d.noise_spans for d in batch) or any_noise
-                encoded = tok(
-                    [d.text for d in batch],
-                    add_special_tokens=False,
-                    return_offsets_mapping=want_offsets,
-                    verbose=False,
-                )
-                for i, (doc, ids) in enumerate(zip(batch, encoded["input_ids"], strict=True)):
-                    np.asarray([*ids, tok.eos_token_id], dtype=dtype).tofile(raw)
-                    doc_lengths.append(len(ids) + 1)
-                    doc_domains.append(names.setdefault(doc.domain or "default", len(names)))
-                    if doc.noise_spans and not any_noise:  # mark every earlier token clean
-                        any_noise = True
-                        noise.append(np.zeros(sum(doc_lengths[:-1]), dtype=bool))
-                    if any_noise:
-                        spans = doc.noise_spans
-                        marks = _token_noise(encoded["offset_mapping"][i], spans, len(doc.text))
-                        noise.append(np.append(marks, False))  # EOS is never noise
-                bar.update(len(batch))
-
-            batch: list[Document] = []
-            for doc in iter_documents(sources, text_field):
-                batch.append(doc)
-                if len(batch) == ENCODE_BATCH:
-                    flush(batch)
-                    batch = []
-            if batch:
-                flush(batch)
-        bar.close()
-        if not doc_lengths:
-            raise UserError("the corpus is empty: no non-blank document in the inputs")
-        tokens = np.memmap(raw_path, dtype=dtype, mode="r")
-        offsets = np.concatenate([[0], np.cumsum(doc_lengths)])
-        domain_names = list(names)
-        has_domains = domain_names != ["default"]
-        store = write_token_store(
-            out,
-            tokens,
-            offsets,
-            work / "tokenizer",
-            vocab_size=vocab_size,
-            eos_id=tok.eos_token_id,
-            doc_domains=np.asarray(doc_domains) if has_domains else None,
-            domain_names=domain_names if has_domains else None,
-            noise_mask=np.concatenate(noise) if any_noise else None,
-            sources=[
-                {
-                    "path": str(s.path),
-                    "domain": s.domain,
-                    "sha256": sha256_file(s.path) if s.path.is_file() else None,
-                }
-                for s in sources
-            ],
-            overwrite=overwrite,
+    if next(iter_documents(sources, text_field), None) is None:  # before any costly work
+        raise UserError("the corpus is empty: no non-blank document in the inputs")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Scratch space beside the output (same filesystem: no copy through a small /tmp), removed
+    # whatever happens.
+    work = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.work-"))
+    try:
+        return _tokenize(
+            sources, out, work, tokenizer, train_vocab, text_field, workers, overwrite, progress
         )
-        del tokens
+    finally:
+        remove_path(work)
+
+
+def _tokenize(sources, out, work, tokenizer, train_vocab, text_field, workers, overwrite, progress):
+    if train_vocab is not None:
+        texts = (doc.text for doc in iter_documents(sources, text_field))
+        tok = train_tokenizer(texts, train_vocab, work / "tokenizer")
+    else:
+        tok = load_tokenizer(tokenizer)
+        tok.save_pretrained(work / "tokenizer")
+    if tok.eos_token_id is None:
+        raise UserError("the tokenizer has no EOS token: documents cannot be separated")
+    # Some tokenizers have ids beyond len(tok) (holes in the vocabulary): size by the largest id.
+    vocab_size = max(len(tok), max(tok.get_vocab().values(), default=0) + 1)
+    dtype = smallest_token_dtype(vocab_size)
+    doc_lengths: list[int] = []
+    doc_domains: list[int] = []
+    names: dict[str, int] = {}
+    n_tokens, any_noise = 0, False
+    # disable=None: a bar on a terminal only, so logs and pipes get no bar spam
+    bar = tqdm(desc="tokenize", unit="doc", disable=None if progress else True)
+    batches = _batched(iter_documents(sources, text_field), ENCODE_BATCH)
+    with open(work / "tokens.raw", "wb") as raw, open(work / "noise.raw", "wb") as noise:
+        for batch, encoded in _encoded_batches(batches, tok, work / "tokenizer", dtype, workers):
+            for doc, (ids, marks) in zip(batch, encoded, strict=True):
+                if marks is not None and not any_noise:  # from here on, keep a per-token mask
+                    any_noise = True
+                    for done in range(0, n_tokens, 1 << 24):  # every earlier token is clean
+                        np.zeros(min(1 << 24, n_tokens - done), dtype=bool).tofile(noise)
+                if any_noise:
+                    (marks if marks is not None else np.zeros(len(ids), dtype=bool)).tofile(noise)
+                ids.tofile(raw)
+                n_tokens += len(ids)
+                doc_lengths.append(len(ids))
+                doc_domains.append(names.setdefault(doc.domain or "default", len(names)))
+            bar.update(len(batch))
+    bar.close()
+    if not doc_lengths:
+        raise UserError("the corpus is empty: no non-blank document in the inputs")
+    tokens = np.memmap(work / "tokens.raw", dtype=dtype, mode="r")
+    mask = np.memmap(work / "noise.raw", dtype=bool, mode="r") if any_noise else None
+    offsets = np.concatenate([[0], np.cumsum(doc_lengths)])  # a document ends right after its EOS
+    domain_names = list(names)
+    has_domains = domain_names != ["default"]
+    store = write_token_store(
+        out,
+        tokens,
+        offsets,
+        work / "tokenizer",
+        vocab_size=vocab_size,
+        eos_id=tok.eos_token_id,
+        doc_domains=np.asarray(doc_domains) if has_domains else None,
+        domain_names=domain_names if has_domains else None,
+        noise_mask=mask,
+        sources=[
+            {
+                "path": str(s.path),
+                "domain": s.domain,
+                "sha256": sha256_file(s.path) if s.path.is_file() else None,
+            }
+            for s in sources
+        ],
+        overwrite=overwrite,
+    )
+    del tokens, mask
     return store
 
 
@@ -323,6 +441,9 @@ def cli(argv: list[str]) -> int:
         "--domain", action="append", help="domain label: once for all inputs, or once per input"
     )
     parser.add_argument("--text-field", default="text", help="jsonl/parquet text field")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="processes that encode documents (default 1)"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     args = parser.parse_args(argv)
     store = tokenize_corpus(
@@ -332,6 +453,7 @@ def cli(argv: list[str]) -> int:
         train_vocab=args.train_tokenizer,
         domains=args.domain,
         text_field=args.text_field,
+        workers=args.workers,
         overwrite=args.overwrite,
     )
     from rho.store import describe

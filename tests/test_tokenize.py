@@ -1,0 +1,248 @@
+"""`rho tokenize`: every input kind, domains, noise masks, EOS packing, workers, bad input."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+from conftest import make_docs, run_rho, write_jsonl
+
+from rho import tokenize as tok_mod
+from rho.cli import main
+from rho.errors import UserError
+from rho.store import TokenStore
+from rho.tokenize import _token_noise, tokenize_corpus
+
+TEXTS = make_docs(12, seed=3)
+
+
+def tokenize(inputs, out, tokenizer, **kwargs) -> TokenStore:
+    return tokenize_corpus(
+        [str(i) for i in inputs], out, tokenizer=tokenizer, progress=False, **kwargs
+    )
+
+
+def decoded_docs(store: TokenStore) -> list[str]:
+    tok = store.tokenizer()
+    offsets = store.doc_offsets
+    return [
+        tok.decode(store.tokens[a : b - 1]) for a, b in zip(offsets[:-1], offsets[1:], strict=True)
+    ]
+
+
+def write_inputs(kind: str, where) -> list:
+    where.mkdir()
+    if kind == "txt":
+        for i, text in enumerate(TEXTS):
+            (where / f"doc{i:02d}.txt").write_text(text)
+        return [where / "*.txt"]  # a glob, expanded in sorted order
+    if kind == "jsonl":
+        return [write_jsonl(where / "c.jsonl", [{"text": t} for t in TEXTS])]
+    if kind == "jsonl.gz":
+        with gzip.open(where / "c.jsonl.gz", "wt") as f:
+            f.writelines(json.dumps({"body": t}) + "\n" for t in TEXTS)  # --text-field body
+        return [where / "c.jsonl.gz"]
+    if kind == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.table({"text": TEXTS, "n": list(range(12))}), where / "c.parquet")
+        return [where / "c.parquet"]
+    import datasets
+
+    datasets.Dataset.from_dict({"text": TEXTS}).save_to_disk(str(where / "ds"))
+    return [where / "ds"]
+
+
+@pytest.mark.parametrize("kind", ["txt", "jsonl", "jsonl.gz", "parquet", "hf-dataset"])
+def test_every_input_kind_gives_the_same_store(tmp_path, kind, token_store):
+    inputs = write_inputs(kind, tmp_path / "in")
+    field = {"text_field": "body"} if kind == "jsonl.gz" else {}
+    store = tokenize(inputs, tmp_path / "out", token_store.tokenizer_dir, **field)
+    assert decoded_docs(store) == TEXTS
+    tokens, offsets = np.asarray(store.tokens), np.asarray(store.doc_offsets)
+    # EOS after each document; doc_offsets point right after it
+    np.testing.assert_array_equal(np.flatnonzero(tokens == store.eos_id), offsets[1:] - 1)
+    assert store.n_docs == len(TEXTS) and store.doc_domains is None
+    assert store.vocab_size == token_store.vocab_size and store.tokens.dtype == np.uint16
+    reference = tokenize(
+        write_inputs("jsonl", tmp_path / "ref"), tmp_path / "r", token_store.tokenizer_dir
+    )
+    assert store.content_hash == reference.content_hash
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "out", "r", "ref"]  # no temps
+
+
+def test_loaded_tokenizer_reproduces_the_trained_store(tmp_path, corpus, token_store):
+    again = tokenize([corpus], tmp_path / "again", token_store.tokenizer_dir)
+    assert again.content_hash == token_store.content_hash
+    assert again.meta["tokenizer_hash"] == token_store.meta["tokenizer_hash"]
+    assert (again.path / "noise_mask.npy").read_bytes() == (
+        token_store.path / "noise_mask.npy"
+    ).read_bytes()
+    assert token_store.meta["sources"][0]["sha256"]  # provenance recorded
+
+
+def test_workers_give_an_identical_store(tmp_path, monkeypatch, corpus, token_store):
+    monkeypatch.setattr(tok_mod, "ENCODE_BATCH", 16)  # many batches in flight
+    extra = tmp_path / "extra.jsonl"
+    write_jsonl(extra, [{"text": t, "domain": "side"} for t in TEXTS])
+    args = [corpus, extra]
+    one = tokenize(args, tmp_path / "one", token_store.tokenizer_dir, workers=1)
+    two = tokenize(args, tmp_path / "two", token_store.tokenizer_dir, workers=2)
+    for name in ("tokens.npy", "doc_offsets.npy", "doc_domains.npy", "noise_mask.npy"):
+        assert (one.path / name).read_bytes() == (two.path / name).read_bytes(), name
+    assert one.meta == {**two.meta}
+    assert one.domain_names == ["default", "side"]
+
+
+def test_uint32_tokens_for_a_big_vocabulary(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {f"w{i}": i for i in range(70_000)}
+    vocab.update({"[UNK]": 70_000, "<eos>": 70_001})
+    core = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<eos>").save_pretrained(
+        tmp_path / "tok"
+    )
+    write_jsonl(tmp_path / "c.jsonl", [{"text": "w69999 w1"}, {"text": "w65536"}])
+    store = tokenize([tmp_path / "c.jsonl"], tmp_path / "out", tmp_path / "tok")
+    assert store.tokens.dtype == np.uint32 and store.vocab_size == 70_002
+    assert store.tokens.tolist() == [69_999, 1, 70_001, 65_536, 70_001]
+    assert store.doc_offsets.tolist() == [0, 3, 5]
+
+
+def test_domains_once_per_input_and_per_line(tmp_path, token_store):
+    a = write_jsonl(tmp_path / "a.jsonl", [{"text": t} for t in TEXTS[:3]])
+    b = write_jsonl(tmp_path / "b.jsonl", [{"text": t, "domain": "line"} for t in TEXTS[3:5]])
+    per_input = tokenize([a, b], tmp_path / "p", token_store.tokenizer_dir, domains=["web", "code"])
+    assert per_input.domain_names == ["web", "code"]
+    assert per_input.doc_domains.tolist() == [0, 0, 0, 1, 1]
+    once = tokenize([a, b], tmp_path / "o", token_store.tokenizer_dir, domains=["all"])
+    assert once.domain_names == ["all"] and once.doc_domains.tolist() == [0] * 5
+    lines = tokenize([a, b], tmp_path / "l", token_store.tokenizer_dir)  # the jsonl's own field
+    assert lines.domain_names == ["default", "line"]
+    assert lines.doc_domains.tolist() == [0, 0, 0, 1, 1]
+    assert [s["domain"] for s in per_input.meta["sources"]] == ["web", "code"]
+    with pytest.raises(UserError, match="one per input"):
+        tokenize([a, b], tmp_path / "x", token_store.tokenizer_dir, domains=["1", "2", "3"])
+
+
+def test_token_noise_hand_checked():
+    offsets = [(0, 3), (3, 4), (4, 9), (9, 10), (10, 10)]
+    assert _token_noise(offsets, [(5, 7)], 10).tolist() == [False, False, True, False, False]
+    assert _token_noise(offsets, [(3, 4)], 10).tolist() == [False, True, False, False, False]
+    assert _token_noise(offsets, [(2, 4)], 10).tolist() == [True, True, False, False, False]
+    assert _token_noise(offsets, [(4, 4), (9, 99)], 10).tolist() == [False] * 3 + [True, False]
+    assert _token_noise(offsets, [], 10).tolist() == [False] * 5
+
+
+def test_noise_mask_marks_exactly_the_tokens_in_spans(tmp_path, token_store):
+    docs = [
+        {"text": "the cat sat on the mat"},  # before the first noisy document: all clean
+        {"text": "the cat XXXXXX sat on the mat", "noise_spans": [[8, 14]]},
+        {"text": "XXX dog ran far XX", "noise_spans": [[0, 3], [16, 18]]},
+        {"text": "a quick brown fox"},
+    ]
+    store = tokenize(
+        [write_jsonl(tmp_path / "n.jsonl", docs)], tmp_path / "o", token_store.tokenizer_dir
+    )
+    tok = store.tokenizer()
+    marks = np.asarray(store.noise_mask)
+    for token, mark in zip(store.tokens, marks, strict=True):
+        # X appears only inside the spans, so a token is noise exactly when it holds an X
+        assert mark == ("X" in tok.decode([int(token)])), tok.decode([int(token)])
+    assert marks.any() and not marks[np.asarray(store.tokens) == store.eos_id].any()
+
+
+def test_no_temporaries_after_success_or_error(tmp_path, token_store):
+    good = write_jsonl(tmp_path / "good.jsonl", [{"text": t} for t in TEXTS])
+    tokenize_corpus([str(good)], tmp_path / "out", train_vocab=300, progress=False)
+    before = (tmp_path / "out" / "tokens.npy").read_bytes()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(good.read_text() + "{broken\n")  # fails late: after tokenizer training
+    with pytest.raises(UserError, match="bad.jsonl:13: invalid JSON"):
+        tokenize_corpus(
+            [str(bad)], tmp_path / "out", train_vocab=300, overwrite=True, progress=False
+        )
+    assert (tmp_path / "out" / "tokens.npy").read_bytes() == before  # the old store survives
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl", "good.jsonl", "out"]
+
+
+# --- Bad input: one line on stderr, exit 2, nothing written ------------------------------------
+
+
+def tokenize_error(capsys, tmp_path, *args, tokenizer=None) -> str:
+    tok_args = ["--tokenizer", str(tokenizer)] if tokenizer else ["--train-tokenizer", "300"]
+    if "--train-tokenizer" in args:
+        tok_args = []
+    code = main(["tokenize", *map(str, args), "--out", str(tmp_path / "out"), *tok_args])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith("rho tokenize: error: ") and err.count("\n") == 1, err
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]  # no temporaries
+    return err
+
+
+def test_bad_inputs(tmp_path, capsys, token_store):
+    t = tmp_path
+    assert "does not exist" in tokenize_error(capsys, t, t / "missing.jsonl")
+    assert "no input matches" in tokenize_error(capsys, t, t / "*.nothing")
+    (t / "blank.jsonl").write_text('\n{"text": "   "}\n\n')
+    assert "corpus is empty" in tokenize_error(capsys, t, t / "blank.jsonl")
+    (t / "nofield.jsonl").write_text('{"text": "fine"}\n{"body": "where is text"}\n')
+    assert "nofield.jsonl:2: no 'text' field" in tokenize_error(capsys, t, t / "nofield.jsonl")
+    (t / "badjson.jsonl").write_text('{"text": "fine"}\n\n{"text": oops}\n')
+    assert "badjson.jsonl:3: invalid JSON" in tokenize_error(capsys, t, t / "badjson.jsonl")
+    (t / "latin1.txt").write_bytes("caf\xe9 cr\xe8me".encode("latin-1"))
+    assert "latin1.txt: text is not valid UTF-8" in tokenize_error(capsys, t, t / "latin1.txt")
+    (t / "latin1.jsonl").write_bytes(b'{"text": "ok"}\n{"text": "caf\xe9"}\n')
+    assert "latin1.jsonl:2: text is not valid UTF-8" in tokenize_error(
+        capsys, t, t / "latin1.jsonl"
+    )
+    (t / "spans.jsonl").write_text('{"text": "abc", "noise_spans": [1, 2]}\n')
+    assert "spans.jsonl:1: 'noise_spans'" in tokenize_error(capsys, t, t / "spans.jsonl")
+    (t / "broken.jsonl.gz").write_bytes(gzip.compress(b'{"text": "abc"}\n' * 100)[:40])
+    assert "broken.jsonl.gz: cannot read" in tokenize_error(capsys, t, t / "broken.jsonl.gz")
+    (t / "dir.txt").mkdir()  # a directory where a file is expected
+    assert "dir.txt: not a dataset" in tokenize_error(capsys, t, t / "dir.txt")
+    (t / "notes.docx").write_text("x")
+    assert "unsupported input" in tokenize_error(capsys, t, t / "notes.docx")
+    (t / "ok.jsonl").write_text('{"text": "fine words here"}\n')
+    assert "exist" in tokenize_error(capsys, t, t / "ok.jsonl", tokenizer=t / "no-tokenizer")
+    assert "at least 300" in tokenize_error(capsys, t, t / "ok.jsonl", "--train-tokenizer", "50")
+    assert "--workers" in tokenize_error(capsys, t, t / "ok.jsonl", "--workers", "0")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
+def test_unreadable_input(tmp_path, capsys):
+    path = write_jsonl(tmp_path / "secret.jsonl", [{"text": "hidden"}])
+    path.chmod(0)
+    try:
+        assert "not readable" in tokenize_error(capsys, tmp_path, path)
+    finally:
+        path.chmod(0o644)
+
+
+def test_existing_output_is_untouched(tmp_path, capsys, token_store):
+    out = shutil.copytree(token_store.path, tmp_path / "out")
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    good = write_jsonl(tmp_path / "good.jsonl", [{"text": "new words"}])
+    assert main(["tokenize", str(good), "--out", str(out), "--train-tokenizer", "300"]) == 2
+    assert "already exists (pass --overwrite" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
+def test_cli_subprocess_error_has_no_traceback(tmp_path):
+    proc = run_rho(
+        "tokenize", tmp_path / "missing.jsonl", "--out", tmp_path / "o", "--train-tokenizer", "300"
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("rho tokenize: error: ") and proc.stderr.count("\n") == 1
+    assert "Traceback" not in proc.stderr
