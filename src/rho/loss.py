@@ -16,7 +16,14 @@ import torch
 
 SCORES = ("excess", "learner", "reference", "random")
 SCOPES = ("batch", "sequence")
-CHUNK_TOKENS = 2048  # rows of logits upcast to float32 at a time
+CHUNK_TOKENS = 2048  # rows of logits upcast to float32 at a time on a GPU
+CPU_CHUNK_BYTES = 4 << 20  # on a CPU the loss runs ~2x faster when a float32 chunk fits in cache
+
+
+def default_chunk_tokens(logits: torch.Tensor) -> int:
+    if logits.device.type != "cpu":
+        return CHUNK_TOKENS
+    return max(64, CPU_CHUNK_BYTES // (4 * logits.shape[-1]))
 
 
 class _ChunkedCrossEntropy(torch.autograd.Function):
@@ -62,17 +69,19 @@ def token_losses(
     logits: torch.Tensor,
     targets: torch.Tensor,
     ignore_index: int = -100,
-    chunk_tokens: int = CHUNK_TOKENS,
+    chunk_tokens: int | None = None,
 ) -> torch.Tensor:
     """Per-token cross-entropy in float32, shape of ``targets``; 0 at ignored positions.
 
-    Computed ``chunk_tokens`` rows at a time so a float32 copy of the whole (B, T, V) logits never
-    exists, in forward or backward.
+    Computed ``chunk_tokens`` rows at a time (default: by device, see ``default_chunk_tokens``)
+    so a float32 copy of the whole (B, T, V) logits never exists, in forward or backward.
     """
     if logits.shape[:-1] != targets.shape:
         raise ValueError(
             f"logits {tuple(logits.shape)} must be targets {tuple(targets.shape)} plus a vocab dim"
         )
+    if chunk_tokens is None:
+        chunk_tokens = default_chunk_tokens(logits)
     if chunk_tokens < 1:
         raise ValueError(f"chunk_tokens must be positive, got {chunk_tokens}")
     flat = logits.reshape(-1, logits.shape[-1])
@@ -253,7 +262,7 @@ def slm_loss(
     generator: torch.Generator | None = None,
     normalizer: float | torch.Tensor | None = None,
     select: Callable[..., torch.Tensor] | None = None,
-    chunk_tokens: int = CHUNK_TOKENS,
+    chunk_tokens: int | None = None,
 ) -> SLMResult:
     """Selective Language Modeling loss (Rho-1): mean learner loss over the top-``ratio`` tokens.
 

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from rho import distributed as dist
 from rho.errors import UserError
-from rho.loss import CHUNK_TOKENS, token_losses
+from rho.loss import token_losses
 from rho.models import check_vocab, load_model, model_fingerprint, parse_dtype
 from rho.store import (
     LOSS_STORE,
@@ -74,17 +74,6 @@ def default_device() -> torch.device:
     return torch.device("cpu")
 
 
-# On a CPU, the loss runs about twice as fast when each float32 chunk of logits fits in cache
-# (loss.py's default chunk is sized for GPUs, where bigger chunks are better).
-CPU_CHUNK_BYTES = 4 << 20
-
-
-def loss_chunk_rows(logits: torch.Tensor) -> int:
-    if logits.device.type != "cpu":
-        return CHUNK_TOKENS
-    return max(64, CPU_CHUNK_BYTES // (4 * logits.shape[-1]))
-
-
 @torch.inference_mode()
 def window_losses(model, ids: torch.Tensor) -> torch.Tensor:
     """(B, L) token ids -> (B, L) float32 losses: NaN at position 0, else loss of token t given
@@ -94,7 +83,7 @@ def window_losses(model, ids: torch.Tensor) -> torch.Tensor:
     # logits contiguous (a slice would be copied whole); the last position is ignored.
     targets = torch.full_like(ids, -100)
     targets[:, :-1] = ids[:, 1:]
-    losses = token_losses(logits, targets, chunk_tokens=loss_chunk_rows(logits))
+    losses = token_losses(logits, targets)
     nan = torch.full((ids.shape[0], 1), float("nan"), device=losses.device)
     return torch.cat([nan, losses[:, :-1]], dim=1)
 
