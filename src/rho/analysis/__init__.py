@@ -1,0 +1,13 @@
+"""The paper's analyses, reproducible on any run: pure computations and their commands.
+
+- :mod:`rho.analysis.dynamics`: token-loss trajectories across checkpoints (H→L, L→L, H→H, L→H;
+  Figure 3), loss spread, strongly fluctuating tokens.
+- :mod:`rho.analysis.selection`: which tokens SLM selects, their loss under SLM and CLM
+  (Figure 6), the perplexity of tokens selected at each checkpoint evaluated at every checkpoint
+  (Figure 8), selection overlap.
+- :mod:`rho.analysis.html`: a self-contained HTML page highlighting would-be-selected tokens.
+- :mod:`rho.analysis.plots`: matplotlib figures (Agg backend).
+- :mod:`rho.analysis.cli`: ``rho analyze dynamics | selection | sweep | html``.
+
+The first three are pure (arrays in, arrays or dicts out, no I/O) and tested on hand-made inputs.
+"""
