@@ -87,10 +87,20 @@ def _write_atomic(path: Path, write, suffix: str = "") -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
@@ -171,7 +181,9 @@ def prepare_output(path: Path, overwrite: bool) -> Path:
     if path.exists() and not overwrite:
         raise UserError(f"{path} already exists (pass --overwrite to replace it)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+    tmp.chmod(0o777 & ~_UMASK)  # mkdtemp makes 0700; the finished store gets the usual mode
+    return tmp
 
 
 def remove_path(path: Path) -> None:
