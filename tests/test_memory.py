@@ -106,13 +106,6 @@ def test_same_losses_whatever_the_chunk():
 # --- the trainer hands the loss bf16 logits under --bf16 ---------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="accelerate's bf16 wrapper returns the model's outputs as float32 (a float32 copy of "
-    "the whole logits) and leaves the online reference unautocast; remove this marker with the "
-    "SelectiveTrainer autocast fix (issue 9 note)",
-)
 def test_bf16_training_gives_the_loss_bf16_logits(monkeypatch):
     from transformers import TrainingArguments
 

@@ -14,6 +14,10 @@ Scope "batch" ranks the tokens of one micro-batch on all data-parallel ranks tog
 processes share that batch. Gradient-accumulation micro-batches are ranked separately: with
 accumulation, "batch" selections match a run whose per-device batch is the micro-batch, not the
 whole step. Scope "sequence" ranks each row alone and is invariant to both.
+
+Debugging: with ``RHO_DUMP_SELECTIONS=DIR`` in the environment, every training micro-batch writes
+``DIR/step{S}-micro{M}-rank{R}.npz`` holding its ``input_ids`` and the ``selected`` mask (aligned
+with ``input_ids[:, 1:]``); the tests use it to compare selections across process counts.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from rho import distributed as dist
@@ -43,6 +48,7 @@ from rho.loss import (
 SELECTIONS = ("none", "token")
 OPTIONS_FILE = "rho_options.json"
 METRICS_FILE = "metrics.jsonl"
+DUMP_ENV = "RHO_DUMP_SELECTIONS"
 
 
 @dataclass
@@ -138,7 +144,7 @@ class SelectiveTrainer(Trainer):
             check_not_same_model(self.model, ref_model)
             ref_model.to(self.args.device).eval().requires_grad_(False)
         self._sums: torch.Tensor | None = None
-        self._micro = (-1, 0)  # (global step, micro-batch index) for seeding random scores
+        self._micro = (-1, 0)  # (global step, micro-batch index): seeds random scores, dumps
         self.add_callback(MetricsFileCallback())
 
     # Batches carry ref_loss, which the model's forward does not take: keep every column.
@@ -147,6 +153,22 @@ class SelectiveTrainer(Trainer):
 
     def _get_collator_with_removed_columns(self, data_collator, description=None):
         return data_collator
+
+    # --- mixed precision --------------------------------------------------------------------
+
+    def create_accelerator_and_postprocess(self):
+        """bf16: autocast here, not in accelerate's model wrapper, which hands the outputs back
+        as float32, a float32 copy of the whole (B, T, V) logits that token_losses exists to
+        avoid. The online reference's forward, inside compute_loss, is autocast too."""
+        super().create_accelerator_and_postprocess()
+        self._autocast = bool(self.args.bf16 and self.accelerator.native_amp)
+        if self._autocast:
+            self.accelerator.native_amp = False
+
+    def autocast_smart_context_manager(self, cache_enabled: bool | None = True):
+        if not self._autocast:
+            return super().autocast_smart_context_manager(cache_enabled)
+        return torch.autocast(self.args.device.type, torch.bfloat16, cache_enabled=cache_enabled)
 
     # --- the step's normaliser --------------------------------------------------------------
 
@@ -169,15 +191,16 @@ class SelectiveTrainer(Trainer):
         ratio = self.selection.ratio_at(self.state.global_step)
         valid = [self._valid(b) for b in batches]
         per_row = sum(n_keep(ratio, v.sum(-1)).sum() for v in valid)
-        local = torch.stack([*(v.sum() for v in valid), per_row]).double()
-        counts = dist.all_reduce_sum(local.to(self.args.device)).cpu()
-        per_batch = counts[:-1]
+        seen = sum((b["labels"] != -100).sum() for b in batches)  # non-padding input tokens
+        local = torch.stack([*(v.sum() for v in valid), per_row, seen]).double()
+        counts = dist.all_reduce_sum(local.to(self.args.device)).cpu()  # one collective per step
+        per_batch = counts[:-2]
         if self.selection.scope == "batch":
             n_selected = n_keep(ratio, per_batch.long()).sum()
         else:
-            n_selected = counts[-1]
-        if self.args.include_num_input_tokens_seen == "no":
-            self.state.num_input_tokens_seen += int(per_batch.sum())
+            n_selected = counts[-2]
+        if self.args.include_num_input_tokens_seen == "no":  # else the Trainer counts them
+            self.state.num_input_tokens_seen += int(counts[-1])
         return batches, n_selected.to(device=self.args.device, dtype=torch.float32)
 
     # --- the loss -----------------------------------------------------------------------------
@@ -185,35 +208,54 @@ class SelectiveTrainer(Trainer):
     def _reference_losses(self, inputs: dict, targets: torch.Tensor) -> torch.Tensor | None:
         if not self.selection.needs_reference:
             return None
-        if "ref_loss" in inputs:
-            return inputs["ref_loss"][:, 1:]
+        if "ref_loss" in inputs:  # aligned with the targets like them: shifted, NaN-padded
+            return F.pad(inputs["ref_loss"][:, 1:], (0, 1), value=float("nan"))
         with torch.inference_mode():
-            logits = self.ref_model(input_ids=inputs["input_ids"]).logits
-            ref = token_losses(logits[:, :-1], targets)
+            # use_cache=False: no key/value cache to build for a single scoring pass
+            logits = self.ref_model(input_ids=inputs["input_ids"], use_cache=False).logits
+            ref = token_losses(logits, targets)
         return ref.clone()  # a normal tensor again, outside inference mode
 
     def _world_select(self, scores, valid, ratio, scope):
         """Rank this micro-batch together with the same micro-batch on every other rank."""
-        all_scores, mine = dist.gather_rows(scores)
-        all_valid, _ = dist.gather_rows(valid)
-        return select_topk(all_scores, all_valid, ratio, scope)[mine]
+        both, mine = dist.gather_rows(torch.stack([scores.float(), valid.float()], dim=-1))
+        return select_topk(both[..., 0], both[..., 1].bool(), ratio, scope)[mine]  # one gather
+
+    def _next_micro(self) -> tuple[int, int]:
+        step, micro = self._micro
+        self._micro = (self.state.global_step, micro + 1 if step == self.state.global_step else 0)
+        return self._micro
 
     def _generator(self) -> torch.Generator:
         """Random scores seeded by (seed, step, micro-batch, rank): reproducible on resume."""
-        step, micro = self._micro
-        self._micro = (self.state.global_step, micro + 1 if step == self.state.global_step else 0)
-        key = (self.args.seed, *self._micro, dist.rank())
+        key = (self.args.seed, *self._micro, dist.rank())  # a tuple of ints hashes the same always
         return torch.Generator().manual_seed(hash(key) & 0x7FFFFFFF)
+
+    def _dump_selection(self, input_ids: torch.Tensor, selected: torch.Tensor) -> None:
+        import numpy as np
+
+        out = Path(os.environ[DUMP_ENV])
+        out.mkdir(parents=True, exist_ok=True)
+        step, micro = self._micro
+        np.savez(
+            out / f"step{step:05d}-micro{micro}-rank{dist.rank()}.npz",
+            input_ids=input_ids.cpu().numpy(),
+            selected=selected.cpu().numpy(),
+        )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs["labels"]
         model_inputs = {k: v for k, v in inputs.items() if k not in ("labels", "ref_loss")}
         outputs = model(**model_inputs)
-        logits, targets = outputs.logits[:, :-1], labels[:, 1:]
+        # logits[:, t] predicts labels[:, t + 1]. Shift the labels, not the logits: the targets
+        # end in an ignored column, so the (B, T, V) logits are used whole (slicing them would
+        # copy them in forward and backward, ~10% of a small model's step).
+        logits, targets = outputs.logits, F.pad(labels[:, 1:], (0, 1), value=-100)
         if not model.training:  # evaluation: plain mean cross-entropy over every target
             loss = selective_mean(token_losses(logits, targets), targets != -100)
             return (loss, outputs) if return_outputs else loss
 
+        self._next_micro()
         token_mode = self.selection.selection == "token"
         world = dist.world_size()
         batch_scope = self.selection.scope == "batch" and world > 1
@@ -229,6 +271,8 @@ class SelectiveTrainer(Trainer):
             normalizer=None if num_items_in_batch is None else num_items_in_batch / world,
             select=self._world_select if token_mode and batch_scope else None,
         )
+        if os.environ.get(DUMP_ENV):
+            self._dump_selection(inputs["input_ids"], result.selected[:, :-1])
         sums = torch.stack([result.sums[k] for k in STAT_KEYS])
         self._sums = sums if self._sums is None else self._sums + sums
         return (result.loss, outputs) if return_outputs else result.loss
@@ -243,7 +287,8 @@ class SelectiveTrainer(Trainer):
                 logs[key] = stats[key]
             if self.selection.needs_reference:
                 logs["excess_mean"] = stats["excess_mean"]
-            logs["ratio"] = self.selection.ratio_at(self.state.global_step)
+            # global_step already counts the step just taken: log the ratio that step used
+            logs["ratio"] = self.selection.ratio_at(max(self.state.global_step - 1, 0))
             self._sums = None
         logs["tokens_seen"] = int(self.state.num_input_tokens_seen)
         super().log(logs, start_time)
@@ -298,6 +343,8 @@ def build_trainer(
     tokens = TokenStore(data.tokens)
     losses = LossStore(data.ref_losses) if data.ref_losses else None
     seq_len = data.seq_len or (losses.seq_len if losses else 256)
+    if data.ref_losses and data.ref_model:
+        raise UserError("give one of --ref_losses (offline) and --ref_model (online), not both")
     if selection.needs_reference and losses is None and data.ref_model is None:
         raise UserError(
             f"--selection token with --score {selection.score} needs --ref_losses or --ref_model"
