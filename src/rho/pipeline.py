@@ -39,7 +39,8 @@ class DemoConfig:
     learning_rate: float = 3e-3
     evals: int = 12
     eval_windows: int = 96  # held-out windows per evaluation
-    sample_windows: int = 128  # corpus windows re-scored per checkpoint for selection stats
+    sample_windows: int = 64  # corpus windows re-scored per checkpoint for selection stats
+    dynamics_checkpoints: int = 5  # SLM checkpoints scored on held-out for token-loss dynamics
     seed: int = 0
 
     @classmethod
@@ -53,7 +54,8 @@ class DemoConfig:
             train_tokens=160_000,
             evals=5,
             eval_windows=32,
-            sample_windows=48,
+            sample_windows=32,
+            dynamics_checkpoints=3,
         )
 
 
@@ -149,44 +151,18 @@ def tokens_to_reach(tokens: np.ndarray, losses: np.ndarray, target: float) -> fl
     return None
 
 
-@torch.no_grad()
-def selection_sample(run: Path, corpus, ref, cfg: DemoConfig) -> dict:
-    """Re-score a seeded sample of corpus windows with each SLM checkpoint and select as training
-    does (excess, batch scope, groups of one batch): which tokens SLM picks along training."""
-    from rho.loss import select_topk, token_scores
-    from rho.models import load_model
-    from rho.score import window_losses
-
-    n_full = corpus.n_tokens // cfg.seq_len
-    rng = np.random.default_rng(cfg.seed + 1)
-    windows = np.sort(rng.choice(n_full, min(cfg.sample_windows, n_full), replace=False))
-    ids = torch.from_numpy(np.stack([corpus.window(w, cfg.seq_len) for w in windows]))
-    ref_loss = torch.from_numpy(np.stack([ref.window(w) for w in windows]))
-    checkpoints = sorted(run.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    selected, excess = [], []
-    for ckpt in checkpoints:
-        model = load_model(ckpt).eval()
-        learner = torch.cat([window_losses(model, ids[i : i + 16]) for i in range(0, len(ids), 16)])
-        scores = token_scores("excess", learner, ref_loss)
-        valid = ~torch.isnan(ref_loss)
-        sel = torch.cat(
-            [
-                select_topk(scores[i : i + cfg.batch_size], valid[i : i + cfg.batch_size], cfg.ratio)
-                for i in range(0, len(ids), cfg.batch_size)
-            ]
-        )
-        selected.append(sel.numpy())
-        excess.append(torch.nan_to_num(scores).numpy())
-    positions = (windows[:, None] * cfg.seq_len + np.arange(cfg.seq_len)).reshape(-1)
+def selection_sample(selection: dict, corpus, seq_len: int) -> dict:
+    """The SLM checkpoints' selections on the analysed corpus windows, with each token's ground
+    truth (noise mask, domain), from `rho analyze selection`'s result."""
+    windows = np.asarray(selection["data"]["windows"])
+    positions = (windows[:, None] * seq_len + np.arange(seq_len)).reshape(-1)
+    steps = selection["data"]["fig8"]["steps"]
     return {
-        "windows": windows,
-        "ids": ids.numpy(),
-        "valid": (~torch.isnan(ref_loss)).numpy(),
-        "selected": np.stack(selected),  # (checkpoints, windows, seq_len)
-        "excess": np.stack(excess),
-        "noise": None if corpus.noise_mask is None else corpus.noise_mask[positions],
+        "checkpoints": [f"step {s}" for s in steps],
+        "valid": selection["arrays"]["valid"],
+        "selected": selection["arrays"]["slm_selected"],
+        "noise": None if corpus.noise_mask is None else np.asarray(corpus.noise_mask)[positions],
         "domain": None if corpus.doc_domains is None else corpus.token_domains()[positions],
-        "checkpoints": [c.name for c in checkpoints],
     }
 
 
@@ -237,40 +213,6 @@ def plot_curves(curves: dict, ref_loss: float | None, path: Path, title: str) ->
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
-
-
-def write_html(sample: dict, corpus, path: Path, cfg: DemoConfig) -> None:
-    from rho.analysis.html import passages_from_arrays, render_page
-
-    last = -1  # the final checkpoint's selection
-    tokenizer = corpus.tokenizer()
-    names = corpus.domain_names
-    domains = sample["domain"]
-    # A few windows of each domain (by the domain of their first token), 128 tokens each.
-    picks: list[int] = []
-    for d in range(len(names)):
-        rows = [i for i in range(len(sample["windows"])) if domains is None or domains[i * cfg.seq_len] == d]
-        picks += rows[:4]
-    length = min(128, cfg.seq_len)
-    flat = lambda a: np.asarray(a).reshape(-1)  # noqa: E731
-    passages = passages_from_arrays(
-        tokenizer,
-        flat(sample["ids"]),
-        flat(sample["excess"][last]),
-        flat(sample["selected"][last]),
-        None if sample["noise"] is None else flat(sample["noise"]),
-        [i * cfg.seq_len + 1 for i in picks],
-        length,
-        None if domains is None else [names[domains[i * cfg.seq_len]] for i in picks],
-    )
-    note = (
-        f"Tokens the final SLM checkpoint selects (top {cfg.ratio:.0%} by excess loss within its "
-        f"batch of {cfg.batch_size} windows). Underlined: injected noise (ground truth)."
-    )
-    page = render_page(
-        passages, title="rho demo: tokens selected by SLM", ratio=cfg.ratio, score="excess", note=note
-    )
-    path.write_text(page)
 
 
 def demo(out: str | Path = "rho-demo", quick: bool = False, cfg: DemoConfig | None = None) -> dict:
@@ -326,20 +268,38 @@ def demo(out: str | Path = "rho-demo", quick: bool = False, cfg: DemoConfig | No
     stage("train")
 
     print("\n== [5/5] analysis and report ==")
+    from rho.analysis.cli import run_checkpoints, run_dynamics, run_html, run_selection
+
     corpus, ref_losses = TokenStore(stores / "corpus"), LossStore(stores / "corpus_ref_losses")
     curves = {name: _eval_curve(runs / name) for name in ("clm", "slm")}
     ref_curve = _eval_curve(runs / "reference")
     clm_final, slm_final = float(curves["clm"][1][-1]), float(curves["slm"][1][-1])
     clm_tokens = float(curves["clm"][0][-1])
     slm_needed = tokens_to_reach(*curves["slm"], clm_final)
-    sample = selection_sample(runs / "slm", corpus, ref_losses, cfg)
-    rates = selection_rates(sample, corpus.domain_names)
     plot_curves(
         {"CLM (all tokens)": curves["clm"], f"SLM (top {cfg.ratio:.0%} by excess)": curves["slm"]},
         float(ref_curve[1][-1]),
         out / "curves.png",
         "Held-out math loss: Selective Language Modeling vs plain training",
     )
+    analysis = out / "analysis"
+    selection = run_selection(
+        [runs / "slm", runs / "clm"], None, None, analysis / "selection",
+        windows=cfg.sample_windows,
+    )  # fmt: skip
+    rates = selection_rates(selection_sample(selection, corpus, cfg.seq_len), corpus.domain_names)
+    checkpoints = [p for _, p in run_checkpoints(runs / "slm")]
+    spaced = np.unique(np.linspace(0, len(checkpoints) - 1, cfg.dynamics_checkpoints).round())
+    dynamics = run_dynamics(
+        [checkpoints[int(i)] for i in spaced], heldout, analysis / "dynamics",
+        seq_len=cfg.seq_len, progress=False,
+    )  # fmt: skip
+    run_html(
+        corpus.path, ref_losses.path, out / "selected.html", model=str(runs / "slm"),
+        ratio=cfg.ratio, score="excess", passages=12, passage_tokens=160,
+        title="rho demo: the tokens SLM selects",
+    )  # fmt: skip
+    stage("analysis")
 
     results = {
         "mode": "quick" if quick else "full",
@@ -353,13 +313,15 @@ def demo(out: str | Path = "rho-demo", quick: bool = False, cfg: DemoConfig | No
         "training_tokens": clm_tokens,
         "slm_tokens_to_clm_final": slm_needed,
         "speedup_tokens_to_clm_final": (clm_tokens / slm_needed) if slm_needed else None,
-        "curves": {k: {"tokens": v[0].tolist(), "heldout_loss": v[1].tolist()} for k, v in curves.items()},
+        "curves": {
+            k: {"tokens": v[0].tolist(), "heldout_loss": v[1].tolist()} for k, v in curves.items()
+        },
         "selection": rates,
+        "dynamics": dynamics["table"],
         "seconds": {k: round(v, 1) for k, v in timings.items()},
     }
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out / "report.md").write_text(report_markdown(results, quick))
-    write_html(sample, corpus, out / "selected.html", cfg)
+    (out / "report.md").write_text(report_markdown(results, quick, dynamics["markdown_table"]))
     print("\n" + summary(results, out))
     return results
 
@@ -368,7 +330,7 @@ def _fmt(x, spec=".3f"):
     return "n/a" if x is None else format(x, spec)
 
 
-def report_markdown(r: dict, quick: bool) -> str:
+def report_markdown(r: dict, quick: bool, dynamics_table: str = "") -> str:
     sel = r["selection"]
     cmd = "rho demo --quick" if quick else "rho demo"
     speed = r["speedup_tokens_to_clm_final"]
@@ -383,7 +345,8 @@ def report_markdown(r: dict, quick: bool) -> str:
         "| run | final held-out loss |",
         "|---|---|",
         f"| CLM (all tokens) | {r['clm_final_heldout_loss']:.4f} |",
-        f"| SLM (top {r['config']['ratio']:.0%} by excess loss) | {r['slm_final_heldout_loss']:.4f} |",
+        f"| SLM (top {r['config']['ratio']:.0%} by excess loss) "
+        f"| {r['slm_final_heldout_loss']:.4f} |",
         f"| reference model (trained on curated math) | {r['reference_heldout_loss']:.4f} |",
         "",
         f"Both runs saw {r['training_tokens']:,.0f} training tokens from the same initialisation "
@@ -420,6 +383,20 @@ def report_markdown(r: dict, quick: bool) -> str:
         lines.append("")
     lines += [
         "Passages with the selected tokens highlighted: [selected.html](selected.html).",
+        "Loss of the selected and dropped tokens under SLM and CLM, and the perplexity of each "
+        "checkpoint's selection at every checkpoint (the paper's Figures 6 and 8): "
+        "[analysis/selection/selection.md](analysis/selection/selection.md).",
+        "",
+        "![selected vs unselected](analysis/selection/fig6_selected_unselected.png)",
+        "",
+        "## Token-loss dynamics on held-out text (the paper's Figure 3)",
+        "",
+        "Each held-out token's loss across SLM checkpoints, classified by the paper's rule "
+        "([analysis/dynamics/dynamics.md](analysis/dynamics/dynamics.md)):",
+        "",
+        dynamics_table,
+        "",
+        "![loss per category](analysis/dynamics/fig3a_categories.png)",
         "",
         "## Time (seconds)",
         "",

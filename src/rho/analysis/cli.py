@@ -718,7 +718,8 @@ def run_selection(
         f"SLM {last_slm['loss_selected']:.3f}/{last_slm['loss_unselected']:.3f}, "
         f"CLM {last_clm['loss_selected']:.3f}/{last_clm['loss_unselected']:.3f}"
     )
-    return {"summary": summary, "files": files, "data": data}
+    arrays = {"slm_selected": slm_selected, "valid": valid}  # for callers (the demo's rates)
+    return {"summary": summary, "files": files, "data": data, "arrays": arrays}
 
 
 # --- rho analyze sweep ---------------------------------------------------------------------------
