@@ -3,6 +3,20 @@
 tokenizer -> reference model (CLM on curated math) -> score the corpus -> CLM and SLM on the
 corpus with the same token budget, initialisation and seed, held-out loss along the way ->
 selection analysis -> report (report.md, curves.png, selected.html, results.json).
+
+Arms (``--arms``, default ``clm,slm``; clm and slm always run): ``pruned-clm`` / ``pruned-slm``
+train on the corpus pruned offline to its best ``prune_keep`` windows by mean reference loss
+(``rho prune --unit window --by reference``); ``rholoss`` / ``rholoss+token`` select online
+(``--selection sample`` / ``sample+token``, ``candidate_factor`` candidates per trained window,
+offline reference losses). The budget is the same for every arm: the same optimizer steps of the
+same batch from the same initialisation and seed, so the same trained tokens (pruned arms see
+their half of the corpus about twice; RHO-LOSS arms draw ``candidate_factor`` × as many candidate
+windows, i.e. that many passes of candidates over the corpus, and pay their forward passes).
+The report compares, for each arm, the compute to reach CLM's final held-out loss: trained
+tokens, training FLOPs (6·N per trained token + 2·N per candidate token), total FLOPs (plus,
+for arms that use reference losses, the reference's training, 6·N_ref per token, and the
+scoring of the corpus, 2·N_ref per corpus token) and measured wall time (training steps; total
+adds the reference's training, the scoring and the pruning), each as a ratio to CLM.
 """
 
 from __future__ import annotations
@@ -12,7 +26,7 @@ import gzip
 import json
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +36,17 @@ from rho.corpora import demo_path
 from rho.errors import UserError
 
 MARKER = ".rho-demo"  # marks a directory the demo made, so a rerun may replace it
+ARMS = ("clm", "slm", "pruned-clm", "pruned-slm", "rholoss", "rholoss+token")
+COST_KEYS = ("tokens", "flops_train", "flops_total", "seconds_train", "seconds_total")
+
+
+def parse_arms(text: str) -> tuple[str, ...]:
+    """``all`` or a comma list of ARMS, in ARMS order; clm and slm always run."""
+    names = ARMS if text.strip() == "all" else [a.strip() for a in text.split(",") if a.strip()]
+    unknown = [a for a in names if a not in ARMS]
+    if unknown:
+        raise UserError(f"unknown arm {unknown[0]!r}; choose from {', '.join(ARMS)} or all")
+    return tuple(a for a in ARMS if a in ("clm", "slm") or a in names)
 
 
 @dataclass
@@ -42,6 +67,10 @@ class DemoConfig:
     sample_windows: int = 64  # corpus windows re-scored per checkpoint for selection stats
     dynamics_checkpoints: int = 5  # SLM checkpoints scored on held-out for token-loss dynamics
     seed: int = 0
+    arms: tuple[str, ...] = ("clm", "slm")  # see ARMS; clm and slm always run
+    candidate_factor: int = 4  # RHO-LOSS arms: candidate windows per trained window
+    prune_keep: float = 0.5  # pruned arms: fraction of the corpus windows kept
+    analyze: bool = True  # selection, dynamics and highlighting analyses of the SLM run
 
     @classmethod
     def quick(cls) -> DemoConfig:
@@ -151,6 +180,73 @@ def tokens_to_reach(tokens: np.ndarray, losses: np.ndarray, target: float) -> fl
     return None
 
 
+def compute_curve(run: Path) -> dict:
+    """At each evaluation of a run: trained tokens, training FLOPs (training + candidate
+    forwards + online reference), training wall seconds and held-out loss (lists, in order)."""
+    points = {}
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        if "eval_loss" in row:
+            flops = row["flops_train"] + row["flops_candidates"] + row["flops_ref_online"]
+            points[row["tokens_seen"]] = (flops, row["train_seconds"], row["eval_loss"])
+    tokens = sorted(points)
+    return {
+        "tokens": tokens,
+        "flops": [points[t][0] for t in tokens],
+        "seconds": [points[t][1] for t in tokens],
+        "heldout_loss": [points[t][2] for t in tokens],
+    }
+
+
+def last_log(run: Path, key: str = "flops_train") -> dict:
+    """The run's last metrics record holding ``key``."""
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if key in r][-1]
+
+
+def arms_table(curves: dict, overhead: dict) -> dict:
+    """For each arm, the cost to reach CLM's final held-out loss (interpolated between
+    evaluations) and its ratio to CLM's whole run. ``curves[arm]`` is a ``compute_curve``;
+    ``overhead[arm]`` the (FLOPs, seconds) spent before training (reference, scoring,
+    pruning), counted in the totals."""
+    clm = curves["clm"]
+    target = clm["heldout_loss"][-1]
+
+    def costs(curve: dict, extra: tuple[float, float], at: int | None = None) -> dict | None:
+        """The curve's values at point ``at``, or where it first reaches the target."""
+        losses = np.asarray(curve["heldout_loss"], dtype=np.float64)
+        x = {}
+        for key in ("tokens", "flops", "seconds"):
+            xs = np.asarray(curve[key], dtype=np.float64)
+            x[key] = float(xs[at]) if at is not None else tokens_to_reach(xs, losses, target)
+        if x["tokens"] is None:
+            return None
+        return {
+            "tokens": x["tokens"],
+            "flops_train": x["flops"],
+            "flops_total": x["flops"] + extra[0],
+            "seconds_train": x["seconds"],
+            "seconds_total": x["seconds"] + extra[1],
+        }
+
+    base = costs(clm, overhead.get("clm", (0.0, 0.0)), at=-1)
+    table = {}
+    for arm, curve in curves.items():
+        extra = overhead.get(arm, (0.0, 0.0))
+        reach = base if arm == "clm" else costs(curve, extra)
+        ratio = None
+        if reach is not None:
+            ratio = {k: reach[k] / base[k] if base[k] else None for k in COST_KEYS}
+        table[arm] = {
+            "final_heldout_loss": float(curve["heldout_loss"][-1]),
+            "overhead_flops": float(extra[0]),
+            "overhead_seconds": float(extra[1]),
+            "reach": reach,
+            "ratio": ratio,
+        }
+    return table
+
+
 def selection_sample(selection: dict, corpus, seq_len: int) -> dict:
     """The SLM checkpoints' selections on the analysed corpus windows, with each token's ground
     truth (noise mask, domain), from `rho analyze selection`'s result."""
@@ -223,6 +319,8 @@ def demo(out: str | Path = "rho-demo", quick: bool = False, cfg: DemoConfig | No
     from rho.trainer import SelectionArguments
 
     cfg = cfg or (DemoConfig.quick() if quick else DemoConfig())
+    cfg = replace(cfg, arms=parse_arms(",".join(cfg.arms)))
+    arms = cfg.arms
     out = Path(out)
     if out.exists():
         if not (out / MARKER).exists():
@@ -258,6 +356,16 @@ def demo(out: str | Path = "rho-demo", quick: bool = False, cfg: DemoConfig | No
     ref_losses = score_store(runs / "reference", corpus, stores / "corpus_ref_losses", cfg.seq_len)
     stage("score")
 
+    pruned = stores / "pruned"
+    if any(arm.startswith("pruned") for arm in arms):
+        from rho.prune import prune_store
+
+        print(f"\n== [3/5] prune the corpus: keep the {cfg.prune_keep:.0%} of its windows with "
+              "the lowest mean reference loss ==")  # fmt: skip
+        prune_store(corpus, ref_losses, pruned, keep=cfg.prune_keep, unit="window",
+                    by="reference", progress=False)  # fmt: skip
+        stage("prune")
+
     budget = cfg.train_tokens or (corpus.n_tokens // cfg.seq_len) * cfg.seq_len
     steps = max(1, budget // tokens_per_step)
     slm_args = SelectionArguments(selection="token", ratio=cfg.ratio, score="excess")
@@ -265,11 +373,26 @@ def demo(out: str | Path = "rho-demo", quick: bool = False, cfg: DemoConfig | No
            heldout.path)  # fmt: skip
     _train("[4/5] SLM on the corpus", runs / "slm", cfg, corpus.path, steps, slm_args,
            heldout.path, ref_losses=ref_losses.path)  # fmt: skip
+    factor = cfg.candidate_factor
+    extra_arms = {
+        "pruned-clm": ("CLM on the pruned corpus", pruned / "tokens", none, None),
+        "pruned-slm": ("SLM on the pruned corpus", pruned / "tokens", slm_args,
+                       pruned / "ref_losses"),
+        "rholoss": (f"RHO-LOSS online, best 1/{factor} of the candidate windows", corpus.path,
+                    SelectionArguments(selection="sample", candidate_factor=factor),
+                    ref_losses.path),
+        "rholoss+token": (f"RHO-LOSS (1/{factor} of the windows) + SLM inside them", corpus.path,
+                          SelectionArguments(selection="sample+token", ratio=cfg.ratio,
+                                             candidate_factor=factor),
+                          ref_losses.path),
+    }  # fmt: skip
+    for arm in arms[2:]:
+        title, tokens, selection_args, losses = extra_arms[arm]
+        _train(f"[4/5] {arm}: {title}", runs / arm, cfg, tokens, steps, selection_args,
+               heldout.path, ref_losses=losses)  # fmt: skip
     stage("train")
 
     print("\n== [5/5] analysis and report ==")
-    from rho.analysis.cli import run_checkpoints, run_dynamics, run_html, run_selection
-
     corpus, ref_losses = TokenStore(stores / "corpus"), LossStore(stores / "corpus_ref_losses")
     curves = {name: _eval_curve(runs / name) for name in ("clm", "slm")}
     ref_curve = _eval_curve(runs / "reference")
@@ -282,23 +405,15 @@ def demo(out: str | Path = "rho-demo", quick: bool = False, cfg: DemoConfig | No
         out / "curves.png",
         "Held-out math loss: Selective Language Modeling vs plain training",
     )
-    analysis = out / "analysis"
-    selection = run_selection(
-        [runs / "slm", runs / "clm"], None, None, analysis / "selection",
-        windows=cfg.sample_windows,
-    )  # fmt: skip
-    rates = selection_rates(selection_sample(selection, corpus, cfg.seq_len), corpus.domain_names)
-    checkpoints = [p for _, p in run_checkpoints(runs / "slm")]
-    spaced = np.unique(np.linspace(0, len(checkpoints) - 1, cfg.dynamics_checkpoints).round())
-    dynamics = run_dynamics(
-        [checkpoints[int(i)] for i in spaced], heldout, analysis / "dynamics",
-        seq_len=cfg.seq_len, progress=False,
-    )  # fmt: skip
-    run_html(
-        corpus.path, ref_losses.path, out / "selected.html", model=str(runs / "slm"),
-        ratio=cfg.ratio, score="excess", passages=12, passage_tokens=160,
-        title="rho demo: the tokens SLM selects",
-    )  # fmt: skip
+    arm_curves = {arm: compute_curve(runs / arm) for arm in arms}
+    arms_results = arms_table(arm_curves, _overheads(arms, runs, corpus, timings))
+    for arm in arms:
+        arms_results[arm]["end"] = _run_end(runs / arm)
+    if len(arms) > 2:
+        plot_arms(arm_curves, out / "arms.png")
+    rates, dynamics = {}, {"table": None, "markdown_table": ""}
+    if cfg.analyze:
+        rates, dynamics = _analyses(cfg, runs, out / "analysis", corpus, ref_losses, heldout, out)
     stage("analysis")
 
     results = {
@@ -318,12 +433,124 @@ def demo(out: str | Path = "rho-demo", quick: bool = False, cfg: DemoConfig | No
         },
         "selection": rates,
         "dynamics": dynamics["table"],
+        "arms": arms_results,
+        "arm_curves": arm_curves,
         "seconds": {k: round(v, 1) for k, v in timings.items()},
     }
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "report.md").write_text(report_markdown(results, quick, dynamics["markdown_table"]))
     print("\n" + summary(results, out))
     return results
+
+
+def _analyses(cfg, runs: Path, analysis: Path, corpus, ref_losses, heldout, out: Path):
+    """The SLM run's selection, token-loss dynamics and highlighted passages."""
+    from rho.analysis.cli import run_checkpoints, run_dynamics, run_html, run_selection
+
+    selection = run_selection(
+        [runs / "slm", runs / "clm"], None, None, analysis / "selection",
+        windows=cfg.sample_windows,
+    )  # fmt: skip
+    rates = selection_rates(selection_sample(selection, corpus, cfg.seq_len), corpus.domain_names)
+    checkpoints = [p for _, p in run_checkpoints(runs / "slm")]
+    spaced = np.unique(np.linspace(0, len(checkpoints) - 1, cfg.dynamics_checkpoints).round())
+    dynamics = run_dynamics(
+        [checkpoints[int(i)] for i in spaced], heldout, analysis / "dynamics",
+        seq_len=cfg.seq_len, progress=False,
+    )  # fmt: skip
+    run_html(
+        corpus.path, ref_losses.path, out / "selected.html", model=str(runs / "slm"),
+        ratio=cfg.ratio, score="excess", passages=12, passage_tokens=160,
+        title="rho demo: the tokens SLM selects",
+    )  # fmt: skip
+    return rates, dynamics
+
+
+def _overheads(arms, runs: Path, corpus, timings: dict) -> dict:
+    """(FLOPs, seconds) each arm spends before training: the reference's training and the scoring
+    of the corpus for arms that use reference losses, and the pruning for pruned arms."""
+    from rho.models import count_parameters, load_model
+
+    ref = last_log(runs / "reference")
+    n_ref = count_parameters(load_model(runs / "reference"))
+    flops = ref["flops_train"] + 2 * n_ref * corpus.n_tokens
+    seconds = ref["train_seconds"] + timings["score"]
+    prune = timings.get("prune", 0.0)
+    return {
+        arm: (0.0, 0.0)
+        if arm == "clm"
+        else (flops, seconds + (prune if arm.startswith("pruned") else 0.0))
+        for arm in arms
+    }
+
+
+def _run_end(run: Path) -> dict:
+    """A run's cumulative counters at the end of its training."""
+    row = last_log(run, "train_runtime")
+    keys = ("flops_train", "flops_candidates", "flops_ref_online", "candidate_windows",
+            "windows_trained", "train_seconds")  # fmt: skip
+    return {"tokens": row["tokens_seen"], **{k: row[k] for k in keys}}
+
+
+def plot_arms(curves: dict, path: Path) -> None:
+    """Held-out loss of every arm against trained tokens and against training FLOPs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=120, sharey=True)
+    for arm, c in curves.items():
+        left.plot(np.asarray(c["tokens"]) / 1e3, c["heldout_loss"], "-o", ms=3, label=arm)
+        right.plot(np.asarray(c["flops"]) / 1e12, c["heldout_loss"], "-o", ms=3, label=arm)
+    left.set_xlabel("training tokens (thousands)")
+    right.set_xlabel("training FLOPs, candidate forwards included (TFLOP)")
+    left.set_ylabel("held-out math loss (nats/token)")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+    left.legend()
+    fig.suptitle("Held-out loss by arm (reference training and scoring not included)")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _ratio(x) -> str:
+    return "not reached" if x is None else f"{x:.2f}"
+
+
+def arms_markdown(r: dict) -> str:
+    """The arms table: final loss and, to reach CLM's final loss, each cost as a ratio to CLM."""
+    arms = r["arms"]
+    lines = [
+        "| arm | final held-out loss | training tokens | training FLOPs | total FLOPs "
+        "| wall time (training) | wall time (total) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for arm, a in arms.items():
+        ratio = a["ratio"] or {}
+        cells = [_ratio(ratio.get(k)) for k in COST_KEYS]
+        lines.append(f"| {arm} | {a['final_heldout_loss']:.4f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def arms_explained(r: dict) -> list[str]:
+    clm = r["arms"]["clm"]["reach"]
+    cfg = r["config"]
+    return [
+        "Each cost is measured up to the point where the arm's held-out loss first reaches CLM's "
+        "final loss (interpolated between evaluations) and divided by CLM's cost for its whole "
+        f"run ({clm['tokens']:,.0f} tokens, {clm['flops_train']:.3g} FLOPs, "
+        f"{clm['seconds_train']:.1f} s): below 1 is cheaper than CLM. Every arm ran the same "
+        f"optimizer steps of {cfg['batch_size']}x{cfg['seq_len']} tokens from the same "
+        "initialisation and seed, so the same trained tokens. Training FLOPs: 6·N per trained "
+        f"token, plus 2·N per candidate token for RHO-LOSS (forward-only, {cfg['candidate_factor']}"
+        " candidates per trained window). Total FLOPs add, for arms that use reference losses "
+        "(all but CLM), the reference model's training (6·N_ref per token) and the scoring of "
+        "the corpus (2·N_ref per token); wall time likewise (plus the pruning for pruned arms). "
+        f"Pruned arms train on the {cfg['prune_keep']:.0%} of the corpus windows with the "
+        "lowest mean reference loss, repeated to fill the budget.",
+    ]
 
 
 def _fmt(x, spec=".3f"):
@@ -360,12 +587,23 @@ def report_markdown(r: dict, quick: bool, dynamics_table: str = "") -> str:
         "",
         "![held-out loss curves](curves.png)",
         "",
-        "## Which tokens SLM selects",
+        "## Compute to reach CLM's final held-out loss (ratio to CLM)",
         "",
-        f"Measured by re-scoring {r['config']['sample_windows']} corpus windows with each SLM "
-        f"checkpoint ({len(sel['checkpoints'])}) and selecting as training does.",
+        arms_markdown(r),
+        "",
+        *arms_explained(r),
         "",
     ]
+    if len(r["arms"]) > 2:
+        lines += ["![held-out loss by arm](arms.png)", ""]
+    if sel:
+        lines += [
+            "## Which tokens SLM selects",
+            "",
+            f"Measured by re-scoring {r['config']['sample_windows']} corpus windows with each SLM "
+            f"checkpoint ({len(sel['checkpoints'])}) and selecting as training does.",
+            "",
+        ]
     if "selection_rate_noise" in sel:
         lines += [
             "| | value |",
@@ -381,23 +619,9 @@ def report_markdown(r: dict, quick: bool, dynamics_table: str = "") -> str:
         lines += ["| document domain | selected fraction |", "|---|---|"]
         lines += [f"| {k} | {v:.1%} |" for k, v in sel["selected_fraction_by_domain"].items()]
         lines.append("")
+    if sel:
+        lines += _analysis_markdown(dynamics_table)
     lines += [
-        "Passages with the selected tokens highlighted: [selected.html](selected.html).",
-        "Loss of the selected and dropped tokens under SLM and CLM, and the perplexity of each "
-        "checkpoint's selection at every checkpoint (the paper's Figures 6 and 8): "
-        "[analysis/selection/selection.md](analysis/selection/selection.md).",
-        "",
-        "![selected vs unselected](analysis/selection/fig6_selected_unselected.png)",
-        "",
-        "## Token-loss dynamics on held-out text (the paper's Figure 3)",
-        "",
-        "Each held-out token's loss across SLM checkpoints, classified by the paper's rule "
-        "([analysis/dynamics/dynamics.md](analysis/dynamics/dynamics.md)):",
-        "",
-        dynamics_table,
-        "",
-        "![loss per category](analysis/dynamics/fig3a_categories.png)",
-        "",
         "## Time (seconds)",
         "",
         " · ".join(f"{k} {v}" for k, v in r["seconds"].items()),
@@ -417,10 +641,57 @@ def report_markdown(r: dict, quick: bool, dynamics_table: str = "") -> str:
         "--output_dir runs/clm ...",
         f"rho train --selection token --ratio {r['config']['ratio']} --tokens stores/corpus "
         "--ref_losses stores/corpus_ref_losses --output_dir runs/slm ...",
+        *_arm_commands(r),
         "```",
         "",
     ]
     return "\n".join(lines)
+
+
+def _arm_commands(r: dict) -> list[str]:
+    cfg, arms, lines = r["config"], r["arms"], []
+    if "pruned-clm" in arms or "pruned-slm" in arms:
+        lines.append(
+            "rho prune --tokens stores/corpus --losses stores/corpus_ref_losses --unit window "
+            f"--by reference --keep {cfg['prune_keep']} --out stores/pruned"
+        )
+    if "pruned-clm" in arms:
+        lines.append("rho train --selection none --tokens stores/pruned/tokens ... "
+                     "--output_dir runs/pruned-clm")  # fmt: skip
+    if "pruned-slm" in arms:
+        lines.append(f"rho train --selection token --ratio {cfg['ratio']} --tokens "
+                     "stores/pruned/tokens --ref_losses stores/pruned/ref_losses ... "
+                     "--output_dir runs/pruned-slm")  # fmt: skip
+    online = {"rholoss": "sample", "rholoss+token": f"sample+token --ratio {cfg['ratio']}"}
+    for arm, selection in online.items():
+        if arm in arms:
+            lines.append(
+                f"rho train --selection {selection} --candidate_factor {cfg['candidate_factor']} "
+                f"--tokens stores/corpus --ref_losses stores/corpus_ref_losses ... "
+                f"--output_dir runs/{arm}"
+            )
+    return lines
+
+
+def _analysis_markdown(dynamics_table: str) -> list[str]:
+    return [
+        "Passages with the selected tokens highlighted: [selected.html](selected.html).",
+        "Loss of the selected and dropped tokens under SLM and CLM, and the perplexity of each "
+        "checkpoint's selection at every checkpoint (the paper's Figures 6 and 8): "
+        "[analysis/selection/selection.md](analysis/selection/selection.md).",
+        "",
+        "![selected vs unselected](analysis/selection/fig6_selected_unselected.png)",
+        "",
+        "## Token-loss dynamics on held-out text (the paper's Figure 3)",
+        "",
+        "Each held-out token's loss across SLM checkpoints, classified by the paper's rule "
+        "([analysis/dynamics/dynamics.md](analysis/dynamics/dynamics.md)):",
+        "",
+        dynamics_table,
+        "",
+        "![loss per category](analysis/dynamics/fig3a_categories.png)",
+        "",
+    ]
 
 
 def summary(r: dict, out: Path) -> str:
@@ -439,6 +710,9 @@ def summary(r: dict, out: Path) -> str:
             f"  selection rate: noise tokens {sel['selection_rate_noise']:.1%}, "
             f"clean tokens {sel['selection_rate_clean']:.1%}"
         )
+    if len(r["arms"]) > 2:
+        lines += ["  to reach CLM's final loss, as a ratio to CLM (below 1 = cheaper):"]
+        lines += ["  " + line for line in arms_markdown(r).splitlines()]
     lines += [f"  report: {out / 'report.md'}  (curves.png, selected.html, results.json)", "=" * 72]
     return "\n".join(lines)
 
@@ -452,10 +726,21 @@ def demo_cli(argv: list[str]) -> int:
     parser.add_argument("--preset", help="model preset (default: 1m; quick: tiny)")
     parser.add_argument("--ratio", type=float, help="SLM selection ratio (default 0.6)")
     parser.add_argument("--seed", type=int, help="seed (default 0)")
+    parser.add_argument(
+        "--arms",
+        default="clm,slm",
+        help=f"comma list of {', '.join(ARMS)}, or all (clm and slm always run; default clm,slm)",
+    )
+    parser.add_argument(
+        "--candidate-factor", type=int, help="RHO-LOSS arms: candidates per trained window (4)"
+    )
     args = parser.parse_args(argv)
     cfg = DemoConfig.quick() if args.quick else DemoConfig()
-    for key in ("preset", "ratio", "seed"):
+    for key in ("preset", "ratio", "seed", "candidate_factor"):
         if getattr(args, key) is not None:
             setattr(cfg, key, getattr(args, key))
+    if args.candidate_factor is not None and args.candidate_factor < 1:
+        raise UserError("--candidate-factor must be >= 1")
+    cfg.arms = parse_arms(args.arms)
     demo(args.out, args.quick, cfg)
     return 0
