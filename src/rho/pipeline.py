@@ -57,7 +57,7 @@ class DemoConfig:
     vocab: int = 2048
     seq_len: int = 256
     batch_size: int = 16
-    ref_epochs: float = 2.0
+    ref_epochs: float = 4.0  # a reference stronger than the learner ends up (see README)
     train_tokens: int | None = None  # CLM/SLM budget; None = one pass over the corpus
     corpus_fraction: float = 1.0
     ratio: float = 0.6
