@@ -61,6 +61,13 @@ def torch_threads(n: int):
         torch.set_num_threads(before)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread_per_test_process():
+    """The whole suite runs tiny models, which are fastest on one thread."""
+    with torch_threads(1):
+        yield
+
+
 @pytest.fixture
 def one_thread():
     with torch_threads(1):

@@ -16,15 +16,6 @@ from rho.store import LossStore, window_bounds
 SEQ = 32
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models: one thread is faster, and immune to a busy machine's oversubscription."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory):
     """A TokenStore whose length is not a multiple of SEQ, and its LossStore from a tiny model."""

@@ -22,15 +22,6 @@ from rho.tokenize import tokenize_corpus
 WORDS = "the cat sat on a mat while rain fell far away and then one dog ran".split()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread; on a busy machine, more threads only contend."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _docs(n: int, seed: int) -> list[str]:
     rng = np.random.default_rng(seed)
     return [" ".join(rng.choice(WORDS, size=rng.integers(4, 30))) for _ in range(n)]

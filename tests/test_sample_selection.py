@@ -34,14 +34,6 @@ NAN = float("nan")
 B, FACTOR = 2, 4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # --- The pure functions ---------------------------------------------------------------------------
 
 
