@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from test_trainer import SEQ, markov_docs, targs, train_logs, write_corpus
+from test_trainer import SEQ, Stores, make_stores, targs, train_logs
 from torch.utils.data import Subset
 
 from rho.errors import UserError
 from rho.loss import n_keep
-from rho.models import build_model, count_parameters
+from rho.models import count_parameters
 from rho.trainer import (
     COMPUTE_FILE,
     DUMP_ENV,
@@ -93,28 +93,9 @@ def test_candidate_factor_must_be_positive():
 # --- The trainer ----------------------------------------------------------------------------------
 
 
-class Stores:
-    pass
-
-
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory) -> Stores:
-    from rho.score import score_store
-    from rho.tokenize import tokenize_corpus
-
-    root = tmp_path_factory.mktemp("sample")
-    s = Stores()
-    corpus = write_corpus(root / "corpus.jsonl", markov_docs(120, seed=3))
-    s.tokens = root / "tokens"
-    s.store = tokenize_corpus([corpus], s.tokens, train_vocab=400, progress=False)
-    s.vocab = s.store.vocab_size
-    s.ref_dir = root / "ref"
-    s.ref = build_model("tiny", s.vocab, seed=321)
-    s.ref.save_pretrained(s.ref_dir)
-    s.store.tokenizer().save_pretrained(s.ref_dir)
-    s.losses = root / "losses"
-    score_store(s.ref, s.store, s.losses, SEQ, dtype="float32", progress=False, device="cpu")
-    return s
+    return make_stores(tmp_path_factory.mktemp("sample"), n_docs=120, corpus_seed=3, ref_seed=321)
 
 
 def sample_trainer(s: Stores, out: Path, sel: dict | None = None, data: dict | None = None, **kw):

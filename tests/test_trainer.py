@@ -66,25 +66,34 @@ class Stores:
     """Paths of the module's stores and models."""
 
 
-@pytest.fixture(scope="module")
-def stores(tmp_path_factory) -> Stores:
-    """A TokenStore, a LossStore (fp32 scoring) from a separately initialised reference model
-    saved with the training tokenizer, and a second corpus with its own tokenizer."""
+def make_stores(root: Path, n_docs: int, corpus_seed: int, ref_seed: int) -> Stores:
+    """A TokenStore and its LossStore (fp32) from a tiny reference model initialised apart from
+    the learner and saved with the training tokenizer."""
     from rho.score import score_store
     from rho.tokenize import tokenize_corpus
 
-    root = tmp_path_factory.mktemp("trainer")
     s = Stores()
-    corpus = write_corpus(root / "corpus.jsonl", markov_docs(150, seed=0))
+    corpus = write_corpus(root / "corpus.jsonl", markov_docs(n_docs, seed=corpus_seed))
     s.tokens = root / "tokens"
     s.store = tokenize_corpus([corpus], s.tokens, train_vocab=400, progress=False)
     s.vocab = s.store.vocab_size
     s.ref_dir = root / "ref"
-    s.ref = build_model("tiny", s.vocab, seed=123)  # not the learner's seed
+    s.ref = build_model("tiny", s.vocab, seed=ref_seed)  # not the learner's seed
     s.ref.save_pretrained(s.ref_dir)
     s.store.tokenizer().save_pretrained(s.ref_dir)
     s.losses = root / "losses"
     score_store(s.ref, s.store, s.losses, SEQ, dtype="float32", progress=False, device="cpu")
+    return s
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory) -> Stores:
+    """A TokenStore, a LossStore (fp32 scoring) from a separately initialised reference model
+    saved with the training tokenizer, and a second corpus with its own tokenizer."""
+    from rho.tokenize import tokenize_corpus
+
+    root = tmp_path_factory.mktemp("trainer")
+    s = make_stores(root, n_docs=150, corpus_seed=0, ref_seed=123)
     other = write_corpus(root / "other.jsonl", markov_docs(40, seed=7))
     s.other_tokens = root / "other_tokens"
     s.other_store = tokenize_corpus([other], s.other_tokens, train_vocab=300, progress=False)
