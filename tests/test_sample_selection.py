@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from test_trainer import SEQ, Stores, make_stores, targs, train_logs
+from test_trainer import SEQ, Stores, make_stores, targs, train_logs, two_ranks_and_one_process
 from torch.utils.data import Subset
 
 from rho.errors import UserError
@@ -22,7 +22,6 @@ from rho.loss import n_keep
 from rho.models import count_parameters
 from rho.trainer import (
     COMPUTE_FILE,
-    DUMP_ENV,
     ModelDataArguments,
     SelectionArguments,
     build_trainer,
@@ -272,26 +271,7 @@ def test_torchrun_two_processes_keep_the_windows_of_one(stores, tmp_path):
         "--seed", "0",
         "--disable_tqdm", "true",
     ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    two = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-        + ["-m", "rho", *map(str, common), "--output_dir", str(tmp_path / "two")]
-        + ["--per_device_train_batch_size", "2"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**env, DUMP_ENV: str(tmp_path / "dump2")},
-    )
-    assert two.returncode == 0, two.stderr[-3000:]
-    one = subprocess.run(
-        [sys.executable, "-m", "rho", *map(str, common), "--output_dir", str(tmp_path / "one")]
-        + ["--per_device_train_batch_size", "4"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**env, DUMP_ENV: str(tmp_path / "dump1")},
-    )
-    assert one.returncode == 0, one.stderr[-3000:]
+    two_ranks_and_one_process(common, tmp_path)
 
     def load(dump, step, rank, kind=""):
         return np.load(tmp_path / dump / f"step{step:05d}-micro0-rank{rank}{kind}.npz")

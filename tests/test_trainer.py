@@ -528,6 +528,26 @@ def test_cli_errors_are_one_line(stores, tmp_path):
 
 
 @pytest.mark.slow
+def two_ranks_and_one_process(common: list, tmp_path: Path) -> None:
+    """`rho COMMON` under torchrun with 2 ranks × 2 rows (dumps in tmp_path/dump2) and in one
+    process × 4 rows (tmp_path/dump1): the same global micro-batches, to compare selections."""
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
+    for launch, name, rows in (
+        ([*torchrun, "2", "-m", "rho"], "two", "2"),
+        ([sys.executable, "-m", "rho"], "one", "4"),
+    ):
+        dump = tmp_path / ("dump2" if name == "two" else "dump1")
+        run = subprocess.run(
+            [*launch, *map(str, common), "--output_dir", str(tmp_path / name)]
+            + ["--per_device_train_batch_size", rows],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "OMP_NUM_THREADS": "1", DUMP_ENV: str(dump)},
+        )
+        assert run.returncode == 0, run.stderr[-3000:]
+
+
 def test_torchrun_two_processes_select_like_one(stores, tmp_path):
     """2 ranks × 2 rows with scope=batch rank the 4 rows together: the selections, losses and
     final weights equal one process with 4 rows per batch."""
@@ -547,24 +567,7 @@ def test_torchrun_two_processes_select_like_one(stores, tmp_path):
         "--seed", str(SEED),
         "--disable_tqdm", "true",
     ]  # fmt: skip
-    env2 = {DUMP_ENV: str(tmp_path / "dump2"), "OMP_NUM_THREADS": "1"}
-    two = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-        + ["-m", "rho", *map(str, common), "--output_dir", str(tmp_path / "two")]
-        + ["--per_device_train_batch_size", "2"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, **env2},
-    )
-    assert two.returncode == 0, two.stderr[-3000:]
-    one = run_rho(
-        *common,
-        "--output_dir", tmp_path / "one",
-        "--per_device_train_batch_size", "4",
-        env={DUMP_ENV: str(tmp_path / "dump1")},
-    )  # fmt: skip
-    assert one.returncode == 0, one.stderr[-3000:]
+    two_ranks_and_one_process(common, tmp_path)
 
     cross_rank = False
     for step in range(steps):
