@@ -1,22 +1,13 @@
-"""The shipped demo corpus and its builder (rho.corpora)."""
+"""The shipped demo corpus (rho.corpora); its builder is tested in test_build_demo.py."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import random
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-import rho
 from rho.corpora import DEMO_DIR, DOMAINS, SPLITS, demo_path, iter_demo
-from rho.corpora import build_demo as bd
-
-SRC_ROOT = Path(rho.__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -143,97 +134,3 @@ def test_sizes_and_mix(demo):
     assert 0.33 <= clean["math"] / total <= 0.47
     assert 0.23 <= clean["general"] / total <= 0.37
     assert 0.23 <= noise / total <= 0.37
-
-
-# -- the builder's parts -------------------------------------------------------------------------
-
-
-def test_inject_spans_point_at_the_blocks():
-    rng = random.Random(0)
-    text = "First paragraph.\n\nSecond one.\n\nThird."
-    blocks = [("HEAD", "head"), ("MIDDLE", "any"), ("TAIL", "tail")]
-    out, spans = bd.inject(text, blocks, rng)
-    assert [out[s:e] for s, e in spans] == ["HEAD", "MIDDLE", "TAIL"]
-    assert spans == sorted(spans)
-    assert _without_noise({"text": out, "noise_spans": spans}) == " ".join(text.split())
-    assert out.startswith("HEAD\n\n") and out.endswith("\n\nTAIL")
-    # one paragraph: a middle block still lands at an end, never inside the text
-    out, spans = bd.inject("only one paragraph", [("X", "any")], rng)
-    assert out in ("X\n\nonly one paragraph", "only one paragraph\n\nX")
-
-
-def test_noise_maker_every_kind():
-    rng = random.Random(1)
-    maker = bd.NoiseMaker(rng, ["def f(x):\n    return x\n" * 100], ["Some real text. " * 50])
-    for kind in bd.NoiseMaker.KINDS:
-        for _ in range(20):
-            text, where = maker.make(kind, 300)
-            assert text.strip() and where in ("head", "tail", "any")
-            assert not bd._CONTROL.search(text)
-    doc, per_kind = maker.document(2000)
-    assert len(doc) >= 300 and set(per_kind) <= set(bd.NoiseMaker.KINDS)
-
-
-def test_clean_text():
-    raw = "Summary line.\n\n\n\n    Indented   \n      more\r\n"
-    assert bd.clean_text(raw) == "Summary line.\n\nIndented\n  more"
-
-
-# -- determinism -----------------------------------------------------------------------------
-
-
-def _small_build_cmd(out: Path, seed: int = 0) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "rho.corpora.build_demo",
-        "--out",
-        str(out),
-        "--seed",
-        str(seed),
-        "--scale",
-        "0.01",
-        "--max-modules",
-        "12",
-        "--quiet",
-    ]
-
-
-def _env(hash_seed: str) -> dict:
-    env = dict(os.environ, PYTHONHASHSEED=hash_seed)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC_ROOT), env.get("PYTHONPATH")]))
-    return env
-
-
-def test_builder_is_deterministic(tmp_path):
-    # Two processes with different hash seeds (set/dict order must not leak), plus one more
-    # seed that must give a different corpus.
-    runs = {
-        "a": (_small_build_cmd(tmp_path / "a"), "1"),
-        "b": (_small_build_cmd(tmp_path / "b"), "2"),
-        "c": (_small_build_cmd(tmp_path / "c", seed=1), "1"),
-    }
-    procs = {
-        k: subprocess.Popen(cmd, env=_env(h), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        for k, (cmd, h) in runs.items()
-    }
-    for k, p in procs.items():
-        _, err = p.communicate(timeout=120)
-        assert p.returncode == 0, (k, err.decode()[-2000:])
-    for name in [f"{s}.jsonl.gz" for s in SPLITS] + ["SOURCES.json"]:
-        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
-    a_corpus = (tmp_path / "a" / "corpus.jsonl.gz").read_bytes()
-    assert a_corpus != (tmp_path / "c" / "corpus.jsonl.gz").read_bytes()
-    summary = json.loads((tmp_path / "a" / "SOURCES.json").read_text(encoding="utf-8"))
-    assert summary["splits"]["corpus"]["docs"] > 0
-    assert (tmp_path / "a" / "LICENSES.md").is_file()
-
-
-@pytest.mark.slow
-def test_full_rebuild_reproduces_shipped_files(tmp_path, sources):
-    versions = bd._versions()
-    if versions != sources["versions"]:
-        pytest.skip(f"shipped corpus built with {sources['versions']}, here {versions}")
-    summary = bd.build(tmp_path, seed=sources["seed"])
-    for split in SPLITS:
-        assert summary["splits"][split]["sha256"] == sources["splits"][split]["sha256"]

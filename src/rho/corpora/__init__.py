@@ -1,7 +1,7 @@
-"""The shipped demo corpus and its builder.
+"""The shipped demo corpus.
 
-Three gzip-compressed jsonl files live in :data:`DEMO_DIR` (rebuild them with
-``python -m rho.corpora.build_demo``):
+Three gzip-compressed jsonl files live in :data:`DEMO_DIR`. They are built by a build-time tool
+outside this package (rebuild them from the repository root with ``python tools/build_demo``):
 
 - ``curated``: clean mathematical text (SymPy and mpmath docstrings); trains the reference model.
 - ``heldout``: more of the same kind, never trained on; target-distribution evaluation.
