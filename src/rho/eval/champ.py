@@ -1,13 +1,15 @@
-"""CHAMP (Mao et al., 2024; MIT licence): 270 competition math problems with human-written
-solutions and final answers, shipped offline by the PyPI package ``champ-dataset``.
+"""The built-in task ``champ``: CHAMP (Mao et al., 2024; MIT licence), 270 competition math
+problems with human-written solutions and final answers, shipped offline by the PyPI package
+``champ-dataset``.
 
 Only problems whose final answer is a single number (an integer, decimal or fraction) are kept,
-since the task is scored by numeric exact match: 85 of the 270 in version v0.
+since the task is graded by numeric exact match: 85 of the 270 in version v0.
 """
 
 from __future__ import annotations
 
 from rho.errors import UserError
+from rho.eval.answers import parse_number
 
 VERSION = "v0"
 
@@ -15,15 +17,13 @@ VERSION = "v0"
 def load(version: str = VERSION) -> list[dict]:
     """The numeric-answer problems, in the dataset's own order, as question/answer dicts (plus
     ``id``, ``category`` and the reference ``solution`` for inspection)."""
-    try:
+    try:  # deferred: champ-dataset is an optional dependency (rho[eval])
         import champ_dataset
     except ImportError:
         raise UserError(
             "the built-in task 'champ' needs the champ-dataset package: "
             "pip install champ-dataset (or pip install 'rho[eval]')"
         ) from None
-    from rho.evaluate import parse_number
-
     try:
         dataset = champ_dataset.load(version)
     except (OSError, ValueError, KeyError) as err:

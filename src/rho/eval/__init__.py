@@ -1,0 +1,4 @@
+"""Evaluation of checkpoints (`rho eval`): held-out loss per domain (heldout), few-shot
+exact-match tasks (fewshot, answers, tasks, champ), the lm-evaluation-harness bridge
+(lm_eval_bridge), and the results files and ``--compare`` (results); cli parses the options.
+"""

@@ -1,0 +1,248 @@
+"""Few-shot generative tasks: task files, prompts, greedy generation cut at stop sequences, and
+k-shot exact-match accuracy (``evaluate_task``).
+
+A task is a jsonl file of ``question`` / ``answer`` items or a built-in task (see tasks.py). Each
+prompt holds k solved examples ("Question: ...\\nAnswer: ...\\n\\n") and then the open question;
+the model decodes greedily until a stop sequence and answers.py grades the output.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+from transformers import AutoTokenizer, StoppingCriteria, StoppingCriteriaList
+
+from rho.errors import UserError
+from rho.eval.answers import gold_answer, grade_output
+from rho.eval.tasks import BUILTIN_TASKS, load_builtin
+from rho.windows import default_device, max_positions
+
+STOP_SEQUENCES = ("\n\n", "Question:")
+
+
+# --- Tasks and prompts ----------------------------------------------------------------------------
+
+
+def read_task_file(path: str | Path) -> list[dict]:
+    """Items of a jsonl task file: one JSON object per line with ``question`` and ``answer``."""
+    path = Path(path)
+    items = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise UserError(f"task file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"task file {path} is unreadable: {err}") from None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise UserError(f"{path}:{number}: invalid JSON ({err.msg})") from None
+        if not isinstance(record, dict) or "question" not in record or "answer" not in record:
+            raise UserError(f"{path}:{number}: needs 'question' and 'answer' fields")
+        items.append(
+            {**record, "question": str(record["question"]), "answer": str(record["answer"])}
+        )
+    if not items:
+        raise UserError(f"task file {path} holds no items")
+    return items
+
+
+def load_task(spec: str) -> tuple[str, list[dict]]:
+    """(name, items) of a task given as a jsonl path or a built-in name (see tasks.py)."""
+    path = Path(spec)
+    if path.exists() or spec.endswith((".jsonl", ".json")):
+        return path.stem, read_task_file(path)
+    if spec in BUILTIN_TASKS:
+        return spec, load_builtin(spec)
+    raise UserError(
+        f"--task {spec!r} is neither a .jsonl file nor a built-in task ({', '.join(BUILTIN_TASKS)})"
+    )
+
+
+def format_example(question: str, answer: str | None = None) -> str:
+    """One solved example ("Question: ...\\nAnswer: ...\\n\\n"), or the open prompt for one."""
+    if answer is None:
+        return f"Question: {question.strip()}\nAnswer:"
+    return f"Question: {question.strip()}\nAnswer: {str(answer).strip()}\n\n"
+
+
+def build_prompt(shots: Sequence[dict], question: str) -> str:
+    return "".join(format_example(s["question"], s["answer"]) for s in shots) + format_example(
+        question
+    )
+
+
+def load_tokenizer(name_or_dir, fallback: str | Path | None = None):
+    """The tokenizer of ``name_or_dir``, else of ``fallback`` (a TokenStore's tokenizer/)."""
+    for candidate in [c for c in (name_or_dir, fallback) if c is not None]:
+        try:
+            return AutoTokenizer.from_pretrained(str(candidate))
+        except (OSError, ValueError, TypeError):
+            continue
+    raise UserError(
+        f"no tokenizer found in {name_or_dir}: pass --tokenizer DIR (for example a TokenStore's "
+        "tokenizer/ directory)"
+    )
+
+
+# --- Generation -----------------------------------------------------------------------------------
+
+
+def cut_at_stop(text: str, stops: Sequence[str] = STOP_SEQUENCES) -> str:
+    """The text before the first stop sequence."""
+    cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=len(text))
+    return text[:cut]
+
+
+def _stop_criteria(tokenizer, prompt_len: int, stops: Sequence[str]):
+    window = max(map(len, stops)) + 8  # tokens decoded per check: enough to hold any stop
+
+    class StopOnStrings(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            tails = tokenizer.batch_decode(
+                input_ids[:, prompt_len:][:, -window:], skip_special_tokens=True
+            )
+            done = [any(s in tail for s in stops) for tail in tails]
+            return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([StopOnStrings()])
+
+
+@torch.inference_mode()
+def generate(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int = 256,
+    batch_size: int = 16,
+    stops: Sequence[str] = STOP_SEQUENCES,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> list[str]:
+    """Greedy completions of ``prompts`` (batched, left-padded, longest first), each cut at the
+    first stop sequence. Prompts longer than the model's context lose tokens from the left."""
+    device = torch.device(device) if device is not None else default_device()
+    model.to(device).eval()
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad is None:
+        raise UserError("the tokenizer has neither a padding nor an EOS token: cannot batch")
+    eos = getattr(model.generation_config, "eos_token_id", None)
+    eos = eos if eos is not None else tokenizer.eos_token_id
+    limit = max_positions(model)
+    max_prompt = None if limit is None else limit - max_new_tokens
+    if max_prompt is not None and max_prompt < 1:
+        raise UserError(
+            f"--max-new-tokens {max_new_tokens} leaves no room for a prompt in the "
+            f"model's {limit} positions"
+        )
+    sides = tokenizer.padding_side, tokenizer.truncation_side
+    tokenizer.padding_side = tokenizer.truncation_side = "left"
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    outputs: list[str] = [""] * len(prompts)
+    bar = tqdm(total=len(prompts), desc="generate", unit="item", disable=not progress)
+    try:
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            enc = tokenizer(
+                [prompts[i] for i in rows],
+                return_tensors="pt",
+                padding=True,
+                truncation=max_prompt is not None,
+                max_length=max_prompt,
+            ).to(device)
+            prompt_len = enc["input_ids"].shape[1]
+            out = model.generate(
+                input_ids=enc["input_ids"],
+                attention_mask=enc["attention_mask"],
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                num_beams=1,
+                pad_token_id=pad,
+                eos_token_id=eos,
+                stopping_criteria=_stop_criteria(tokenizer, prompt_len, stops),
+            )
+            texts = tokenizer.batch_decode(out[:, prompt_len:], skip_special_tokens=True)
+            for i, text in zip(rows, texts, strict=True):
+                outputs[i] = cut_at_stop(text, stops)
+            bar.update(len(rows))
+    finally:
+        tokenizer.padding_side, tokenizer.truncation_side = sides
+        bar.close()
+    return outputs
+
+
+# --- k-shot exact match ---------------------------------------------------------------------------
+
+
+def evaluate_task(
+    model,
+    tokenizer,
+    items: Sequence[dict],
+    *,
+    shots: int = 4,
+    shot_items: Sequence[dict] | None = None,
+    limit: int | None = None,
+    max_new_tokens: int = 256,
+    batch_size: int = 16,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> tuple[dict, list[dict]]:
+    """k-shot exact-match accuracy. Shots come from ``shot_items`` or else the first ``shots``
+    items, which are then not evaluated. Returns (summary, one row per evaluated item)."""
+    if shots < 0:
+        raise UserError(f"--shots must be non-negative, got {shots}")
+    pool = list(shot_items) if shot_items is not None else list(items)
+    if shots > len(pool):
+        raise UserError(f"--shots {shots} asks for more examples than the {len(pool)} available")
+    examples = pool[:shots]
+    evaluated = list(items) if shot_items is not None else list(items)[shots:]
+    if limit is not None:
+        evaluated = evaluated[: max(0, limit)]
+    if not evaluated:
+        raise UserError("no items left to evaluate (after the shots and --limit)")
+    prompts = [build_prompt(examples, item["question"]) for item in evaluated]
+    start = time.perf_counter()
+    outputs = generate(
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        device=device,
+        progress=progress,
+    )
+    rows = []
+    for index, (item, prompt, output) in enumerate(zip(evaluated, prompts, outputs, strict=True)):
+        extracted, correct = grade_output(output, item["answer"])
+        rows.append(
+            {
+                "index": index,
+                **({"id": item["id"]} if "id" in item else {}),
+                "question": item["question"],
+                "answer": item["answer"],
+                "gold": gold_answer(item["answer"]),
+                "prompt": prompt,
+                "output": output,
+                "extracted": extracted,
+                "correct": correct,
+            }
+        )
+    n_correct = sum(row["correct"] for row in rows)
+    summary = {
+        "shots": shots,
+        "items": len(rows),
+        "correct": n_correct,
+        "accuracy": n_correct / len(rows),
+        "max_new_tokens": max_new_tokens,
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+    return summary, rows

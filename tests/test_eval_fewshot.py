@@ -1,0 +1,150 @@
+"""rho.eval.fewshot (with tasks and champ): task files, prompts, generation cut at stop
+sequences, k-shot exact match, and `rho eval --task`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from test_eval_heldout import make_checkpoint, make_store, write_jsonl
+
+from rho.errors import UserError
+from rho.eval.answers import answers_match, extract_answer, parse_number
+from rho.eval.cli import cli
+from rho.eval.fewshot import (
+    STOP_SEQUENCES,
+    _stop_criteria,
+    build_prompt,
+    cut_at_stop,
+    evaluate_task,
+    generate,
+    load_task,
+)
+from rho.models import build_model
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return make_store(tmp_path_factory.mktemp("eval-corpus"))
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, store) -> Path:
+    return make_checkpoint(tmp_path_factory.mktemp("eval-ckpt") / "run", store)
+
+
+@pytest.fixture(scope="module")
+def model(checkpoint):
+    from rho.models import load_model
+
+    return load_model(checkpoint).eval()
+
+
+def make_task(tmp_path: Path, n: int = 7) -> Path:
+    records = [{"question": f"What is {i} plus {i}?", "answer": str(2 * i)} for i in range(n)]
+    records[3]["answer"] = "She has 3 and 3 more.\n#### 6"  # GSM8K-style gold answer
+    return write_jsonl(tmp_path / "add.jsonl", records)
+
+
+def test_generative_task_run(tmp_path, checkpoint, capsys):
+    task = make_task(tmp_path)
+    out = tmp_path / "out"
+    argv = ["--model", str(checkpoint), "--task", str(task), "--shots", "2", "--out", str(out)]
+    assert cli([*argv, "--max-new-tokens", "6", "--batch-size", "3", "--quiet"]) == 0
+    assert "| add | 2 | 5 |" in capsys.readouterr().out
+    rows = [json.loads(line) for line in (out / "task_outputs.jsonl").read_text().splitlines()]
+    assert len(rows) == 5  # 7 items, the first 2 used as shots
+    for row in rows:
+        assert {"prompt", "output", "extracted", "correct"} <= set(row) and row["task"] == "add"
+        assert row["prompt"].startswith("Question: What is 0 plus 0?\nAnswer: 0\n\n")
+        assert row["prompt"].endswith(f"Question: {row['question']}\nAnswer:")
+        assert "\n\n" not in row["output"] and "Question:" not in row["output"]
+        assert row["correct"] == answers_match(extract_answer(row["output"]), row["gold"])
+    assert rows[1]["gold"] == "6"
+    summary = json.loads((out / "eval.json").read_text())["tasks"]["add"]
+    assert summary["items"] == 5 and summary["shots"] == 2
+    assert summary["accuracy"] == sum(r["correct"] for r in rows) / 5
+
+    # A shots file: every task item is evaluated; --limit caps them; other tasks' rows are kept.
+    shots = write_jsonl(tmp_path / "shots.jsonl", [{"question": "1 + 1?", "answer": "2"}])
+    other = write_jsonl(tmp_path / "other.jsonl", [{"question": "2 + 2?", "answer": "4"}] * 4)
+    argv = ["--model", str(checkpoint), "--task", str(other), "--shots", "1", "--out", str(out)]
+    cli([*argv, "--shots-file", str(shots), "--limit", "3", "--max-new-tokens", "4", "--quiet"])
+    rows = [json.loads(line) for line in (out / "task_outputs.jsonl").read_text().splitlines()]
+    assert [r["task"] for r in rows].count("add") == 5
+    assert [r["task"] for r in rows].count("other") == 3
+    assert set(json.loads((out / "eval.json").read_text())["tasks"]) == {"add", "other"}
+
+
+def test_batched_generation_matches_one_by_one(model, checkpoint):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(checkpoint)
+    prompts = [build_prompt([], f"What is {'very ' * i}odd?") for i in range(5)]
+    one = generate(model, tok, prompts, max_new_tokens=5, batch_size=1, progress=False)
+    many = generate(model, tok, prompts, max_new_tokens=5, batch_size=4, progress=False)
+    assert one == many
+
+
+def test_long_prompts_are_cut_from_the_left(store, checkpoint):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(checkpoint)
+    short = build_model("tiny", store.vocab_size, max_positions=32)
+    outputs = generate(short, tok, ["word " * 100], max_new_tokens=8, progress=False)
+    assert len(outputs) == 1
+    with pytest.raises(UserError, match="no room"):
+        generate(short, tok, ["x"], max_new_tokens=32, progress=False)
+
+
+def test_stop_sequences(checkpoint):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(checkpoint)
+    assert cut_at_stop("42\n\nQuestion: next") == "42"
+    assert cut_at_stop(" 7 Question: x\n\n") == " 7 "
+    assert cut_at_stop("no stop") == "no stop"
+    prompt = tok(["Answer:"], return_tensors="pt")["input_ids"]
+    rows = [" 12\n\nQuestion", " 12 and", " so Question:"]
+    ids = [torch.cat([prompt[0], torch.tensor(tok(r)["input_ids"])]) for r in rows]
+    width = max(len(i) for i in ids)
+    batch = torch.stack([F.pad(i, (0, width - len(i)), value=tok.pad_token_id) for i in ids])
+    criteria = _stop_criteria(tok, prompt.shape[1], STOP_SEQUENCES)[0]
+    assert criteria(batch, None).tolist() == [True, False, True]
+
+
+def test_task_file_errors(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "q", "answer": "1"}\n{"question": "no answer"}\n')
+    with pytest.raises(UserError, match="bad.jsonl:2"):
+        load_task(str(bad))
+    with pytest.raises(UserError, match="neither"):
+        load_task("no_such_task")
+    with pytest.raises(UserError, match="does not exist"):
+        load_task(str(tmp_path / "missing.jsonl"))
+    items = [{"question": "q", "answer": "1"}] * 2
+    with pytest.raises(UserError, match="more examples"):
+        evaluate_task(None, None, items, shots=3)
+    with pytest.raises(UserError, match="no items left"):
+        evaluate_task(None, None, items, shots=2)
+
+
+def test_champ_task_loads():
+    pytest.importorskip("champ_dataset", reason="champ-dataset is not installed")
+    name, items = load_task("champ")
+    assert name == "champ" and len(items) >= 50
+    for item in items:
+        assert item["question"] and parse_number(item["answer"]) is not None
+    assert len({item["id"] for item in items}) == len(items)
+    prompt = build_prompt(items[:2], items[2]["question"])
+    assert prompt.count("Question: ") == 3 and prompt.endswith("\nAnswer:")
+
+
+def test_champ_without_the_package(monkeypatch):
+    monkeypatch.setitem(sys.modules, "champ_dataset", None)
+    with pytest.raises(UserError, match="pip install champ-dataset"):
+        load_task("champ")
