@@ -20,7 +20,7 @@ import time
 import torch
 
 from rho.models import build_model, count_parameters
-from rho.score import window_losses
+from rho.windows import window_losses
 
 
 def timed(fn, steps: int, device: torch.device) -> float:

@@ -46,7 +46,8 @@ def build_stores(root: Path, vocab: int, n_windows: int, seq_len: int, ref_model
 def make_trainer(model, out: Path, selection: str, ref_model=None, dataset=None):
     from transformers import TrainingArguments
 
-    from rho.trainer import SelectionArguments, SelectiveTrainer
+    from rho.options import SelectionArguments
+    from rho.trainer import SelectiveTrainer
 
     args = TrainingArguments(
         output_dir=str(out), use_cpu=True, report_to="none", disable_tqdm=True, save_strategy="no"

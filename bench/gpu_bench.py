@@ -85,7 +85,7 @@ def build_stores(root: Path, vocab: int, windows: int, seq_len: int, reference, 
 
 def time_scoring(model, tokens, seq_len: int, batch: int, warmup: int, steps: int) -> float:
     """Tokens/s of window_losses on batches of ``batch`` windows (cycling through the store)."""
-    from rho.score import window_losses
+    from rho.windows import window_losses
 
     device = next(model.parameters()).device
     ids = torch.from_numpy(np.asarray(tokens.tokens, dtype=np.int64)).view(-1, seq_len)
@@ -142,7 +142,8 @@ def main() -> None:
 
     from rho.data import WindowCollator, WindowDataset
     from rho.models import build_model, count_parameters
-    from rho.trainer import SelectionArguments, SelectiveTrainer
+    from rho.options import SelectionArguments
+    from rho.trainer import SelectiveTrainer
 
     hf_logging.set_verbosity_error()
     dtype = "bfloat16" if CUDA else "float32"

@@ -17,8 +17,9 @@ from transformers import TrainingArguments
 from rho.data import WindowCollator, WindowDataset
 from rho.loss import CHUNK_TOKENS, slm_loss, token_losses
 from rho.models import build_model
+from rho.options import SelectionArguments
 from rho.score import score_store
-from rho.trainer import SelectionArguments, SelectiveTrainer
+from rho.trainer import SelectiveTrainer
 
 DEVICE = os.environ.get("RHO_TEST_DEVICE", "cuda")
 pytestmark = [

@@ -6,15 +6,8 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rho.loss import (
-    n_keep,
-    select_topk,
-    slm_loss,
-    stats_from_sums,
-    token_losses,
-    token_scores,
-    valid_mask,
-)
+from rho.loss import slm_loss, stats_from_sums, token_losses
+from rho.select import n_keep, select_topk, token_scores, valid_mask
 
 
 def logits_with_losses(losses):

@@ -4,8 +4,10 @@ import numpy as np
 import pytest
 
 from rho.errors import UserError
+from rho.files import write_json_atomic
+from rho.loss_writer import loss_store_meta
 from rho.prune import keep_top, prune_store, unit_bounds, unit_means, unit_scores
-from rho.store import LossStore, TokenStore, loss_store_meta, write_json_atomic, write_token_store
+from rho.store import LossStore, TokenStore, write_token_store
 
 NAN = float("nan")
 

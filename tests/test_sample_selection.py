@@ -18,16 +18,11 @@ from test_trainer import SEQ, Stores, make_stores, targs, train_logs, two_ranks_
 from torch.utils.data import Subset
 
 from rho.errors import UserError
-from rho.loss import n_keep
 from rho.models import count_parameters
-from rho.trainer import (
-    COMPUTE_FILE,
-    ModelDataArguments,
-    SelectionArguments,
-    build_trainer,
-    top_windows,
-    window_scores,
-)
+from rho.options import ModelDataArguments, SelectionArguments
+from rho.runs import COMPUTE_FILE
+from rho.select import n_keep, top_windows, window_scores
+from rho.training import build_trainer
 
 NAN = float("nan")
 B, FACTOR = 2, 4
@@ -82,10 +77,10 @@ def test_candidate_factor_must_be_positive():
     with pytest.raises(UserError, match="candidate_factor"):
         SelectionArguments(selection="sample", candidate_factor=0)
     sample = SelectionArguments(selection="sample", ratio=0.5)
-    assert sample.samples and not sample.tokens and sample.needs_reference
+    assert sample.selects_windows and not sample.selects_tokens and sample.needs_reference
     assert sample.ratio_at(0) == 1.0  # whole windows: every token of a kept window trains
     both = SelectionArguments(selection="sample+token", ratio=0.5)
-    assert both.samples and both.tokens and both.ratio_at(0) == 0.5
+    assert both.selects_windows and both.selects_tokens and both.ratio_at(0) == 0.5
     assert not SelectionArguments(selection="sample", score="learner").needs_reference
 
 

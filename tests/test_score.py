@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,11 +17,14 @@ import torch.nn.functional as F
 from conftest import SUBPROCESS_ENV, run_rho, torch_threads
 
 from rho import score as score_mod
+from rho import windows as windows_mod
 from rho.cli import main
 from rho.errors import UserError
+from rho.inspect_store import describe
 from rho.models import build_model, load_model
-from rho.score import batch_windows, score_store
-from rho.store import LossStore, TokenStore, describe, window_starts
+from rho.score import score_store
+from rho.store import LossStore, TokenStore, window_starts
+from rho.windows import batch_windows
 
 SEQ = 37  # does not divide the corpus: the last window is partial
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -73,7 +77,7 @@ def test_batch_windows_are_fixed_and_cover_everything():
 def test_ctrl_c_in_process_saves_progress_and_resumes(
     tmp_path, monkeypatch, token_store, model_dir, reference
 ):
-    real, calls = score_mod.window_losses, {"n": 0}
+    real, calls = windows_mod.window_losses, {"n": 0}
 
     def interrupted(model, ids):
         calls["n"] += 1
@@ -81,27 +85,34 @@ def test_ctrl_c_in_process_saves_progress_and_resumes(
             raise KeyboardInterrupt
         return real(model, ids)
 
-    monkeypatch.setattr(score_mod, "window_losses", interrupted)
+    monkeypatch.setattr(windows_mod, "window_losses", interrupted)
     monkeypatch.setattr(score_mod, "SAVE_EVERY_S", 1e9)  # only the interrupt records progress
     out = tmp_path / "l"
     with pytest.raises(KeyboardInterrupt):
         score_store(model_dir, token_store, out, 32, batch_size=1, progress=False)
-    done = np.load(out / "progress" / "rank0-of-1.npy")
+    (record,) = (out / "progress").glob("rank0-of-1-*.npy")  # this run's record
+    done = np.load(record)
     assert done.sum() == 39
     text = describe(out)
     assert "complete: no" in text
     with pytest.raises(UserError, match="unfinished"):
         LossStore(out, token_store)
-    monkeypatch.setattr(score_mod, "window_losses", real)
+    monkeypatch.setattr(windows_mod, "window_losses", real)
     score_store(model_dir, token_store, out, 32, batch_size=1, progress=False)
     assert (out / "ref_loss.npy").read_bytes() == (reference.path / "ref_loss.npy").read_bytes()
     assert comparable_meta(out) == comparable_meta(reference.path)
 
 
+def batches_done(progress: Path) -> int:
+    """Batches recorded as done by rank 0 of 1 in a store's progress/ (0 before any record)."""
+    records = list(progress.glob("rank0-of-1-*.npy"))
+    return int(np.load(records[0]).sum()) if records else 0
+
+
 def interrupt_midway(args: list, sig: signal.Signals, progress, n_batches: int) -> str:
     """Start `rho ARGS` (recording progress often), send ``sig`` once a fifth more of the batches
     are done, and return its stderr."""
-    start = np.load(progress).sum() if progress.exists() else 0
+    start = batches_done(progress)
     proc = subprocess.Popen(
         [sys.executable, "-m", "rho", *map(str, args)],
         stdout=subprocess.PIPE,
@@ -112,7 +123,7 @@ def interrupt_midway(args: list, sig: signal.Signals, progress, n_batches: int) 
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
         try:
-            if np.load(progress).sum() >= start + n_batches // 5:
+            if batches_done(progress) >= start + n_batches // 5:
                 break
         except (OSError, ValueError, EOFError):
             pass  # not written yet
@@ -121,7 +132,7 @@ def interrupt_midway(args: list, sig: signal.Signals, progress, n_batches: int) 
     _, stderr = proc.communicate(timeout=60)
     expected = 130 if sig == signal.SIGINT else -signal.SIGKILL
     assert proc.returncode == expected, stderr[-2000:]
-    assert 0 < np.load(progress).sum() < n_batches, "the run ended before it was interrupted"
+    assert 0 < batches_done(progress) < n_batches, "the run ended before it was interrupted"
     return stderr
 
 
@@ -133,14 +144,14 @@ def test_interrupted_subprocess_resumes_byte_identical(
     out = tmp_path / "l"
     args = ["score", "--model", model_dir, "--tokens", token_store.path, "--out", out]
     args += ["--seq-len", "32", "--batch-size", "1"]
-    progress = out / "progress" / "rank0-of-1.npy"
+    progress = out / "progress"
     n_batches = token_store.n_windows(32)
 
     stderr = interrupt_midway(args, signal.SIGINT, progress, n_batches)
     assert "Traceback" not in stderr and stderr.rstrip().endswith("rho score: interrupted")
-    after_ctrl_c = np.load(progress).sum()
+    after_ctrl_c = batches_done(progress)
     interrupt_midway(args, signal.SIGKILL, progress, n_batches)
-    assert np.load(progress).sum() > after_ctrl_c  # the second run resumed, then got killed
+    assert batches_done(progress) > after_ctrl_c  # the second run resumed, then got killed
     assert not comparable_meta(out)["complete"]
     assert "complete: no" in run_rho("inspect", out).stdout
 
@@ -320,10 +331,10 @@ def test_corrupted_progress_file_is_rescored(tmp_path, token_store, model_dir, r
     out = tmp_path / "l"
     shutil.copytree(reference.path, out)
     meta = json.loads((out / "meta.json").read_text())
-    meta["complete"] = False
+    meta.update(complete=False, run_id="0123abcd")  # an unfinished run's store
     (out / "meta.json").write_text(json.dumps(meta))
     (out / "progress").mkdir()
-    (out / "progress" / "rank0-of-1.npy").write_bytes(b"garbage")
+    (out / "progress" / "rank0-of-1-0123abcd.npy").write_bytes(b"garbage")
     store = score_store(model_dir, token_store, out, 32, batch_size=1, progress=False)
     assert store.complete
     assert (out / "ref_loss.npy").read_bytes() == (reference.path / "ref_loss.npy").read_bytes()

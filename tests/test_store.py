@@ -12,19 +12,16 @@ import pytest
 from rho import store as store_mod
 from rho.cli import main
 from rho.errors import UserError
+from rho.files import commit_output, prepare_output, save_npy_atomic, write_json_atomic
 from rho.store import (
     LossStore,
     TokenStore,
-    commit_output,
     load_npy,
     loss_summary,
     n_windows,
-    prepare_output,
-    save_npy_atomic,
     smallest_token_dtype,
     window_bounds,
     window_starts,
-    write_json_atomic,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -1,4 +1,5 @@
-"""rho.trainer: SelectiveTrainer on a real transformers.Trainer, tiny Llama models, real stores."""
+"""rho.trainer and rho.training: SelectiveTrainer on a real transformers.Trainer, tiny Llama
+models, real stores."""
 
 from __future__ import annotations
 
@@ -20,18 +21,12 @@ from transformers import TrainerCallback, TrainingArguments
 import rho.trainer as rt
 from rho.data import WindowCollator, WindowDataset
 from rho.errors import UserError
-from rho.loss import n_keep
-from rho.models import build_model
-from rho.trainer import (
-    DUMP_ENV,
-    METRICS_FILE,
-    OPTIONS_FILE,
-    ModelDataArguments,
-    SelectionArguments,
-    SelectiveTrainer,
-    build_trainer,
-    check_not_same_model,
-)
+from rho.models import build_model, check_not_same_model
+from rho.options import ModelDataArguments, SelectionArguments
+from rho.runs import METRICS_FILE, OPTIONS_FILE
+from rho.select import n_keep
+from rho.trainer import DUMP_ENV, SelectiveTrainer
+from rho.training import build_trainer, run_training
 
 SEQ = 32
 
@@ -177,7 +172,7 @@ def offline_run(stores, tmp_path_factory):
         eval_steps=10,
         per_device_eval_batch_size=64,
     )
-    rt.train(data, SelectionArguments(), args)
+    run_training(data, SelectionArguments(), args)
     return out
 
 

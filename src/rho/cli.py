@@ -1,25 +1,31 @@
 """`rho <subcommand>`: argument parsing only; each stage module owns its subcommand's options.
 
 Each entry maps a subcommand to "module:function"; the function takes the remaining argv and
-returns an exit code. Modules load lazily so `rho --help` stays fast.
+returns an exit code. Modules load lazily so `rho --help` stays fast (torch is not imported).
+Errors a user can fix are one line on stderr and exit 2; a traceback means a bug in rho.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
+import pickle
 import sys
 
+from rho import __version__
 from rho.errors import UserError
+from rho.files import one_line
 
 SUBCOMMANDS = {
-    "demo": ("rho.pipeline:demo_cli", "run the whole method end to end on the shipped demo data"),
+    "demo": ("rho.experiment.cli:demo_cli", "the whole method end to end on the shipped demo data"),
     "tokenize": ("rho.tokenize:cli", "corpus files -> TokenStore (train or load a tokenizer)"),
     "score": ("rho.score:cli", "reference model x TokenStore -> LossStore (resumable, torchrun)"),
-    "inspect": ("rho.store:inspect_cli", "one-screen summary of a TokenStore or LossStore"),
-    "train": ("rho.trainer:cli", "CLM / SLM training on transformers.Trainer"),
+    "inspect": ("rho.inspect_store:cli", "one-screen summary of a TokenStore or LossStore"),
+    "train": ("rho.training:cli", "CLM / SLM training on transformers.Trainer"),
     "prune": ("rho.prune:cli", "offline pruning: drop whole documents or windows by loss"),
-    "eval": ("rho.evaluate:cli", "held-out loss per domain, few-shot tasks, lm-eval bridge"),
-    "analyze": ("rho.analysis.cli:cli", "token-loss dynamics, selection analyses, sweep, html"),
+    "eval": ("rho.eval.cli:cli", "held-out loss per domain, few-shot tasks, lm-eval bridge"),
+    "analyze": ("rho.analysis.cli:cli", "token-loss dynamics, selection analyses, html"),
+    "sweep": ("rho.experiment.sweep:cli", "short SLM trainings at several ratios (Fig. 9)"),
 }
 
 
@@ -36,8 +42,6 @@ def main(argv: list[str] | None = None) -> int:
         print(usage())
         return 0 if argv else 2
     if argv[0] in ("-V", "--version"):
-        from rho import __version__
-
         print(f"rho {__version__}")
         return 0
     name, rest = argv[0], argv[1:]
@@ -48,8 +52,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(getattr(importlib.import_module(module), func)(rest) or 0)
     except UserError as err:
-        print(f"rho {name}: error: {err}", file=sys.stderr)
+        print(f"rho {name}: error: {one_line(err, 1000)}", file=sys.stderr)
+        return 2
+    except pickle.UnpicklingError as err:  # torch's weights_only loader refused a pickle
+        print(f"rho {name}: error: refused to load unsafe pickled data: {one_line(err)}",
+              file=sys.stderr)  # fmt: skip
         return 2
     except KeyboardInterrupt:
         print(f"rho {name}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `rho inspect ... | head -1`: the reader left; exit quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141

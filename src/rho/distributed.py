@@ -8,6 +8,8 @@ select over the global batch and keep its own slice.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
@@ -19,6 +21,24 @@ def is_distributed() -> bool:
 
 def rank() -> int:
     return dist.get_rank() if is_distributed() else 0
+
+
+def rank_from_env() -> int:
+    """This process's global rank as torchrun set it (0 when not launched by torchrun); usable
+    before the process group exists."""
+    return int(os.environ.get("RANK", "0"))
+
+
+@contextmanager
+def process_group_closed() -> Iterator[None]:
+    """Destroy the process group when the block ends, however it ends (success, error, Ctrl-C):
+    a group left for interpreter exit can abort a finished rank ("terminate called without an
+    active exception"), so a successful run would look failed."""
+    try:
+        yield
+    finally:
+        if is_distributed():
+            dist.destroy_process_group()
 
 
 def world_size() -> int:

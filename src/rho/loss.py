@@ -8,14 +8,21 @@ not score: neither is ever selected or counted.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-SCORES = ("excess", "learner", "reference", "random")
-SCOPES = ("batch", "sequence")
+from rho.select import (
+    SCOPES,
+    SCORES,
+    check_choice,
+    check_ratio,
+    select_topk,
+    token_scores,
+    valid_mask,
+)
+
 CHUNK_TOKENS = 2048  # rows of logits upcast to float32 at a time on a GPU
 CPU_CHUNK_BYTES = 4 << 20  # on a CPU the loss runs ~2x faster when a float32 chunk fits in cache
 
@@ -87,90 +94,6 @@ def token_losses(
     flat = logits.reshape(-1, logits.shape[-1])
     losses = _ChunkedCrossEntropy.apply(flat, targets.reshape(-1), ignore_index, chunk_tokens)
     return losses.view(targets.shape)
-
-
-def valid_mask(
-    targets: torch.Tensor, ref_loss: torch.Tensor | None = None, ignore_index: int = -100
-) -> torch.Tensor:
-    """Positions that may be ranked and counted: a real target and, if given, a scored reference."""
-    valid = targets != ignore_index
-    if ref_loss is not None:
-        valid = valid & ~torch.isnan(ref_loss)
-    return valid
-
-
-def token_scores(
-    name: str,
-    learner_loss: torch.Tensor,
-    ref_loss: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Selection scores (higher = kept first), detached from the graph.
-
-    ``excess``: learner − reference (the paper's); ``learner``: learner loss alone;
-    ``reference``: lowest reference loss first; ``random``: uniform, seeded by ``generator``.
-    """
-    if name not in SCORES:
-        raise ValueError(f"unknown score {name!r}; choose one of {', '.join(SCORES)}")
-    if name in ("excess", "reference") and ref_loss is None:
-        raise ValueError(f"score {name!r} needs ref_loss (reference-model losses)")
-    learner_loss = learner_loss.detach().float()
-    if name == "excess":
-        return learner_loss - ref_loss.float()
-    if name == "learner":
-        return learner_loss
-    if name == "reference":
-        return -ref_loss.float()
-    # Drawn on the CPU so a seed gives the same draw on every device.
-    draw = torch.rand(learner_loss.shape, generator=generator)
-    return draw.to(learner_loss.device)
-
-
-def n_keep(ratio: float, n_valid: int | torch.Tensor) -> int | torch.Tensor:
-    """k = ceil(ratio · n_valid); the 1e-9 guards float noise (0.7 · 10 must keep 7, not 8)."""
-    if torch.is_tensor(n_valid):
-        return torch.ceil(n_valid.double() * ratio - 1e-9).clamp(min=0).long()
-    return max(0, math.ceil(n_valid * ratio - 1e-9))
-
-
-def _check_ratio(ratio: float) -> None:
-    if not (0.0 < ratio <= 1.0):
-        raise ValueError(f"ratio must be in (0, 1], got {ratio}")
-
-
-def _ranks(scores: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Rank of every position along the last dim: valid before invalid, then highest score first,
-    ties by position (stable sorts), so the result is deterministic."""
-    key = torch.where(valid, torch.nan_to_num(scores.float(), nan=-math.inf), -math.inf)
-    order = torch.argsort(key, dim=-1, descending=True, stable=True)
-    invalid_in_order = (~valid).gather(-1, order).to(torch.uint8)
-    order = order.gather(-1, torch.argsort(invalid_in_order, dim=-1, stable=True))
-    positions = torch.arange(order.shape[-1], device=order.device).expand_as(order)
-    return torch.empty_like(order).scatter_(-1, order, positions)
-
-
-def select_topk(
-    scores: torch.Tensor, valid: torch.Tensor, ratio: float, scope: str = "batch"
-) -> torch.Tensor:
-    """Boolean mask keeping exactly ceil(ratio · n_valid) valid positions per scope unit.
-
-    ``scope="batch"`` ranks all valid positions of the tensor together; ``scope="sequence"`` ranks
-    each row (last dim) on its own.
-    """
-    _check_ratio(ratio)
-    if scope not in SCOPES:
-        raise ValueError(f"unknown scope {scope!r}; choose one of {', '.join(SCOPES)}")
-    if scores.shape != valid.shape:
-        raise ValueError(f"scores {tuple(scores.shape)} and valid {tuple(valid.shape)} differ")
-    if scope == "batch":
-        flat_valid = valid.reshape(-1)
-        k = n_keep(ratio, flat_valid.sum())
-        selected = _ranks(scores.reshape(-1), flat_valid) < k
-    else:
-        rows_valid = valid.reshape(-1, valid.shape[-1])
-        k = n_keep(ratio, rows_valid.sum(-1))
-        selected = _ranks(scores.reshape(rows_valid.shape), rows_valid) < k[:, None]
-    return selected.view(valid.shape) & valid
 
 
 STAT_KEYS = ("n_valid", "n_selected", "sum_all", "sum_selected", "sum_excess", "n_excess")
@@ -280,13 +203,11 @@ def slm_loss(
             f"ref_loss {tuple(ref_loss.shape)} must have the shape of "
             f"targets {tuple(targets.shape)}"
         )
-    _check_ratio(ratio)
-    if scope not in SCOPES:
-        raise ValueError(f"unknown scope {scope!r}; choose one of {', '.join(SCOPES)}")
+    check_ratio(ratio)
+    check_choice(scope, SCOPES, "scope")
+    check_choice(score, SCORES, "score")
     if score in ("excess", "reference") and ref_loss is None:
         raise ValueError(f"score {score!r} needs ref_loss (reference-model losses)")
-    if score not in SCORES:
-        raise ValueError(f"unknown score {score!r}; choose one of {', '.join(SCORES)}")
     if ref_loss is not None:
         ref_loss = ref_loss.to(device=targets.device)
 

@@ -7,6 +7,7 @@ embeddings, except ``100m`` (32k vocabulary, for GPU measurements).
 from __future__ import annotations
 
 import hashlib
+import sys
 from pathlib import Path
 
 import torch
@@ -59,10 +60,28 @@ def parse_dtype(name: str) -> torch.dtype:
     return DTYPES[name]
 
 
+def check_model_source(name_or_path: str | Path) -> None:
+    """Fail at once for a local-looking path that is not there (a hub lookup would retry for
+    seconds), and say so when a local model's weights are a pickle rather than safetensors."""
+    path, name = Path(name_or_path), str(name_or_path)
+    if not path.exists():
+        first = Path(path.parts[0]) if path.parts else path
+        if path.is_absolute() or name.startswith(".") or len(path.parts) > 2 or first.is_dir():
+            raise UserError(f"model {name!r} is not a local directory (and not a hub name)")
+        return
+    if path.is_dir() and not any(path.glob("*.safetensors")) and any(path.glob("*.bin")):
+        print(
+            f"rho: warning: {name} holds pickle weights (*.bin), not safetensors; loading them "
+            "with torch's weights_only loader (save the model with safetensors to avoid this)",
+            file=sys.stderr,
+        )
+
+
 def load_model(name_or_path: str | Path, dtype: str = "float32", trust_remote_code: bool = False):
     """Any AutoModelForCausalLM from a directory or hub name (safetensors preferred)."""
     from transformers import AutoModelForCausalLM
 
+    check_model_source(name_or_path)
     try:
         return AutoModelForCausalLM.from_pretrained(
             str(name_or_path), dtype=parse_dtype(dtype), trust_remote_code=trust_remote_code
@@ -103,3 +122,17 @@ def count_parameters(model, embeddings: bool = True) -> int:
     if not embeddings:
         total -= model.get_input_embeddings().weight.numel()
     return total
+
+
+def check_not_same_model(model, ref_model) -> None:
+    """A public port's bug: the 'reference' was the training model itself, so excess ≈ 0."""
+    if ref_model is model:
+        raise UserError("the reference model is the training model itself: excess loss would be 0")
+    learner = {p.data_ptr() for p in model.parameters()}
+    if any(p.data_ptr() in learner for p in ref_model.parameters()):
+        raise UserError("the reference model shares weights with the training model")
+    if model_fingerprint(ref_model) == model_fingerprint(model):
+        raise UserError(
+            "the reference model has the same weights as the training model: excess loss would "
+            "be 0 (train the reference on curated data first)"
+        )

@@ -17,24 +17,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 
 from rho.errors import UserError
-from rho.store import (
-    LossStore,
-    TokenStore,
-    commit_output,
-    loss_store_meta,
-    prepare_output,
-    window_bounds,
-    write_json_atomic,
-    write_token_store,
-)
+from rho.files import building, check_not_input, mark_output, output_lock, write_json_atomic
+from rho.loss_writer import loss_store_meta, write_loss_store
+from rho.score import score_store
+from rho.select import check_ratio, n_keep
+from rho.store import LossStore, TokenStore, window_bounds, write_token_store
 
 UNITS = ("document", "window")
+PRUNED_KIND = "rho.Pruned"  # out/: tokens/, ref_losses/, prune.json
 BYS = ("excess", "reference")
 
 
@@ -68,13 +63,11 @@ def unit_scores(ref_loss: np.ndarray, bounds: np.ndarray, base_loss: np.ndarray 
 
 def keep_top(scores: np.ndarray, keep: float) -> np.ndarray:
     """Bool mask of the ceil(keep · n) best-scoring units (NaN last, ties by position)."""
-    if not 0.0 < keep <= 1.0:
-        raise UserError(f"--keep must be in (0, 1], got {keep}")
-    n_keep = int(np.ceil(keep * len(scores) - 1e-9))
+    check_ratio(keep, "--keep")
     key = np.where(np.isnan(scores), -np.inf, scores)
     order = np.argsort(-key, kind="stable")
     mask = np.zeros(len(scores), dtype=bool)
-    mask[order[:n_keep]] = True
+    mask[order[: n_keep(keep, len(scores))]] = True
     return mask
 
 
@@ -140,9 +133,27 @@ def prune_store(
         base = base_losses if isinstance(base_losses, LossStore) else LossStore(base_losses)
         base.check_matches(tokens, seq_len)
     out = Path(out)
-    if out.exists() and not overwrite:
+    inputs = [tokens.path, losses.path, None if base is None else base.path, ref_model]
+    check_not_input(out, [p for p in inputs if p and Path(p).exists()])
+    if (out.exists() or out.is_symlink()) and not overwrite:
         raise UserError(f"{out} already exists (pass --overwrite to replace it)")
+    with output_lock(out):
+        report = _prune(tokens, losses, base, out, keep, unit, by, overwrite)
+        if unit == "document" and ref_model is not None:
+            score_store(ref_model, out / "tokens", out / "ref_losses", seq_len, progress=progress)
+    if unit == "document" and ref_model is None and progress:
+        print(
+            "documents were pruned, so windows changed: score the new store with\n"
+            f"  rho score --model REF_MODEL --tokens {out / 'tokens'} "
+            f"--out {out / 'ref_losses'} --seq-len {seq_len}"
+        )
+    return report
 
+
+def _prune(tokens, losses, base, out: Path, keep, unit, by, overwrite) -> dict:
+    """Score the units, keep the best, write out/tokens, out/ref_losses (windows) and
+    out/prune.json into place at once."""
+    seq_len = losses.seq_len
     bounds = unit_bounds(tokens, unit, seq_len)
     scores = unit_scores(
         np.asarray(losses.ref_loss, np.float64), bounds, None if base is None else base.ref_loss
@@ -161,8 +172,7 @@ def prune_store(
     else:
         domains = tokens.token_domains()
         doc_domains = None if domains is None else domains[spans[:, 0]]
-    tmp = prepare_output(out, overwrite)
-    try:
+    with building(out, overwrite, PRUNED_KIND) as tmp:
         write_token_store(
             tmp / "tokens",
             new_tokens,
@@ -179,29 +189,13 @@ def prune_store(
         if unit == "window":
             _write_carried_losses(tmp / "ref_losses", pruned, losses, spans)
         write_json_atomic(tmp / "prune.json", report)
-        commit_output(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if unit == "document":
-        if ref_model is not None:
-            from rho.score import score_store
-
-            score_store(ref_model, out / "tokens", out / "ref_losses", seq_len, progress=progress)
-        elif progress:
-            print(
-                "documents were pruned, so windows changed: score the new store with\n"
-                f"  rho score --model REF_MODEL --tokens {out / 'tokens'} "
-                f"--out {out / 'ref_losses'} --seq-len {seq_len}"
-            )
+        mark_output(tmp, PRUNED_KIND)
     return report
 
 
 def _write_carried_losses(path: Path, pruned: TokenStore, losses: LossStore, spans) -> None:
     """Kept whole windows keep their losses: same windows, same contexts, same numbers.
     (``path`` lies inside the temporary output directory, so this write is atomic too.)"""
-    path.mkdir()
-    np.save(path / "ref_loss.npy", _gather(losses.ref_loss, spans).astype(np.float16))
     meta = loss_store_meta(
         pruned,
         losses.seq_len,
@@ -211,8 +205,7 @@ def _write_carried_losses(path: Path, pruned: TokenStore, losses: LossStore, spa
         score_dtype=losses.meta.get("score_dtype"),
         carried_from=str(losses.path),
     )
-    meta["complete"] = True
-    write_json_atomic(path / "meta.json", meta)
+    write_loss_store(path, pruned, _gather(losses.ref_loss, spans), meta)
 
 
 def cli(argv: list[str]) -> int:

@@ -1,4 +1,5 @@
 """TokenStore and LossStore: the on-disk contracts between stages, and the alignment rule.
+(The LossStore's one writer is rho.loss_writer; `rho inspect` is rho.inspect_store.)
 
 A TokenStore is a directory: ``tokens.npy`` (uint16/uint32, documents packed one after another,
 each ending with EOS), ``doc_offsets.npy`` (int64, n_docs + 1 starts), optional
@@ -14,17 +15,24 @@ is renamed into place, so a crash never leaves a half-written store that looks w
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
+from transformers import AutoTokenizer
 
 from rho.errors import UserError
+from rho.files import (
+    building,
+    hash_arrays,
+    hash_dir,
+    one_line,
+    read_json,
+    sha256_file,
+    write_json_atomic,
+)
+from rho.models import model_vocab_size
 
 FORMAT_VERSION = 1
 TOKEN_STORE = "rho.TokenStore"
@@ -56,60 +64,7 @@ def window_starts(n_tokens: int, seq_len: int) -> np.ndarray:
     return mask
 
 
-# --- Small file helpers ------------------------------------------------------------------------
-
-
-def one_line(err: BaseException | str, limit: int = 200) -> str:
-    """An error message squeezed onto one line (the CLI prints user errors as one line)."""
-    text = " ".join(str(err).split()) or type(err).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def read_json(path: Path) -> dict:
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path} is missing") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UserError(f"{path} is unreadable or corrupted: {one_line(err)}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path} is corrupted: not a JSON object")
-    return data
-
-
-def _write_atomic(path: Path, write, suffix: str = "") -> None:
-    """Write through ``write(file)`` into a temporary sibling, fsync, then rename into place: a
-    reader (or a rerun after kill -9 or a power cut) sees the old file or the new, never half."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _current_umask()
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
-    _write_atomic(path, lambda f: f.write(text.encode()))
-
-
-def save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    _write_atomic(path, lambda f: np.save(f, array), suffix=".npy")
+# --- Reading stores ------------------------------------------------------------------------
 
 
 def load_npy(
@@ -133,37 +88,15 @@ def load_npy(
     return array
 
 
-def require_keys(meta: dict, keys: tuple[str, ...], path: Path) -> None:
+def require_keys(meta: dict, keys: tuple[str, ...], path: Path, counts: tuple[str, ...]) -> None:
+    """meta.json must hold ``keys``; ``counts`` among them must be non-negative integers."""
     missing = [k for k in keys if k not in meta]
     if missing:
         raise UserError(f"{path}/meta.json is corrupted: missing {', '.join(missing)}")
-
-
-def sha256_file(path: Path, h: hashlib._Hash | None = None) -> str:
-    h = h or hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def hash_arrays(*arrays: np.ndarray) -> str:
-    h = hashlib.sha256()
-    for array in arrays:
-        array = np.asarray(array)
-        h.update(f"{array.dtype.str}{array.shape}".encode())
-        for start in range(0, len(array), 1 << 22):
-            h.update(np.ascontiguousarray(array[start : start + (1 << 22)]).tobytes())
-    return h.hexdigest()
-
-
-def hash_dir(path: Path) -> str:
-    """Content hash of every file under a directory (names and bytes)."""
-    h = hashlib.sha256()
-    for file in sorted(p for p in Path(path).rglob("*") if p.is_file()):
-        h.update(str(file.relative_to(path)).encode())
-        sha256_file(file, h)
-    return h.hexdigest()
+    for key in counts:
+        value = meta[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise UserError(f"{path}/meta.json is corrupted: {key} is {value!r}, not a count")
 
 
 def tokenizer_hash(path: Path) -> str:
@@ -173,43 +106,6 @@ def tokenizer_hash(path: Path) -> str:
     if (path / "tokenizer.json").exists():
         return sha256_file(path / "tokenizer.json")
     return hash_dir(path)
-
-
-def prepare_output(path: Path, overwrite: bool) -> Path:
-    """Refuse to clobber an existing output unless asked; return a fresh temporary sibling."""
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise UserError(f"{path} already exists (pass --overwrite to replace it)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
-    tmp.chmod(0o777 & ~_UMASK)  # mkdtemp makes 0700; the finished store gets the usual mode
-    return tmp
-
-
-def remove_path(path: Path) -> None:
-    """Delete a file or a directory tree (best effort)."""
-    path = Path(path)
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
-
-
-def commit_output(tmp: Path, path: Path) -> None:
-    """Move a finished temporary directory into place; the old one goes only once the new is in."""
-    path = Path(path)
-    old = None
-    if path.exists() or path.is_symlink():
-        old = path.with_name(f".{path.name}.old-{os.getpid()}")
-        os.replace(path, old)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        if old is not None:  # put the old output back rather than lose it
-            os.replace(old, path)
-        raise
-    if old is not None:
-        remove_path(old)
 
 
 def smallest_token_dtype(vocab_size: int) -> np.dtype:
@@ -242,13 +138,14 @@ class TokenStore:
             raise UserError(
                 f"{self.path}: unsupported TokenStore version {self.meta.get('version')}"
             )
-        require_keys(self.meta, TOKEN_KEYS, self.path)
+        require_keys(self.meta, TOKEN_KEYS, self.path, TOKEN_KEYS[:4])
         self.tokens = load_npy(self.path / "tokens.npy", self.n_tokens, ("uint16", "uint32"))
         self.doc_offsets = load_npy(self.path / "doc_offsets.npy", self.n_docs + 1, ("int64",))
         if self.doc_offsets[0] != 0 or self.doc_offsets[-1] != self.n_tokens:
             raise UserError(f"{self.path}/doc_offsets.npy does not span the tokens (corrupted)")
         self.doc_domains = self._optional("doc_domains.npy", self.n_docs, ("int16",))
         self.noise_mask = self._optional("noise_mask.npy", self.n_tokens, ("bool",))
+        self._max_token_id: int | None = None
 
     def _optional(self, name: str, length: int, dtypes: tuple[str, ...]) -> np.ndarray | None:
         file = self.path / name
@@ -263,9 +160,29 @@ class TokenStore:
     tokenizer_dir = property(lambda self: self.path / "tokenizer")
 
     def tokenizer(self):
-        from transformers import AutoTokenizer
-
         return AutoTokenizer.from_pretrained(self.tokenizer_dir)
+
+    @property
+    def max_token_id(self) -> int:
+        """The largest id actually in tokens.npy (one pass over the memory map, then cached): a
+        model must embed it, whatever meta.json says."""
+        if self._max_token_id is None:
+            self._max_token_id = max_chunked(self.tokens)
+        return self._max_token_id
+
+    def check_model_vocab(self, model, what: str = "the model") -> None:
+        """The model needs an embedding row for every id of the tokenizer and of the store."""
+        rows = model_vocab_size(model)
+        if rows < self.vocab_size:
+            raise UserError(
+                f"{what} has a vocabulary of {rows}, smaller than the tokenizer's "
+                f"{self.vocab_size}: token ids would be out of range (wrong tokenizer or model?)"
+            )
+        if self.max_token_id >= rows:
+            raise UserError(
+                f"{self.path} holds token id {self.max_token_id}, outside {what}'s vocabulary of "
+                f"{rows} (corrupted store, or tokenized with another tokenizer?)"
+            )
 
     def n_windows(self, seq_len: int) -> int:
         return n_windows(self.n_tokens, seq_len)
@@ -313,8 +230,7 @@ def write_token_store(
     doc_offsets = np.asarray(doc_offsets, dtype=np.int64)
     if len(tokens) == 0:
         raise UserError("the corpus is empty: no tokens to store")
-    tmp = prepare_output(path, overwrite)
-    try:
+    with building(path, overwrite, TOKEN_STORE) as tmp:
         np.save(tmp / "tokens.npy", tokens)
         np.save(tmp / "doc_offsets.npy", doc_offsets)
         if doc_domains is not None:
@@ -334,13 +250,10 @@ def write_token_store(
             "tokenizer_hash": tokenizer_hash(tmp / "tokenizer"),
             "domains": list(domain_names or []),
             "has_noise_mask": noise_mask is not None,
+            "max_token_id": max_chunked(tokens),
             "sources": sources or [],
         }
         write_json_atomic(tmp / "meta.json", meta)
-        commit_output(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return TokenStore(path)
 
 
@@ -363,10 +276,10 @@ class LossStore:
             raise UserError(
                 f"{self.path}: unsupported LossStore version {self.meta.get('version')}"
             )
-        require_keys(self.meta, LOSS_KEYS, self.path)
-        self.ref_loss = load_npy(
-            self.path / "ref_loss.npy", int(self.meta["n_tokens"]), ("float16",)
-        )
+        require_keys(self.meta, LOSS_KEYS, self.path, LOSS_KEYS[:2])
+        if self.meta["seq_len"] < 2:
+            raise UserError(f"{self.path}/meta.json is corrupted: seq_len {self.meta['seq_len']}")
+        self.ref_loss = load_npy(self.path / "ref_loss.npy", self.meta["n_tokens"], ("float16",))
         if tokens is not None:
             self.check_matches(tokens, seq_len)
 
@@ -423,98 +336,3 @@ def loss_summary(values: np.ndarray, seq_len: int) -> dict:
         "p50": q[1],
         "p95": q[2],
     }
-
-
-def loss_store_meta(tokens: TokenStore, seq_len: int, batch_size: int, **extra) -> dict:
-    return {
-        "format": LOSS_STORE,
-        "version": FORMAT_VERSION,
-        "n_tokens": tokens.n_tokens,
-        "seq_len": int(seq_len),
-        "batch_size": int(batch_size),
-        "token_hash": tokens.content_hash,
-        "tokenizer_hash": tokens.meta.get("tokenizer_hash"),
-        "dtype": "float16",
-        "complete": False,
-        **extra,
-    }
-
-
-# --- One-screen summary: `rho inspect DIR` ------------------------------------------------------
-
-
-def describe(path: str | Path, verify: bool = False) -> str:
-    """A short human summary of a TokenStore or LossStore."""
-    path = Path(path)
-    if not (path / "meta.json").is_file():
-        raise UserError(f"{path} is not a store directory (no meta.json)")
-    kind = read_json(path / "meta.json").get("format")
-    lines = [f"{path}"]
-    if kind == TOKEN_STORE:
-        store = TokenStore(path)
-        if verify:
-            store.verify()
-        lengths = np.diff(store.doc_offsets)
-        lines += [
-            f"  TokenStore v{store.meta['version']}: {store.n_tokens:,} tokens "
-            f"({store.tokens.dtype.name}), {store.n_docs:,} documents "
-            f"(mean {lengths.mean():.0f} tokens)",
-            f"  vocab {store.vocab_size:,}, eos id {store.eos_id}, "
-            f"content {store.content_hash[:12]}",
-        ]
-        if store.doc_domains is not None:
-            counts = np.bincount(
-                store.doc_domains, weights=lengths, minlength=len(store.domain_names)
-            )
-            pairs = zip(store.domain_names, counts, strict=True)
-            share = ", ".join(f"{name} {c / store.n_tokens:.0%}" for name, c in pairs)
-            lines.append(f"  domains (share of tokens): {share}")
-        if store.noise_mask is not None:
-            marked = sum(
-                int(np.count_nonzero(store.noise_mask[i : i + CHUNK]))
-                for i in range(0, store.n_tokens, CHUNK)
-            )
-            lines.append(f"  noise mask: {marked / store.n_tokens:.1%} of tokens marked noise")
-        for source in store.meta.get("sources", [])[:5]:
-            domain = f" (domain {source['domain']})" if source.get("domain") else ""
-            lines.append(f"  source {source.get('path')}{domain}")
-        lines.append("  complete: yes" + (" (content hash verified)" if verify else ""))
-    elif kind == LOSS_STORE:
-        store = LossStore(path)
-        if verify and store.complete:
-            store.verify()
-        n = len(store.ref_loss)
-        stats = loss_summary(store.ref_loss, store.seq_len)
-        lines += [
-            f"  LossStore v{store.meta['version']}: {n:,} tokens, seq_len {store.seq_len} "
-            f"({n_windows(n, store.seq_len):,} windows), model {store.meta.get('model')} "
-            f"({store.meta.get('score_dtype', '?')})",
-            f"  token hash {store.token_hash[:12]}, "
-            f"model hash {str(store.meta.get('model_hash'))[:12]}",
-        ]
-        if stats["scored"]:
-            lines.append(
-                f"  loss mean {stats['mean']:.3f}, p5/p50/p95 "
-                f"{stats['p5']:.2f}/{stats['p50']:.2f}/{stats['p95']:.2f} "
-                f"(nats/token; NaN at the {n_windows(n, store.seq_len):,} window starts)"
-            )
-        if store.complete:
-            state = "yes" + (" (loss hash verified)" if verify else "")
-        else:
-            state = f"no ({stats['missing']:,} tokens not scored yet: rerun `rho score`)"
-        lines.append(f"  complete: {state}")
-    else:
-        raise UserError(f"{path} is neither a TokenStore nor a LossStore")
-    return "\n".join(lines)
-
-
-def inspect_cli(argv: list[str]) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="rho inspect", description="Summarise a store.")
-    parser.add_argument("paths", nargs="+", help="TokenStore or LossStore directories")
-    parser.add_argument("--verify", action="store_true", help="recompute content hashes")
-    args = parser.parse_args(argv)
-    for path in args.paths:
-        print(describe(path, verify=args.verify))
-    return 0

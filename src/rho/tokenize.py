@@ -1,185 +1,43 @@
-"""Corpus files -> TokenStore: read documents, train or load a tokenizer, pack tokens with EOS.
-
-Inputs: ``.txt`` (one document per file), ``.jsonl`` / ``.jsonl.gz`` (one document per line, text
-under ``text_field``; an optional ``domain`` string and ``noise_spans`` list of [start, end)
-character spans per line), ``.parquet`` (a text column), or a directory written by HF
-``datasets.save_to_disk``. Globs are expanded.
-"""
+"""`rho tokenize`: documents (rho.corpus) -> TokenStore: train or load a tokenizer, encode
+(long documents in pieces, optionally in worker processes), pack tokens with EOS after each
+document."""
 
 from __future__ import annotations
 
 import argparse
-import glob
-import gzip
-import json
 import multiprocessing
 import os
+import re
 import tempfile
-import zlib
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from tqdm.auto import tqdm
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+from rho.corpus import Document, expand_inputs, iter_documents
 from rho.errors import UserError
-from rho.store import (
-    TokenStore,
+from rho.files import (
+    check_not_input,
+    check_replaceable,
+    clean_stale_scratch,
     one_line,
+    output_lock,
     remove_path,
     sha256_file,
-    smallest_token_dtype,
-    write_token_store,
 )
+from rho.inspect_store import describe
+from rho.store import TOKEN_STORE, TokenStore, smallest_token_dtype, write_token_store
 
 EOS_TOKEN = "<|endoftext|>"
 ENCODE_BATCH = 256  # documents per tokenizer call (the fast tokenizer threads within a call)
-
-
-@dataclass
-class Document:
-    text: str
-    domain: str | None = None
-    noise_spans: list[tuple[int, int]] = field(default_factory=list)
-
-
-@dataclass
-class Source:
-    path: Path
-    domain: str | None = None
-
-
-# --- Reading documents ----------------------------------------------------------------------------
-
-
-def expand_inputs(inputs: list[str], domains: list[str] | None = None) -> list[Source]:
-    """Expand globs; pair each input with its domain (one --domain for all, or one per input)."""
-    domains = list(domains or [])
-    if domains and len(domains) not in (1, len(inputs)):
-        raise UserError(f"give one --domain for all inputs or one per input ({len(inputs)})")
-    sources = []
-    for i, pattern in enumerate(inputs):
-        domain = domains[0] if len(domains) == 1 else (domains[i] if domains else None)
-        matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
-        if not matches:
-            raise UserError(f"no input matches {pattern!r}")
-        for match in matches:
-            path = Path(match)
-            if not path.exists():
-                raise UserError(f"input {path} does not exist")
-            if not os.access(path, os.R_OK):
-                raise UserError(f"input {path} is not readable")
-            sources.append(Source(path, domain))
-    if not sources:
-        raise UserError("no inputs given")
-    return sources
-
-
-def _decode(raw: bytes, path: Path, line: int | None = None) -> str:
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        where = f"{path}:{line}" if line else str(path)
-        raise UserError(f"{where}: text is not valid UTF-8 (byte {err.start})") from None
-
-
-def _read_jsonl(path: Path, text_field: str) -> Iterator[Document]:
-    opener = gzip.open if path.name.endswith(".gz") else open
-    try:
-        with opener(path, "rb") as f:
-            for number, raw in enumerate(f, 1):
-                if not raw.strip():
-                    continue
-                try:
-                    record = json.loads(_decode(raw, path, number))
-                except json.JSONDecodeError as err:
-                    raise UserError(f"{path}:{number}: invalid JSON ({err.msg})") from None
-                if not isinstance(record, dict) or text_field not in record:
-                    raise UserError(f"{path}:{number}: no {text_field!r} field")
-                text = record[text_field]
-                if not isinstance(text, str):
-                    raise UserError(f"{path}:{number}: field {text_field!r} is not a string")
-                domain = record.get("domain")
-                if domain is not None and not isinstance(domain, str):
-                    raise UserError(f"{path}:{number}: field 'domain' is not a string")
-                try:
-                    spans = [(int(a), int(b)) for a, b in record.get("noise_spans") or []]
-                except (TypeError, ValueError):
-                    raise UserError(
-                        f"{path}:{number}: 'noise_spans' must be a list of [start, end] pairs"
-                    ) from None
-                yield Document(text, domain, spans)
-    except (OSError, EOFError, zlib.error) as err:  # also a corrupted or truncated .gz
-        raise UserError(f"{path}: cannot read ({one_line(err)})") from None
-
-
-def _read_table(path: Path, text_field: str) -> Iterator[Document]:
-    """A parquet file, or a directory saved by HF datasets (first split if a DatasetDict)."""
-    import pyarrow as pa
-
-    if path.is_dir():
-        import datasets
-
-        try:
-            data = datasets.load_from_disk(str(path))
-        except Exception as err:  # datasets raises several types for a bad directory
-            raise UserError(
-                f"{path}: not a dataset saved with save_to_disk ({one_line(err, 120)})"
-            ) from None
-        if isinstance(data, datasets.DatasetDict):
-            data = data["train"] if "train" in data else data[next(iter(data))]
-        if text_field not in data.column_names:
-            raise UserError(f"{path}: no {text_field!r} column (has {data.column_names})")
-        batches = (batch[text_field] for batch in data.iter(batch_size=1024))
-    else:
-        import pyarrow.parquet as pq
-
-        try:
-            table = pq.ParquetFile(path)
-        except Exception as err:
-            raise UserError(f"{path}: not a readable parquet file ({one_line(err, 120)})") from None
-        if text_field not in table.schema_arrow.names:
-            raise UserError(f"{path}: no {text_field!r} column (has {table.schema_arrow.names})")
-        batches = (
-            b.column(0).to_pylist()
-            for b in table.iter_batches(batch_size=1024, columns=[text_field])
-        )
-    try:
-        for batch in batches:
-            for text in batch:
-                if text is not None and not isinstance(text, str):
-                    raise UserError(f"{path}: column {text_field!r} is not text")
-                if text is not None:
-                    yield Document(text)
-    except (OSError, pa.ArrowException) as err:  # a damaged file fails while reading batches
-        raise UserError(f"{path}: cannot read ({one_line(err, 120)})") from None
-
-
-def read_documents(source: Source, text_field: str = "text") -> Iterator[Document]:
-    path, name = source.path, source.path.name
-    if path.is_dir() or name.endswith(".parquet"):
-        docs = _read_table(path, text_field)
-    elif name.endswith((".jsonl", ".jsonl.gz", ".json.gz", ".ndjson")):
-        docs = _read_jsonl(path, text_field)
-    elif name.endswith((".txt", ".md")):
-        try:
-            docs = iter([Document(_decode(path.read_bytes(), path))])
-        except OSError as err:
-            raise UserError(f"{path}: cannot read ({one_line(err)})") from None
-    else:
-        raise UserError(f"{path}: unsupported input (use .txt, .jsonl, .parquet or a dataset dir)")
-    for doc in docs:
-        if doc.text.strip():
-            doc.domain = source.domain or doc.domain
-            yield doc
-
-
-def iter_documents(sources: list[Source], text_field: str = "text") -> Iterator[Document]:
-    for source in sources:
-        yield from read_documents(source, text_field)
+PIECE_CHARS = 1 << 16  # longer documents are encoded in pieces of about this many characters
+MIN_TRAIN_VOCAB, MAX_TRAIN_VOCAB = 300, 1 << 20
+_CUT = re.compile(r"(?<=\S) (?=\S)")  # a lone space between words: "x| y" splits no pre-token
 
 
 # --- Tokenizers -----------------------------------------------------------------------------------
@@ -187,11 +45,7 @@ def iter_documents(sources: list[Source], text_field: str = "text") -> Iterator[
 
 def train_tokenizer(texts: Iterator[str], vocab_size: int, out_dir: str | Path):
     """Train a byte-level BPE on ``texts`` and save it as an HF tokenizer in ``out_dir``."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
-
-    if vocab_size < 300:
-        raise UserError(f"--train-tokenizer needs a vocabulary of at least 300, got {vocab_size}")
+    check_train_vocab(vocab_size)
     core = Tokenizer(models.BPE())
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
@@ -201,7 +55,8 @@ def train_tokenizer(texts: Iterator[str], vocab_size: int, out_dir: str | Path):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    core.train_from_iterator(texts, trainer=trainer)
+    pieces = (text[a:b] for text in texts for a, b in pieces_of(text))
+    core.train_from_iterator(pieces, trainer=trainer)
     wrapped = PreTrainedTokenizerFast(
         tokenizer_object=core, eos_token=EOS_TOKEN, bos_token=EOS_TOKEN, pad_token=EOS_TOKEN
     )
@@ -213,9 +68,15 @@ def train_tokenizer(texts: Iterator[str], vocab_size: int, out_dir: str | Path):
     return tokenizer
 
 
-def load_tokenizer(name_or_dir: str | Path):
-    from transformers import AutoTokenizer
+def check_train_vocab(vocab_size: int) -> None:
+    if not MIN_TRAIN_VOCAB <= vocab_size <= MAX_TRAIN_VOCAB:
+        raise UserError(
+            f"--train-tokenizer needs a vocabulary of at least {MIN_TRAIN_VOCAB} and at most "
+            f"{MAX_TRAIN_VOCAB:,}, got {vocab_size:,}"
+        )
 
+
+def load_tokenizer(name_or_dir: str | Path):
     name = str(name_or_dir)
     # A path that is not there would otherwise be tried as a hub name (network, slow, confusing).
     if not Path(name).exists() and (Path(name).is_absolute() or name.startswith(".")):
@@ -242,22 +103,47 @@ def _token_noise(offsets: list[tuple[int, int]], spans: list[tuple[int, int]], n
 # --- Encoding, in this process or in worker processes ------------------------------------------
 
 
+def pieces_of(text: str, size: int = PIECE_CHARS) -> list[tuple[int, int]]:
+    """[start, end) character spans covering ``text``, each about ``size`` long, cut before a
+    lone space between two words where there is one, so a byte-level BPE encodes the pieces
+    exactly as the whole (a long document in one call can take gigabytes)."""
+    spans, start = [], 0
+    while len(text) - start > size:
+        cut = None
+        for match in _CUT.finditer(text, start + size // 2, start + size):
+            cut = match.start()
+        cut = cut if cut is not None else start + size
+        spans.append((start, cut))
+        start = cut
+    spans.append((start, len(text)))
+    return spans
+
+
 def _encode(tok, texts: list[str], spans: list[list], dtype: np.dtype) -> list[tuple]:
     """(ids with EOS appended, noise marks or None) per text; marks only for texts with spans."""
-    encoded = tok(
-        texts,
-        add_special_tokens=False,
-        return_offsets_mapping=any(spans),
-        verbose=False,
-    )
+    pieces = [(i, a, b) for i, text in enumerate(texts) for a, b in pieces_of(text)]
+    ids: list[list[int]] = [[] for _ in texts]
+    offsets: list[list] = [[] for _ in texts]
+    want_offsets = any(spans)
+    for first in range(0, len(pieces), ENCODE_BATCH):
+        part = pieces[first : first + ENCODE_BATCH]
+        encoded = tok(
+            [texts[i][a:b] for i, a, b in part],
+            add_special_tokens=False,
+            return_offsets_mapping=want_offsets,
+            verbose=False,
+        )
+        for row, (i, a, _) in enumerate(part):
+            ids[i].extend(encoded["input_ids"][row])
+            if spans[i]:
+                offsets[i].extend((x + a, y + a) for x, y in encoded["offset_mapping"][row])
     result = []
-    for i, ids in enumerate(encoded["input_ids"]):
+    for i, text in enumerate(texts):
         marks = None
         if spans[i]:
-            marks = _token_noise(encoded["offset_mapping"][i], spans[i], len(texts[i]))
-            marks = np.append(marks, False)  # EOS is never noise
+            marks = np.append(_token_noise(offsets[i], spans[i], len(text)), False)  # EOS: clean
         # An id that does not fit the dtype raises OverflowError here, never wraps silently.
-        result.append((np.asarray([*ids, tok.eos_token_id], dtype=dtype), marks))
+        result.append((np.asarray([*ids[i], tok.eos_token_id], dtype=dtype), marks))
     return result
 
 
@@ -267,8 +153,6 @@ _WORKER_TOKENIZER = None
 def _init_worker(tokenizer_dir: str) -> None:
     global _WORKER_TOKENIZER
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the processes are the parallelism
-    from transformers import AutoTokenizer
-
     _WORKER_TOKENIZER = AutoTokenizer.from_pretrained(tokenizer_dir)
 
 
@@ -344,21 +228,33 @@ def tokenize_corpus(
         raise UserError("give exactly one of --tokenizer and --train-tokenizer")
     if workers < 1:
         raise UserError(f"--workers must be at least 1, got {workers}")
-    if out.exists() and not overwrite:
-        raise UserError(f"{out} already exists (pass --overwrite to replace it)")
+    if train_vocab is not None:
+        check_train_vocab(train_vocab)
     sources = expand_inputs(inputs, domains)
+    inputs_used = [s.path for s in sources]
+    if tokenizer is not None and Path(tokenizer).exists():
+        inputs_used.append(Path(tokenizer))
+    check_not_input(out, inputs_used)
+    if (out.exists() or out.is_symlink()) and not overwrite:
+        raise UserError(f"{out} already exists (pass --overwrite to replace it)")
+    if overwrite:
+        check_replaceable(out, TOKEN_STORE)
     if next(iter_documents(sources, text_field), None) is None:  # before any costly work
         raise UserError("the corpus is empty: no non-blank document in the inputs")
     out.parent.mkdir(parents=True, exist_ok=True)
-    # Scratch space beside the output (same filesystem: no copy through a small /tmp), removed
-    # whatever happens.
-    work = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.work-"))
-    try:
-        return _tokenize(
-            sources, out, work, tokenizer, train_vocab, text_field, workers, overwrite, progress
-        )
-    finally:
-        remove_path(work)
+    with output_lock(out):
+        clean_stale_scratch(out.parent, out.name)  # left by a killed run
+        # Scratch space beside the output (same filesystem: no copy through a small /tmp),
+        # removed whatever happens; named like every scratch sibling, so a kill -9 leftover is
+        # found and cleaned by the next run.
+        prefix = f".{out.name}.tmp-{os.getpid()}-work-"
+        work = Path(tempfile.mkdtemp(dir=out.parent, prefix=prefix))
+        try:
+            return _tokenize(
+                sources, out, work, tokenizer, train_vocab, text_field, workers, overwrite, progress
+            )
+        finally:
+            remove_path(work)
 
 
 def _tokenize(sources, out, work, tokenizer, train_vocab, text_field, workers, overwrite, progress):
@@ -456,7 +352,5 @@ def cli(argv: list[str]) -> int:
         workers=args.workers,
         overwrite=args.overwrite,
     )
-    from rho.store import describe
-
     print(describe(store.path))
     return 0

@@ -1,0 +1,158 @@
+"""Corpus files -> documents: ``.txt`` (one document per file), ``.jsonl`` / ``.jsonl.gz`` (one
+document per line, text under ``text_field``; an optional ``domain`` string and ``noise_spans``
+list of [start, end) character spans per line), ``.parquet`` (a text column), or a directory
+written by HF ``datasets.save_to_disk``. Globs are expanded. Bad input is a one-line UserError.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import json
+import os
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from rho.errors import UserError
+from rho.files import one_line
+
+
+@dataclass
+class Document:
+    text: str
+    domain: str | None = None
+    noise_spans: list[tuple[int, int]] = field(default_factory=list)
+
+
+@dataclass
+class Source:
+    path: Path
+    domain: str | None = None
+
+
+def expand_inputs(inputs: list[str], domains: list[str] | None = None) -> list[Source]:
+    """Expand globs; pair each input with its domain (one --domain for all, or one per input)."""
+    domains = list(domains or [])
+    if domains and len(domains) not in (1, len(inputs)):
+        raise UserError(f"give one --domain for all inputs or one per input ({len(inputs)})")
+    sources = []
+    for i, pattern in enumerate(inputs):
+        domain = domains[0] if len(domains) == 1 else (domains[i] if domains else None)
+        matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+        if not matches:
+            raise UserError(f"no input matches {pattern!r}")
+        for match in matches:
+            path = Path(match)
+            if not path.exists():
+                raise UserError(f"input {path} does not exist")
+            if not os.access(path, os.R_OK):
+                raise UserError(f"input {path} is not readable")
+            sources.append(Source(path, domain))
+    if not sources:
+        raise UserError("no inputs given")
+    return sources
+
+
+def _decode(raw: bytes, path: Path, line: int | None = None) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        where = f"{path}:{line}" if line else str(path)
+        raise UserError(f"{where}: text is not valid UTF-8 (byte {err.start})") from None
+
+
+def _read_jsonl(path: Path, text_field: str) -> Iterator[Document]:
+    opener = gzip.open if path.name.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            for number, raw in enumerate(f, 1):
+                if not raw.strip():
+                    continue
+                try:
+                    record = json.loads(_decode(raw, path, number))
+                except json.JSONDecodeError as err:
+                    raise UserError(f"{path}:{number}: invalid JSON ({err.msg})") from None
+                if not isinstance(record, dict) or text_field not in record:
+                    raise UserError(f"{path}:{number}: no {text_field!r} field")
+                text = record[text_field]
+                if not isinstance(text, str):
+                    raise UserError(f"{path}:{number}: field {text_field!r} is not a string")
+                domain = record.get("domain")
+                if domain is not None and not isinstance(domain, str):
+                    raise UserError(f"{path}:{number}: field 'domain' is not a string")
+                try:
+                    spans = [(int(a), int(b)) for a, b in record.get("noise_spans") or []]
+                except (TypeError, ValueError):
+                    raise UserError(
+                        f"{path}:{number}: 'noise_spans' must be a list of [start, end] pairs"
+                    ) from None
+                yield Document(text, domain, spans)
+    except (OSError, EOFError, zlib.error) as err:  # also a corrupted or truncated .gz
+        raise UserError(f"{path}: cannot read ({one_line(err)})") from None
+
+
+def _read_table(path: Path, text_field: str) -> Iterator[Document]:
+    """A parquet file, or a directory saved by HF datasets (first split if a DatasetDict)."""
+    if path.is_dir():
+        import datasets  # deferred: importing datasets costs ~1 s, and only dataset dirs need it
+
+        try:
+            data = datasets.load_from_disk(str(path))
+        except Exception as err:  # datasets raises several types for a bad directory
+            raise UserError(
+                f"{path}: not a dataset saved with save_to_disk ({one_line(err, 120)})"
+            ) from None
+        if isinstance(data, datasets.DatasetDict):
+            data = data["train"] if "train" in data else data[next(iter(data))]
+        if text_field not in data.column_names:
+            raise UserError(f"{path}: no {text_field!r} column (has {data.column_names})")
+        batches = (batch[text_field] for batch in data.iter(batch_size=1024))
+    else:
+        try:
+            table = pq.ParquetFile(path)
+        except Exception as err:
+            raise UserError(f"{path}: not a readable parquet file ({one_line(err, 120)})") from None
+        if text_field not in table.schema_arrow.names:
+            raise UserError(f"{path}: no {text_field!r} column (has {table.schema_arrow.names})")
+        batches = (
+            b.column(0).to_pylist()
+            for b in table.iter_batches(batch_size=1024, columns=[text_field])
+        )
+    try:
+        for batch in batches:
+            for text in batch:
+                if text is not None and not isinstance(text, str):
+                    raise UserError(f"{path}: column {text_field!r} is not text")
+                if text is not None:
+                    yield Document(text)
+    except (OSError, pa.ArrowException) as err:  # a damaged file fails while reading batches
+        raise UserError(f"{path}: cannot read ({one_line(err, 120)})") from None
+
+
+def read_documents(source: Source, text_field: str = "text") -> Iterator[Document]:
+    path, name = source.path, source.path.name
+    if path.is_dir() or name.endswith(".parquet"):
+        docs = _read_table(path, text_field)
+    elif name.endswith((".jsonl", ".jsonl.gz", ".json.gz", ".ndjson")):
+        docs = _read_jsonl(path, text_field)
+    elif name.endswith((".txt", ".md")):
+        try:
+            docs = iter([Document(_decode(path.read_bytes(), path))])
+        except OSError as err:
+            raise UserError(f"{path}: cannot read ({one_line(err)})") from None
+    else:
+        raise UserError(f"{path}: unsupported input (use .txt, .jsonl, .parquet or a dataset dir)")
+    for doc in docs:
+        if doc.text.strip():
+            doc.domain = source.domain or doc.domain
+            yield doc
+
+
+def iter_documents(sources: list[Source], text_field: str = "text") -> Iterator[Document]:
+    for source in sources:
+        yield from read_documents(source, text_field)

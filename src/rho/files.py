@@ -1,0 +1,335 @@
+"""Files: the only place that writes, replaces or locks anything on disk.
+
+- Atomic writes: a temporary sibling, fsync, then rename, so a reader (or a rerun after kill -9
+  or a power cut) sees the old file or the new one, never half of one.
+- Outputs: a stage builds its output in a temporary sibling directory and moves it into place
+  at the end (``prepare_output`` / ``commit_output``); ``--overwrite`` may replace only an
+  output rho made of the same kind, never an input, ``.``, a parent of an input, or a
+  directory with other content (``check_replaceable``).
+- Locks: every writer of a store or run directory holds an OS lock on it (``output_lock``),
+  released by the OS when the process dies, so kill -9 leaves no stale lock; a second writer is
+  refused with the holder's PID.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from rho.errors import UserError
+
+# A directory that holds this file was made by rho as a whole output of the named kind (run
+# directories, demo/experiment directories, analysis and eval outputs); stores are known by
+# their meta.json.
+MARKER = ".rho-output"
+
+
+def one_line(err: BaseException | str, limit: int = 200) -> str:
+    """An error message squeezed onto one line (the CLI prints user errors as one line)."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
+# --- Atomic writes ---------------------------------------------------------------------------
+
+
+def write_atomic(path: str | Path, write: Callable, suffix: str = "") -> Path:
+    """Write through ``write(binary_file)`` into a temporary sibling, fsync, rename into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    return write_atomic(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def jsonable(value):
+    """NaN and inf become null (strict JSON); numpy scalars and arrays become Python values."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_json_atomic(path: str | Path, data: dict, sort_keys: bool = True) -> Path:
+    """Strict JSON (NaN as null), non-ASCII kept, written atomically."""
+    text = json.dumps(jsonable(data), indent=2, sort_keys=sort_keys, ensure_ascii=False)
+    return write_text_atomic(path, text + "\n")
+
+
+def save_npy_atomic(path: str | Path, array: np.ndarray) -> Path:
+    return write_atomic(path, lambda f: np.save(f, array), suffix=".npy")
+
+
+def read_json(path: str | Path) -> dict:
+    """A JSON object from a file; a missing or damaged file is a one-line UserError."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path} is missing") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserError(f"{path} is unreadable or corrupted: {one_line(err)}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} is corrupted: not a JSON object")
+    return data
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """The JSON objects of a .jsonl file (missing file: none); unreadable lines are skipped."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+# --- Hashes ------------------------------------------------------------------------------------
+
+
+def sha256_file(path: str | Path, h=None) -> str:
+    h = h or hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def hash_arrays(*arrays: np.ndarray) -> str:
+    h = hashlib.sha256()
+    for array in arrays:
+        array = np.asarray(array)
+        h.update(f"{array.dtype.str}{array.shape}".encode())
+        for start in range(0, len(array), 1 << 22):
+            h.update(np.ascontiguousarray(array[start : start + (1 << 22)]).tobytes())
+    return h.hexdigest()
+
+
+def hash_dir(path: str | Path) -> str:
+    """Content hash of every file under a directory (names and bytes)."""
+    h = hashlib.sha256()
+    for file in sorted(p for p in Path(path).rglob("*") if p.is_file()):
+        h.update(str(file.relative_to(path)).encode())
+        sha256_file(file, h)
+    return h.hexdigest()
+
+
+# --- Outputs: what --overwrite may replace ------------------------------------------------------
+
+
+def output_kind(path: str | Path) -> str | None:
+    """What rho output a directory is: a store's meta.json format, a marker's kind, or None."""
+    path = Path(path)
+    if (path / MARKER).is_file():
+        return (path / MARKER).read_text().split("\n", 1)[0].strip() or None
+    meta = path / "meta.json"
+    if meta.is_file():
+        try:
+            return json.loads(meta.read_text()).get("format")
+        except (OSError, ValueError, AttributeError):
+            return None
+    return None
+
+
+def mark_output(path: str | Path, kind: str) -> None:
+    """Mark a directory as a whole rho output of ``kind`` (so a rerun may replace it)."""
+    write_text_atomic(Path(path) / MARKER, f"{kind}\nmade by rho; --overwrite may replace it\n")
+
+
+def _overlaps(a: Path, b: Path) -> bool:
+    return a == b or a in b.parents or b in a.parents
+
+
+def check_not_input(path: str | Path, inputs: Iterable, what: str = "--out") -> None:
+    """An output may not be, hold or sit inside any of the command's inputs."""
+    target = Path(path).resolve()
+    for item in inputs:
+        if item is not None and _overlaps(target, Path(item).resolve()):
+            raise UserError(f"{what} {path} overlaps the input {item}: choose another path")
+
+
+def check_replaceable(
+    path: str | Path, kind: str, inputs: Iterable = (), what: str = "--out"
+) -> None:
+    """Refuse outputs that would destroy something: ``path`` may not overlap an input, be the
+    working directory or one of its parents, and (when it exists) must be a directory rho made
+    as a ``kind`` output. Call with every input of the command."""
+    path = Path(path)
+    check_not_input(path, inputs, what)
+    target, cwd = path.resolve(), Path.cwd().resolve()
+    if target == cwd or target in cwd.parents:
+        raise UserError(f"{what} {path} is the working directory or a parent of it")
+    if not (path.exists() or path.is_symlink()):
+        return
+    if path.is_symlink() or not path.is_dir():
+        raise UserError(f"{what} {path} exists and is not a directory rho made: remove it yourself")
+    found = output_kind(path)
+    if found != kind:
+        content = sorted(p.name for p in path.iterdir())[:5]
+        listing = ", ".join(content) if content else "nothing"
+        said = f"a {found}" if found else f"a directory rho did not make (holds {listing})"
+        raise UserError(f"{what} {path} is {said}, not a {kind}: rho will not replace it")
+
+
+def clean_stale_scratch(parent: Path, name: str) -> None:
+    """Remove ``.NAME.tmp-PID-*`` siblings whose writer process is gone (killed mid-write)."""
+    for p in parent.glob(f".{name}.tmp-*"):
+        if _owner_dead(p):
+            remove_path(p)
+
+
+def _owner_dead(path: Path) -> bool:
+    """Scratch names are ``.NAME.tmp-PID-...``: True when that process no longer exists."""
+    pid = path.name.rsplit(".tmp-", 1)[-1].split("-", 1)[0]
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def prepare_output(path: str | Path, overwrite: bool, kind: str | None = None) -> Path:
+    """Refuse to clobber an existing output unless asked (and, with ``kind``, unless it is a rho
+    output of that kind); return a fresh temporary sibling to build the new output in."""
+    path = Path(path)
+    if (path.exists() or path.is_symlink()) and not overwrite:
+        raise UserError(f"{path} already exists (pass --overwrite to replace it)")
+    if overwrite and kind is not None:
+        check_replaceable(path, kind)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_scratch(path.parent, path.name)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-{os.getpid()}-"))
+    tmp.chmod(0o777 & ~_UMASK)  # mkdtemp makes 0700; the finished output gets the usual mode
+    return tmp
+
+
+def remove_path(path: str | Path) -> None:
+    """Delete a file or a directory tree (best effort)."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def commit_output(tmp: Path, path: str | Path) -> None:
+    """Move a finished temporary directory into place; the old one goes only once the new is in."""
+    path = Path(path)
+    old = None
+    if path.exists() or path.is_symlink():
+        old = path.with_name(f".{path.name}.tmp-{os.getpid()}-old")
+        os.replace(path, old)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        if old is not None:  # put the old output back rather than lose it
+            os.replace(old, path)
+        raise
+    if old is not None:
+        remove_path(old)
+
+
+@contextmanager
+def building(path: str | Path, overwrite: bool, kind: str | None = None) -> Iterator[Path]:
+    """Build an output in a temporary sibling and commit it on success; drop it on failure."""
+    tmp = prepare_output(path, overwrite, kind)
+    try:
+        yield tmp
+        commit_output(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+# --- Locks -------------------------------------------------------------------------------------
+
+
+def lock_path(path: str | Path) -> Path:
+    path = Path(path)
+    return path.parent / f".{path.name}.lock"
+
+
+@contextmanager
+def output_lock(path: str | Path) -> Iterator[None]:
+    """Hold an exclusive OS lock on the output ``path`` (a sibling ``.NAME.lock`` file) for the
+    block. Another holder: a one-line UserError naming its PID. The kernel drops the lock when
+    the process dies, so a killed writer never blocks the next run."""
+    lock = lock_path(path)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            if err.errno in (errno.EAGAIN, errno.EACCES):
+                raise UserError(
+                    f"{path} is being written by another rho process (PID {holder}): wait for "
+                    "it to finish or stop it"
+                ) from None
+            raise
+        try:  # the holder before us may have removed the file we opened: lock the new one
+            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        lock.unlink(missing_ok=True)  # unlinked while held: a waiter re-checks the inode
+        os.close(fd)

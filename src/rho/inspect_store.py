@@ -1,0 +1,96 @@
+"""`rho inspect`: a one-screen summary of a TokenStore or LossStore (and, with --verify, a check
+of its content hashes)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from rho.errors import UserError
+from rho.files import read_json
+from rho.store import (
+    CHUNK,
+    LOSS_STORE,
+    TOKEN_STORE,
+    LossStore,
+    TokenStore,
+    loss_summary,
+    n_windows,
+)
+
+
+def describe(path: str | Path, verify: bool = False) -> str:
+    """A short human summary of a TokenStore or LossStore."""
+    path = Path(path)
+    if not (path / "meta.json").is_file():
+        raise UserError(f"{path} is not a store directory (no meta.json)")
+    kind = read_json(path / "meta.json").get("format")
+    lines = [f"{path}"]
+    if kind == TOKEN_STORE:
+        store = TokenStore(path)
+        if verify:
+            store.verify()
+        lengths = np.diff(store.doc_offsets)
+        lines += [
+            f"  TokenStore v{store.meta['version']}: {store.n_tokens:,} tokens "
+            f"({store.tokens.dtype.name}), {store.n_docs:,} documents "
+            f"(mean {lengths.mean():.0f} tokens)",
+            f"  vocab {store.vocab_size:,}, eos id {store.eos_id}, "
+            f"content {store.content_hash[:12]}",
+        ]
+        if store.doc_domains is not None:
+            counts = np.bincount(
+                store.doc_domains, weights=lengths, minlength=len(store.domain_names)
+            )
+            pairs = zip(store.domain_names, counts, strict=True)
+            share = ", ".join(f"{name} {c / store.n_tokens:.0%}" for name, c in pairs)
+            lines.append(f"  domains (share of tokens): {share}")
+        if store.noise_mask is not None:
+            marked = sum(
+                int(np.count_nonzero(store.noise_mask[i : i + CHUNK]))
+                for i in range(0, store.n_tokens, CHUNK)
+            )
+            lines.append(f"  noise mask: {marked / store.n_tokens:.1%} of tokens marked noise")
+        for source in store.meta.get("sources", [])[:5]:
+            domain = f" (domain {source['domain']})" if source.get("domain") else ""
+            lines.append(f"  source {source.get('path')}{domain}")
+        lines.append("  complete: yes" + (" (content hash verified)" if verify else ""))
+    elif kind == LOSS_STORE:
+        store = LossStore(path)
+        if verify and store.complete:
+            store.verify()
+        n = len(store.ref_loss)
+        stats = loss_summary(store.ref_loss, store.seq_len)
+        lines += [
+            f"  LossStore v{store.meta['version']}: {n:,} tokens, seq_len {store.seq_len} "
+            f"({n_windows(n, store.seq_len):,} windows), model {store.meta.get('model')} "
+            f"({store.meta.get('score_dtype', '?')})",
+            f"  token hash {store.token_hash[:12]}, "
+            f"model hash {str(store.meta.get('model_hash'))[:12]}",
+        ]
+        if stats["scored"]:
+            lines.append(
+                f"  loss mean {stats['mean']:.3f}, p5/p50/p95 "
+                f"{stats['p5']:.2f}/{stats['p50']:.2f}/{stats['p95']:.2f} "
+                f"(nats/token; NaN at the {n_windows(n, store.seq_len):,} window starts)"
+            )
+        if store.complete:
+            state = "yes" + (" (loss hash verified)" if verify else "")
+        else:
+            state = f"no ({stats['missing']:,} tokens not scored yet: rerun `rho score`)"
+        lines.append(f"  complete: {state}")
+    else:
+        raise UserError(f"{path} is neither a TokenStore nor a LossStore")
+    return "\n".join(lines)
+
+
+def cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="rho inspect", description="Summarise a store.")
+    parser.add_argument("paths", nargs="+", help="TokenStore or LossStore directories")
+    parser.add_argument("--verify", action="store_true", help="recompute content hashes")
+    args = parser.parse_args(argv)
+    for path in args.paths:
+        print(describe(path, verify=args.verify))
+    return 0

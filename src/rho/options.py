@@ -1,0 +1,108 @@
+"""The options of `rho train` besides `transformers.TrainingArguments`: what to train on which
+windows (``ModelDataArguments``) and how tokens or windows are selected (``SelectionArguments``).
+Their field docs are the `--help`; HfArgumentParser parses them with TrainingArguments."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from rho.errors import UserError
+from rho.select import SCOPES, SCORES, check_choice, check_ratio
+
+SELECTIONS = ("none", "token", "sample", "sample+token")
+DEFAULT_SEQ_LEN = 256
+
+
+@dataclass
+class SelectionArguments:
+    """How tokens are selected for the loss."""
+
+    selection: str = field(
+        default="token",
+        metadata={
+            "help": "none: plain causal LM (baseline; reference training); token: SLM; sample: "
+            "online RHO-LOSS (train on the best windows of a candidate batch); sample+token: both"
+        },
+    )
+    ratio: float = field(default=0.6, metadata={"help": "fraction of tokens kept (paper: 0.6)"})
+    score: str = field(
+        default="excess",
+        metadata={"help": "excess (learner - reference), learner, reference or random"},
+    )
+    scope: str = field(
+        default="batch",
+        metadata={"help": "batch: rank a micro-batch on all ranks together; sequence: each row"},
+    )
+    ratio_warmup_steps: int = field(
+        default=0, metadata={"help": "steps over which the ratio falls linearly from 1.0"}
+    )
+    candidate_factor: int = field(
+        default=4,
+        metadata={
+            "help": "sample selection: candidate windows drawn per trained window (forward-only; "
+            "RHO-LOSS trains on 10%% of its candidates, i.e. 10)"
+        },
+    )
+
+    def __post_init__(self):
+        check_choice(self.selection, SELECTIONS, "--selection")
+        check_choice(self.score, SCORES, "--score")
+        check_choice(self.scope, SCOPES, "--scope")
+        check_ratio(self.ratio, "--ratio")
+        if self.ratio_warmup_steps < 0:
+            raise UserError("--ratio_warmup_steps must be >= 0")
+        if self.candidate_factor < 1:
+            raise UserError(f"--candidate_factor must be >= 1, got {self.candidate_factor}")
+
+    @property
+    def selects_windows(self) -> bool:
+        """Whole windows are selected from candidate batches (online RHO-LOSS)."""
+        return self.selection in ("sample", "sample+token")
+
+    @property
+    def selects_tokens(self) -> bool:
+        """Tokens are selected inside the trained windows (SLM)."""
+        return self.selection in ("token", "sample+token")
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.selection != "none" and self.score in ("excess", "reference")
+
+    def ratio_at(self, step: int) -> float:
+        """The kept fraction at an optimizer step: 1.0 falling linearly to ``ratio``."""
+        if not self.selects_tokens:
+            return 1.0
+        if self.ratio_warmup_steps == 0 or step >= self.ratio_warmup_steps:
+            return self.ratio
+        return 1.0 - (1.0 - self.ratio) * step / self.ratio_warmup_steps
+
+
+@dataclass
+class ModelDataArguments:
+    """What to train and on which windows."""
+
+    tokens: str = field(metadata={"help": "TokenStore of training windows"})
+    model: str | None = field(
+        default=None, metadata={"help": "AutoModelForCausalLM dir or hub name to continue from"}
+    )
+    preset: str | None = field(
+        default=None, metadata={"help": "tiny Llama preset built from a config: tiny, 1m, 5m, ..."}
+    )
+    ref_losses: str | None = field(
+        default=None, metadata={"help": "LossStore of the training tokens (offline reference)"}
+    )
+    ref_model: str | None = field(
+        default=None, metadata={"help": "reference model dir for online reference losses"}
+    )
+    eval_tokens: str | None = field(
+        default=None, metadata={"help": "held-out TokenStore evaluated every --eval_steps"}
+    )
+    seq_len: int | None = field(
+        default=None,
+        metadata={"help": f"window length (default: the LossStore's, else {DEFAULT_SEQ_LEN})"},
+    )
+    trust_remote_code: bool = field(default=False, metadata={"help": "allow model code"})
+
+    def __post_init__(self):
+        if self.seq_len is not None and self.seq_len < 2:
+            raise UserError(f"--seq_len must be at least 2, got {self.seq_len}")

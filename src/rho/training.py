@@ -1,0 +1,130 @@
+"""`rho train`: open the stores, build or load the models, check that everything fits together,
+and run a SelectiveTrainer (plain CLM, SLM, online RHO-LOSS) into a run directory (rho.runs)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+from transformers import AutoTokenizer, HfArgumentParser, TrainingArguments
+
+from rho import distributed as dist
+from rho.data import WindowCollator, WindowDataset
+from rho.errors import UserError
+from rho.files import check_not_input, output_lock
+from rho.models import build_model, load_model
+from rho.options import DEFAULT_SEQ_LEN, ModelDataArguments, SelectionArguments
+from rho.runs import METRICS_FILE
+from rho.store import LossStore, TokenStore
+from rho.trainer import SelectiveTrainer
+from rho.windows import check_positions
+
+
+def check_same_vocabulary(ref_dir: str, tokenizer) -> None:
+    """An online reference saved with its tokenizer must use the training vocabulary."""
+    path = Path(ref_dir)
+    if not (path / "tokenizer.json").exists() and not (path / "tokenizer_config.json").exists():
+        return
+    if AutoTokenizer.from_pretrained(path).get_vocab() != tokenizer.get_vocab():
+        raise UserError(f"the reference model {ref_dir} uses another tokenizer's vocabulary")
+
+
+def check_output_dir(data: ModelDataArguments, output_dir: str) -> None:
+    """The run directory may not be, hold or sit inside any input store or model."""
+    model = data.model if data.model and Path(data.model).exists() else None
+    inputs = (data.tokens, data.ref_losses, data.eval_tokens, data.ref_model, model)
+    check_not_input(output_dir, inputs, "--output_dir")
+    if Path(output_dir).is_file():
+        raise UserError(f"--output_dir {output_dir} is a file, not a directory")
+
+
+def build_trainer(
+    data: ModelDataArguments, selection: SelectionArguments, args: TrainingArguments
+) -> SelectiveTrainer:
+    """Open the stores, build or load the models, check they fit together, make the trainer."""
+    if (data.model is None) == (data.preset is None):
+        raise UserError("give exactly one of --model and --preset")
+    if data.ref_losses and data.ref_model:
+        raise UserError("give one of --ref_losses (offline) and --ref_model (online), not both")
+    batch_size = args.per_device_train_batch_size
+    if batch_size < 1:
+        raise UserError(f"--per_device_train_batch_size must be positive, got {batch_size}")
+    check_output_dir(data, args.output_dir)
+    tokens = TokenStore(data.tokens)
+    losses = LossStore(data.ref_losses) if data.ref_losses else None
+    seq_len = data.seq_len or (losses.seq_len if losses else DEFAULT_SEQ_LEN)
+    if selection.needs_reference and losses is None and data.ref_model is None:
+        raise UserError(
+            f"--selection {selection.selection} with --score {selection.score} needs "
+            "--ref_losses or --ref_model"
+        )
+    train_set = WindowDataset(tokens, seq_len, losses if selection.needs_reference else None)
+    eval_set = None
+    if data.eval_tokens:
+        eval_store = TokenStore(data.eval_tokens)
+        if eval_store.meta.get("tokenizer_hash") != tokens.meta.get("tokenizer_hash"):
+            raise UserError(f"{data.eval_tokens} was tokenized with another tokenizer")
+        eval_set = WindowDataset(eval_store, seq_len)
+
+    tokenizer = tokens.tokenizer()
+    if data.model:
+        model = load_model(data.model, trust_remote_code=data.trust_remote_code)
+    else:
+        model = build_model(data.preset, tokens.vocab_size, seed=args.seed, max_positions=seq_len)
+    tokens.check_model_vocab(model, "the training model")
+    if data.eval_tokens:
+        eval_store.check_model_vocab(model, "the training model")
+    check_positions(model, seq_len, "--seq_len")
+    ref_model = None
+    if data.ref_model and selection.needs_reference and losses is None:
+        ref_model = load_model(data.ref_model, trust_remote_code=data.trust_remote_code)
+        tokens.check_model_vocab(ref_model, "the reference model")
+        check_same_vocabulary(data.ref_model, tokenizer)
+
+    trainer = SelectiveTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_set,
+        eval_dataset=eval_set,
+        data_collator=WindowCollator(seq_len, pad_id=tokens.eos_id),
+        processing_class=tokenizer,
+        selection=selection,
+        ref_model=ref_model,
+    )
+    if ref_model is not None:  # after the trainer's checks that it is not the learner
+        check_positions(ref_model, seq_len, "--seq_len")
+    trainer.rho_options.update(data=asdict(data), seq_len=seq_len)
+    return trainer
+
+
+def run_training(
+    data: ModelDataArguments, selection: SelectionArguments, args: TrainingArguments
+) -> SelectiveTrainer:
+    """Train, save the final model (with tokenizer and rho options) to output_dir, evaluate if
+    there is a held-out store; return the trainer. Rank 0 holds the run directory's lock."""
+    lock = output_lock(args.output_dir) if dist.rank_from_env() == 0 else contextlib.nullcontext()
+    with lock:
+        trainer = build_trainer(data, selection, args)
+        trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+        trainer.save_model()
+        if trainer.eval_dataset is not None:
+            trainer.evaluate()
+    return trainer
+
+
+def cli(argv: list[str]) -> int:
+    parser = HfArgumentParser((ModelDataArguments, SelectionArguments, TrainingArguments))
+    parser.prog = "rho train"
+    wants_help = "-h" in argv or "--help" in argv
+    if not wants_help and not any(a.startswith(("--output_dir", "--output-dir")) for a in argv):
+        raise UserError("--output_dir is required (where checkpoints and metrics go)")
+    data, selection, args = parser.parse_args_into_dataclasses(args=argv)
+    if args.resume_from_checkpoint and not os.path.isdir(args.resume_from_checkpoint):
+        raise UserError(f"checkpoint {args.resume_from_checkpoint} does not exist")
+    with dist.process_group_closed():
+        trainer = run_training(data, selection, args)
+        if trainer.is_world_process_zero():
+            print(f"rho train: model, tokenizer and {METRICS_FILE} in {args.output_dir}")
+    return 0
