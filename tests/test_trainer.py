@@ -380,6 +380,47 @@ def test_step_gradient_is_mean_over_all_selected_tokens(stores, tmp_path):
     assert_grads_close(grads, expected, rtol=1e-4, atol=1e-6)
 
 
+def test_a_custom_keep_rule_changes_selection_and_normaliser_together(stores, tmp_path):
+    """How many tokens a selection keeps is one function (rho.select): plug in another (a
+    quarter of each unit, floored) and both the selection and the step's normaliser follow."""
+
+    def quarter(ratio, sizes):
+        return torch.div(sizes, 4, rounding_mode="floor")
+
+    trainer = make_trainer(
+        stores,
+        tmp_path / "run",
+        sel={"scope": "batch", "ratio": 0.6},
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,
+        **SGD,
+    )
+    trainer.keep_rule = quarter
+    selected, normalisers = [], []
+    real_loss = trainer.compute_loss
+
+    def spy(model, inputs, return_outputs=False, num_items_in_batch=None):
+        normalisers.append(float(num_items_in_batch))
+        return real_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    trainer.compute_loss = spy
+    real_slm = rt.slm_loss
+
+    def counting(*args, **kwargs):
+        result = real_slm(*args, **kwargs)
+        selected.append(int(result.selected.sum()))
+        return result
+
+    rt.slm_loss, original = counting, rt.slm_loss
+    try:
+        trainer.train()
+    finally:
+        rt.slm_loss = original
+    n_valid = 2 * (SEQ - 1)  # per micro-batch: two full windows
+    assert selected == [n_valid // 4] * 2  # 15 each, where the default rule keeps 38
+    assert normalisers == [2 * (n_valid // 4)] * 2  # the step divides by what was kept
+
+
 # --- Resume ---------------------------------------------------------------------------------------
 
 
@@ -522,7 +563,6 @@ def test_cli_errors_are_one_line(stores, tmp_path):
 # --- torchrun: world-consistent selection ---------------------------------------------------------
 
 
-@pytest.mark.slow
 def two_ranks_and_one_process(common: list, tmp_path: Path) -> None:
     """`rho COMMON` under torchrun with 2 ranks × 2 rows (dumps in tmp_path/dump2) and in one
     process × 4 rows (tmp_path/dump1): the same global micro-batches, to compare selections."""
@@ -543,6 +583,7 @@ def two_ranks_and_one_process(common: list, tmp_path: Path) -> None:
         assert run.returncode == 0, run.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_select_like_one(stores, tmp_path):
     """2 ranks × 2 rows with scope=batch rank the 4 rows together: the selections, losses and
     final weights equal one process with 4 rows per batch."""

@@ -7,7 +7,11 @@
   (Figure 8), selection overlap.
 - :mod:`rho.analysis.html`: a self-contained HTML page highlighting would-be-selected tokens.
 - :mod:`rho.analysis.plots`: matplotlib figures (Agg backend).
-- :mod:`rho.analysis.cli`: ``rho analyze dynamics | selection | sweep | html``.
+- :mod:`rho.analysis.dynamics_report`, :mod:`rho.analysis.selection_report`,
+  :mod:`rho.analysis.html_report`: one command each (load, call the pure analyses, write the
+  files), sharing :mod:`rho.analysis.common`.
+- :mod:`rho.analysis.cli`: ``rho analyze dynamics | selection | html`` (and ``sweep``, the old
+  spelling of ``rho sweep``): dispatch only.
 
 The first three are pure (arrays in, arrays or dicts out, no I/O) and tested on hand-made inputs.
 """

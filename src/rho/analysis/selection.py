@@ -1,7 +1,7 @@
 """Which tokens SLM selects, and how their loss behaves (Rho-1, Figures 6, 8 and 9): pure numpy.
 
 Losses here are ``(W, L)`` window matrices under the alignment rule (NaN at each window start)
-or any array of the same shape as its mask. Selection reuses :func:`rho.loss.select_topk`, so
+or any array of the same shape as its mask. Selection reuses :func:`rho.select.select_topk`, so
 analyses rank tokens exactly as training does: the top ``ceil(ratio · n_valid)`` scores per
 ranking unit, ties by position.
 """
@@ -13,7 +13,7 @@ import math
 import numpy as np
 import torch
 
-from rho.loss import SCORES, select_topk, token_scores
+from rho.select import select_topk, token_scores
 
 
 def valid_positions(*losses: np.ndarray) -> np.ndarray:
@@ -27,9 +27,8 @@ def valid_positions(*losses: np.ndarray) -> np.ndarray:
 def scores_for(
     score: str, learner: np.ndarray, ref: np.ndarray | None = None, seed: int = 0
 ) -> np.ndarray:
-    """Selection scores (higher is kept first), as in training: see rho.loss.token_scores."""
-    if score not in SCORES:
-        raise ValueError(f"unknown score {score!r}; choose one of {', '.join(SCORES)}")
+    """Selection scores (higher is kept first), as in training: see rho.select.token_scores
+    (which refuses an unknown score)."""
     learner_t = torch.as_tensor(np.nan_to_num(np.asarray(learner, dtype=np.float32)))
     ref_t = None if ref is None else torch.as_tensor(np.asarray(ref, dtype=np.float32))
     generator = torch.Generator().manual_seed(seed) if score == "random" else None

@@ -1,0 +1,178 @@
+"""`rho analyze html`: one self-contained HTML page of passages with the tokens SLM would select
+highlighted by their score (Rho-1 Fig. 13). Picks the windows, scores them with the learner
+when one is given, selects as one training batch would; the page itself is
+:mod:`rho.analysis.html`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from rho.analysis import html as page
+from rho.analysis import selection as sel
+from rho.analysis.common import (
+    add_model_options,
+    check_positive,
+    device_from,
+    domains_at,
+    load_checked_model,
+    print_files,
+)
+from rho.files import write_text_atomic
+from rho.select import check_ratio
+from rho.store import LossStore, TokenStore
+from rho.windows import losses_of_windows, window_ids
+
+
+def cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="rho analyze html",
+        description="A self-contained HTML page of passages with the tokens SLM would select "
+        "highlighted by their score.",
+    )
+    parser.add_argument("--tokens", required=True, help="TokenStore")
+    parser.add_argument("--losses", required=True, help="reference LossStore of --tokens")
+    parser.add_argument("--model", default=None, help="learner checkpoint (for excess loss)")
+    parser.add_argument("--out", required=True, help="HTML file to write")
+    parser.add_argument("--ratio", type=float, default=0.6, help="kept fraction")
+    parser.add_argument(
+        "--score", default="excess", choices=["excess", "learner", "reference"], help="ranking"
+    )
+    parser.add_argument("--passages", type=int, default=12, help="passages (windows) shown")
+    parser.add_argument("--passage-tokens", type=int, default=200, help="tokens shown per passage")
+    parser.add_argument("--seq-len", type=int, default=None, help="(default: the LossStore's)")
+    parser.add_argument("--title", default=None, help="page title")
+    add_model_options(parser)
+    args = parser.parse_args(argv)
+    check_ratio(args.ratio, "--ratio")
+    check_positive("--passages", args.passages)
+    check_positive("--passage-tokens", args.passage_tokens)
+    check_positive("--batch-size", args.batch_size)
+    result = run_html(
+        args.tokens,
+        args.losses,
+        Path(args.out),
+        model=args.model,
+        ratio=args.ratio,
+        score=args.score,
+        passages=args.passages,
+        passage_tokens=args.passage_tokens,
+        seq_len=args.seq_len,
+        title=args.title,
+        batch_size=args.batch_size,
+        dtype=args.dtype,
+        device=args.device,
+    )
+    print(f"rho analyze html: {result['summary']}")
+    print("files:")
+    print_files(result["files"])
+    return 0
+
+
+def run_html(
+    tokens_dir,
+    losses_dir,
+    out: Path,
+    *,
+    model: str | None = None,
+    ratio: float = 0.6,
+    score: str = "excess",
+    passages: int = 12,
+    passage_tokens: int = 200,
+    seq_len: int | None = None,
+    title: str | None = None,
+    batch_size: int = 16,
+    dtype: str = "float32",
+    device: str | None = None,
+) -> dict:
+    """Pick passages, score and select their tokens, write the page; returns the summary line,
+    the paths and the score used (``reference`` when no model is given)."""
+    tokens = TokenStore(tokens_dir)
+    ref_store = LossStore(losses_dir)
+    seq_len = seq_len or ref_store.seq_len
+    ref_store.check_matches(tokens, seq_len)
+    notes = []
+    if model is None and score != "reference":
+        notes.append(
+            f"No --model given, so no learner losses: tokens are coloured by their reference "
+            f"loss and the lowest-reference-loss tokens are selected (score 'reference'), not by "
+            f"{score} loss. Give --model CKPT to see the excess loss SLM ranks by."
+        )
+        score = "reference"
+
+    n_full = tokens.n_tokens // seq_len
+    if n_full:
+        window_domains = domains_at(tokens, np.arange(n_full) * seq_len)
+        indices = page.pick_windows(n_full, passages, window_domains)
+        ids = window_ids(tokens.tokens, seq_len, indices)
+    else:  # a store shorter than one window: show what there is
+        indices = [0]
+        ids = np.asarray(tokens.tokens[:], dtype=np.int64)[None]
+    length = ids.shape[1]
+    ref = np.stack([ref_store.window(int(i))[:length] for i in indices])
+    learner = None
+    if model is not None:
+        net = load_checked_model(Path(model), tokens.vocab_size, dtype, device_from(device), length)
+        learner = losses_of_windows(net, ids, batch_size, net.device)
+        del net
+    valid = sel.valid_positions(ref, *([learner] if learner is not None else []))
+    shown = {"excess": None, "learner": learner, "reference": ref}
+    if learner is not None:
+        shown["excess"] = learner - ref
+    values = shown[score]
+    scores = sel.scores_for(score, learner if learner is not None else ref, ref)
+    selected = sel.select(scores, valid, ratio, "batch")
+
+    noise = None
+    if tokens.noise_mask is not None:
+        noise = np.stack(
+            [np.asarray(tokens.noise_mask[i * seq_len : i * seq_len + length]) for i in indices]
+        )
+    show = min(passage_tokens, length)
+    passage_domains = None
+    if tokens.doc_domains is not None:
+        passage_domains = []
+        for i in indices:  # the domains of the documents the shown tokens belong to
+            first, last = i * seq_len, min(i * seq_len + show, tokens.n_tokens) - 1
+            d_first, d_last = np.searchsorted(tokens.doc_offsets, [first, last], "right") - 1
+            starts = np.maximum(tokens.doc_offsets[d_first : d_last + 1], first)
+            passage_domains.append(", ".join(dict.fromkeys(domains_at(tokens, starts))))
+    tokenizer = tokens.tokenizer()
+    passages_ = page.passages_from_arrays(
+        tokenizer,
+        ids.reshape(-1),
+        np.where(valid, values, np.nan).reshape(-1),
+        selected.reshape(-1),
+        None if noise is None else noise.reshape(-1),
+        [k * length for k in range(len(indices))],
+        show,
+        passage_domains,
+    )
+    notes.append(
+        f"Selection: the top {ratio:.0%} of scored tokens by {score} score, ranked across all "
+        f"{len(indices)} windows ({length} tokens each) together, like one training batch; "
+        f"each passage shows the first {show} tokens of its window. "
+        f"Tokens: {tokens.path}; reference losses: {ref_store.path}"
+        + (f"; learner: {model}." if model else ".")
+    )
+    if title is None:
+        what = {"excess": "excess loss", "learner": "learner loss", "reference": "reference loss"}
+        title = f"Tokens selected by {what[score]} — {tokens.path.name}"
+    text = page.render_page(passages_, title=title, ratio=ratio, score=score, note=" ".join(notes))
+    write_text_atomic(out, text)
+    summary = (
+        f"{len(indices)} passages, {int(selected.sum()):,} of {int(valid.sum()):,} scored "
+        f"tokens selected ({score})"
+    )
+    if noise is not None:
+        noisy = valid & noise
+        clean = valid & ~noise
+        if noisy.any():
+            summary += (
+                f"; selected {selected[noisy].mean():.0%} of noise tokens vs "
+                f"{selected[clean].mean():.0%} of clean ones"
+            )
+    return {"summary": summary, "files": [out], "score": score}
