@@ -182,3 +182,27 @@ def test_bad_invocations_exit_2(workspace, capsys):
     argv += ["--tokens", str(workspace / "tokens"), "--out", str(workspace / "x")]
     assert main(argv) == 2
     assert "at least 2" in capsys.readouterr().err
+
+
+def test_html_never_replaces_a_file_it_did_not_write(workspace, capsys):
+    """`--out` naming a store's meta.json, a user's notes or a directory is refused, one line,
+    nothing changed; a page rho wrote is replaced on a rerun; --overwrite replaces notes."""
+    base = ["analyze", "html", "--tokens", str(workspace / "tokens"), "--losses"]
+    base += [str(workspace / "ref_losses"), "--passages", "2", "--passage-tokens", "16"]
+    meta = workspace / "tokens" / "meta.json"
+    notes = workspace / "notes.txt"
+    notes.write_text("my notes\n")
+    before = meta.read_bytes()
+    for out, says in ((meta, "overlaps the input"), (notes, "rho did not write it")):
+        assert main(base + ["--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert says in err and len(err.strip().splitlines()) == 1
+    assert meta.read_bytes() == before and notes.read_text() == "my notes\n"
+    (workspace / "a_dir").mkdir()
+    assert main(base + ["--out", str(workspace / "a_dir")]) == 2
+    assert "is a directory" in capsys.readouterr().err
+    page_file = workspace / "again.html"
+    assert main(base + ["--out", str(page_file)]) == 0
+    assert main(base + ["--out", str(page_file)]) == 0  # its own page: replaced
+    assert main(base + ["--out", str(notes), "--overwrite"]) == 0
+    assert notes.read_text().startswith("<!DOCTYPE html>")

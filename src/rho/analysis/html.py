@@ -29,6 +29,7 @@ SCORE_LABELS = {
 # Sequential colour ramp for selected tokens: light yellow (low) to deep orange (high).
 LOW_RGB = (255, 234, 170)
 HIGH_RGB = (236, 104, 20)
+GENERATOR = "rho analyze html"  # marks a page rho wrote, so a rerun may replace it
 
 
 # --- Decoding tokens one by one ----------------------------------------------------------------
@@ -305,6 +306,7 @@ def render_page(
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f'<meta name="generator" content="{GENERATOR}">',
         f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
         f'<p class="meta">{meta}</p>',

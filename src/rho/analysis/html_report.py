@@ -21,7 +21,7 @@ from rho.analysis.common import (
     load_checked_model,
     print_files,
 )
-from rho.files import write_text_atomic
+from rho.files import check_output_file, write_text_atomic
 from rho.select import check_ratio
 from rho.store import LossStore, TokenStore
 from rho.windows import losses_of_windows, window_ids
@@ -45,6 +45,7 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--passage-tokens", type=int, default=200, help="tokens shown per passage")
     parser.add_argument("--seq-len", type=int, default=None, help="(default: the LossStore's)")
     parser.add_argument("--title", default=None, help="page title")
+    parser.add_argument("--overwrite", action="store_true", help="replace a file rho did not write")
     add_model_options(parser)
     args = parser.parse_args(argv)
     check_ratio(args.ratio, "--ratio")
@@ -65,6 +66,7 @@ def cli(argv: list[str]) -> int:
         batch_size=args.batch_size,
         dtype=args.dtype,
         device=args.device,
+        overwrite=args.overwrite,
     )
     print(f"rho analyze html: {result['summary']}")
     print("files:")
@@ -87,9 +89,12 @@ def run_html(
     batch_size: int = 16,
     dtype: str = "float32",
     device: str | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Pick passages, score and select their tokens, write the page; returns the summary line,
-    the paths and the score used (``reference`` when no model is given)."""
+    the paths and the score used (``reference`` when no model is given). An existing ``out``
+    is replaced only if rho wrote it, or with ``overwrite``; never an input."""
+    check_output_file(out, page.GENERATOR, overwrite, [tokens_dir, losses_dir, model])
     tokens = TokenStore(tokens_dir)
     ref_store = LossStore(losses_dir)
     seq_len = seq_len or ref_store.seq_len
