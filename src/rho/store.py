@@ -88,8 +88,17 @@ def load_npy(
     return array
 
 
-def require_keys(meta: dict, keys: tuple[str, ...], path: Path, counts: tuple[str, ...]) -> None:
-    """meta.json must hold ``keys``; ``counts`` among them must be non-negative integers."""
+def read_store_meta(path: Path, kind: str, keys: tuple[str, ...], counts: tuple[str, ...]) -> dict:
+    """A store's meta.json, checked: its format is ``kind`` ("rho.TokenStore" ...), its version
+    is ours, it holds ``keys``, and ``counts`` among them are non-negative integers."""
+    name = kind.removeprefix("rho.")
+    if not (path / "meta.json").is_file():
+        raise UserError(f"{path} is not a {name} directory (no meta.json)")
+    meta = read_json(path / "meta.json")
+    if meta.get("format") != kind:
+        raise UserError(f"{path} is not a {name} (meta.json format is wrong)")
+    if meta.get("version") != FORMAT_VERSION:
+        raise UserError(f"{path}: unsupported {name} version {meta.get('version')}")
     missing = [k for k in keys if k not in meta]
     if missing:
         raise UserError(f"{path}/meta.json is corrupted: missing {', '.join(missing)}")
@@ -97,6 +106,7 @@ def require_keys(meta: dict, keys: tuple[str, ...], path: Path, counts: tuple[st
         value = meta[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise UserError(f"{path}/meta.json is corrupted: {key} is {value!r}, not a count")
+    return meta
 
 
 def tokenizer_hash(path: Path) -> str:
@@ -129,16 +139,7 @@ class TokenStore:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        if not (self.path / "meta.json").is_file():
-            raise UserError(f"{self.path} is not a TokenStore directory (no meta.json)")
-        self.meta = read_json(self.path / "meta.json")
-        if self.meta.get("format") != TOKEN_STORE:
-            raise UserError(f"{self.path} is not a TokenStore (meta.json format is wrong)")
-        if self.meta.get("version") != FORMAT_VERSION:
-            raise UserError(
-                f"{self.path}: unsupported TokenStore version {self.meta.get('version')}"
-            )
-        require_keys(self.meta, TOKEN_KEYS, self.path, TOKEN_KEYS[:4])
+        self.meta = read_store_meta(self.path, TOKEN_STORE, TOKEN_KEYS, TOKEN_KEYS[:4])
         self.tokens = load_npy(self.path / "tokens.npy", self.n_tokens, ("uint16", "uint32"))
         self.doc_offsets = load_npy(self.path / "doc_offsets.npy", self.n_docs + 1, ("int64",))
         if self.doc_offsets[0] != 0 or self.doc_offsets[-1] != self.n_tokens:
@@ -267,16 +268,7 @@ class LossStore:
         self, path: str | Path, tokens: TokenStore | None = None, seq_len: int | None = None
     ):
         self.path = Path(path)
-        if not (self.path / "meta.json").is_file():
-            raise UserError(f"{self.path} is not a LossStore directory (no meta.json)")
-        self.meta = read_json(self.path / "meta.json")
-        if self.meta.get("format") != LOSS_STORE:
-            raise UserError(f"{self.path} is not a LossStore (meta.json format is wrong)")
-        if self.meta.get("version") != FORMAT_VERSION:
-            raise UserError(
-                f"{self.path}: unsupported LossStore version {self.meta.get('version')}"
-            )
-        require_keys(self.meta, LOSS_KEYS, self.path, LOSS_KEYS[:2])
+        self.meta = read_store_meta(self.path, LOSS_STORE, LOSS_KEYS, LOSS_KEYS[:2])
         if self.meta["seq_len"] < 2:
             raise UserError(f"{self.path}/meta.json is corrupted: seq_len {self.meta['seq_len']}")
         self.ref_loss = load_npy(self.path / "ref_loss.npy", self.meta["n_tokens"], ("float16",))
