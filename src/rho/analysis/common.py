@@ -78,6 +78,11 @@ def losses_per_checkpoint(
 # --- Options -----------------------------------------------------------------------------------
 
 
+def model_options(args: argparse.Namespace) -> dict:
+    """The options ``add_model_options`` adds, as keyword arguments of the run_* functions."""
+    return {"batch_size": args.batch_size, "dtype": args.dtype, "device": args.device}
+
+
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="windows per forward pass")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])

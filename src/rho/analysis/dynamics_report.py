@@ -13,7 +13,14 @@ import numpy as np
 
 from rho.analysis import dynamics as dyn
 from rho.analysis import plots
-from rho.analysis.common import add_model_options, check_positive, print_files, show, token_label
+from rho.analysis.common import (
+    add_model_options,
+    check_positive,
+    model_options,
+    print_files,
+    show,
+    token_label,
+)
 from rho.analysis.html import decode_pieces
 from rho.errors import UserError
 from rho.files import save_npy_atomic, write_json_atomic, write_text_atomic
@@ -58,9 +65,7 @@ def cli(argv: list[str]) -> int:
         threshold=args.threshold,
         spread_kind=args.spread,
         examples=args.examples,
-        batch_size=args.batch_size,
-        dtype=args.dtype,
-        device=args.device,
+        **model_options(args),
         overwrite=args.overwrite,
     )
     print(f"rho analyze dynamics: {len(checkpoints)} checkpoints x {tokens.n_tokens:,} tokens")

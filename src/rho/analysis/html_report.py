@@ -19,6 +19,7 @@ from rho.analysis.common import (
     device_from,
     domains_at,
     load_checked_model,
+    model_options,
     print_files,
 )
 from rho.files import check_output_file, write_text_atomic
@@ -63,9 +64,7 @@ def cli(argv: list[str]) -> int:
         passage_tokens=args.passage_tokens,
         seq_len=args.seq_len,
         title=args.title,
-        batch_size=args.batch_size,
-        dtype=args.dtype,
-        device=args.device,
+        **model_options(args),
         overwrite=args.overwrite,
     )
     print(f"rho analyze html: {result['summary']}")

@@ -21,6 +21,7 @@ from rho.analysis.common import (
     device_from,
     full_window_indices,
     losses_per_checkpoint,
+    model_options,
     print_files,
 )
 from rho.errors import UserError
@@ -82,9 +83,7 @@ def cli(argv: list[str]) -> int:
         ratio=args.ratio,
         select_batch=args.select_batch,
         select_with=args.select_with,
-        batch_size=args.batch_size,
-        dtype=args.dtype,
-        device=args.device,
+        **model_options(args),
     )
     print(f"rho analyze selection: {result['summary']}")
     print("files:")
