@@ -30,7 +30,7 @@ from pathlib import Path
 
 
 def config(quick: bool, factor: int | None):
-    from rho.pipeline import ARMS, DemoConfig
+    from rho.experiment.config import ARMS, DemoConfig
 
     if quick:
         cfg = DemoConfig.quick()
@@ -53,7 +53,8 @@ def main() -> int:
 
     import torch
 
-    from rho.pipeline import arms_explained, arms_markdown, demo
+    from rho.experiment.demo import demo
+    from rho.experiment.report import arms_explained, arms_markdown
 
     if args.threads:
         torch.set_num_threads(args.threads)

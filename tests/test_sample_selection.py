@@ -313,7 +313,7 @@ def test_torchrun_two_processes_keep_the_windows_of_one(stores, tmp_path):
 
 
 def test_arms_table_ratios_to_clm():
-    from rho.pipeline import arms_table
+    from rho.experiment.compute import arms_table
 
     curves = {
         "clm": {"tokens": [0, 100, 200], "flops": [0, 10, 20], "seconds": [0, 1, 2],
@@ -339,7 +339,7 @@ def test_arms_table_ratios_to_clm():
 
 
 def test_unknown_arm_is_a_user_error():
-    from rho.pipeline import parse_arms
+    from rho.experiment.config import parse_arms
 
     assert parse_arms("all")[:2] == ("clm", "slm") and len(parse_arms("all")) == 6
     assert parse_arms("rholoss") == ("clm", "slm", "rholoss")

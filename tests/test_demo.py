@@ -7,7 +7,8 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from rho.pipeline import selection_rates, tokens_to_reach
+from rho.experiment.analyses import selection_rates
+from rho.experiment.compute import tokens_to_reach
 
 
 def test_tokens_to_reach_interpolates():
