@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import os
 import pickle
+import re
 import sys
 
 from rho import __version__
@@ -36,6 +37,14 @@ def usage() -> str:
     return "\n".join(lines)
 
 
+def unsafe_pickle_message(err: pickle.UnpicklingError) -> str:
+    """One line for a pickle that torch's weights_only loader refused: the reason only (its
+    message also suggests weights_only=False, which would run the file's code)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))  # no terminal colour codes
+    reason = text.split("WeightsUnpickler error:", 1)[-1].split(". Please", 1)[0]
+    return f"refused to load unsafe pickled data (loading it could run code): {one_line(reason)}"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -55,8 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rho {name}: error: {one_line(err, 1000)}", file=sys.stderr)
         return 2
     except pickle.UnpicklingError as err:  # torch's weights_only loader refused a pickle
-        print(f"rho {name}: error: refused to load unsafe pickled data: {one_line(err)}",
-              file=sys.stderr)  # fmt: skip
+        print(f"rho {name}: error: {unsafe_pickle_message(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"rho {name}: interrupted", file=sys.stderr)

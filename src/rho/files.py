@@ -333,3 +333,21 @@ def output_lock(path: str | Path) -> Iterator[None]:
     finally:
         lock.unlink(missing_ok=True)  # unlinked while held: a waiter re-checks the inode
         os.close(fd)
+
+
+def check_output_file(
+    path: str | Path, signature: str, overwrite: bool, inputs: Iterable = ()
+) -> None:
+    """A single-file output may replace only a file rho wrote (one whose first 4 KB hold
+    ``signature``), unless ``overwrite``; never a directory, a link or an input."""
+    path = Path(path)
+    check_not_input(path, [p for p in inputs if p is not None], "--out")
+    if path.is_dir():
+        raise UserError(f"--out {path} is a directory: give a file name")
+    if path.is_symlink():
+        raise UserError(f"--out {path} is a symbolic link: give a plain file name")
+    if path.exists() and not overwrite:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+        if signature.encode() not in head:
+            raise UserError(f"--out {path} exists and rho did not write it: pass --overwrite")

@@ -60,35 +60,46 @@ def parse_dtype(name: str) -> torch.dtype:
     return DTYPES[name]
 
 
-def check_model_source(name_or_path: str | Path) -> None:
+def check_model_source(name_or_path: str | Path) -> bool:
     """Fail at once for a local-looking path that is not there (a hub lookup would retry for
-    seconds), and say so when a local model's weights are a pickle rather than safetensors."""
+    seconds). Returns True when a local model's weights are only pickles (*.bin), no
+    safetensors."""
     path, name = Path(name_or_path), str(name_or_path)
     if not path.exists():
         first = Path(path.parts[0]) if path.parts else path
         if path.is_absolute() or name.startswith(".") or len(path.parts) > 2 or first.is_dir():
             raise UserError(f"model {name!r} is not a local directory (and not a hub name)")
-        return
-    if path.is_dir() and not any(path.glob("*.safetensors")) and any(path.glob("*.bin")):
-        print(
-            f"rho: warning: {name} holds pickle weights (*.bin), not safetensors; loading them "
-            "with torch's weights_only loader (save the model with safetensors to avoid this)",
-            file=sys.stderr,
-        )
+        return False
+    return path.is_dir() and not any(path.glob("*.safetensors")) and any(path.glob("*.bin"))
 
 
 def load_model(name_or_path: str | Path, dtype: str = "float32", trust_remote_code: bool = False):
-    """Any AutoModelForCausalLM from a directory or hub name (safetensors preferred)."""
+    """Any AutoModelForCausalLM from a directory or hub name (safetensors preferred). Pickle
+    weights go through torch's weights_only loader (an unsafe pickle raises UnpicklingError,
+    which the CLI reports as a refusal); loading them prints a one-line warning."""
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
-    check_model_source(name_or_path)
+    pickled = check_model_source(name_or_path)
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # the weight-loading bar: one line of output per load
     try:
-        return AutoModelForCausalLM.from_pretrained(
+        model = AutoModelForCausalLM.from_pretrained(
             str(name_or_path), dtype=parse_dtype(dtype), trust_remote_code=trust_remote_code
         )
     except (OSError, ValueError) as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"cannot load model {str(name_or_path)!r}: {first_line}") from None
+    finally:
+        if bar:
+            hf_logging.enable_progress_bar()
+    if pickled:
+        print(
+            f"rho: warning: {name_or_path} holds pickle weights (*.bin), not safetensors: loaded "
+            "with torch's weights_only loader (save the model with safetensors to avoid this)",
+            file=sys.stderr,
+        )
+    return model
 
 
 def model_vocab_size(model) -> int:

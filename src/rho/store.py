@@ -144,6 +144,12 @@ class TokenStore:
         self.doc_offsets = load_npy(self.path / "doc_offsets.npy", self.n_docs + 1, ("int64",))
         if self.doc_offsets[0] != 0 or self.doc_offsets[-1] != self.n_tokens:
             raise UserError(f"{self.path}/doc_offsets.npy does not span the tokens (corrupted)")
+        recorded = self.meta.get("max_token_id", 0)  # written by write_token_store: cheap check
+        if not isinstance(recorded, int) or recorded >= self.vocab_size:
+            raise UserError(
+                f"{self.path}/meta.json is corrupted: max_token_id {recorded!r} is outside the "
+                f"vocabulary of {self.vocab_size}"
+            )
         self.doc_domains = self._optional("doc_domains.npy", self.n_docs, ("int16",))
         self.noise_mask = self._optional("noise_mask.npy", self.n_tokens, ("bool",))
         self._max_token_id: int | None = None
@@ -227,10 +233,14 @@ def write_token_store(
 ) -> TokenStore:
     """Write a TokenStore atomically (into a temporary directory, then renamed into place)."""
     path = Path(path)
-    tokens = np.asarray(tokens).astype(smallest_token_dtype(vocab_size), copy=False)
-    doc_offsets = np.asarray(doc_offsets, dtype=np.int64)
+    tokens = np.asarray(tokens)
     if len(tokens) == 0:
         raise UserError("the corpus is empty: no tokens to store")
+    top = max_chunked(tokens)  # before the cast, which would wrap an id too big for its dtype
+    if top >= vocab_size:
+        raise UserError(f"token id {top} is outside the vocabulary of {vocab_size}")
+    tokens = tokens.astype(smallest_token_dtype(vocab_size), copy=False)
+    doc_offsets = np.asarray(doc_offsets, dtype=np.int64)
     with building(path, overwrite, TOKEN_STORE) as tmp:
         np.save(tmp / "tokens.npy", tokens)
         np.save(tmp / "doc_offsets.npy", doc_offsets)
@@ -251,7 +261,7 @@ def write_token_store(
             "tokenizer_hash": tokenizer_hash(tmp / "tokenizer"),
             "domains": list(domain_names or []),
             "has_noise_mask": noise_mask is not None,
-            "max_token_id": max_chunked(tokens),
+            "max_token_id": top,
             "sources": sources or [],
         }
         write_json_atomic(tmp / "meta.json", meta)

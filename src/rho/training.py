@@ -104,6 +104,7 @@ def run_training(
 ) -> SelectiveTrainer:
     """Train, save the final model (with tokenizer and rho options) to output_dir, evaluate if
     there is a held-out store; return the trainer. Rank 0 holds the run directory's lock."""
+    check_output_dir(data, args.output_dir)  # before the lock: no lock file inside an input
     lock = output_lock(args.output_dir) if dist.rank_from_env() == 0 else contextlib.nullcontext()
     with lock:
         trainer = build_trainer(data, selection, args)

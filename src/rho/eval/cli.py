@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _output_dir(args: argparse.Namespace) -> Path:
     if args.out:
+        if Path(args.out).exists() and not Path(args.out).is_dir():
+            raise UserError(f"--out {args.out} is a file: give a directory")
         return Path(args.out)
     if Path(args.model).is_dir():
         return Path(args.model)

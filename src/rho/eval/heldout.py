@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
 from rho.errors import UserError
-from rho.models import check_vocab, load_model, parse_dtype
+from rho.models import load_model, parse_dtype
 from rho.store import TokenStore, window_bounds
 from rho.windows import batch_windows, check_positions, default_device, iter_window_losses
 
@@ -175,7 +175,7 @@ def evaluate_store(
     if batch_size < 1:
         raise UserError(f"--batch-size must be positive, got {batch_size}")
     name, model = prepare_model(model, dtype, trust_remote_code)
-    check_vocab(model, store.vocab_size)
+    store.check_model_vocab(model)
     check_positions(model, min(seq_len, store.n_tokens), "--seq-len")
     device = torch.device(device) if device is not None else default_device()
     model.to(device).eval()

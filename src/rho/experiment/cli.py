@@ -7,6 +7,7 @@ import argparse
 from rho.errors import UserError
 from rho.experiment.config import ARMS, DemoConfig, parse_arms
 from rho.experiment.demo import demo
+from rho.select import check_ratio
 
 
 def demo_cli(argv: list[str]) -> int:
@@ -33,6 +34,7 @@ def demo_cli(argv: list[str]) -> int:
             setattr(cfg, key, getattr(args, key))
     if args.candidate_factor is not None and args.candidate_factor < 1:
         raise UserError("--candidate-factor must be >= 1")
+    check_ratio(cfg.ratio, "--ratio")  # every option is checked before any work
     cfg.arms = parse_arms(args.arms)
     demo(args.out, args.quick, cfg)
     return 0
