@@ -1,0 +1,88 @@
+"""Figures of a multi-arm, multi-seed experiment (matplotlib through ``Figure`` and the Agg
+canvas, never pyplot, so no global backend is touched; PNG at 120 dpi): every arm on two
+held-out axes at once (``plot_axes``) and the validation curves with their spread over seeds
+(``plot_curves``). Inputs are ``rho.experiment.summary``'s ``loss_table`` and ``runs``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+DPI = 120
+
+
+def _figure(width: float, height: float):
+    fig = Figure(figsize=(width, height), dpi=DPI)
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots()
+
+
+def plot_axes(loss_table: dict, path: str | Path, x: str = "target", y: str = "general") -> None:
+    """One point per arm at (its mean ``x`` test loss, its mean ``y`` test loss), with ± one
+    standard deviation over seeds as error bars, labelled with the arm; lower-left is better.
+    Arms missing either axis are left out."""
+    fig, ax = _figure(6.5, 5)
+    for arm, row in loss_table.items():
+        if x not in row or y not in row:
+            continue
+        sx, sy = row[x], row[y]
+        ax.errorbar(sx["mean"], sy["mean"], xerr=sx["std"], yerr=sy["std"], fmt="o", capsize=3,
+                    label=f"{arm} (n={min(sx['n'], sy['n'])})")  # fmt: skip
+        ax.annotate(arm, (sx["mean"], sy["mean"]), textcoords="offset points", xytext=(5, 5))
+    ax.set_xlabel(f"{x} test loss (nats/token)")
+    ax.set_ylabel(f"{y} test loss (nats/token)")
+    ax.set_title("Test loss by arm, mean ± std over seeds (lower-left is better)")
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+
+
+def _seeds(n: int) -> str:
+    return "1 seed" if n == 1 else f"{n} seeds"
+
+
+def _mean_band(curves: list[tuple[np.ndarray, np.ndarray]]):
+    """Mean, min and max over seeds of curves on possibly different token grids: each is
+    interpolated onto the union of their points within the range they all cover."""
+    if len(curves) == 1 or all(np.array_equal(curves[0][0], t) for t, _ in curves):
+        tokens = curves[0][0]
+        stack = np.stack([loss for _, loss in curves])
+    else:
+        lo = max(t[0] for t, _ in curves)
+        hi = min(t[-1] for t, _ in curves)
+        tokens = np.unique(np.concatenate([t for t, _ in curves]))
+        tokens = tokens[(tokens >= lo) & (tokens <= hi)]
+        stack = np.stack([np.interp(tokens, t, loss) for t, loss in curves])
+    return tokens, stack.mean(axis=0), stack.min(axis=0), stack.max(axis=0)
+
+
+def plot_curves(runs: dict, path: str | Path, axis: str = "target") -> None:
+    """Validation loss on ``axis`` against training tokens: per arm the mean over seeds as a
+    line and the min–max over seeds as a band."""
+    fig, ax = _figure(7.5, 4.5)
+    for arm, seeds in runs.items():
+        curves = []
+        for run in seeds:
+            curve = run.get("curve", {})
+            if axis in curve and curve.get("tokens"):
+                tokens = np.asarray(curve["tokens"], dtype=np.float64)
+                curves.append((tokens, np.asarray(curve[axis], dtype=np.float64)))
+        if not curves:
+            continue
+        tokens, mean, low, high = _mean_band(curves)
+        (line,) = ax.plot(tokens, mean, "-o", ms=3, label=f"{arm} ({_seeds(len(curves))})")
+        if len(curves) > 1:
+            ax.fill_between(tokens, low, high, color=line.get_color(), alpha=0.2, lw=0)
+    ax.set_xlabel("training tokens")
+    ax.set_ylabel(f"{axis} validation loss (nats/token)")
+    ax.set_title(f"{axis} validation loss: mean over seeds, band = min–max")
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)

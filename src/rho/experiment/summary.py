@@ -1,0 +1,474 @@
+"""The honest summary of a multi-arm, multi-seed experiment: pure functions from per-run results
+(plain, JSON-ready dicts) to the tables a sceptical reviewer asks for, and their Markdown.
+
+This module owns: the spread over seeds of every headline number (``spread``), the test-loss
+table per arm and held-out axis (``loss_table``), whether a difference between two arms is
+supported by that spread (``difference``), the compute needed to reach the baseline's final
+validation loss — tokens, training FLOPs and wall time, one-off and amortised over runs that
+reuse an arm's overhead (reference training and scoring), with the break-even number of runs
+(``compute_table``) — which arm wins on each axis, SLM or not (``winners``), and the Markdown of
+all three (``loss_markdown``, ``compute_markdown``, ``winners_markdown``). Figures live in
+``rho.experiment.figures``.
+
+Input schema::
+
+    runs: dict[str, list[dict]]   # arm -> one dict per seed:
+      {"seed": 0,
+       "final": {"validation": {"target": 4.1, "general": 4.5},
+                 "test": {"target": 4.12, "general": 4.49}},
+       "curve": {"tokens": [...], "flops": [...], "seconds": [...], "target": [...]},
+       "train_tokens": 655360, "flops_train": 1.2e12, "seconds_train": 40.0}
+    overhead: dict[str, dict]     # arm -> {"flops": 3e11, "seconds": 20.0, "what": "..."}
+
+``curve[axis]`` is the validation loss on that axis at each evaluation; ``curve["tokens"]``,
+``["flops"]`` and ``["seconds"]`` the cumulative training tokens, FLOPs and seconds there.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+# Per-seed costs read from a curve (its key) and from a run's end (its key).
+_COSTS = (("tokens", "tokens", "train_tokens"),
+          ("flops_train", "flops", "flops_train"),
+          ("seconds_train", "seconds", "seconds_train"))  # fmt: skip
+
+
+def spread(values) -> dict:
+    """Mean, sample standard deviation (ddof=1; 0.0 for a single value), count and the values."""
+    vals = [float(v) for v in values]
+    if not vals:
+        raise ValueError("spread of no values")
+    n = len(vals)
+    std = float(np.std(vals, ddof=1)) if n > 1 else 0.0
+    return {"mean": float(np.mean(vals)), "std": std, "n": n, "values": vals}
+
+
+def difference(a, b) -> dict:
+    """``delta`` = mean(a) − mean(b) and its standard error ``se`` = sqrt(var_a/n_a + var_b/n_b)
+    (sample variances). ``supported`` is |delta| > 2·se, or None (and se None) when either side
+    has a single value, so its spread over seeds is unknown."""
+    sa, sb = spread(a), spread(b)
+    delta = sa["mean"] - sb["mean"]
+    if sa["n"] < 2 or sb["n"] < 2:
+        return {"delta": delta, "se": None, "supported": None}
+    se = math.sqrt(sa["std"] ** 2 / sa["n"] + sb["std"] ** 2 / sb["n"])
+    return {"delta": delta, "se": se, "supported": bool(abs(delta) > 2 * se)}
+
+
+def loss_table(runs: dict, split: str = "test") -> dict:
+    """``table[arm][axis]`` = the ``spread`` over the arm's seeds of its final loss on ``split``
+    (an axis missing from some seeds is spread over the seeds that have it)."""
+    table = {}
+    for arm, seeds in runs.items():
+        per_axis: dict[str, list[float]] = {}
+        for run in seeds:
+            for axis, loss in run["final"][split].items():
+                per_axis.setdefault(axis, []).append(loss)
+        table[arm] = {axis: spread(v) for axis, v in per_axis.items()}
+    return table
+
+
+def _reach(run: dict, target: float, axis: str) -> dict:
+    """A seed's tokens, training FLOPs and seconds where its validation curve on ``axis`` first
+    reaches ``target`` (linear interpolation between evaluations; None: never, or no such
+    column in the curve)."""
+    # Imported here: compute.py loads torch (rho.models), which the rest of this module never needs.
+    from rho.experiment.compute import tokens_to_reach
+
+    curve = run["curve"]
+    losses = np.asarray(curve[axis], dtype=np.float64)
+    out = {}
+    for key, column, _ in _COSTS:
+        xs = curve.get(column)
+        out[key] = None if xs is None else tokens_to_reach(np.asarray(xs, float), losses, target)
+    return out
+
+
+def _full(run: dict) -> dict:
+    """A seed's whole-run tokens, training FLOPs and seconds (the curve's last point if the run
+    does not record them)."""
+    out = {}
+    for key, column, end in _COSTS:
+        value = run.get(end)
+        if value is None and run["curve"].get(column):
+            value = run["curve"][column][-1]
+        out[key] = None if value is None else float(value)
+    return out
+
+
+def _spread_or_none(values) -> dict | None:
+    """The spread of per-seed values, or None unless every seed has one: a mean over only the
+    seeds that got there would report the lucky ones."""
+    if not values or any(v is None for v in values):
+        return None
+    return spread(values)
+
+
+def break_even(train: float, overhead: float, base_train: float, base_overhead: float = 0.0):
+    """The smallest number of runs N from which on an arm's amortised total is below the
+    baseline's, i.e. for every M ≥ N:
+
+        train + overhead/M < base_train + base_overhead/M
+        ⇔ M·(base_train − train) > overhead − base_overhead.
+
+    With d = base_train − train (saving per run) and e = overhead − base_overhead (extra one-off
+    cost): d > 0 gives N = max(1, ⌊e/d⌋ + 1) (strict inequality, so e/d = 2.5 → 3 and e/d = 2 →
+    3); d = 0 gives N = 1 when e < 0, else None; d < 0 gives None: the arm's training alone costs
+    more than the baseline's, so no number of runs pays its overhead back. Example: overhead 10,
+    training 6, baseline 10 → 6 + 10/N < 10 ⇔ N > 2.5 → N = 3."""
+    d = base_train - train
+    e = overhead - base_overhead
+    if d < 0 or (d == 0 and e >= 0):
+        return None
+    if d == 0:
+        return 1
+
+    def below(n: int) -> bool:
+        return train + overhead / n < base_train + base_overhead / n
+
+    n = max(1, math.floor(e / d) + 1)
+    while not below(n):  # guard against rounding of e/d at an exact integer
+        n += 1
+    while n > 1 and below(n - 1):
+        n -= 1
+    return n
+
+
+def _totals(reach: list, extra: float, base_train: float, base_extra: float, amortise) -> dict:
+    """One-off and amortised totals (training to reach + overhead, or + overhead/N) of one cost,
+    per seed, with their ratios to the baseline's totals and the break-even N (on means)."""
+    one_off = _spread_or_none([None if r is None else r + extra for r in reach])
+    base_one_off = base_train + base_extra
+    out = {
+        "one_off": one_off,
+        "ratio_one_off": _ratio(reach, extra, base_one_off),
+        "amortised": [],
+        "break_even": None,
+    }
+    for n in amortise:
+        base_n = base_train + base_extra / n
+        total = _spread_or_none([None if r is None else r + extra / n for r in reach])
+        out["amortised"].append(
+            {"runs": int(n), "total": total, "ratio": _ratio(reach, extra / n, base_n)}
+        )
+    if one_off is not None:
+        train = one_off["mean"] - extra
+        out["break_even"] = break_even(train, extra, base_train, base_extra)
+    return out
+
+
+def _ratio(reach: list, extra: float, base: float | None) -> dict | None:
+    """The spread over seeds of (value + extra) / base; None if a seed has no value or base is 0."""
+    if not base or not reach or any(r is None for r in reach):
+        return None
+    return spread([(r + extra) / base for r in reach])
+
+
+def compute_table(
+    runs: dict,
+    overhead: dict | None = None,
+    baseline: str = "clm",
+    amortise=(1, 10, 100),
+    axis: str = "target",
+) -> dict:
+    """What each arm spends to reach the baseline's final validation loss on ``axis`` (the mean
+    over the baseline's seeds of its curve's last point).
+
+    ``table[arm]`` has: ``baseline``, ``target`` (that loss), ``seeds`` and ``reached`` (how many
+    seeds got there); ``tokens``, ``flops_train``, ``seconds_train`` (the ``spread`` over seeds of
+    the cost to reach, linearly interpolated on the curve; None unless every seed reaches);
+    ``ratio`` (each of those three divided by the baseline's whole-run mean, as a spread);
+    ``overhead`` ({flops, seconds, what}: the arm's one-off cost before training); and
+    ``flops_total`` / ``seconds_total``, each {``one_off``: spread of training-to-reach +
+    overhead, ``ratio_one_off``: spread of its ratio to the baseline's training + own overhead,
+    ``amortised``: [{``runs``: N, ``total``: spread of training + overhead/N, ``ratio``: spread
+    of its ratio to the baseline's training + overhead/N}] for each N in ``amortise``,
+    ``break_even``: the smallest N from which on the arm is cheaper, see ``break_even``}.
+
+    The baseline's own cost to reach is its whole run: the target is defined by where it ends
+    (per seed some end above the mean and some below)."""
+    overhead = overhead or {}
+    if baseline not in runs:
+        raise KeyError(f"baseline arm {baseline!r} not in runs ({', '.join(runs)})")
+    base_runs = runs[baseline]
+    target = float(np.mean([r["curve"][axis][-1] for r in base_runs]))
+    base_full = [_full(r) for r in base_runs]
+    base_mean = {}
+    for key, _, _ in _COSTS:
+        vals = [f[key] for f in base_full]
+        base_mean[key] = None if any(v is None for v in vals) else float(np.mean(vals))
+    base_extra = {k: float(overhead.get(baseline, {}).get(k, 0.0)) for k in ("flops", "seconds")}
+
+    table = {}
+    for arm, seeds in runs.items():
+        reach = base_full if arm == baseline else [_reach(r, target, axis) for r in seeds]
+        extra = overhead.get(arm, {})
+        extra = {
+            "flops": float(extra.get("flops", 0.0)),
+            "seconds": float(extra.get("seconds", 0.0)),
+            "what": extra.get("what", ""),
+        }
+        per_key = {key: [r[key] for r in reach] for key, _, _ in _COSTS}
+        row = {
+            "baseline": baseline,
+            "target": target,
+            "seeds": len(seeds),
+            "reached": sum(r["tokens"] is not None for r in reach),
+            **{key: _spread_or_none(per_key[key]) for key, _, _ in _COSTS},
+            "ratio": {key: _ratio(per_key[key], 0.0, base_mean[key]) for key, _, _ in _COSTS},
+            "overhead": extra,
+        }
+        for cost, key in (("flops", "flops_train"), ("seconds", "seconds_train")):
+            if base_mean[key] is None:
+                row[f"{cost}_total"] = None
+                continue
+            row[f"{cost}_total"] = _totals(
+                per_key[key], extra[cost], base_mean[key], base_extra[cost], amortise
+            )
+        table[arm] = row
+    return table
+
+
+def _rank(candidates: dict, lower_is_better: bool = True) -> dict | None:
+    """The best and runner-up of {arm: spread} (None values skipped), with their difference."""
+    items = [(arm, s) for arm, s in candidates.items() if s is not None]
+    if not items:
+        return None
+    items.sort(key=lambda kv: kv[1]["mean"] if lower_is_better else -kv[1]["mean"])
+    arm, best = items[0]
+    out = {
+        "arm": arm,
+        "value": best,
+        "runner_up": None,
+        "runner_up_value": None,
+        "difference": None,
+        "ranking": [a for a, _ in items],
+    }
+    if len(items) > 1:
+        out["runner_up"], out["runner_up_value"] = items[1]
+        out["difference"] = difference(best["values"], items[1][1]["values"])
+    return out
+
+
+def winners(loss_table: dict, compute_table: dict | None = None) -> dict:
+    """Which arm wins on each axis, whichever it is.
+
+    Returns {``loss``: {axis: rank}, ``tokens``: rank, ``flops_one_off``: rank,
+    ``flops_amortised``: rank with ``runs`` (the largest N amortised over), ``baseline``,
+    ``target``}, where a rank is {``arm``, ``value`` (its spread), ``runner_up``,
+    ``runner_up_value``, ``difference`` (winner − runner-up, see ``difference``: its
+    ``supported`` says whether the lead survives the spread over seeds), ``ranking`` (all arms
+    with a value, best first)}, or None when no arm has a value (e.g. none reached the target).
+    Loss: lowest mean test loss. Compute: fewest tokens to reach the target, least one-off total
+    FLOPs (training to reach + overhead) and least FLOPs amortised over the largest N; arms that
+    did not reach the target on every seed are left out."""
+    axes: list[str] = []
+    for row in loss_table.values():
+        axes += [a for a in row if a not in axes]
+    out: dict = {
+        "loss": {
+            axis: _rank({arm: row.get(axis) for arm, row in loss_table.items()}) for axis in axes
+        },
+        "tokens": None,
+        "flops_one_off": None,
+        "flops_amortised": None,
+        "baseline": None,
+        "target": None,
+    }
+    if not compute_table:
+        return out
+    first = next(iter(compute_table.values()))
+    out["baseline"], out["target"] = first["baseline"], first["target"]
+    out["tokens"] = _rank({arm: row["tokens"] for arm, row in compute_table.items()})
+    flops = {arm: row["flops_total"] for arm, row in compute_table.items() if row["flops_total"]}
+    out["flops_one_off"] = _rank({arm: t["one_off"] for arm, t in flops.items()})
+    if flops:
+        largest = max(range(len(first["flops_total"]["amortised"])),
+                      key=lambda i: first["flops_total"]["amortised"][i]["runs"])  # fmt: skip
+        ranked = _rank({arm: t["amortised"][largest]["total"] for arm, t in flops.items()})
+        if ranked is not None:
+            ranked["runs"] = first["flops_total"]["amortised"][largest]["runs"]
+        out["flops_amortised"] = ranked
+    return out
+
+
+# ---------------------------------------------------------------- Markdown
+
+
+def _num(x: float | None, spec: str = ".4g") -> str:
+    return "n/a" if x is None else format(x, spec)
+
+
+def _pm(s: dict | None, spec: str = ".4g", unit: str = "") -> str:
+    """Mean ± std of a spread (just the mean for one value; "not reached" for None)."""
+    if s is None:
+        return "not reached"
+    if s["n"] < 2:
+        return f"{format(s['mean'], spec)}{unit}"
+    return f"{format(s['mean'], spec)}{unit} ± {format(s['std'], spec)}"
+
+
+def _seeds(n: int) -> str:
+    return f"{n} seed" if n == 1 else f"{n} seeds"
+
+
+def loss_markdown(loss_table: dict, runs: dict | None = None, split: str = "test") -> str:
+    """One row per arm, one column per axis: "mean ± std (n seeds)" of the final loss (nats per
+    token); with ``runs``, a column listing the seeds. A single seed is marked as having no
+    spread."""
+    axes: list[str] = []
+    for row in loss_table.values():
+        axes += [a for a in row if a not in axes]
+    head = ["arm", *[f"{axis} {split} loss" for axis in axes]]
+    if runs is not None:
+        head.append("seeds")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for arm, row in loss_table.items():
+        cells = [arm]
+        for axis in axes:
+            s = row.get(axis)
+            if s is None:
+                cells.append("n/a")
+            elif s["n"] < 2:
+                cells.append(f"{s['mean']:.4f} (1 seed, spread unknown)")
+            else:
+                cells.append(f"{s['mean']:.4f} ± {s['std']:.4f} ({_seeds(s['n'])})")
+        if runs is not None:
+            cells.append(", ".join(str(r.get("seed", "?")) for r in runs.get(arm, [])))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _break_even(n: int | None, is_baseline: bool) -> str:
+    return "—" if is_baseline else ("never" if n is None else str(n))
+
+
+def compute_markdown(compute_table: dict) -> str:
+    """Two tables, FLOPs and wall time: per arm the cost to reach the baseline's final validation
+    loss (mean ± std over seeds, × the baseline's whole run), the one-off total with the arm's
+    overhead, the total amortised over N runs (× the baseline) and the break-even N; and a
+    paragraph saying how each number is counted."""
+    if not compute_table:
+        return "No runs."
+    first = next(iter(compute_table.values()))
+    base, target = first["baseline"], first["target"]
+    runs_n = [a["runs"] for a in (first["flops_total"] or {"amortised": []})["amortised"]]
+
+    def ratio(s):
+        return "" if s is None else f" ({_pm(s, '.3g', '×')})"
+
+    head = ["arm", "reached", "tokens to reach", "training FLOPs to reach", "overhead FLOPs",
+            "one-off total FLOPs", *[f"amortised over {n} (× {base})" for n in runs_n],
+            "break-even runs"]  # fmt: skip
+    lines = [
+        f"Cost to reach {base}'s final validation loss ({target:.4f}); in brackets, the ratio to "
+        f"{base}'s whole run (below 1 is cheaper).",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    for arm, row in compute_table.items():
+        t = row["flops_total"]
+        cells = [
+            arm,
+            f"{row['reached']}/{row['seeds']}",
+            _pm(row["tokens"]) + ratio(row["ratio"]["tokens"]),
+            _pm(row["flops_train"], ".3g") + ratio(row["ratio"]["flops_train"]),
+            _num(row["overhead"]["flops"], ".3g"),
+        ]
+        if t is None:
+            cells += ["n/a"] * (2 + len(runs_n))
+        else:
+            cells.append(_pm(t["one_off"], ".3g") + ratio(t["ratio_one_off"]))
+            cells += [_pm(a["ratio"], ".3g", "×") for a in t["amortised"]]
+            cells.append(_break_even(t["break_even"], arm == base))
+        lines.append("| " + " | ".join(cells) + " |")
+
+    head = ["arm", "training seconds to reach", "overhead seconds", "one-off total seconds",
+            *[f"amortised over {n} (× {base})" for n in runs_n], "break-even runs"]  # fmt: skip
+    lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for arm, row in compute_table.items():
+        t = row["seconds_total"]
+        cells = [
+            arm,
+            _pm(row["seconds_train"], ".4g") + ratio(row["ratio"]["seconds_train"]),
+            _num(row["overhead"]["seconds"], ".4g"),
+        ]
+        if t is None:
+            cells += ["n/a"] * (2 + len(runs_n))
+        else:
+            cells.append(_pm(t["one_off"], ".4g") + ratio(t["ratio_one_off"]))
+            cells += [_pm(a["ratio"], ".3g", "×") for a in t["amortised"]]
+            cells.append(_break_even(t["break_even"], arm == base))
+        lines.append("| " + " | ".join(cells) + " |")
+
+    overheads = [f"{arm}: {row['overhead']['what']}" for arm, row in compute_table.items()
+                 if row["overhead"]["what"]]  # fmt: skip
+    lines += [
+        "",
+        "Costs to reach are interpolated linearly between evaluations, per seed; an arm counts as "
+        'reaching only if every seed does (otherwise "not reached"). '
+        f"{base}'s own cost is its whole run. The one-off total adds the arm's overhead before "
+        "training (spent once, reusable by later runs); amortised over N runs it adds overhead/N. "
+        "Break-even: the smallest N from which on the amortised total is below the baseline's "
+        "(never: the arm's training alone costs at least as much).",
+    ]
+    if overheads:
+        lines += ["", "Overheads — " + "; ".join(overheads) + "."]
+    return "\n".join(lines)
+
+
+def _lead(rank: dict, spec: str, unit: str = "") -> str:
+    """The bracket after a winner: its value vs the runner-up's, and whether the lead is
+    supported by the spread over seeds."""
+    unit = f" {unit}" if unit else ""
+    value = f"{_pm(rank['value'], spec)}{unit}"
+    if rank["runner_up"] is None:
+        return f"({value}; no other arm to compare)"
+    d = rank["difference"]
+    if d["supported"] is None:
+        verdict = "whether the difference is supported is unknown: an arm has a single seed"
+    else:
+        verdict = (
+            f"the difference, {format(d['delta'], spec)} ± {format(2 * d['se'], spec)} (2 SE), "
+            + ("is supported" if d["supported"] else "is not supported")
+            + " by the spread over seeds"
+        )
+    runner = f"{_pm(rank['runner_up_value'], spec)}{unit}"
+    return f"({value} vs {runner} for {rank['runner_up']}, the runner-up; {verdict})"
+
+
+def winners_markdown(winners: dict, focus: str = "slm") -> str:
+    """The winners as plain sentences, one per axis, naming the winner whichever arm it is; when
+    it is not ``focus`` (the method under test), where ``focus`` placed."""
+
+    def placed(rank: dict) -> str:
+        if rank["arm"] == focus or focus not in rank["ranking"]:
+            return ""
+        place = rank["ranking"].index(focus) + 1
+        return f" {focus} is not the winner: it places {place} of {len(rank['ranking'])}."
+
+    lines = []
+    for axis, rank in winners["loss"].items():
+        if rank is not None:
+            lead = _lead(rank, ".4f", "nats/token")
+            lines.append(f"- On {axis} loss, {rank['arm']} wins {lead}." + placed(rank))
+    base, target = winners.get("baseline"), winners.get("target")
+    if base is None:
+        return "\n".join(lines)
+    reach = f"{base}'s final validation loss ({target:.4f})"
+    for key, sentence, spec in (
+        ("tokens", f"Fewest training tokens to reach {reach}", ".4g"),
+        ("flops_one_off", "Least one-off total FLOPs (training to reach + overhead)", ".3g"),
+        ("flops_amortised", "Least total FLOPs amortised over {runs} runs", ".3g"),
+    ):
+        rank = winners.get(key)
+        if rank is None:
+            lines.append(f"- {sentence.format(runs='N')}: no arm reached the target on every seed.")
+            continue
+        head = sentence.format(runs=rank.get("runs", "N"))
+        lines.append(f"- {head}: {rank['arm']} {_lead(rank, spec)}." + placed(rank))
+    return "\n".join(lines)
