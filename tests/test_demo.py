@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 from html.parser import HTMLParser
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 
 from rho.experiment.analyses import selection_rates
-from rho.experiment.compute import tokens_to_reach
+from rho.experiment.summary import tokens_to_reach
 
 
 def test_tokens_to_reach_interpolates():
@@ -50,33 +51,43 @@ class _Collect(HTMLParser):
 
 @pytest.mark.slow
 def test_quick_demo_end_to_end(tmp_path):
+    """`rho demo --quick`: the paper's setting (a base, a reference fine-tuned from it), every
+    core arm, CLM and SLM over three seeds, both axes, the report; a rerun resumes."""
     out = tmp_path / "demo"
-    run = subprocess.run(
-        [sys.executable, "-m", "rho", "demo", "--quick", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    env = {**os.environ, "RHO_CACHE": str(tmp_path / "cache")}
+    command = [sys.executable, "-m", "rho", "demo", "--quick", "--out", str(out)]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert "held-out math loss" in run.stdout
+    assert "test loss (math, general)" in run.stdout + run.stderr
     results = json.loads((out / "results.json").read_text())
-    for key in ("clm_final_heldout_loss", "slm_final_heldout_loss", "reference_heldout_loss"):
-        assert np.isfinite(results[key])
-    assert results["curves"]["clm"]["tokens"] == results["curves"]["slm"]["tokens"]
-    assert 0.0 <= results["selection"]["selection_rate_noise"] <= 1.0
+    assert list(results["runs"]) == ["clm", "slm", "slm-random", "clm-mix", "reference"]
+    assert [r["seed"] for r in results["runs"]["clm"]] == [0, 1, 2]
+    assert [r["seed"] for r in results["runs"]["slm"]] == [0, 1, 2]
+    for arm, runs in results["runs"].items():
+        for r in runs:
+            assert all(np.isfinite(v) for v in r["final"]["test"].values()), arm
+    assert 0.0 <= results["analyses"]["selection"]["selection_rate_noise"] <= 1.0
+    assert results["data"]["decontamination"]["math"]["before"]["documents"] > 0
     report = (out / "report.md").read_text()
-    assert "curves.png" in report and "selected.html" in report and "rho demo --quick" in report
-    image = matplotlib.image.imread(out / "curves.png")
+    for text in ("rho demo --quick", "curves.png", "axes.png", "selected.html",
+                 "Decontamination", "Token-loss dynamics"):  # fmt: skip
+        assert text in report, text
+    image = matplotlib.image.imread(out / "axes.png")
     assert image.shape[0] > 100 and image.shape[1] > 100
     parser = _Collect()
     parser.feed((out / "selected.html").read_text())
     assert "html" in parser.tags and "span" in parser.tags
-    # A rerun replaces the demo's own directory; a foreign directory is refused.
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert rerun.returncode == 0 and "done before (skipped)" in rerun.stdout + rerun.stderr
+    # A foreign directory is refused.
     foreign = tmp_path / "mine"
     foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
     refused = subprocess.run(
         [sys.executable, "-m", "rho", "demo", "--quick", "--out", str(foreign)],
         capture_output=True,
         text=True,
+        env=env,
     )
-    assert refused.returncode == 2 and "not made by `rho demo`" in refused.stderr
+    assert refused.returncode == 2 and "rho did not make" in refused.stderr
+    assert (foreign / "notes.txt").read_text() == "mine"

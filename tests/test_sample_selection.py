@@ -3,11 +3,7 @@ the compute it logs, and the demo's arms."""
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -307,73 +303,3 @@ def test_torchrun_two_processes_keep_the_windows_of_one(stores, tmp_path):
     w_two = load_file(tmp_path / "two" / "model.safetensors")
     for name, tensor in load_file(tmp_path / "one" / "model.safetensors").items():
         torch.testing.assert_close(w_two[name], tensor, rtol=1e-4, atol=2e-5, msg=name)
-
-
-# --- The demo's arms ------------------------------------------------------------------------------
-
-
-def test_arms_table_ratios_to_clm():
-    from rho.experiment.compute import arms_table
-
-    curves = {
-        "clm": {"tokens": [0, 100, 200], "flops": [0, 10, 20], "seconds": [0, 1, 2],
-                "heldout_loss": [6.0, 5.0, 4.0]},
-        "slm": {"tokens": [0, 100, 200], "flops": [0, 10, 20], "seconds": [0, 1, 2],
-                "heldout_loss": [6.0, 4.0, 3.0]},
-        "rholoss": {"tokens": [0, 100, 200], "flops": [0, 30, 60], "seconds": [0, 4, 8],
-                    "heldout_loss": [6.0, 5.5, 4.5]},
-    }  # fmt: skip
-    overhead = {"clm": (0, 0), "slm": (5, 0.5), "rholoss": (5, 0.5)}
-    table = arms_table(curves, overhead)
-    assert table["clm"]["ratio"] == {
-        "tokens": 1.0, "flops_train": 1.0, "flops_total": 1.0, "seconds_train": 1.0,
-        "seconds_total": 1.0,
-    }  # fmt: skip
-    slm = table["slm"]
-    assert slm["reach"]["tokens"] == pytest.approx(100)  # reaches 4.0 at its second point
-    assert slm["ratio"]["tokens"] == pytest.approx(0.5)
-    assert slm["ratio"]["flops_total"] == pytest.approx((10 + 5) / 20)
-    assert slm["ratio"]["seconds_total"] == pytest.approx((1 + 0.5) / 2)
-    assert table["rholoss"]["reach"] is None and table["rholoss"]["ratio"] is None
-    assert table["rholoss"]["final_heldout_loss"] == 4.5
-
-
-def test_unknown_arm_is_a_user_error():
-    from rho.experiment.config import parse_arms
-
-    assert parse_arms("all")[:2] == ("clm", "slm") and len(parse_arms("all")) == 6
-    assert parse_arms("rholoss") == ("clm", "slm", "rholoss")
-    with pytest.raises(UserError, match="unknown arm"):
-        parse_arms("clm,rho")
-
-
-@pytest.mark.slow
-def test_quick_demo_with_all_arms(tmp_path):
-    out = tmp_path / "demo"
-    run = subprocess.run(
-        [sys.executable, "-m", "rho", "demo", "--quick", "--arms", "all", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    results = json.loads((out / "results.json").read_text())
-    arms = results["arms"]
-    assert list(arms) == ["clm", "slm", "pruned-clm", "pruned-slm", "rholoss", "rholoss+token"]
-    trained = {a: arms[a]["end"]["tokens"] for a in arms}  # the same for every arm, but for the
-    for tokens in trained.values():  # store's last window, shorter, which some arms may draw
-        assert tokens == pytest.approx(trained["clm"], rel=0.01), trained
-    for name, arm in arms.items():
-        assert np.isfinite(arm["final_heldout_loss"]), name
-    assert arms["clm"]["ratio"]["tokens"] == 1.0
-    rho, factor = arms["rholoss"]["end"], results["config"]["candidate_factor"]
-    # F candidates per trained window, but for the short last candidate batch of each epoch
-    assert 0.95 * factor * rho["windows_trained"] <= rho["candidate_windows"]
-    assert rho["candidate_windows"] <= factor * rho["windows_trained"]
-    assert rho["flops_candidates"] > 0 and arms["clm"]["end"]["flops_candidates"] == 0
-    assert arms["pruned-clm"]["overhead_flops"] == arms["slm"]["overhead_flops"] > 0
-    assert arms["clm"]["overhead_flops"] == 0
-    report = (out / "report.md").read_text()
-    assert "| rholoss+token |" in report and "pruned-slm" in report
-    assert (out / "runs" / "rholoss" / "model.safetensors").exists()

@@ -18,7 +18,11 @@ from rho.errors import UserError
 from rho.files import one_line
 
 SUBCOMMANDS = {
-    "demo": ("rho.experiment.cli:demo_cli", "the whole method end to end on the shipped demo data"),
+    "demo": ("rho.experiment.demo:demo_cli", "rho experiment on the shipped demo data"),
+    "experiment": (
+        "rho.experiment.demo:experiment_cli",
+        "every arm, seeds, baselines on your data",
+    ),
     "tokenize": ("rho.tokenize:cli", "corpus files -> TokenStore (train or load a tokenizer)"),
     "score": ("rho.score:cli", "reference model x TokenStore -> LossStore (resumable, torchrun)"),
     "inspect": ("rho.inspect_store:cli", "one-screen summary of a TokenStore or LossStore"),

@@ -90,9 +90,10 @@ def run_options(run_dir: str | Path) -> dict:
     raise UserError(f"{run_dir} has no {OPTIONS_FILE} (not a `rho train` run?)")
 
 
-def eval_records(run_dir: str | Path) -> list[dict]:
-    """The run's evaluation records, one per evaluated point (by tokens seen), in order."""
-    points = {r["tokens_seen"]: r for r in read_metrics(run_dir) if "eval_loss" in r}
+def eval_records(run_dir: str | Path, key: str = "eval_loss") -> list[dict]:
+    """The run's evaluation records holding ``key``, one per evaluated point (by tokens seen),
+    in order (with several eval sets, the Trainer logs eval_NAME_loss)."""
+    points = {r["tokens_seen"]: r for r in read_metrics(run_dir) if key in r}
     return [points[t] for t in sorted(points)]
 
 

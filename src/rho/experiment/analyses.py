@@ -1,18 +1,9 @@
-"""The demo's analyses of its SLM run: which tokens it selects (rates against the corpus's
-ground truth: noise mask and domains), the token-loss dynamics on held-out text, and the
-highlighted passages (selected.html). The analyses themselves are `rho analyze`'s."""
+"""Which tokens an SLM run selects, against the corpus's ground truth (injected-noise mask,
+document domains), from `rho analyze selection`'s result."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
-
-from rho.analysis.dynamics_report import run_dynamics
-from rho.analysis.html_report import run_html
-from rho.analysis.selection_report import run_selection
-from rho.experiment.config import DemoConfig
-from rho.runs import run_checkpoints
 
 
 def selection_sample(selection: dict, corpus, seq_len: int) -> dict:
@@ -53,27 +44,3 @@ def selection_rates(sample: dict, domain_names: list[str]) -> dict:
             if (domain == i).any()
         }
     return out
-
-
-def analyse_slm(cfg: DemoConfig, runs: Path, out: Path, corpus, ref_losses, heldout):
-    """The SLM run's selection rates (against CLM), token-loss dynamics on held-out text and
-    highlighted passages, under ``out/analysis`` and ``out/selected.html``; returns
-    (selection rates, `rho analyze dynamics`'s result)."""
-    analysis = out / "analysis"
-    selection = run_selection(
-        [runs / "slm", runs / "clm"], None, None, analysis / "selection",
-        windows=cfg.sample_windows,
-    )  # fmt: skip
-    rates = selection_rates(selection_sample(selection, corpus, cfg.seq_len), corpus.domain_names)
-    checkpoints = [p for _, p in run_checkpoints(runs / "slm")]
-    spaced = np.unique(np.linspace(0, len(checkpoints) - 1, cfg.dynamics_checkpoints).round())
-    dynamics = run_dynamics(
-        [checkpoints[int(i)] for i in spaced], heldout, analysis / "dynamics",
-        seq_len=cfg.seq_len, progress=False,
-    )  # fmt: skip
-    run_html(
-        corpus.path, ref_losses.path, out / "selected.html", model=str(runs / "slm"),
-        ratio=cfg.ratio, score="excess", passages=12, passage_tokens=160,
-        title="rho demo: the tokens SLM selects",
-    )  # fmt: skip
-    return rates, dynamics

@@ -71,12 +71,23 @@ def loss_table(runs: dict, split: str = "test") -> dict:
     return table
 
 
+def tokens_to_reach(tokens: np.ndarray, losses: np.ndarray, target: float) -> float | None:
+    """First point where a curve reaches ``target`` (x at the first loss <= target), linearly
+    interpolated between evaluations; None if it never does."""
+    for i, loss in enumerate(losses):
+        if loss <= target:
+            if i == 0:
+                return float(tokens[0])
+            t0, t1, l0, l1 = tokens[i - 1], tokens[i], losses[i - 1], losses[i]
+            return float(t0 + (t1 - t0) * (l0 - target) / (l0 - l1))
+    return None
+
+
 def _reach(run: dict, target: float, axis: str) -> dict:
     """A seed's tokens, training FLOPs and seconds where its validation curve on ``axis`` first
     reaches ``target`` (linear interpolation between evaluations; None: never, or no such
     column in the curve)."""
     # Imported here: compute.py loads torch (rho.models), which the rest of this module never needs.
-    from rho.experiment.compute import tokens_to_reach
 
     curve = run["curve"]
     losses = np.asarray(curve[axis], dtype=np.float64)

@@ -1,0 +1,168 @@
+"""One training run of `rho experiment` through the real `rho train` code: a fixed schedule,
+validation loss on every axis along the way (one compact console line per evaluation, a
+progress bar for the steps, the Trainer's own logs in the run's metrics.jsonl), then the final
+loss of the saved model on the whole validation and test sets of every axis.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch.utils.data import Subset
+from tqdm.auto import tqdm
+from transformers import PrinterCallback, TrainerCallback, TrainingArguments
+
+from rho.data import WindowDataset
+from rho.eval.heldout import evaluate_store
+from rho.experiment.settings import ExperimentConfig
+from rho.models import PRESETS
+from rho.options import ModelDataArguments, SelectionArguments
+from rho.runs import eval_records
+from rho.store import TokenStore
+from rho.training import build_trainer
+
+SPLITS = ("validation", "test")
+
+
+class ConsoleLines(TrainerCallback):
+    """A bar over the optimizer steps and one line per evaluation (all axes on one line)."""
+
+    def __init__(self, label: str, axes: list[str], steps: int):
+        self.label, self.axes, self.steps = label, axes, steps
+        self.bar: tqdm | None = None
+        self.pending: dict[str, float] = {}
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.bar = tqdm(total=self.steps, desc=self.label, unit="step", leave=False)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        for axis in self.axes:
+            if metrics and f"eval_{axis}_loss" in metrics:
+                self.pending[axis] = metrics[f"eval_{axis}_loss"]
+        if len(self.pending) == len(self.axes):
+            losses = "  ".join(f"{axis} {self.pending[axis]:.4f}" for axis in self.axes)
+            tokens = state.num_input_tokens_seen / 1e6
+            tqdm.write(f"  {self.label:<22} step {state.global_step:>5}  {tokens:6.2f}M tok  "
+                       f"{losses}")  # fmt: skip
+            self.pending = {}
+
+
+def training_arguments(
+    directory: Path, cfg: ExperimentConfig, steps: int, seed: int, lr: float, save: bool
+) -> TrainingArguments:
+    """The schedule every arm shares: cosine with 5% warmup, AdamW (β2 0.95, wd 0.1)."""
+    every = max(1, steps // cfg.evals)
+    return TrainingArguments(
+        output_dir=str(directory),
+        max_steps=steps,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size,
+        learning_rate=lr,
+        lr_scheduler_type="cosine",
+        warmup_steps=max(1, steps // 20),
+        weight_decay=0.1,
+        adam_beta2=0.95,
+        max_grad_norm=1.0,
+        logging_steps=max(1, every // 2),
+        eval_strategy="steps",
+        eval_steps=every,
+        save_strategy="steps" if save else "no",
+        save_steps=every,
+        seed=seed,
+        data_seed=seed,
+        report_to="none",
+        use_cpu=not torch.cuda.is_available(),
+        disable_tqdm=True,
+        log_level="error",
+        dataloader_num_workers=0,
+    )
+
+
+def train_run(
+    directory: Path,
+    cfg: ExperimentConfig,
+    stores: dict[str, str],
+    axes: list[str],
+    *,
+    label: str,
+    init: str,
+    tokens: str,
+    selection: SelectionArguments,
+    steps: int,
+    seed: int,
+    lr: float,
+    ref_losses: str | None = None,
+    save_checkpoints: bool = False,
+) -> dict:
+    """Train from ``init`` (a preset or a model directory) on ``tokens``; returns the run's
+    result: curve, final validation and test loss per axis, trained tokens, FLOPs, seconds."""
+    preset = init in PRESETS
+    data = ModelDataArguments(
+        tokens=tokens,
+        model=None if preset else init,
+        preset=init if preset else None,
+        ref_losses=ref_losses if selection.needs_reference else None,
+        eval_tokens=stores[f"{axes[0]}-validation"],  # checked here, replaced by all axes below
+        seq_len=cfg.seq_len,
+    )
+    run = directory / "run"
+    args = training_arguments(run, cfg, steps, seed, lr, save_checkpoints)
+    trainer = build_trainer(data, selection, args)
+    trainer.eval_dataset = {
+        axis: Subset(ds, range(min(cfg.eval_windows, len(ds))))
+        for axis in axes
+        for ds in [WindowDataset(TokenStore(stores[f"{axis}-validation"]), cfg.seq_len)]
+    }
+    trainer.remove_callback(PrinterCallback)  # raw log dicts go to metrics.jsonl, not the console
+    trainer.add_callback(ConsoleLines(label, axes, steps))
+    trainer.evaluate()  # the starting point of every curve
+    trainer.train()
+    trainer.save_model()
+    compute = trainer.compute_logs()
+    tokens_seen = int(trainer.state.num_input_tokens_seen)
+    del trainer
+    final = {
+        split: {
+            axis: evaluate_store(
+                run, stores[f"{axis}-{split}"], cfg.seq_len, cfg.batch_size, progress=False
+            )["overall"]["loss"]  # fmt: skip
+            for axis in axes
+        }
+        for split in SPLITS
+    }
+    return {
+        "run": str(run),
+        "final": final,
+        "curve": curve(run, axes),
+        "train_tokens": tokens_seen,
+        "flops_train": compute["flops_train"]
+        + compute["flops_candidates"]
+        + compute["flops_ref_online"],
+        "seconds_train": compute["train_seconds"],
+    }
+
+
+def curve(run: Path, axes: list[str]) -> dict:
+    """Validation loss per axis at each evaluation, with the trained tokens, FLOPs (candidate
+    forwards and an online reference included) and training seconds at that point."""
+    points = eval_records(run, f"eval_{axes[0]}_loss")
+    out = {
+        "tokens": [r["tokens_seen"] for r in points],
+        "flops": [r["flops_train"] + r["flops_candidates"] + r["flops_ref_online"] for r in points],
+        "seconds": [r["train_seconds"] for r in points],
+    }
+    for axis in axes:
+        key = f"eval_{axis}_loss"
+        by_tokens = {r["tokens_seen"]: r[key] for r in eval_records(run, key)}
+        out[axis] = [by_tokens.get(t) for t in out["tokens"]]
+    return out

@@ -1,0 +1,193 @@
+"""`rho experiment` at tiny scale on files the test writes: the config, every arm over two
+held-out axes, decontamination, the report, and resume after kill -9."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from rho.errors import UserError
+from rho.experiment.settings import ARMS, ExperimentConfig, load_yaml, parse_config
+from rho.runs import last_record
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def sentences(rng: random.Random, words: list[str], n: int) -> str:
+    return " ".join(" ".join(rng.choice(words) for _ in range(rng.randint(6, 14))) + "."
+                    for _ in range(n))  # fmt: skip
+
+
+def write_jsonl(path: Path, texts: list[str]) -> str:
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict:
+    """A target domain (its own words), general text, and noise; one held-out target document
+    is copied into the corpus: decontamination must drop it."""
+    root = tmp_path_factory.mktemp("experiment-data")
+    rng = random.Random(0)
+    target_words = [f"th{i}m" for i in range(40)] + ["the", "of", "is"]
+    general_words = [f"gen{i}" for i in range(60)] + ["the", "of", "is"]
+    target = [sentences(rng, target_words, 12) for _ in range(60)]
+    general = [sentences(rng, general_words, 12) for _ in range(60)]
+    noise = ["".join(rng.choice("qxzj#$%0123") for _ in range(400)) for _ in range(20)]
+    leaked = target[50]
+    corpus = target[:20] + general[:40] + noise + [leaked]
+    return {
+        "curated": write_jsonl(root / "curated.jsonl", target[20:40]),
+        "corpus": write_jsonl(root / "corpus.jsonl", corpus),
+        "base": write_jsonl(root / "base.jsonl", general[:40]),
+        "target": write_jsonl(root / "target.jsonl", target[40:60]),
+        "general": write_jsonl(root / "general.jsonl", general[40:60]),
+        "leaked": leaked,
+    }
+
+
+def write_config(path: Path, data: dict, out: Path, **extra) -> Path:
+    config = {
+        "curated": [data["curated"]],
+        "corpus": [data["corpus"]],
+        "base_data": [data["base"]],
+        "heldout": [f"target={data['target']}", f"general={data['general']}"],
+        "out": str(out),
+        "base": "tiny",
+        "vocab": 400,
+        "seq_len": 32,
+        "batch_size": 4,
+        "train_tokens": 1024,
+        "evals": 2,
+        "eval_windows": 4,
+        "ref_epochs": 1.0,
+        "seeds": [0, 1],
+        "dynamics_checkpoints": 2,
+        **extra,
+    }
+    path.write_text(json.dumps(config))  # JSON is YAML
+    return path
+
+
+def rho(*args, cache: Path, timeout=600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "rho", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**ENV, "RHO_CACHE": str(cache)},
+    )
+
+
+@pytest.mark.slow
+def test_every_arm_on_two_axes_from_a_config(tmp_path, data):
+    out = tmp_path / "run"
+    config = write_config(tmp_path / "config.yaml", data, out, arms="all")
+    run = rho("experiment", "--config", config, cache=tmp_path / "cache")
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert list(results["runs"]) == list(ARMS)
+    assert [r["seed"] for r in results["runs"]["slm"]] == [0, 1]
+    assert [r["seed"] for r in results["runs"]["rholoss"]] == [0]
+    for arm, runs in results["runs"].items():
+        for r in runs:
+            for split in ("validation", "test"):
+                assert set(r["final"][split]) == {"target", "general"}, arm
+    trained = {a: rs[0]["train_tokens"] for a, rs in results["runs"].items() if a != "reference"}
+    assert len(set(trained.values())) == 1, trained  # one budget for every arm
+    # RHO-LOSS draws candidate_factor x the windows it trains on, and pays their forwards.
+    rho_run = last_record(results["runs"]["rholoss"][0]["run"], "candidate_windows")
+    factor = results["config"]["candidate_factor"]
+    assert rho_run["candidate_windows"] == factor * rho_run["windows_trained"]
+    assert rho_run["flops_candidates"] > 0
+    overhead = results["overhead"]
+    assert overhead["slm"]["flops"] == overhead["pruned-clm"]["flops"] > 0
+    assert "clm" not in overhead and "slm-random" not in overhead
+    # Decontamination dropped the held-out document copied into the corpus.
+    target = results["data"]["decontamination"]["target"]
+    assert target["documents_dropped"] >= 1 and target["after"]["shared_fraction"] == 0.0
+    report = (out / "report.md").read_text()
+    for section in ("Decontamination", "Test loss on every axis", "Compute to reach",
+                    "Token-loss dynamics", "pruned-slm", "rholoss+token"):  # fmt: skip
+        assert section in report, section
+    for figure in ("curves.png", "axes.png", "selected.html"):
+        assert (out / figure).stat().st_size > 1000, figure
+    # The console: compact lines, no raw Trainer dicts, no weight-loading bars.
+    assert "{'loss'" not in run.stdout + run.stderr and "Loading weights" not in run.stderr
+    assert "slm-seed1" in run.stdout + run.stderr
+
+
+def test_leaked_document_is_caught_before_training(tmp_path, data):
+    from rho.experiment.prepare import prepare
+
+    cfg = ExperimentConfig(**json.loads(write_config(tmp_path / "c.yaml", data, tmp_path / "o")
+                                        .read_text()))  # fmt: skip
+    result = prepare(cfg, tmp_path / "stage")
+    dropped = result["decontamination"]["target"]["dropped"]
+    texts = [json.loads(line)["text"] for line in Path(data["target"]).read_text().splitlines()]
+    assert [texts[i] for i in dropped] == [data["leaked"]]
+    kept = "".join((tmp_path / "stage" / "heldout" / f"target-{s}.jsonl").read_text()
+                   for s in ("validation", "test"))  # fmt: skip
+    assert data["leaked"] not in kept
+
+
+@pytest.mark.slow
+def test_killed_mid_arm_resumes_without_redoing_finished_stages(tmp_path, data):
+    """kill -9 while an arm trains; the rerun skips every finished stage and its results equal
+    an uninterrupted run's."""
+    cache = tmp_path / "cache"
+    clean = tmp_path / "clean"
+    config = write_config(tmp_path / "clean.yaml", data, clean, arms="clm,slm", seeds=[0],
+                          analyze=False)  # fmt: skip
+    assert rho("experiment", "--config", config, cache=cache).returncode == 0
+    out = tmp_path / "killed"
+    config = write_config(tmp_path / "killed.yaml", data, out, arms="clm,slm", seeds=[0],
+                          analyze=False)  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "rho", "experiment", "--config", str(config)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**ENV, "RHO_CACHE": str(cache)})  # fmt: skip
+    arm = out / "stages" / "slm-seed0"
+    deadline = time.monotonic() + 300
+    while not (arm / "run").exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (arm / "stage.json").exists(), "the arm finished before it was killed"
+    finished = {p.parent.name: p.stat().st_mtime_ns for p in out.glob("stages/*/stage.json")}
+    assert "clm-seed0" in finished and "score" in finished
+    rerun = rho("experiment", "--config", config, cache=cache)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    for name, mtime in finished.items():  # not redone
+        assert (out / "stages" / name / "stage.json").stat().st_mtime_ns == mtime, name
+    assert "done before (skipped)" in rerun.stdout + rerun.stderr
+    a = json.loads((clean / "results.json").read_text())["runs"]
+    b = json.loads((out / "results.json").read_text())["runs"]
+    for arm_name in ("clm", "slm"):
+        assert a[arm_name][0]["final"] == b[arm_name][0]["final"], arm_name
+
+
+def test_config_and_flags(tmp_path, data):
+    config = write_config(tmp_path / "c.yaml", data, tmp_path / "o", ratio=0.5)
+    cfg, _ = parse_config(["--config", str(config), "--ratio", "0.7"])
+    assert cfg.ratio == 0.7 and cfg.seeds == [0, 1] and cfg.base == "tiny"  # the flag wins
+    assert cfg.heldout_sets() == {"target": [data["target"]], "general": [data["general"]]}
+    (tmp_path / "bad.yaml").write_text("ratoi: 0.5\n")
+    with pytest.raises(UserError, match="unknown option 'ratoi'"):
+        load_yaml(tmp_path / "bad.yaml")
+    with pytest.raises(UserError, match="--ratio"):
+        ExperimentConfig(ratio=0.0)
+    with pytest.raises(UserError, match="unknown arm"):
+        ExperimentConfig(arms="clm,rho")
+    with pytest.raises(UserError, match="NAME=FILE"):
+        ExperimentConfig(heldout=["nofile"]).heldout_sets()
+    with pytest.raises(UserError, match="needs --base_data"):
+        ExperimentConfig(curated=[data["curated"]], corpus=[data["corpus"]],
+                         heldout=[f"t={data['target']}"]).check_inputs()  # fmt: skip
