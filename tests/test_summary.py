@@ -11,15 +11,13 @@ import pytest
 from rho.experiment.figures import plot_axes, plot_curves
 from rho.experiment.summary import (
     break_even,
-    compute_markdown,
     compute_table,
     difference,
-    loss_markdown,
     loss_table,
     spread,
     winners,
-    winners_markdown,
 )
+from rho.experiment.tables import compute_markdown, loss_markdown, winners_markdown
 
 TOKENS = [0, 100, 200, 300, 400]
 

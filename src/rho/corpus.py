@@ -66,6 +66,20 @@ def _decode(raw: bytes, path: Path, line: int | None = None) -> str:
         raise UserError(f"{where}: text is not valid UTF-8 (byte {err.start})") from None
 
 
+def parse_record(raw: bytes, path: Path, number: int, text_field: str) -> tuple[dict, str]:
+    """One jsonl line: its record and text, or a one-line UserError naming ``path:number``."""
+    try:
+        record = json.loads(_decode(raw, path, number))
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path}:{number}: invalid JSON ({err.msg})") from None
+    if not isinstance(record, dict) or text_field not in record:
+        raise UserError(f"{path}:{number}: no {text_field!r} field")
+    text = record[text_field]
+    if not isinstance(text, str):
+        raise UserError(f"{path}:{number}: field {text_field!r} is not a string")
+    return record, text
+
+
 def _read_jsonl(path: Path, text_field: str) -> Iterator[Document]:
     opener = gzip.open if path.name.endswith(".gz") else open
     try:
@@ -73,15 +87,7 @@ def _read_jsonl(path: Path, text_field: str) -> Iterator[Document]:
             for number, raw in enumerate(f, 1):
                 if not raw.strip():
                     continue
-                try:
-                    record = json.loads(_decode(raw, path, number))
-                except json.JSONDecodeError as err:
-                    raise UserError(f"{path}:{number}: invalid JSON ({err.msg})") from None
-                if not isinstance(record, dict) or text_field not in record:
-                    raise UserError(f"{path}:{number}: no {text_field!r} field")
-                text = record[text_field]
-                if not isinstance(text, str):
-                    raise UserError(f"{path}:{number}: field {text_field!r} is not a string")
+                record, text = parse_record(raw, path, number, text_field)
                 domain = record.get("domain")
                 if domain is not None and not isinstance(domain, str):
                     raise UserError(f"{path}:{number}: field 'domain' is not a string")

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import json
 import re
 import zlib
 from collections.abc import Iterable, Iterator
@@ -28,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rho.corpus import expand_inputs
+from rho.corpus import expand_inputs, parse_record
 from rho.errors import UserError
 from rho.files import one_line, write_atomic
 
@@ -251,21 +250,6 @@ def _jsonl_lines(path: Path) -> Iterator[tuple[int, bytes]]:
         raise UserError(f"{path}: cannot read ({one_line(err)})") from None
 
 
-def _record_text(raw: bytes, path: Path, number: int, text_field: str) -> str:
-    try:
-        record = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as err:
-        raise UserError(f"{path}:{number}: text is not valid UTF-8 (byte {err.start})") from None
-    except json.JSONDecodeError as err:
-        raise UserError(f"{path}:{number}: invalid JSON ({err.msg})") from None
-    if not isinstance(record, dict) or text_field not in record:
-        raise UserError(f"{path}:{number}: no {text_field!r} field")
-    text = record[text_field]
-    if not isinstance(text, str):
-        raise UserError(f"{path}:{number}: field {text_field!r} is not a string")
-    return text
-
-
 def read_texts(path: str | Path, text_field: str = "text") -> list[str]:
     """The documents of a ``.jsonl`` / ``.jsonl.gz`` file (one per non-blank line, in order,
     blank texts included, so the list lines up with ``filter_jsonl``), or of ``.txt`` files
@@ -274,7 +258,7 @@ def read_texts(path: str | Path, text_field: str = "text") -> list[str]:
     for source in expand_inputs([str(path)]):
         p = source.path
         if _is_jsonl(p):
-            texts.extend(_record_text(raw, p, i, text_field) for i, raw in _jsonl_lines(p))
+            texts.extend(parse_record(raw, p, i, text_field)[1] for i, raw in _jsonl_lines(p))
         elif p.name.endswith(_TEXT_SUFFIXES):
             try:
                 raw = p.read_bytes()

@@ -48,8 +48,10 @@ def demo_files(directory: Path, quick: bool, seed: int = 0) -> dict:
 
     corpus = lines("corpus")
     general = [line for line in corpus if json.loads(line).get("domain") == "general"]
-    held = {line for line in general
-            if in_validation(json.loads(line)["text"], GENERAL_HELDOUT, "general-heldout")}  # fmt: skip
+    salt = "general-heldout"
+    held = {
+        line for line in general if in_validation(json.loads(line)["text"], GENERAL_HELDOUT, salt)
+    }
 
     def write(name: str, rows: list[str]) -> str:
         return str(write_text_atomic(directory / f"{name}.jsonl", "".join(rows)))

@@ -8,14 +8,8 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from rho.experiment.figures import plot_axes, plot_curves
-from rho.experiment.summary import (
-    compute_markdown,
-    compute_table,
-    loss_markdown,
-    loss_table,
-    winners,
-    winners_markdown,
-)
+from rho.experiment.summary import compute_table, loss_table, winners
+from rho.experiment.tables import compute_markdown, loss_markdown, winners_markdown
 from rho.files import write_text_atomic
 
 PAPER_DYNAMICS = "H→L 26%, L→L 51%, H→H 11%, L→H 12% (TinyLlama-1B on OpenWebMath)"
