@@ -78,7 +78,7 @@ def report_lines(results: dict, title: str, losses: dict, compute: dict, won: di
         f"{results['steps']} optimizer steps of {cfg['batch_size']}×{cfg['seq_len']} tokens "
         "with the same schedule; a seed sets the data order (the same for every arm of that "
         f"seed). Corpus: {data['tokens']['corpus']:,} tokens. Seeds {cfg['seeds']} for "
-        "clm and slm, the first seed for the other arms.",
+        f"{cfg['seeded_arms'].replace(',', ', ')}; the first seed for the other arms.",
         "",
         "## Arms",
         "",

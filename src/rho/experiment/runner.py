@@ -22,7 +22,7 @@ from rho.analysis.selection_report import run_selection
 from rho.experiment.analyses import selection_rates, selection_sample
 from rho.experiment.prepare import inputs_key, prepare
 from rho.experiment.report import write_report
-from rho.experiment.settings import MULTI_SEED_ARMS, ExperimentConfig
+from rho.experiment.settings import ExperimentConfig
 from rho.experiment.stages import Stages, stage_key
 from rho.experiment.training_run import train_run
 from rho.files import check_replaceable, mark_output, output_lock, write_json_atomic
@@ -153,7 +153,7 @@ def _run(cfg: ExperimentConfig, out: Path, title: str) -> dict:
 
     runs: dict[str, list[dict]] = {}
     for arm in arms:
-        seeds = cfg.seeds if arm in MULTI_SEED_ARMS else cfg.seeds[:1]
+        seeds = cfg.seeds_of(arm)
         if arm == "reference":
             runs[arm] = [{**reference, "seed": cfg.seeds[0]}]
             continue

@@ -22,7 +22,6 @@ from rho.select import check_ratio
 CORE_ARMS = ("clm", "slm", "slm-random", "clm-mix", "reference")
 SAMPLE_ARMS = ("pruned-clm", "pruned-slm", "rholoss", "rholoss+token")
 ARMS = CORE_ARMS + SAMPLE_ARMS
-MULTI_SEED_ARMS = ("clm", "slm")  # run over every seed; the others over the first seed
 
 
 @dataclass
@@ -71,7 +70,10 @@ class ExperimentConfig:
     )
     seeds: list[int] = field(
         default_factory=lambda: [0, 1, 2],
-        metadata={"help": "seeds (data order) for clm and slm; other arms use the first"},
+        metadata={"help": "seeds (data order) of the --seeded_arms; other arms use the first"},
+    )
+    seeded_arms: str = field(
+        default="clm,slm", metadata={"help": "arms run over every seed (comma list)"}
     )
     train_tokens: int = field(default=0, metadata={"help": "per-arm budget (0: one pass)"})
     ref_epochs: float = field(default=2.0, metadata={"help": "reference: epochs on curated"})
@@ -114,6 +116,11 @@ class ExperimentConfig:
             raise UserError(f"unknown arm {unknown[0]!r}; choose from {', '.join(ARMS)} or all")
         return tuple(a for a in ARMS if a in names or a == "clm")  # clm is the baseline
 
+    def seeds_of(self, arm: str) -> list[int]:
+        """Every seed for a seeded arm (the reference is one model: the first seed only)."""
+        seeded = {a.strip() for a in self.seeded_arms.split(",")} - {"reference"}
+        return list(self.seeds) if arm in seeded else list(self.seeds[:1])
+
     def heldout_sets(self) -> dict[str, list[str]]:
         """NAME -> files, in the order given (the first is the target axis)."""
         sets: dict[str, list[str]] = {}
@@ -147,6 +154,9 @@ class ExperimentConfig:
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise UserError("--seeds must be distinct integers")
         self.arm_list  # noqa: B018 (validates)
+        unknown = {a.strip() for a in self.seeded_arms.split(",") if a.strip()} - set(ARMS)
+        if unknown:
+            raise UserError(f"--seeded_arms: unknown arm {sorted(unknown)[0]!r}")
         if self.from_scratch and self.base not in PRESETS:
             raise UserError(f"--from_scratch needs a preset --base ({', '.join(PRESETS)})")
 
