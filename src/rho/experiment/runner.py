@@ -226,7 +226,8 @@ def schedule_key(cfg: ExperimentConfig) -> dict:
         "candidate_factor",
         "prune_keep",
     )
-    return {k: getattr(cfg, k) for k in names}
+    # "sample": how validation windows are chosen (a code change there must redo the runs)
+    return {"sample": "spread", **{k: getattr(cfg, k) for k in names}}
 
 
 def prune_windows(cfg, corpus: TokenStore, losses: str, directory: Path) -> dict:

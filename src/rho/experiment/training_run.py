@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import Subset
 from tqdm.auto import tqdm
@@ -88,6 +89,15 @@ def training_arguments(
     )
 
 
+def validation_sample(store: str, seq_len: int, windows: int) -> Subset:
+    """A fixed sample of ``windows`` windows spread evenly over a validation store (the first
+    windows alone would be a few documents, not the set)."""
+    dataset = WindowDataset(TokenStore(store), seq_len)
+    n = len(dataset)
+    picked = np.unique(np.linspace(0, n - 1, min(windows, n)).round().astype(int))
+    return Subset(dataset, picked.tolist())
+
+
 def train_run(
     directory: Path,
     cfg: ExperimentConfig,
@@ -119,9 +129,8 @@ def train_run(
     args = training_arguments(run, cfg, steps, seed, lr, save_checkpoints)
     trainer = build_trainer(data, selection, args)
     trainer.eval_dataset = {
-        axis: Subset(ds, range(min(cfg.eval_windows, len(ds))))
+        axis: validation_sample(stores[f"{axis}-validation"], cfg.seq_len, cfg.eval_windows)
         for axis in axes
-        for ds in [WindowDataset(TokenStore(stores[f"{axis}-validation"]), cfg.seq_len)]
     }
     trainer.remove_callback(PrinterCallback)  # raw log dicts go to metrics.jsonl, not the console
     trainer.add_callback(ConsoleLines(label, axes, steps))
