@@ -191,3 +191,26 @@ def test_config_and_flags(tmp_path, data):
     with pytest.raises(UserError, match="needs --base_data"):
         ExperimentConfig(curated=[data["curated"]], corpus=[data["corpus"]],
                          heldout=[f"t={data['target']}"]).check_inputs()  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_model_directory_as_base(tmp_path, data):
+    """`base: DIR` (any saved AutoModelForCausalLM with its tokenizer): no base pretraining,
+    the model's own tokenizer, every arm and the reference continue from it."""
+    from rho.models import build_model
+    from rho.tokenize import tokenize_corpus
+
+    store = tokenize_corpus([data["base"]], tmp_path / "tok", train_vocab=400, progress=False)
+    base = tmp_path / "base-model"
+    build_model("tiny", store.vocab_size, seed=3, max_positions=64).save_pretrained(base)
+    store.tokenizer().save_pretrained(base)
+    out = tmp_path / "run"
+    config = write_config(tmp_path / "c.yaml", data, out, base=str(base), base_data=[],
+                          arms="clm,slm", seeds=[0], analyze=False)  # fmt: skip
+    run = rho("experiment", "--config", config, cache=tmp_path / "cache")
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["data"]["tokens"].get("base") is None  # nothing pretrained here
+    assert not (tmp_path / "cache").exists()
+    start = {a: r[0]["curve"]["target"][0] for a, r in results["runs"].items()}
+    assert start["clm"] == start["slm"]  # both start from the given model
