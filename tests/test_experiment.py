@@ -214,3 +214,18 @@ def test_a_model_directory_as_base(tmp_path, data):
     assert not (tmp_path / "cache").exists()
     start = {a: r[0]["curve"]["target"][0] for a, r in results["runs"].items()}
     assert start["clm"] == start["slm"]  # both start from the given model
+
+
+@pytest.mark.slow
+def test_from_scratch(tmp_path, data):
+    """`from_scratch: true`: no base; the reference and every arm start from a fresh preset
+    (the arms of one seed from the same initialisation)."""
+    out = tmp_path / "run"
+    config = write_config(tmp_path / "c.yaml", data, out, from_scratch=True, base_data=[],
+                          arms="clm,slm", seeds=[0], analyze=False)  # fmt: skip
+    run = rho("experiment", "--config", config, cache=tmp_path / "cache")
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    start = {a: r[0]["curve"]["target"][0] for a, r in results["runs"].items()}
+    assert start["clm"] == start["slm"] and not (tmp_path / "cache").exists()
+    assert "from scratch" in (out / "report.md").read_text()

@@ -171,7 +171,8 @@ def summary_text(results: dict, out: Path, losses: dict, won: dict) -> str:
     lines = ["=" * 72, f"test loss ({', '.join(axes)}), mean ± std over seeds:"]
     for arm, per_axis in losses.items():
         cells = "   ".join(
-            f"{axis} {s['mean']:.4f} ± {s['std']:.4f}" for axis, s in per_axis.items()
+            f"{axis} {s['mean']:.4f}" + (f" ± {s['std']:.4f}" if s["n"] > 1 else " (1 seed)")
+            for axis, s in per_axis.items()
         )
         lines.append(f"  {arm:<14} {cells}")
     for axis, rank in (won.get("loss") or {}).items():
