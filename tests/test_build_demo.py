@@ -12,8 +12,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_corpora import _without_noise, sources  # noqa: F401 (a fixture)
 
-from rho.corpora import DEMO_DIR, SPLITS
+from rho.corpora import SPLITS
 
 TOOLS_DIR = Path(__file__).resolve().parents[1] / "tools"
 BUILDER_DIR = TOOLS_DIR / "build_demo"
@@ -25,21 +26,6 @@ tool_build = importlib.import_module("build_demo.build")
 tool_gather = importlib.import_module("build_demo.gather")
 tool_noise = importlib.import_module("build_demo.noise")
 tool_sources = importlib.import_module("build_demo.sources")
-
-
-@pytest.fixture(scope="module")
-def sources() -> dict:
-    return json.loads((DEMO_DIR / "SOURCES.json").read_text(encoding="utf-8"))
-
-
-def _without_noise(rec: dict) -> str:
-    """The document's text with its noise spans cut out, whitespace collapsed."""
-    text, parts, last = rec["text"], [], 0
-    for start, end in rec["noise_spans"]:
-        parts.append(text[last:start])
-        last = end
-    parts.append(text[last:])
-    return " ".join("".join(parts).split())
 
 
 def test_builder_imports_nothing_from_rho():

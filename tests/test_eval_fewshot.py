@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from test_eval_heldout import make_checkpoint, make_store, write_jsonl
+from test_eval_heldout import checkpoint, model, store, write_jsonl  # noqa: F401 (fixtures used below)
 
 from rho.errors import UserError
 from rho.eval.answers import answers_match, extract_answer, parse_number
@@ -25,23 +25,6 @@ from rho.eval.fewshot import (
     load_task,
 )
 from rho.models import build_model
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    return make_store(tmp_path_factory.mktemp("eval-corpus"))
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, store) -> Path:
-    return make_checkpoint(tmp_path_factory.mktemp("eval-ckpt") / "run", store)
-
-
-@pytest.fixture(scope="module")
-def model(checkpoint):
-    from rho.models import load_model
-
-    return load_model(checkpoint).eval()
 
 
 def make_task(tmp_path: Path, n: int = 7) -> Path:
