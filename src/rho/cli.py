@@ -34,6 +34,11 @@ SUBCOMMANDS = {
 }
 
 
+def pick(args, *names: str) -> dict:
+    """Some parsed options as keyword arguments (argparse dests named like the parameters)."""
+    return {name: getattr(args, name) for name in names}
+
+
 def usage() -> str:
     width = max(map(len, SUBCOMMANDS))
     lines = ["usage: rho <subcommand> [options]   (rho <subcommand> --help for its options)", ""]

@@ -202,15 +202,5 @@ def cli(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     hf_logging.disable_progress_bar()  # the weight-loading bar: our own bar and summary suffice
     with dist.process_group_closed():
-        score_store(
-            args.model,
-            args.tokens,
-            args.out,
-            args.seq_len,
-            batch_size=args.batch_size,
-            dtype=args.dtype,
-            device=args.device,
-            overwrite=args.overwrite,
-            trust_remote_code=args.trust_remote_code,
-        )
+        score_store(**vars(args))  # the options are named like score_store's parameters
     return 0

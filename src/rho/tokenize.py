@@ -331,10 +331,17 @@ def cli(argv: list[str]) -> int:
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--tokenizer", help="HF tokenizer directory or hub name")
     group.add_argument(
-        "--train-tokenizer", type=int, metavar="VOCAB", help="train a byte-level BPE of this size"
+        "--train-tokenizer",
+        dest="train_vocab",
+        type=int,
+        metavar="VOCAB",
+        help="train a byte-level BPE of this size",
     )
     parser.add_argument(
-        "--domain", action="append", help="domain label: once for all inputs, or once per input"
+        "--domain",
+        dest="domains",
+        action="append",
+        help="domain label: once for all inputs, or once per input",
     )
     parser.add_argument("--text-field", default="text", help="jsonl/parquet text field")
     parser.add_argument(
@@ -342,15 +349,6 @@ def cli(argv: list[str]) -> int:
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     args = parser.parse_args(argv)
-    store = tokenize_corpus(
-        args.inputs,
-        args.out,
-        tokenizer=args.tokenizer,
-        train_vocab=args.train_tokenizer,
-        domains=args.domain,
-        text_field=args.text_field,
-        workers=args.workers,
-        overwrite=args.overwrite,
-    )
+    store = tokenize_corpus(**vars(args))  # the options are named like its parameters
     print(describe(store.path))
     return 0

@@ -11,16 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from rho.analysis import common, plots
 from rho.analysis import dynamics as dyn
-from rho.analysis import plots
-from rho.analysis.common import (
-    add_model_options,
-    check_positive,
-    model_options,
-    print_files,
-    show,
-    token_label,
-)
 from rho.analysis.html import decode_pieces
 from rho.errors import UserError
 from rho.files import save_npy_atomic, write_json_atomic, write_text_atomic
@@ -45,13 +37,13 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--spread", default="std", choices=["std", "range"], help="spread measure")
     parser.add_argument("--examples", type=int, default=4, help="fluctuating tokens per category")
     parser.add_argument("--overwrite", action="store_true", help="re-score existing loss stores")
-    add_model_options(parser)
+    common.add_model_options(parser)
     args = parser.parse_args(argv)
     if len(args.checkpoints) < 2:
         raise UserError("--checkpoints needs at least 2 models to follow losses across")
     if not args.threshold >= 0:
         raise UserError(f"--threshold must be >= 0, got {args.threshold}")
-    check_positive("--batch-size", args.batch_size)
+    common.check_positive("--batch-size", args.batch_size)
     checkpoints = [Path(c) for c in args.checkpoints]
     for c in checkpoints:
         if not c.is_dir():
@@ -65,14 +57,14 @@ def cli(argv: list[str]) -> int:
         threshold=args.threshold,
         spread_kind=args.spread,
         examples=args.examples,
-        **model_options(args),
+        **common.model_options(args),
         overwrite=args.overwrite,
     )
     print(f"rho analyze dynamics: {len(checkpoints)} checkpoints x {tokens.n_tokens:,} tokens")
     print(result["markdown_table"])
     print(f"(L→L/H→H split at mean loss {result['mean']:.3f}; threshold ±{args.threshold})")
     print("files:")
-    print_files(result["files"])
+    common.print_files(result["files"])
     return 0
 
 
@@ -140,7 +132,7 @@ def run_dynamics(
             before = "".join(pieces[: index - lo]).lstrip("\ufffd")
             token, after = pieces[index - lo], "".join(pieces[index - lo + 1 :])
             context = f"{before}⟦{token}⟧{after}"
-            short = token_label(before, token, after)
+            short = common.token_label(before, token, after)
             chosen.append(
                 {
                     "position": int(index),
@@ -205,7 +197,7 @@ def run_dynamics(
         "|---|---:|---|---|",
     ]
     for c in chosen:
-        context = show(c["context"]).replace("|", "\\|").replace("`", "'")
+        context = common.show(c["context"]).replace("|", "\\|").replace("`", "'")
         trail = " → ".join(f"{v:.2f}" for v in c["losses"])
         md.append(f"| {c['category']} | {c['position']} | `{context}` | {trail} |")
     md += [

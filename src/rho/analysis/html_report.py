@@ -11,17 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
+from rho.analysis import common
 from rho.analysis import html as page
 from rho.analysis import selection as sel
-from rho.analysis.common import (
-    add_model_options,
-    check_positive,
-    device_from,
-    domains_at,
-    load_checked_model,
-    model_options,
-    print_files,
-)
+from rho.cli import pick
 from rho.files import check_output_file, write_text_atomic
 from rho.select import check_ratio
 from rho.store import LossStore, TokenStore
@@ -47,29 +40,23 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--seq-len", type=int, default=None, help="(default: the LossStore's)")
     parser.add_argument("--title", default=None, help="page title")
     parser.add_argument("--overwrite", action="store_true", help="replace a file rho did not write")
-    add_model_options(parser)
+    common.add_model_options(parser)
     args = parser.parse_args(argv)
     check_ratio(args.ratio, "--ratio")
-    check_positive("--passages", args.passages)
-    check_positive("--passage-tokens", args.passage_tokens)
-    check_positive("--batch-size", args.batch_size)
+    common.check_positive("--passages", args.passages)
+    common.check_positive("--passage-tokens", args.passage_tokens)
+    common.check_positive("--batch-size", args.batch_size)
+    shown = ("model", "ratio", "score", "passages", "passage_tokens", "seq_len", "title")
     result = run_html(
         args.tokens,
         args.losses,
         Path(args.out),
-        model=args.model,
-        ratio=args.ratio,
-        score=args.score,
-        passages=args.passages,
-        passage_tokens=args.passage_tokens,
-        seq_len=args.seq_len,
-        title=args.title,
-        **model_options(args),
-        overwrite=args.overwrite,
+        **pick(args, *shown, "overwrite"),
+        **common.model_options(args),
     )
     print(f"rho analyze html: {result['summary']}")
     print("files:")
-    print_files(result["files"])
+    common.print_files(result["files"])
     return 0
 
 
@@ -109,7 +96,7 @@ def run_html(
 
     n_full = tokens.n_tokens // seq_len
     if n_full:
-        window_domains = domains_at(tokens, np.arange(n_full) * seq_len)
+        window_domains = common.domains_at(tokens, np.arange(n_full) * seq_len)
         indices = page.pick_windows(n_full, passages, window_domains)
         ids = window_ids(tokens.tokens, seq_len, indices)
     else:  # a store shorter than one window: show what there is
@@ -119,7 +106,9 @@ def run_html(
     ref = np.stack([ref_store.window(int(i))[:length] for i in indices])
     learner = None
     if model is not None:
-        net = load_checked_model(Path(model), tokens.vocab_size, dtype, device_from(device), length)
+        net = common.load_checked_model(
+            Path(model), tokens.vocab_size, dtype, common.device_from(device), length
+        )
         learner = losses_of_windows(net, ids, batch_size, net.device)
         del net
     valid = sel.valid_positions(ref, *([learner] if learner is not None else []))
@@ -143,7 +132,7 @@ def run_html(
             first, last = i * seq_len, min(i * seq_len + show, tokens.n_tokens) - 1
             d_first, d_last = np.searchsorted(tokens.doc_offsets, [first, last], "right") - 1
             starts = np.maximum(tokens.doc_offsets[d_first : d_last + 1], first)
-            passage_domains.append(", ".join(dict.fromkeys(domains_at(tokens, starts))))
+            passage_domains.append(", ".join(dict.fromkeys(common.domains_at(tokens, starts))))
     tokenizer = tokens.tokenizer()
     passages_ = page.passages_from_arrays(
         tokenizer,

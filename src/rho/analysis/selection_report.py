@@ -13,17 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from rho.analysis import plots
+from rho.analysis import common, plots
 from rho.analysis import selection as sel
-from rho.analysis.common import (
-    add_model_options,
-    check_positive,
-    device_from,
-    full_window_indices,
-    losses_per_checkpoint,
-    model_options,
-    print_files,
-)
+from rho.cli import pick
 from rho.errors import UserError
 from rho.files import read_json, write_json_atomic, write_text_atomic
 from rho.runs import OPTIONS_FILE, read_metrics, run_checkpoints, run_options
@@ -70,24 +62,21 @@ def cli(argv: list[str]) -> int:
         help="slm: CLM is measured on the tokens the SLM checkpoint of the same step selects; "
         "self: on the tokens SLM's rule would select with the CLM model as learner",
     )
-    add_model_options(parser)
+    common.add_model_options(parser)
     args = parser.parse_args(argv)
-    check_positive("--windows", args.windows)
-    check_positive("--batch-size", args.batch_size)
+    common.check_positive("--windows", args.windows)
+    common.check_positive("--batch-size", args.batch_size)
     result = run_selection(
         [Path(r) for r in args.runs],
         args.tokens,
         args.losses,
         Path(args.out),
-        windows=args.windows,
-        ratio=args.ratio,
-        select_batch=args.select_batch,
-        select_with=args.select_with,
-        **model_options(args),
+        **pick(args, "windows", "ratio", "select_batch", "select_with"),
+        **common.model_options(args),
     )
     print(f"rho analyze selection: {result['summary']}")
     print("files:")
-    print_files(result["files"])
+    common.print_files(result["files"])
     return 0
 
 
@@ -135,16 +124,16 @@ def run_selection(
     if select_batch is None:
         state = slm_ckpts[-1][1] / "trainer_state.json"
         select_batch = int(read_json(state).get("train_batch_size", 8)) if state.exists() else 8
-    check_positive("--select-batch", select_batch)
-    device = device_from(device)
-    indices = full_window_indices(tokens.n_tokens, seq_len, windows)
+    common.check_positive("--select-batch", select_batch)
+    device = common.device_from(device)
+    indices = common.full_window_indices(tokens.n_tokens, seq_len, windows)
     ids = window_ids(tokens.tokens, seq_len, indices)
     ref = np.stack([ref_store.window(int(i)) for i in indices])
     t0 = time.perf_counter()
-    slm_loss = losses_per_checkpoint(
+    slm_loss = common.losses_per_checkpoint(
         [p for _, p in slm_ckpts], ids, tokens.vocab_size, batch_size, dtype, device
     )
-    clm_loss = losses_per_checkpoint(
+    clm_loss = common.losses_per_checkpoint(
         [p for _, p in clm_ckpts], ids, tokens.vocab_size, batch_size, dtype, device
     )
     seconds = time.perf_counter() - t0

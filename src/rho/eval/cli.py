@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from rho.cli import pick
 from rho.errors import UserError
 from rho.eval.fewshot import evaluate_task, load_task, load_tokenizer, read_task_file
 from rho.eval.heldout import check_same_tokenizer, evaluate_store, prepare_model
@@ -127,18 +128,13 @@ def _harness(args, out: Path) -> None:
     names = [t.strip() for t in args.lm_eval_tasks.split(",") if t.strip()]
     if not names:
         raise UserError("--lm-eval-tasks is empty")
+    options = ("limit", "num_fewshot", "batch_size", "device", "dtype", "tokenizer")
     results = run_lm_eval(
         args.model,
         names,
         include_path=args.lm_eval_include,
-        limit=args.limit,
-        num_fewshot=args.num_fewshot,
-        batch_size=args.batch_size,
-        device=args.device,
-        dtype=args.dtype,
-        tokenizer=args.tokenizer,
-        trust_remote_code=args.trust_remote_code,
         include_defaults=not args.lm_eval_local_only,
+        **pick(args, *options, "trust_remote_code"),
     )
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / LM_EVAL_FILE, results)

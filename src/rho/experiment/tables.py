@@ -52,6 +52,17 @@ def _break_even(n: int | None, is_baseline: bool) -> str:
     return "—" if is_baseline else ("never" if n is None else str(n))
 
 
+def _total_cells(total: dict | None, spec: str, ratio, n_amortise: int, baseline: bool) -> list:
+    """One-off total (with its ratio), the amortised ratios and the break-even of a cost."""
+    if total is None:
+        return ["n/a"] * (2 + n_amortise)
+    return [
+        _pm(total["one_off"], spec) + ratio(total["ratio_one_off"]),
+        *[_pm(a["ratio"], ".3g", "×") for a in total["amortised"]],
+        _break_even(total["break_even"], baseline),
+    ]
+
+
 def compute_markdown(compute_table: dict) -> str:
     """Two tables, FLOPs and wall time: per arm the cost to reach the baseline's final validation
     loss (mean ± std over seeds, × the baseline's whole run), the one-off total with the arm's
@@ -85,12 +96,7 @@ def compute_markdown(compute_table: dict) -> str:
             _pm(row["flops_train"], ".3g") + ratio(row["ratio"]["flops_train"]),
             _num(row["overhead"]["flops"], ".3g"),
         ]
-        if t is None:
-            cells += ["n/a"] * (2 + len(runs_n))
-        else:
-            cells.append(_pm(t["one_off"], ".3g") + ratio(t["ratio_one_off"]))
-            cells += [_pm(a["ratio"], ".3g", "×") for a in t["amortised"]]
-            cells.append(_break_even(t["break_even"], arm == base))
+        cells += _total_cells(t, ".3g", ratio, len(runs_n), arm == base)
         lines.append("| " + " | ".join(cells) + " |")
 
     head = ["arm", "training seconds to reach", "overhead seconds", "one-off total seconds",
@@ -103,12 +109,7 @@ def compute_markdown(compute_table: dict) -> str:
             _pm(row["seconds_train"], ".4g") + ratio(row["ratio"]["seconds_train"]),
             _num(row["overhead"]["seconds"], ".4g"),
         ]
-        if t is None:
-            cells += ["n/a"] * (2 + len(runs_n))
-        else:
-            cells.append(_pm(t["one_off"], ".4g") + ratio(t["ratio_one_off"]))
-            cells += [_pm(a["ratio"], ".3g", "×") for a in t["amortised"]]
-            cells.append(_break_even(t["break_even"], arm == base))
+        cells += _total_cells(t, ".4g", ratio, len(runs_n), arm == base)
         lines.append("| " + " | ".join(cells) + " |")
 
     overheads = [f"{arm}: {row['overhead']['what']}" for arm, row in compute_table.items()
