@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 
 import torch
+from transformers import AutoModelForCausalLM, LlamaConfig
+from transformers.utils import logging as hf_logging
 
 from rho.errors import UserError
 
@@ -31,7 +33,6 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def preset_config(name: str, vocab_size: int, max_positions: int = 2048):
-    from transformers import LlamaConfig
 
     if name not in PRESETS:
         raise UserError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
@@ -46,7 +47,6 @@ def preset_config(name: str, vocab_size: int, max_positions: int = 2048):
 
 def build_model(name: str, vocab_size: int, seed: int = 0, max_positions: int = 2048):
     """A freshly initialised preset model; the same seed gives the same weights."""
-    from transformers import AutoModelForCausalLM
 
     config = preset_config(name, vocab_size, max_positions)
     with torch.random.fork_rng(devices=[]):
@@ -77,8 +77,6 @@ def load_model(name_or_path: str | Path, dtype: str = "float32", trust_remote_co
     """Any AutoModelForCausalLM from a directory or hub name (safetensors preferred). Pickle
     weights go through torch's weights_only loader (an unsafe pickle raises UnpicklingError,
     which the CLI reports as a refusal); loading them prints a one-line warning."""
-    from transformers import AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
 
     pickled = check_model_source(name_or_path)
     bar = hf_logging.is_progress_bar_enabled()
