@@ -79,7 +79,8 @@ def losses_per_checkpoint(
 
 
 def model_options(args: argparse.Namespace) -> dict:
-    """The options ``add_model_options`` adds, as keyword arguments of the run_* functions."""
+    """The options ``add_model_options`` adds, checked, as keyword arguments of run_*."""
+    check_positive("--batch-size", args.batch_size)
     return {"batch_size": args.batch_size, "dtype": args.dtype, "device": args.device}
 
 
@@ -114,5 +115,7 @@ def token_label(before: str, token: str, after: str) -> str:
 
 
 def print_files(files: list[Path]) -> None:
+    """The closing lines of every analysis: where its outputs are."""
+    print("files:")
     for file in files:
         print(f"  {file}")

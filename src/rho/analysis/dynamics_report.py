@@ -43,7 +43,6 @@ def cli(argv: list[str]) -> int:
         raise UserError("--checkpoints needs at least 2 models to follow losses across")
     if not args.threshold >= 0:
         raise UserError(f"--threshold must be >= 0, got {args.threshold}")
-    common.check_positive("--batch-size", args.batch_size)
     checkpoints = [Path(c) for c in args.checkpoints]
     for c in checkpoints:
         if not c.is_dir():
@@ -63,7 +62,6 @@ def cli(argv: list[str]) -> int:
     print(f"rho analyze dynamics: {len(checkpoints)} checkpoints x {tokens.n_tokens:,} tokens")
     print(result["markdown_table"])
     print(f"(L→L/H→H split at mean loss {result['mean']:.3f}; threshold ±{args.threshold})")
-    print("files:")
     common.print_files(result["files"])
     return 0
 

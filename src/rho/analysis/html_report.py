@@ -45,7 +45,6 @@ def cli(argv: list[str]) -> int:
     check_ratio(args.ratio, "--ratio")
     common.check_positive("--passages", args.passages)
     common.check_positive("--passage-tokens", args.passage_tokens)
-    common.check_positive("--batch-size", args.batch_size)
     shown = ("model", "ratio", "score", "passages", "passage_tokens", "seq_len", "title")
     result = run_html(
         args.tokens,
@@ -55,7 +54,6 @@ def cli(argv: list[str]) -> int:
         **common.model_options(args),
     )
     print(f"rho analyze html: {result['summary']}")
-    print("files:")
     common.print_files(result["files"])
     return 0
 

@@ -65,7 +65,6 @@ def cli(argv: list[str]) -> int:
     common.add_model_options(parser)
     args = parser.parse_args(argv)
     common.check_positive("--windows", args.windows)
-    common.check_positive("--batch-size", args.batch_size)
     result = run_selection(
         [Path(r) for r in args.runs],
         args.tokens,
@@ -75,7 +74,6 @@ def cli(argv: list[str]) -> int:
         **common.model_options(args),
     )
     print(f"rho analyze selection: {result['summary']}")
-    print("files:")
     common.print_files(result["files"])
     return 0
 

@@ -20,7 +20,7 @@ from rho.models import PRESETS
 from rho.store import TokenStore
 from rho.tokenize import load_tokenizer, tokenize_corpus
 
-SPLITS = ("validation", "test")
+SPLITS = ("validation", "test")  # of every held-out set, in this order
 
 
 def inputs_key(cfg: ExperimentConfig) -> dict:
@@ -81,7 +81,7 @@ def prepare(cfg: ExperimentConfig, directory: Path) -> dict:
             raise_small(name, len(texts), len(kept))
         split_files[name] = {
             split: str(write_docs(directory / "heldout" / f"{name}-{split}.jsonl", docs))
-            for split, docs in (("validation", validation), ("test", test))
+            for split, docs in zip(SPLITS, (validation, test), strict=True)
         }
 
     stores = directory / "stores"

@@ -26,7 +26,7 @@ from rho.experiment.settings import ExperimentConfig
 from rho.experiment.stages import Stages, stage_key
 from rho.experiment.training_run import train_run
 from rho.files import check_replaceable, mark_output, output_lock, write_json_atomic
-from rho.models import PRESETS, count_parameters, load_model
+from rho.models import PRESETS
 from rho.options import SelectionArguments
 from rho.prune import prune_store
 from rho.runs import run_checkpoints
@@ -250,8 +250,7 @@ def overheads(cfg, arms, reference: dict, stages: Stages, corpus_tokens: int) ->
     """One-off costs before an arm's training that later runs can reuse: the reference's
     training and the scoring of the corpus (2·N_ref per token) for arms that use reference
     losses; the pruning for pruned arms. The base is shared by every arm and left out."""
-    n_ref = count_parameters(load_model(reference["run"]))
-    flops = reference["flops_train"] + 2 * n_ref * corpus_tokens
+    flops = reference["flops_train"] + 2 * reference["n_params"] * corpus_tokens
     seconds = reference["seconds_train"] + stages.seconds.get("score", 0.0)
     out = {}
     for arm in arms:

@@ -77,7 +77,6 @@ def cli(argv: list[str]) -> int:
     best = result["summary"]["best_ratio"]
     if best is not None:
         print(f"best ratio {best:g} (held-out loss {result['summary']['best_eval_loss']:.4f})")
-    print("files:")
     print_files(result["files"])
     return 0
 

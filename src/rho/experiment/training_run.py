@@ -16,14 +16,13 @@ from transformers import PrinterCallback, TrainerCallback, TrainingArguments
 
 from rho.data import WindowDataset
 from rho.eval.heldout import evaluate_store
+from rho.experiment.prepare import SPLITS
 from rho.experiment.settings import ExperimentConfig
-from rho.models import PRESETS
+from rho.models import PRESETS, count_parameters
 from rho.options import ModelDataArguments, SelectionArguments
 from rho.runs import eval_records
 from rho.store import TokenStore
 from rho.training import build_trainer
-
-SPLITS = ("validation", "test")
 
 
 class ConsoleLines(TrainerCallback):
@@ -137,7 +136,7 @@ def train_run(
     trainer.evaluate()  # the starting point of every curve
     trainer.train()
     trainer.save_model()
-    compute = trainer.compute_logs()
+    compute, n_params = trainer.compute_logs(), count_parameters(trainer.model)
     tokens_seen = int(trainer.state.num_input_tokens_seen)
     del trainer
     final = {
@@ -158,6 +157,7 @@ def train_run(
         + compute["flops_candidates"]
         + compute["flops_ref_online"],
         "seconds_train": compute["train_seconds"],
+        "n_params": n_params,
     }
 
 
