@@ -47,11 +47,14 @@ def usage() -> str:
 
 
 def unsafe_pickle_message(err: pickle.UnpicklingError) -> str:
-    """One line for a pickle that torch's weights_only loader refused: the reason only (its
-    message also suggests weights_only=False, which would run the file's code)."""
+    """One line for a pickle that torch's weights_only loader refused. Only what the file asked
+    for is named: torch's messages (they vary with the payload) also suggest loading it with
+    weights_only=False or allowlisting its globals, which would run the file's code, so none of
+    their text is repeated."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))  # no terminal colour codes
-    reason = text.split("WeightsUnpickler error:", 1)[-1].split(". Please", 1)[0]
-    return f"refused to load unsafe pickled data (loading it could run code): {one_line(reason)}"
+    found = re.search(r"GLOBAL\s+([\w.]+)", text)
+    reason = f"it calls {found.group(1)}" if found else "it holds more than tensors"
+    return f"refused to load unsafe pickled data (loading it could run code): {reason}"
 
 
 def main(argv: list[str] | None = None) -> int:

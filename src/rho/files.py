@@ -101,29 +101,25 @@ def save_npy_atomic(path: str | Path, array: np.ndarray) -> Path:
 
 
 def read_json(path: str | Path) -> dict:
-    """A JSON object from a file; a missing or damaged file is a one-line UserError."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path} is missing") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UserError(f"{path} is unreadable or corrupted: {one_line(err)}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path} is corrupted: not a JSON object")
-    return data
+    """A JSON object from a file; a missing, oversized or damaged file (deep nesting, huge
+    integers, lone surrogates included) is a one-line UserError (rho.schema's bounded reader)."""
+    from rho.schema import read_json_file
+
+    return read_json_file(path)
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
     """The JSON objects of a .jsonl file (missing file: none); unreadable lines are skipped."""
+    from rho.schema import parse_json
+
     path = Path(path)
     if not path.exists():
         return []
     records = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(errors="replace").splitlines():
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
+            record = parse_json(line, str(path))
+        except UserError:
             continue
         if isinstance(record, dict):
             records.append(record)
@@ -217,6 +213,51 @@ def check_replaceable(
         raise UserError(f"{what} {path} is {said}, not a {kind}: rho will not replace it")
 
 
+def claim_output_dir(
+    path: str | Path, kind: str, inputs: Iterable = (), what: str = "--out"
+) -> bool:
+    """The one check for a directory output filled in place (a run directory, an analysis's
+    output): it must be new, empty, or one rho made as a ``kind`` output (``check_replaceable``),
+    never a directory holding someone else's files. Creates and marks it; returns True when it
+    already held a ``kind`` output (the caller resumes, refuses or clears it)."""
+    path = Path(path)
+    empty = path.is_dir() and not path.is_symlink() and not any(path.iterdir())
+    if not empty:
+        check_replaceable(path, kind, inputs, what)
+    else:
+        check_not_input(path, inputs, what)
+        if path.resolve() in Path.cwd().resolve().parents:
+            raise UserError(f"{what} {path} is a parent of the working directory")
+    existed = path.exists() and not empty
+    path.mkdir(parents=True, exist_ok=True)
+    if not existed:
+        mark_output(path, kind)
+    return existed
+
+
+def clear_output_dir(path: str | Path) -> None:
+    """Empty a directory output rho made (``--overwrite``), keeping its marker."""
+    for child in Path(path).iterdir():
+        if child.name != MARKER:
+            remove_path(child)
+
+
+def fsync_path(path: str | Path) -> None:
+    """A file's bytes, or a directory's entries (a rename into it), reach the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(path: str | Path) -> None:
+    """Every file under ``path`` (and the directories holding them) reaches the disk."""
+    path = Path(path)
+    for item in [*sorted(p for p in path.rglob("*") if not p.is_symlink()), path]:
+        fsync_path(item)
+
+
 def clean_stale_scratch(parent: Path, name: str) -> None:
     """Remove ``.NAME.tmp-PID-*`` siblings whose writer process is gone (killed mid-write)."""
     for p in parent.glob(f".{name}.tmp-*"):
@@ -300,16 +341,17 @@ def lock_path(path: str | Path) -> Path:
 
 
 @contextmanager
-def output_lock(path: str | Path) -> Iterator[None]:
+def output_lock(path: str | Path, wait: bool = False) -> Iterator[None]:
     """Hold an exclusive OS lock on the output ``path`` (a sibling ``.NAME.lock`` file) for the
-    block. Another holder: a one-line UserError naming its PID. The kernel drops the lock when
-    the process dies, so a killed writer never blocks the next run."""
+    block. Another holder: a one-line UserError naming its PID, or with ``wait`` (a shared cache
+    entry) block until it is done. The kernel drops the lock when the process dies, so a killed
+    writer never blocks the next run."""
     lock = lock_path(path)
     lock.parent.mkdir(parents=True, exist_ok=True)
     while True:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except OSError as err:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)

@@ -22,6 +22,33 @@ from rho.files import building, hash_arrays, read_json, save_npy_atomic, write_j
 from rho.store import FORMAT_VERSION, LOSS_STORE, TokenStore, load_npy, loss_summary
 
 RESUME_KEYS = ("token_hash", "seq_len", "model_hash", "score_dtype")
+# A reference whose loss is NaN or infinite on more than a tenth of the tokens that should have
+# one (every token but the window starts) is broken (NaN weights, fp16 overflow): refused.
+MIN_FINITE_FRACTION = 0.9
+CHUNK = 1 << 24
+
+
+def finite_fraction(ref_loss: np.ndarray, seq_len: int) -> float:
+    """The share of finite losses among the positions that should have one (not window starts),
+    read in chunks."""
+    finite, expected = 0, 0
+    for start in range(0, len(ref_loss), CHUNK):
+        block = np.isfinite(np.asarray(ref_loss[start : start + CHUNK]))
+        starts = np.arange(-start % seq_len, len(block), seq_len)
+        finite += int(block.sum()) - int(block[starts].sum())
+        expected += len(block) - len(starts)
+    return finite / expected if expected else 1.0
+
+
+def check_mostly_finite(ref_loss: np.ndarray, seq_len: int, what: str) -> None:
+    """Refuse reference losses that are mostly NaN (see MIN_FINITE_FRACTION) in one line."""
+    share = finite_fraction(ref_loss, seq_len)
+    if share < MIN_FINITE_FRACTION:
+        raise UserError(
+            f"{what}: only {share:.1%} of the reference losses are finite (rho needs at least "
+            f"{MIN_FINITE_FRACTION:.0%}): the reference model gives NaN or inf (broken weights, "
+            "float16 overflow?)"
+        )
 
 
 def loss_store_meta(tokens: TokenStore, seq_len: int, batch_size: int, **extra) -> dict:
@@ -60,9 +87,9 @@ def create_or_resume(tokens: TokenStore, out: Path, meta: dict, overwrite: bool)
         return old
     meta = {**meta, "run_id": secrets.token_hex(8)}
     with building(out, overwrite, LOSS_STORE) as tmp:
-        losses = np.lib.format.open_memmap(
-            tmp / "ref_loss.npy", mode="w+", dtype=np.float16, shape=(tokens.n_tokens,)
-        )
+        from rho.store import allocate_npy  # disk reserved up front: a full disk is one line
+
+        losses = allocate_npy(tmp / "ref_loss.npy", tokens.n_tokens, np.float16)
         losses[:] = np.nan
         losses.flush()
         del losses
@@ -126,6 +153,7 @@ def finish(out: Path, meta: dict, n_tokens: int, n_batches: int) -> dict:
     if not done_batches(out, meta, n_batches).all():
         raise RuntimeError(f"{out}: some batches were not scored; rerun to finish")
     ref_loss = load_npy(out / "ref_loss.npy", n_tokens, ("float16",))
+    check_mostly_finite(ref_loss, meta["seq_len"], str(out))  # not marked complete if not
     meta = {k: v for k, v in meta.items() if k != "run_id"}  # a finished store is run-free
     meta["complete"] = True
     meta.update(mean_loss=loss_summary(ref_loss, meta["seq_len"])["mean"])
@@ -152,4 +180,6 @@ def write_loss_store(path: Path, tokens: TokenStore, ref_loss: np.ndarray, meta:
 
 
 def read_meta(out: Path) -> dict:
-    return read_json(Path(out) / "meta.json")
+    from rho.store import read_loss_meta  # every field type-checked (rho.schema)
+
+    return read_loss_meta(out)

@@ -73,24 +73,40 @@ def check_model_source(name_or_path: str | Path) -> bool:
     return path.is_dir() and not any(path.glob("*.safetensors")) and any(path.glob("*.bin"))
 
 
-def load_model(name_or_path: str | Path, dtype: str = "float32", trust_remote_code: bool = False):
+def load_model(
+    name_or_path: str | Path,
+    dtype: str = "float32",
+    trust_remote_code: bool = False,
+    allow_missing_weights: bool = False,
+):
     """Any AutoModelForCausalLM from a directory or hub name (safetensors preferred). Pickle
     weights go through torch's weights_only loader (an unsafe pickle raises UnpicklingError,
-    which the CLI reports as a refusal); loading them prints a one-line warning."""
+    which the CLI reports as a refusal); loading them prints a one-line warning. Weights the
+    model needs but the files lack (they would stay at random initial values) are refused
+    unless ``allow_missing_weights``."""
+
+    from safetensors import SafetensorError  # truncated or garbage weights: one line
 
     pickled = check_model_source(name_or_path)
     bar = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # the weight-loading bar: one line of output per load
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its load report: rho checks the loading info itself
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            str(name_or_path), dtype=parse_dtype(dtype), trust_remote_code=trust_remote_code
+        model, info = AutoModelForCausalLM.from_pretrained(
+            str(name_or_path),
+            dtype=parse_dtype(dtype),
+            trust_remote_code=trust_remote_code,
+            output_loading_info=True,
         )
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, SafetensorError) as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"cannot load model {str(name_or_path)!r}: {first_line}") from None
     finally:
+        hf_logging.set_verbosity(verbosity)
         if bar:
             hf_logging.enable_progress_bar()
+    check_loaded_weights(name_or_path, info, allow_missing_weights)
     if pickled:
         print(
             f"rho: warning: {name_or_path} holds pickle weights (*.bin), not safetensors: loaded "
@@ -98,6 +114,31 @@ def load_model(name_or_path: str | Path, dtype: str = "float32", trust_remote_co
             file=sys.stderr,
         )
     return model
+
+
+def check_loaded_weights(name_or_path, info: dict, allow_missing: bool) -> None:
+    """Refuse a model whose files lack weights, or hold some of the wrong shape (transformers
+    only reports them and leaves those weights at random values)."""
+    missing = sorted(info.get("missing_keys") or [])
+    mismatched = sorted(str(k[0] if isinstance(k, tuple) else k) for k in
+                        info.get("mismatched_keys") or [])  # fmt: skip
+    if mismatched:
+        raise UserError(
+            f"model {name_or_path}: {len(mismatched)} weights have the wrong shape "
+            f"({', '.join(mismatched[:3])}...): wrong config for these weights?"
+        )
+    if missing and not allow_missing:
+        raise UserError(
+            f"model {name_or_path} lacks {len(missing)} weights ({', '.join(missing[:3])}"
+            f"{', ...' if len(missing) > 3 else ''}): they would be random; pass "
+            "--allow_missing_weights (rho train) or --allow-missing-weights (rho score) if meant"
+        )
+    if missing:
+        print(
+            f"rho: warning: {name_or_path} lacks {len(missing)} weights: left at their initial "
+            "values (--allow-missing-weights)",
+            file=sys.stderr,
+        )
 
 
 def model_vocab_size(model) -> int:

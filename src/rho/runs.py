@@ -5,26 +5,49 @@ and the readers every later stage uses.
       metrics.jsonl        one JSON object per log (training and evaluation), rank 0 only
       rho_options.json     the selection, data and seq_len options of the run
       rho_compute.json     cumulative compute counters (also in each checkpoint, for resume)
-      checkpoint-N/        the Trainer's checkpoints (N = optimizer step)
+      checkpoint-N/        the Trainer's checkpoints (N = optimizer step), each built in a
+                           scratch sibling .checkpoint-N.tmp-PID-* and renamed into place whole
       config.json, *.safetensors, tokenizer files: the final model
+      rho_manifest.json    in each checkpoint and beside the final model, written last: the
+                           step and every file's size. Only a model whose manifest matches its
+                           files is "whole"; readers list nothing else (a kill -9 or a full disk
+                           mid-save leaves no manifest, or a size that differs).
+      .rho-output          the marker naming the directory a run directory (rho.files)
 """
 
 from __future__ import annotations
 
 import json
+import math
+import os
 import re
 from pathlib import Path
 
 from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from rho.errors import UserError
-from rho.files import read_json, read_jsonl, write_json_atomic
+from rho.files import (
+    MARKER,
+    claim_output_dir,
+    clear_output_dir,
+    fsync_path,
+    fsync_tree,
+    read_json,
+    read_jsonl,
+    remove_path,
+    write_json_atomic,
+    write_text_atomic,
+)
 
 METRICS_FILE = "metrics.jsonl"
 OPTIONS_FILE = "rho_options.json"
 COMPUTE_FILE = "rho_compute.json"
 RUN_KIND = "rho.Run"  # output_kind of a run directory (see rho.files.mark_output)
+MANIFEST_FILE = "rho_manifest.json"
 CHECKPOINT_RE = re.compile(r"checkpoint-(\d+)")
+SCRATCH_GLOB = ".checkpoint-*.tmp-*"  # checkpoints being written (rho.trainer)
+TRAINER_STATE_FILE = "trainer_state.json"  # the Trainer's own name for it
 
 
 class MetricsFileCallback(TrainerCallback):
@@ -59,25 +82,223 @@ def checkpoint_step(path: str | Path) -> int | None:
     return int(match.group(1)) if match else None
 
 
+# --- Whole models: the manifest ------------------------------------------------------------------
+
+
+def final_model_files(run_dir: Path) -> list[Path]:
+    """The final model's files in a run directory: its plain top-level files but the log."""
+    skip = {METRICS_FILE, MANIFEST_FILE, MARKER}
+    return [
+        p for p in run_dir.iterdir()
+        if p.is_file() and p.name not in skip and not p.name.startswith(".")
+    ]  # fmt: skip
+
+
+def write_manifest(directory: str | Path, step: int, files: list[Path] | None = None) -> None:
+    """Mark a saved model (a checkpoint; or the final model, given its ``files``) whole: its
+    files reach the disk, then the manifest of their sizes is written, last."""
+    directory = Path(directory)
+    if files is None:
+        fsync_tree(directory)
+        files = [p for p in directory.rglob("*") if p.is_file()]
+    else:
+        for file in files:
+            fsync_tree(file)
+    files = sorted(p for p in files if p.name != MANIFEST_FILE)
+    sizes = {str(p.relative_to(directory)): p.stat().st_size for p in files}
+    write_json_atomic(directory / MANIFEST_FILE, {"step": int(step), "files": sizes})
+
+
+def drop_manifest(directory: str | Path) -> None:
+    """The model in ``directory`` is about to be rewritten: until it is whole, it is not listed."""
+    (Path(directory) / MANIFEST_FILE).unlink(missing_ok=True)
+
+
+def manifest_problem(directory: str | Path) -> str | None:
+    """None when the model in ``directory`` is whole, else why not (in a few words)."""
+    file = Path(directory) / MANIFEST_FILE
+    if not file.is_file():
+        return f"no {MANIFEST_FILE} (its save was cut short, or rho did not write it)"
+    try:
+        manifest = read_json(file)
+        sizes = dict(manifest["files"])
+        int(manifest["step"])
+    except (UserError, KeyError, TypeError, ValueError):
+        return f"{MANIFEST_FILE} is damaged"
+    for name, size in sizes.items():
+        path = Path(directory) / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != size:
+            return f"{name} has {path.stat().st_size} bytes, not the {size} it was saved with"
+    return None
+
+
+def whole_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """(step, path) of the run's whole checkpoint-N directories, in step order."""
+    if not Path(run_dir).is_dir():
+        return []
+    return sorted(
+        (checkpoint_step(p), p)
+        for p in Path(run_dir).iterdir()
+        if p.is_dir() and checkpoint_step(p) is not None and manifest_problem(p) is None
+    )
+
+
+def check_whole_checkpoint(checkpoint: str | Path) -> None:
+    """A checkpoint to resume from must be whole: else a one-line UserError."""
+    path = Path(checkpoint)
+    if not path.is_dir():
+        raise UserError(f"checkpoint {checkpoint} does not exist")
+    problem = manifest_problem(path)
+    if problem:
+        raise UserError(f"checkpoint {checkpoint} is not whole: {problem}; resume from another")
+
+
 def run_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
-    """(step, path) of a run's checkpoint-N directories in step order, plus the final model in the
-    run directory itself when it is newer than the last checkpoint."""
+    """(step, path) of a run's whole checkpoints in step order, plus the final model in the run
+    directory itself when it is whole and newer than the last checkpoint."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"run directory {run_dir} does not exist")
-    found = sorted(
-        (checkpoint_step(p), p)
-        for p in run_dir.iterdir()
-        if p.is_dir() and checkpoint_step(p) is not None and (p / "config.json").exists()
-    )
-    if (run_dir / "config.json").exists():
-        steps = [int(r["step"]) for r in read_metrics(run_dir) if "step" in r]
-        final = max(steps) if steps else (found[-1][0] + 1 if found else 0)
+    found = whole_checkpoints(run_dir)
+    if manifest_problem(run_dir) is None:
+        final = int(read_json(run_dir / MANIFEST_FILE)["step"])
         if not found or final > found[-1][0]:
             found.append((final, run_dir))
     if not found:
-        raise UserError(f"{run_dir} holds no model: no checkpoint-N/ and no config.json")
+        raise UserError(
+            f"{run_dir} holds no whole model: no checkpoint-N/ or final model with a matching "
+            f"{MANIFEST_FILE} (a killed or unfinished run?)"
+        )
     return found
+
+
+def publish_checkpoint(written: Path, final: Path, state, args) -> None:
+    """Rename a checkpoint the Trainer wrote into a scratch directory into place, whole: the best
+    checkpoint's path set right (the Trainer looked for it in the scratch directory), the
+    manifest written last, the old checkpoints rotated. Rank 0 (``args.should_save``) only."""
+    if not written.is_dir():
+        raise RuntimeError(
+            f"transformers did not write the checkpoint into {written}: its "
+            "Trainer._save_checkpoint changed, and rho.trainer must follow it"
+        )
+    run_dir = final.parent
+    best = state.best_global_step
+    if best:
+        best_dir = run_dir / f"{PREFIX_CHECKPOINT_DIR}-{best}"
+        if best == state.global_step or best_dir.exists():
+            state.best_model_checkpoint = str(best_dir)
+            state.save_to_json(str(written / TRAINER_STATE_FILE))
+    write_manifest(written, state.global_step)
+    if final.exists():  # the same step saved again
+        remove_path(final)
+    os.replace(written, final)
+    fsync_path(run_dir)
+    remove_path(written.parent)
+    rotate_checkpoints(
+        output_dir=str(run_dir),
+        save_total_limit=args.save_total_limit,
+        best_model_checkpoint=state.best_model_checkpoint,
+        use_mtime=True,
+    )
+
+
+# --- Starting, resuming or replacing a run directory -------------------------------------------
+
+
+def prepare_run_dir(
+    output_dir: str | Path,
+    resume: str | None,
+    overwrite: bool,
+    inputs: list = (),
+    writer: bool = True,
+) -> str | None:
+    """The run directory `rho train` may write, and the checkpoint it resumes from (None: start
+    afresh). ``output_dir`` must be new, empty or a rho run (never someone else's directory).
+    An existing run is continued only with ``--resume_from_checkpoint`` (``last``: its newest
+    whole checkpoint) and replaced only with ``--overwrite``. On resume the log is cut back to
+    the checkpoint's step and unfinished checkpoints are removed, so nothing of the dead run is
+    read as this one's. Only the ``writer`` (rank 0, holding the lock) checks and changes the
+    directory; the other ranks only resolve ``last``."""
+    path = Path(output_dir)
+    if not writer:
+        if resume == "last":
+            found = whole_checkpoints(path)
+            return str(found[-1][1]) if found else None
+        return resume
+    if overwrite and resume == "last":
+        raise UserError("--overwrite starts afresh: it cannot also resume (drop one of them)")
+    if resume and resume != "last":
+        check_whole_checkpoint(resume)
+    inside = bool(resume) and path.resolve() in Path(resume or ".").resolve().parents
+    if overwrite and inside:
+        raise UserError("--overwrite would delete the checkpoint given to resume from")
+    held = path.is_dir() and any(p.name != MARKER for p in path.iterdir())
+    if resume == "last" and not held:
+        raise UserError(f"--resume_from_checkpoint last: {path} holds no run to continue")
+    claim_output_dir(path, RUN_KIND, inputs, "--output_dir")  # refuses a foreign directory
+    if not held:
+        return resume
+    if overwrite:
+        clear_output_dir(path)
+        return resume
+    checkpoints = whole_checkpoints(path)
+    if resume is None:
+        raise UserError(_occupied(path, checkpoints))
+    if resume == "last":
+        if not checkpoints:
+            raise UserError(f"--resume_from_checkpoint last: {path} holds no whole checkpoint")
+        resume, inside = str(checkpoints[-1][1]), True
+    if not inside:
+        raise UserError(
+            f"--output_dir {path} holds another rho run: resume {resume} into a new directory"
+        )
+    newest = checkpoints[-1][1] if checkpoints else None
+    if newest is None or Path(resume).resolve() != newest.resolve():
+        raise UserError(
+            f"{resume} is not the newest whole checkpoint of {path} "
+            f"({getattr(newest, 'name', None)} is): resume from that, or start afresh with "
+            "--overwrite"
+        )
+    _cut_back(path, checkpoint_step(resume))
+    return resume
+
+
+def _occupied(path: Path, checkpoints: list) -> str:
+    if manifest_problem(path) is None:
+        what = "a finished rho run"
+    else:
+        what = "an unfinished rho run (killed?)"
+    if checkpoints:
+        return (
+            f"--output_dir {path} holds {what}: pass --resume_from_checkpoint last to continue "
+            f"from {checkpoints[-1][1].name}, or --overwrite to replace it"
+        )
+    return f"--output_dir {path} holds {what} with no whole checkpoint: pass --overwrite"
+
+
+def _cut_back(run_dir: Path, step: int) -> None:
+    """Resuming at ``step``: drop what the dead run wrote after it (scratch, unfinished
+    checkpoints, the final model's manifest, later log records)."""
+    for p in run_dir.glob(SCRATCH_GLOB):
+        remove_path(p)
+    for p in run_dir.iterdir():
+        if p.is_dir() and checkpoint_step(p) is not None and manifest_problem(p) is not None:
+            remove_path(p)
+    drop_manifest(run_dir)
+    file = run_dir / METRICS_FILE
+    if file.exists():
+        lines = file.read_text().splitlines()
+        kept = [line for line in lines if _record_step(line) <= step]
+        write_text_atomic(file, "".join(line + "\n" for line in kept))
+
+
+def _record_step(line: str) -> float:
+    try:
+        return float(json.loads(line).get("step", math.inf))
+    except (ValueError, AttributeError, TypeError):
+        return math.inf  # a torn last line of a killed run
 
 
 def run_options(run_dir: str | Path) -> dict:

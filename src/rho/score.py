@@ -59,7 +59,7 @@ def _on_rank0(fn, device: torch.device):
     if dist.is_distributed():
         failed = dist.all_reduce_sum(torch.tensor([float(error is not None)], device=device))
         if failed.item() and error is None:
-            raise UserError("rank 0 could not open the output (its error is printed above)")
+            raise UserError("rank 0 failed (its error is printed above)")
     if error is not None:
         raise error
 
@@ -76,21 +76,26 @@ def score_store(
     overwrite: bool = False,
     progress: bool = True,
     trust_remote_code: bool = False,
+    allow_missing_weights: bool = False,
 ) -> LossStore:
     """Score every token of ``tokens`` with ``model`` (a path, hub name or loaded model) into a
     LossStore at ``out``. Reruns resume; under torchrun the ranks share the batches.
 
     ``dtype``: float32, bfloat16 or float16; default float32 for a path, or the loaded model's
-    own dtype. A loaded model is moved to ``device`` and put in eval mode."""
+    own dtype. A loaded model is moved to ``device`` and put in eval mode. A model directory
+    lacking some weights is refused unless ``allow_missing_weights``."""
     tokens = tokens if isinstance(tokens, TokenStore) else TokenStore(tokens)
     out = Path(out)
     n_windows(tokens.n_tokens, seq_len)  # seq_len >= 2
     if batch_size < 1:
         raise UserError(f"--batch-size must be positive, got {batch_size}")
     check_not_input(out, [tokens.path], "--out")
-    device = torch.device(device) if device is not None else default_device()
+    from rho.options import check_output_path, parse_device  # one line for a bad device or out
+
+    check_output_path(out)
+    device = parse_device(device) if device is not None else default_device()
     dist.init_from_env(device)
-    model, model_name, dtype = _load(model, dtype, trust_remote_code)
+    model, model_name, dtype = _load(model, dtype, trust_remote_code, allow_missing_weights)
     tokens.check_model_vocab(model)
     check_positions(model, seq_len, "--seq-len")
     model.to(device).eval()
@@ -121,23 +126,27 @@ def score_store(
         if not loss_writer.done_batches(out, meta, len(batches)).all():
             raise RuntimeError(f"{out}: some batches were not scored; rerun to finish")
         scored = int(dist.all_reduce_sum(torch.tensor([scored], device=device)).item())
-        if dist.rank() == 0:
-            meta = loss_writer.finish(out, meta, tokens.n_tokens, len(batches))
-            if progress:
-                tok_s = scored / max(seconds, 1e-9)
-                print(ScoreSummary(scored, meta["mean_loss"], seconds, tok_s))
+        finished = {}
+        _on_rank0(
+            lambda: finished.update(loss_writer.finish(out, meta, tokens.n_tokens, len(batches))),
+            device,
+        )  # finish refuses mostly-NaN losses: every rank raises, none waits at the barrier
+        if dist.rank() == 0 and progress:
+            tok_s = scored / max(seconds, 1e-9)
+            print(ScoreSummary(scored, finished["mean_loss"], seconds, tok_s))
         dist.barrier()
     return LossStore(out, tokens, seq_len)
 
 
-def _load(model, dtype: str | None, trust_remote_code: bool):
+def _load(model, dtype: str | None, trust_remote_code: bool, allow_missing_weights: bool):
     """(model, its name, its dtype name): a path or hub name is loaded, a module is cast."""
     if isinstance(model, (str, Path)):
         model_name = str(model)
         if not Path(model).exists() and (Path(model).is_absolute() or model_name.startswith(".")):
             raise UserError(f"model directory {model} does not exist")  # not a hub name either
         dtype = dtype or "float32"
-        return load_model(model, dtype, trust_remote_code), model_name, dtype
+        loaded = load_model(model, dtype, trust_remote_code, allow_missing_weights)
+        return loaded, model_name, dtype
     if dtype is None:
         dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     return model.to(parse_dtype(dtype)), type(model).__name__, dtype
@@ -199,6 +208,11 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: best)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow model code")
+    parser.add_argument(
+        "--allow-missing-weights",
+        action="store_true",
+        help="score with a model whose files lack some weights (left at their initial values)",
+    )
     args = parser.parse_args(argv)
     hf_logging.disable_progress_bar()  # the weight-loading bar: our own bar and summary suffice
     with dist.process_group_closed():

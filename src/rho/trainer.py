@@ -19,15 +19,26 @@ from pathlib import Path
 import numpy as np
 import torch
 from transformers import Trainer, TrainerCallback
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from rho import distributed as dist
 from rho.candidates import choose_windows
 from rho.errors import UserError
+from rho.files import remove_path
 from rho.loss import STAT_KEYS, selective_mean, slm_loss, stats_from_sums, token_losses
 from rho.models import check_not_same_model, count_parameters
 from rho.options import SelectionArguments
-from rho.runs import MetricsFileCallback, read_counters, write_run_files
+from rho.runs import (
+    MetricsFileCallback,
+    check_whole_checkpoint,
+    drop_manifest,
+    final_model_files,
+    publish_checkpoint,
+    read_counters,
+    whole_checkpoints,
+    write_manifest,
+    write_run_files,
+)
 from rho.select import KeepRule, count_kept, n_keep, select_topk, unit_sizes
 from rho.windows import IGNORE, to_model
 
@@ -93,6 +104,8 @@ class SelectiveTrainer(Trainer):
         self._n_ref_params = 0 if ref_model is None else count_parameters(ref_model)
         self._counters = self._zero_counters()
         self._step_started: float | None = None
+        self._save_into: str | None = None  # where the checkpoint being saved is written
+        self._writer_pid: int | None = None
         self.add_callback(MetricsFileCallback())
         self.add_callback(_StepClock(self))
 
@@ -312,16 +325,62 @@ class SelectiveTrainer(Trainer):
         }
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
-        """The Trainer's; the compute counters restart, or continue from the checkpoint's."""
+        """The Trainer's; the compute counters restart, or continue from the checkpoint's. Only
+        a whole checkpoint is resumed (``True``: the newest whole one)."""
         self._counters = self._zero_counters()
         checkpoint = resume_from_checkpoint
         if checkpoint is True:
-            checkpoint = get_last_checkpoint(self.args.output_dir)
+            found = whole_checkpoints(self.args.output_dir)
+            if not found:
+                raise UserError(f"{self.args.output_dir} holds no whole checkpoint to resume")
+            checkpoint = str(found[-1][1])
         if checkpoint:
+            check_whole_checkpoint(checkpoint)
             self._counters.update(read_counters(checkpoint))
-        return super().train(resume_from_checkpoint, *args, **kwargs)
+        return super().train(checkpoint or None, *args, **kwargs)
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """The Trainer's, plus the run files; a final model (not a checkpoint's, which
+        ``_save_checkpoint`` marks) gets its manifest once every file is written."""
+        target = output_dir or self.args.output_dir
+        if self.args.should_save and not _internal_call:
+            drop_manifest(target)  # until the new model is whole, none is listed here
         super().save_model(output_dir, _internal_call)
         if self.args.should_save:
-            write_run_files(output_dir or self.args.output_dir, self.rho_options, self._counters)
+            write_run_files(target, self.rho_options, self._counters)
+            if not _internal_call:
+                write_manifest(target, self.state.global_step, final_model_files(Path(target)))
+
+    # --- whole checkpoints: written in a scratch sibling, renamed into place -------------------
+    # Trainer._save_checkpoint writes into os.path.join(self._get_output_dir(trial),
+    # "checkpoint-N"); rho points that directory at a scratch sibling for the call, then marks the
+    # checkpoint whole (rho.runs.write_manifest) and renames it into place. If transformers stops
+    # going through _get_output_dir, the save raises at once (and tests/test_nothing_lost.py fails).
+
+    def _get_output_dir(self, trial) -> str:
+        return self._save_into or super()._get_output_dir(trial)
+
+    def _scratch_pid(self) -> int:
+        """Rank 0's PID, the same on every rank: the scratch name they all write into, and the
+        process whose death lets a later run remove it."""
+        if self._writer_pid is None:
+            pid = torch.tensor([os.getpid() if dist.rank() == 0 else 0], device=self.args.device)
+            self._writer_pid = int(dist.all_reduce_sum(pid).item())
+        return self._writer_pid
+
+    def _save_checkpoint(self, model, trial) -> None:
+        run_dir = Path(super()._get_output_dir(trial))
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        scratch = run_dir / f".{name}.tmp-{self._scratch_pid()}-save"
+        if self.args.should_save:
+            remove_path(scratch)
+        dist.barrier()
+        self._save_into = str(scratch)
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._save_into = None
+        dist.barrier()  # every rank's files (RNG states) are in
+        if self.args.should_save:
+            publish_checkpoint(scratch / name, run_dir / name, self.state, self.args)
+        dist.barrier()

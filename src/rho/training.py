@@ -4,8 +4,7 @@ and run a SelectiveTrainer (plain CLM, SLM, online RHO-LOSS) into a run director
 from __future__ import annotations
 
 import contextlib
-import os
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from transformers import AutoTokenizer, HfArgumentParser, TrainingArguments
@@ -14,12 +13,27 @@ from rho import distributed as dist
 from rho.data import WindowCollator, WindowDataset
 from rho.errors import UserError
 from rho.files import check_not_input, output_lock
+from rho.loss_writer import check_mostly_finite
 from rho.models import build_model, load_model
 from rho.options import DEFAULT_SEQ_LEN, ModelDataArguments, SelectionArguments
-from rho.runs import METRICS_FILE
+from rho.runs import METRICS_FILE, prepare_run_dir
 from rho.store import LossStore, TokenStore
 from rho.trainer import SelectiveTrainer
 from rho.windows import check_positions
+
+
+@dataclass
+class RunDirArguments:
+    """What `rho train` may do to an existing --output_dir, and to an incomplete model."""
+
+    overwrite: bool = field(
+        default=False,
+        metadata={"help": "replace a run directory rho made (never any other directory)"},
+    )
+    allow_missing_weights: bool = field(
+        default=False,
+        metadata={"help": "train a --model / --ref_model whose files lack some weights"},
+    )
 
 
 def check_same_vocabulary(ref_dir: str, tokenizer) -> None:
@@ -33,15 +47,22 @@ def check_same_vocabulary(ref_dir: str, tokenizer) -> None:
 
 def check_output_dir(data: ModelDataArguments, output_dir: str) -> None:
     """The run directory may not be, hold or sit inside any input store or model."""
-    model = data.model if data.model and Path(data.model).exists() else None
-    inputs = (data.tokens, data.ref_losses, data.eval_tokens, data.ref_model, model)
-    check_not_input(output_dir, inputs, "--output_dir")
+    check_not_input(output_dir, model_inputs(data), "--output_dir")
     if Path(output_dir).is_file():
         raise UserError(f"--output_dir {output_dir} is a file, not a directory")
 
 
+def model_inputs(data: ModelDataArguments) -> list:
+    """Every input of a run the run directory may not overlap."""
+    model = data.model if data.model and Path(data.model).exists() else None
+    return [data.tokens, data.ref_losses, data.eval_tokens, data.ref_model, model]
+
+
 def build_trainer(
-    data: ModelDataArguments, selection: SelectionArguments, args: TrainingArguments
+    data: ModelDataArguments,
+    selection: SelectionArguments,
+    args: TrainingArguments,
+    allow_missing_weights: bool = False,
 ) -> SelectiveTrainer:
     """Open the stores, build or load the models, check they fit together, make the trainer."""
     if (data.model is None) == (data.preset is None):
@@ -51,6 +72,9 @@ def build_trainer(
     batch_size = args.per_device_train_batch_size
     if batch_size < 1:
         raise UserError(f"--per_device_train_batch_size must be positive, got {batch_size}")
+    from rho.options import check_training_arguments  # NaN rates, 0 accumulation steps ...
+
+    check_training_arguments(args)
     check_output_dir(data, args.output_dir)
     tokens = TokenStore(data.tokens)
     losses = LossStore(data.ref_losses) if data.ref_losses else None
@@ -60,6 +84,8 @@ def build_trainer(
             f"--selection {selection.selection} with --score {selection.score} needs "
             "--ref_losses or --ref_model"
         )
+    if losses is not None and selection.needs_reference:
+        check_mostly_finite(losses.ref_loss, losses.seq_len, str(losses.path))
     train_set = WindowDataset(tokens, seq_len, losses if selection.needs_reference else None)
     eval_set = None
     if data.eval_tokens:
@@ -70,7 +96,11 @@ def build_trainer(
 
     tokenizer = tokens.tokenizer()
     if data.model:
-        model = load_model(data.model, trust_remote_code=data.trust_remote_code)
+        model = load_model(
+            data.model,
+            trust_remote_code=data.trust_remote_code,
+            allow_missing_weights=allow_missing_weights,
+        )
     else:
         model = build_model(data.preset, tokens.vocab_size, seed=args.seed, max_positions=seq_len)
     tokens.check_model_vocab(model, "the training model")
@@ -79,7 +109,11 @@ def build_trainer(
     check_positions(model, seq_len, "--seq_len")
     ref_model = None
     if data.ref_model and selection.needs_reference and losses is None:
-        ref_model = load_model(data.ref_model, trust_remote_code=data.trust_remote_code)
+        ref_model = load_model(
+            data.ref_model,
+            trust_remote_code=data.trust_remote_code,
+            allow_missing_weights=allow_missing_weights,
+        )
         tokens.check_model_vocab(ref_model, "the reference model")
         check_same_vocabulary(data.ref_model, tokenizer)
 
@@ -100,15 +134,30 @@ def build_trainer(
 
 
 def run_training(
-    data: ModelDataArguments, selection: SelectionArguments, args: TrainingArguments
+    data: ModelDataArguments,
+    selection: SelectionArguments,
+    args: TrainingArguments,
+    run: RunDirArguments | None = None,
 ) -> SelectiveTrainer:
     """Train, save the final model (with tokenizer and rho options) to output_dir, evaluate if
-    there is a held-out store; return the trainer. Rank 0 holds the run directory's lock."""
+    there is a held-out store; return the trainer. Rank 0 holds the run directory's lock.
+
+    The run directory follows ``rho.runs.prepare_run_dir``: new, or a rho run continued with
+    ``--resume_from_checkpoint`` (a whole checkpoint, or ``last``) or replaced with
+    ``--overwrite``; never someone else's directory."""
+    run = run or RunDirArguments()
     check_output_dir(data, args.output_dir)  # before the lock: no lock file inside an input
-    lock = output_lock(args.output_dir) if dist.rank_from_env() == 0 else contextlib.nullcontext()
-    with lock:
-        trainer = build_trainer(data, selection, args)
-        trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    rank0 = dist.rank_from_env() == 0
+    with output_lock(args.output_dir) if rank0 else contextlib.nullcontext():
+        resume = prepare_run_dir(
+            args.output_dir,
+            args.resume_from_checkpoint,
+            run.overwrite,
+            model_inputs(data),
+            writer=rank0,
+        )
+        trainer = build_trainer(data, selection, args, run.allow_missing_weights)
+        trainer.train(resume_from_checkpoint=resume)
         trainer.save_model()
         if trainer.eval_dataset is not None:
             trainer.evaluate()
@@ -116,16 +165,16 @@ def run_training(
 
 
 def cli(argv: list[str]) -> int:
-    parser = HfArgumentParser((ModelDataArguments, SelectionArguments, TrainingArguments))
+    parser = HfArgumentParser(
+        (ModelDataArguments, SelectionArguments, RunDirArguments, TrainingArguments)
+    )
     parser.prog = "rho train"
     wants_help = "-h" in argv or "--help" in argv
     if not wants_help and not any(a.startswith(("--output_dir", "--output-dir")) for a in argv):
         raise UserError("--output_dir is required (where checkpoints and metrics go)")
-    data, selection, args = parser.parse_args_into_dataclasses(args=argv)
-    if args.resume_from_checkpoint and not os.path.isdir(args.resume_from_checkpoint):
-        raise UserError(f"checkpoint {args.resume_from_checkpoint} does not exist")
+    data, selection, run, args = parser.parse_args_into_dataclasses(args=argv)
     with dist.process_group_closed():
-        trainer = run_training(data, selection, args)
+        trainer = run_training(data, selection, args, run)
         if trainer.is_world_process_zero():
             print(f"rho train: model, tokenizer and {METRICS_FILE} in {args.output_dir}")
     return 0

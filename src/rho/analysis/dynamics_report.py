@@ -15,10 +15,12 @@ from rho.analysis import common, plots
 from rho.analysis import dynamics as dyn
 from rho.analysis.html import decode_pieces
 from rho.errors import UserError
-from rho.files import save_npy_atomic, write_json_atomic, write_text_atomic
+from rho.files import claim_output_dir, save_npy_atomic, write_json_atomic, write_text_atomic
 from rho.runs import checkpoint_step
 from rho.score import score_store
 from rho.store import TokenStore
+
+DYNAMICS_KIND = "rho.AnalyzeDynamics"  # output_kind of its --out (rho.files)
 
 
 def cli(argv: list[str]) -> int:
@@ -81,8 +83,9 @@ def run_dynamics(
     overwrite: bool = False,
     progress: bool = True,
 ) -> dict:
-    """Score, classify, write the files; returns the numbers and the paths."""
-    out.mkdir(parents=True, exist_ok=True)
+    """Score, classify, write the files; returns the numbers and the paths. ``out`` must be new
+    or an earlier dynamics output (its loss stores are reused; ``overwrite`` re-scores them)."""
+    claim_output_dir(out, DYNAMICS_KIND, [tokens.path, *checkpoints])  # never a user's directory
     rows = []
     for i, checkpoint in enumerate(checkpoints):
         store = score_store(

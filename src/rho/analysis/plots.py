@@ -1,15 +1,19 @@
 """Figures for `rho analyze` (matplotlib, Agg; no pyplot, so no global backend is touched).
 
 Each function takes already-computed numbers, draws one figure with a title, labelled axes and
-a legend, writes it as a PNG and returns the path.
+a legend, writes it as a PNG and returns the path. Labels may hold corpus text (tokens in
+context, domain and checkpoint names): every figure is drawn with mathtext and TeX off, so a
+``$``, ``_`` or ``\\frac`` is shown as written, never parsed (``plain_text``).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 
 import numpy as np
+from matplotlib import rc_context
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -18,6 +22,17 @@ from rho.analysis.dynamics import CATEGORIES
 CATEGORY_COLOURS = {"H→L": "#2a9d55", "L→L": "#3a6fc4", "H→H": "#d0402a", "L→H": "#e89a1c"}
 RUN_COLOURS = {"SLM": "#d0402a", "CLM": "#3a6fc4"}
 DPI = 120
+
+
+def plain_text(draw):
+    """Draw (and save) a figure with every text shown literally: no mathtext, no TeX."""
+
+    @functools.wraps(draw)
+    def drawn(*args, **kwargs):
+        with rc_context({"text.parse_math": False, "text.usetex": False}):
+            return draw(*args, **kwargs)
+
+    return drawn
 
 
 def _figure(width: float = 7.5, height: float = 4.5, cols: int = 1, rows: int = 1):
@@ -43,6 +58,7 @@ def _checkpoint_ticks(ax, x: list, labels: list[str] | None) -> None:
         ax.set_xticklabels(labels, rotation=20 if long else 0, ha="right" if long else "center")
 
 
+@plain_text
 def category_curves(
     x: list[float],
     xlabel: str,
@@ -73,6 +89,7 @@ def category_curves(
     return _save(fig, path)
 
 
+@plain_text
 def fluctuating_tokens(
     x: list[float],
     xlabel: str,
@@ -99,6 +116,7 @@ def fluctuating_tokens(
     return _save(fig, path)
 
 
+@plain_text
 def spread_histogram(
     spread_by_category: dict[str, np.ndarray], kind: str, path: str | Path
 ) -> Path:
@@ -129,6 +147,7 @@ def spread_histogram(
     return _save(fig, path)
 
 
+@plain_text
 def selected_vs_unselected(
     series: dict[str, dict[str, tuple[list, list]]], ratio: float, path: str | Path
 ) -> Path:
@@ -164,6 +183,7 @@ def selected_vs_unselected(
     return _save(fig, path)
 
 
+@plain_text
 def selection_heatmap(matrix: np.ndarray, labels: list[str], path: str | Path) -> Path:
     """Figure 8 as a matrix: perplexity of the tokens each checkpoint selects (rows) under every
     checkpoint's model (columns)."""
@@ -193,6 +213,7 @@ def selection_heatmap(matrix: np.ndarray, labels: list[str], path: str | Path) -
     return _save(fig, path)
 
 
+@plain_text
 def selection_lines(
     matrix: np.ndarray, steps: list[int], labels: list[str], path: str | Path
 ) -> Path:
@@ -216,6 +237,7 @@ def selection_lines(
     return _save(fig, path)
 
 
+@plain_text
 def sweep(
     ratios: list[float], losses: list[float], summary: dict, path: str | Path, title_note: str = ""
 ) -> Path:

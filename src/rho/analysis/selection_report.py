@@ -17,11 +17,13 @@ from rho.analysis import common, plots
 from rho.analysis import selection as sel
 from rho.cli import pick
 from rho.errors import UserError
-from rho.files import read_json, write_json_atomic, write_text_atomic
+from rho.files import claim_output_dir, read_json, write_json_atomic, write_text_atomic
 from rho.runs import OPTIONS_FILE, read_metrics, run_checkpoints, run_options
 from rho.select import check_ratio
 from rho.store import LossStore, TokenStore
 from rho.windows import window_ids
+
+SELECTION_KIND = "rho.AnalyzeSelection"  # output_kind of its --out (rho.files)
 
 
 def cli(argv: list[str]) -> int:
@@ -117,6 +119,7 @@ def run_selection(
     ref_store = LossStore(losses_dir)
     seq_len = int(options.get("seq_len") or ref_store.seq_len)
     ref_store.check_matches(tokens, seq_len)
+    claim_output_dir(out, SELECTION_KIND, [*runs, tokens_dir, losses_dir])  # never a user's
 
     slm_ckpts, clm_ckpts = run_checkpoints(slm_dir), run_checkpoints(clm_dir)
     if select_batch is None:
@@ -176,7 +179,6 @@ def run_selection(
     clm_perplexity = sel.perplexity_matrix(clm_loss, slm_selected)
     labels = [str(s) for s in slm_steps]
 
-    out.mkdir(parents=True, exist_ok=True)
     how = (
         "CLM measured on the tokens the SLM checkpoint nearest in step selects"
         if select_with == "slm"

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import gc
 import math
-import shutil
 import time
 from pathlib import Path
 
@@ -19,11 +18,20 @@ from rho.analysis import plots
 from rho.analysis import selection as sel
 from rho.analysis.common import check_positive, print_files
 from rho.errors import UserError
-from rho.files import read_json, write_json_atomic, write_text_atomic
+from rho.files import (
+    check_replaceable,
+    claim_output_dir,
+    read_json,
+    remove_path,
+    write_json_atomic,
+    write_text_atomic,
+)
 from rho.options import ModelDataArguments, SelectionArguments
+from rho.runs import RUN_KIND
 from rho.select import SCORES, check_ratio
 from rho.training import run_training
 
+SWEEP_KIND = "rho.Sweep"  # output_kind of its --out (rho.files)
 RESERVED = ("--output_dir", "--output-dir", "--max_steps", "--max-steps", "--seed")
 
 
@@ -111,7 +119,8 @@ def run_sweep(
     """Train one SLM run per ratio (reusing finished ones unless ``overwrite``), write the
     files; returns the summary, the Markdown table, the paths and the data."""
     ratios = sorted(set(float(r) for r in ratios))
-    out.mkdir(parents=True, exist_ok=True)
+    inputs = [tokens, ref_losses, eval_tokens, model if model and Path(model).exists() else None]
+    claim_output_dir(out, SWEEP_KIND, inputs)  # new or an earlier sweep: never a user's directory
     results = []
     for ratio in ratios:
         run_dir = out / "runs" / f"ratio-{ratio:g}"
@@ -121,8 +130,9 @@ def run_sweep(
             if progress:
                 print(f"ratio {ratio:g}: reusing {result_file}")
             continue
-        if run_dir.exists():  # an unfinished or replaced run: start it afresh
-            shutil.rmtree(run_dir)
+        if run_dir.exists() or run_dir.is_symlink():  # an unfinished or replaced run: afresh
+            check_replaceable(run_dir, RUN_KIND, inputs, "sweep run")
+            remove_path(run_dir)
         defaults = ["--report_to", "none", "--save_strategy", "no"]
         defaults += ["--logging_steps", str(max(1, max_steps // 20))]
         forced = ["--output_dir", str(run_dir), "--max_steps", str(max_steps), "--seed", str(seed)]
