@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import glob
 import gzip
-import json
 import os
 import zlib
 from collections.abc import Iterator
@@ -20,6 +19,9 @@ import pyarrow.parquet as pq
 
 from rho.errors import UserError
 from rho.files import one_line
+from rho.schema import Name, NoiseSpans, parse_json, validate
+
+DomainName = Name | None
 
 
 @dataclass
@@ -43,6 +45,8 @@ def expand_inputs(inputs: list[str], domains: list[str] | None = None) -> list[S
     sources = []
     for i, pattern in enumerate(inputs):
         domain = domains[0] if len(domains) == 1 else (domains[i] if domains else None)
+        check_unicode(domain, "--domain")
+        check_unicode(pattern, "an input path")  # recorded in the store's meta.json
         matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
         if not matches:
             raise UserError(f"no input matches {pattern!r}")
@@ -58,6 +62,20 @@ def expand_inputs(inputs: list[str], domains: list[str] | None = None) -> list[S
     return sources
 
 
+def check_unicode(text: str | None, what: str) -> None:
+    """Text that cannot be written as UTF-8 (lone surrogates: from an escape, or from bytes of a
+    command line that were not UTF-8) is a one-line error, before it reaches a tokenizer or a
+    JSON file."""
+    if text is None:
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise UserError(
+            f"{what} {text[: min(err.start, 40)]!r}... holds a lone surrogate"
+        ) from None
+
+
 def _decode(raw: bytes, path: Path, line: int | None = None) -> str:
     try:
         return raw.decode("utf-8")
@@ -67,11 +85,9 @@ def _decode(raw: bytes, path: Path, line: int | None = None) -> str:
 
 
 def parse_record(raw: bytes, path: Path, number: int, text_field: str) -> tuple[dict, str]:
-    """One jsonl line: its record and text, or a one-line UserError naming ``path:number``."""
-    try:
-        record = json.loads(_decode(raw, path, number))
-    except json.JSONDecodeError as err:
-        raise UserError(f"{path}:{number}: invalid JSON ({err.msg})") from None
+    """One jsonl line: its record and text, or a one-line UserError naming ``path:number``.
+    The bounded parser (rho.schema) refuses deep nesting, huge integers and lone surrogates."""
+    record = parse_json(_decode(raw, path, number), f"{path}:{number}")
     if not isinstance(record, dict) or text_field not in record:
         raise UserError(f"{path}:{number}: no {text_field!r} field")
     text = record[text_field]
@@ -88,16 +104,12 @@ def _read_jsonl(path: Path, text_field: str) -> Iterator[Document]:
                 if not raw.strip():
                     continue
                 record, text = parse_record(raw, path, number, text_field)
-                domain = record.get("domain")
-                if domain is not None and not isinstance(domain, str):
-                    raise UserError(f"{path}:{number}: field 'domain' is not a string")
-                try:
-                    spans = [(int(a), int(b)) for a, b in record.get("noise_spans") or []]
-                except (TypeError, ValueError):
-                    raise UserError(
-                        f"{path}:{number}: 'noise_spans' must be a list of [start, end] pairs"
-                    ) from None
-                yield Document(text, domain, spans)
+                domain = validate(DomainName, record.get("domain"), f"{path}:{number}", "domain")
+                spans = record.get("noise_spans")
+                if spans:  # a list of [start, end] pairs of non-negative integers
+                    why = f"{path}:{number}: 'noise_spans' must be a list of [start, end] pairs"
+                    spans = validate(NoiseSpans, spans, why, "noise_spans")
+                yield Document(text, domain, [(a, b) for a, b in spans or []])
     except (OSError, EOFError, zlib.error) as err:  # also a corrupted or truncated .gz
         raise UserError(f"{path}: cannot read ({one_line(err)})") from None
 

@@ -4,7 +4,11 @@ Their field docs are the `--help`; HfArgumentParser parses them with TrainingArg
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from rho.errors import UserError
 from rho.select import SCOPES, SCORES, check_choice, check_ratio
@@ -106,3 +110,84 @@ class ModelDataArguments:
     def __post_init__(self):
         if self.seq_len is not None and self.seq_len < 2:
             raise UserError(f"--seq_len must be at least 2, got {self.seq_len}")
+
+
+# --- Checks of options every command shares ---------------------------------------------------
+
+# TrainingArguments fields that must be finite and >= 0 (NaN or inf would train on garbage), and
+# those that must be at least 1 (0 would divide by zero inside the Trainer).
+NON_NEGATIVE = ("learning_rate", "weight_decay", "adam_epsilon", "warmup_steps", "eval_delay")
+AT_LEAST_ONE = (
+    "gradient_accumulation_steps",
+    "per_device_train_batch_size",
+    "per_device_eval_batch_size",
+)
+
+
+def check_training_arguments(args) -> None:
+    """The numbers of a ``transformers.TrainingArguments`` that it accepts but cannot train
+    with: a NaN anywhere, a negative or infinite learning rate, zero accumulation steps."""
+    for f in dataclasses.fields(args):
+        value = getattr(args, f.name, None)
+        if isinstance(value, float) and math.isnan(value):
+            raise UserError(f"--{f.name} is nan: give a number")
+    for name in NON_NEGATIVE:
+        value = getattr(args, name, None)
+        if isinstance(value, (int, float)) and not (0 <= value < math.inf):
+            raise UserError(f"--{name} must be a finite number >= 0, got {value}")
+    for name in AT_LEAST_ONE:
+        value = getattr(args, name, None)
+        if isinstance(value, int) and value < 1:
+            raise UserError(f"--{name} must be at least 1, got {value}")
+    for name in ("adam_beta1", "adam_beta2"):
+        value = getattr(args, name, None)
+        if isinstance(value, float) and not 0 <= value < 1:
+            raise UserError(f"--{name} must be in [0, 1), got {value}")
+    epochs, steps = getattr(args, "num_train_epochs", 1), getattr(args, "max_steps", -1)
+    if steps <= 0 and not 0 < epochs < math.inf:
+        raise UserError(f"--num_train_epochs must be a finite number > 0, got {epochs}")
+
+
+def parse_device(name: str | None, flag: str = "--device"):
+    """``--device`` as a torch.device that exists on this machine (None: the best one)."""
+    import torch
+
+    from rho.windows import default_device
+
+    if name is None:
+        return default_device()
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        raise UserError(f"{flag} {name!r} is not a device (cpu, cuda, cuda:1, mps)") from None
+    if device.type == "cpu":
+        return device
+    backend = getattr(torch, device.type, None) if device.type != "mps" else torch.backends.mps
+    available = getattr(backend, "is_available", lambda: False)()
+    if not available:
+        raise UserError(f"{flag} {name}: this machine has no {device.type} device")
+    count = getattr(backend, "device_count", lambda: 1)()
+    if device.index is not None and device.index >= count:
+        raise UserError(f"{flag} {name}: there are only {count} {device.type} devices")
+    return device
+
+
+def check_output_path(path: str | Path, flag: str = "--out") -> None:
+    """Before any work: an output must be creatable where it is asked for. A file where a
+    directory is needed (``--out afile/S``) or a directory rho cannot write in (read-only
+    filesystem, no permission) is a one-line error, not a traceback after the work."""
+    path = Path(path).absolute()
+    parent = path.parent
+    existing = parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{flag} {path}: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(
+            f"{flag} {path}: cannot write in {existing} (read-only filesystem or no permission)"
+        )
+    if path.is_dir() and not os.access(path, os.W_OK | os.X_OK):
+        raise UserError(
+            f"{flag} {path}: cannot write in it (read-only filesystem or no permission)"
+        )

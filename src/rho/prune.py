@@ -24,6 +24,7 @@ import numpy as np
 from rho.errors import UserError
 from rho.files import building, check_not_input, mark_output, output_lock, write_json_atomic
 from rho.loss_writer import loss_store_meta, write_loss_store
+from rho.options import check_output_path
 from rho.score import score_store
 from rho.select import check_ratio, n_keep
 from rho.store import LossStore, TokenStore, window_bounds, write_token_store
@@ -66,8 +67,14 @@ def keep_top(scores: np.ndarray, keep: float) -> np.ndarray:
     check_ratio(keep, "--keep")
     key = np.where(np.isnan(scores), -np.inf, scores)
     order = np.argsort(-key, kind="stable")
+    count = n_keep(keep, len(scores))
+    if count == 0:
+        raise UserError(
+            f"--keep {keep:g} keeps none of the {len(scores):,} units: keep at least "
+            f"{1 / max(1, len(scores)):.3g}"
+        )
     mask = np.zeros(len(scores), dtype=bool)
-    mask[order[: n_keep(keep, len(scores))]] = True
+    mask[order[:count]] = True
     return mask
 
 
@@ -135,6 +142,7 @@ def prune_store(
     out = Path(out)
     inputs = [tokens.path, losses.path, None if base is None else base.path, ref_model]
     check_not_input(out, [p for p in inputs if p and Path(p).exists()])
+    check_output_path(out)
     if (out.exists() or out.is_symlink()) and not overwrite:
         raise UserError(f"{out} already exists (pass --overwrite to replace it)")
     with output_lock(out):

@@ -15,7 +15,9 @@ is renamed into place, so a crash never leaves a half-written store that looks w
 
 from __future__ import annotations
 
+import errno
 import math
+import os
 import shutil
 from pathlib import Path
 
@@ -28,11 +30,11 @@ from rho.files import (
     hash_arrays,
     hash_dir,
     one_line,
-    read_json,
     sha256_file,
     write_json_atomic,
 )
 from rho.models import model_vocab_size
+from rho.schema import LossStoreMeta, Strict, TokenStoreMeta, read_json_file, show, validate
 
 FORMAT_VERSION = 1
 TOKEN_STORE = "rho.TokenStore"
@@ -88,25 +90,58 @@ def load_npy(
     return array
 
 
-def read_store_meta(path: Path, kind: str, keys: tuple[str, ...], counts: tuple[str, ...]) -> dict:
+def read_store_meta(path: Path, kind: str, schema: type[Strict]) -> dict:
     """A store's meta.json, checked: its format is ``kind`` ("rho.TokenStore" ...), its version
-    is ours, it holds ``keys``, and ``counts`` among them are non-negative integers."""
+    is ours, and every field has the type and range of ``schema`` (rho.schema)."""
     name = kind.removeprefix("rho.")
     if not (path / "meta.json").is_file():
         raise UserError(f"{path} is not a {name} directory (no meta.json)")
-    meta = read_json(path / "meta.json")
+    meta = read_json_file(path / "meta.json")
     if meta.get("format") != kind:
         raise UserError(f"{path} is not a {name} (meta.json format is wrong)")
     if meta.get("version") != FORMAT_VERSION:
-        raise UserError(f"{path}: unsupported {name} version {meta.get('version')}")
-    missing = [k for k in keys if k not in meta]
-    if missing:
-        raise UserError(f"{path}/meta.json is corrupted: missing {', '.join(missing)}")
-    for key in counts:
-        value = meta[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise UserError(f"{path}/meta.json is corrupted: {key} is {value!r}, not a count")
+        raise UserError(f"{path}: unsupported {name} version {show(meta.get('version'))}")
+    validate(schema, meta, f"{path}/meta.json is corrupted")
     return meta
+
+
+def read_loss_meta(path: str | Path) -> dict:
+    """A LossStore's meta.json, validated (finished or not)."""
+    return read_store_meta(Path(path), LOSS_STORE, LossStoreMeta)
+
+
+def allocate_npy(path: Path, length: int, dtype) -> np.memmap:
+    """A new 1-D .npy of ``length`` entries, memory-mapped for writing, with its disk space
+    reserved up front: a full disk is a one-line error now, not a SIGBUS when a page of the
+    map is written later (a sparse file's pages get their blocks only then)."""
+    try:
+        array = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=(length,))
+        reserve_disk_space(path)
+    except OSError as err:
+        free = shutil.disk_usage(Path(path).parent).free
+        need = np.dtype(dtype).itemsize * length
+        raise UserError(
+            f"cannot create {path} ({need:,} bytes, {free:,} free on its disk): "
+            f"{err.strerror or err}"
+        ) from None
+    return array
+
+
+def reserve_disk_space(path: Path) -> None:
+    """Give every byte of a file its disk blocks (posix_fallocate); where the filesystem cannot,
+    at least check that the free space suffices."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            os.posix_fallocate(fd, 0, size)
+        except OSError as err:
+            if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                raise
+            if shutil.disk_usage(Path(path).parent).free < size:
+                raise OSError(errno.ENOSPC, "not enough free disk space") from None
+    finally:
+        os.close(fd)
 
 
 def tokenizer_hash(path: Path) -> str:
@@ -125,8 +160,6 @@ def smallest_token_dtype(vocab_size: int) -> np.dtype:
 # --- TokenStore ---------------------------------------------------------------------------------
 
 
-TOKEN_KEYS = ("n_tokens", "n_docs", "vocab_size", "eos_id", "content_hash")
-LOSS_KEYS = ("n_tokens", "seq_len", "token_hash")
 CHUNK = 1 << 22  # entries read at a time by whole-array passes (hashes, statistics)
 
 
@@ -139,13 +172,13 @@ class TokenStore:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.meta = read_store_meta(self.path, TOKEN_STORE, TOKEN_KEYS, TOKEN_KEYS[:4])
+        self.meta = read_store_meta(self.path, TOKEN_STORE, TokenStoreMeta)
         self.tokens = load_npy(self.path / "tokens.npy", self.n_tokens, ("uint16", "uint32"))
         self.doc_offsets = load_npy(self.path / "doc_offsets.npy", self.n_docs + 1, ("int64",))
         if self.doc_offsets[0] != 0 or self.doc_offsets[-1] != self.n_tokens:
             raise UserError(f"{self.path}/doc_offsets.npy does not span the tokens (corrupted)")
         recorded = self.meta.get("max_token_id", 0)  # written by write_token_store: cheap check
-        if not isinstance(recorded, int) or recorded >= self.vocab_size:
+        if recorded >= self.vocab_size:
             raise UserError(
                 f"{self.path}/meta.json is corrupted: max_token_id {recorded!r} is outside the "
                 f"vocabulary of {self.vocab_size}"
@@ -167,7 +200,15 @@ class TokenStore:
     tokenizer_dir = property(lambda self: self.path / "tokenizer")
 
     def tokenizer(self):
-        return AutoTokenizer.from_pretrained(self.tokenizer_dir)
+        """The store's own tokenizer; a missing or damaged one is a one-line UserError."""
+        if not self.tokenizer_dir.is_dir():
+            raise UserError(f"{self.tokenizer_dir} is missing (corrupted store)")
+        try:
+            return AutoTokenizer.from_pretrained(self.tokenizer_dir)
+        except Exception as err:  # noqa: BLE001 (tokenizers raises plain Exception for bad files)
+            raise UserError(
+                f"{self.tokenizer_dir} is unreadable or corrupted: {one_line(err, 120)}"
+            ) from None
 
     @property
     def max_token_id(self) -> int:
@@ -278,15 +319,13 @@ class LossStore:
         self, path: str | Path, tokens: TokenStore | None = None, seq_len: int | None = None
     ):
         self.path = Path(path)
-        self.meta = read_store_meta(self.path, LOSS_STORE, LOSS_KEYS, LOSS_KEYS[:2])
-        if self.meta["seq_len"] < 2:
-            raise UserError(f"{self.path}/meta.json is corrupted: seq_len {self.meta['seq_len']}")
+        self.meta = read_loss_meta(self.path)
         self.ref_loss = load_npy(self.path / "ref_loss.npy", self.meta["n_tokens"], ("float16",))
         if tokens is not None:
             self.check_matches(tokens, seq_len)
 
     seq_len = property(lambda self: int(self.meta["seq_len"]))
-    complete = property(lambda self: bool(self.meta.get("complete")))
+    complete = property(lambda self: self.meta.get("complete") is True)
     token_hash = property(lambda self: self.meta["token_hash"])
 
     def check_matches(self, tokens: TokenStore, seq_len: int | None = None) -> None:

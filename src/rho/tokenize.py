@@ -31,6 +31,7 @@ from rho.files import (
     sha256_file,
 )
 from rho.inspect_store import describe
+from rho.options import check_output_path
 from rho.store import TOKEN_STORE, TokenStore, smallest_token_dtype, write_token_store
 
 EOS_TOKEN = "<|endoftext|>"
@@ -83,7 +84,7 @@ def load_tokenizer(name_or_dir: str | Path):
         raise UserError(f"tokenizer directory {name} does not exist")
     try:
         return AutoTokenizer.from_pretrained(name)
-    except (OSError, ValueError, TypeError, KeyError) as err:
+    except Exception as err:  # noqa: BLE001 (tokenizers raises plain Exception for bad files)
         raise UserError(f"cannot load tokenizer {name!r}: {one_line(err, 160)}") from None
 
 
@@ -235,6 +236,7 @@ def tokenize_corpus(
     if tokenizer is not None and Path(tokenizer).exists():
         inputs_used.append(Path(tokenizer))
     check_not_input(out, inputs_used)
+    check_output_path(out)
     if (out.exists() or out.is_symlink()) and not overwrite:
         raise UserError(f"{out} already exists (pass --overwrite to replace it)")
     if overwrite:

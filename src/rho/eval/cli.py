@@ -24,6 +24,7 @@ from rho.eval.results import (
     tasks_table,
 )
 from rho.files import write_json_atomic
+from rho.options import check_output_path, parse_device
 from rho.store import TokenStore
 
 
@@ -72,8 +73,10 @@ def _output_dir(args: argparse.Namespace) -> Path:
     if args.out:
         if Path(args.out).exists() and not Path(args.out).is_dir():
             raise UserError(f"--out {args.out} is a file: give a directory")
+        check_output_path(args.out)
         return Path(args.out)
     if Path(args.model).is_dir():
+        check_output_path(Path(args.model) / "eval.json", "--model")
         return Path(args.model)
     raise UserError(f"--model {args.model!r} is not a local directory: pass --out DIR")
 
@@ -87,6 +90,10 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--batch-size must be positive, got {args.batch_size}")
     if args.max_new_tokens < 1:
         raise UserError(f"--max-new-tokens must be positive, got {args.max_new_tokens}")
+    if args.seq_len < 2:
+        raise UserError(f"--seq-len must be at least 2, got {args.seq_len}")
+    if args.device is not None:
+        parse_device(args.device)  # a bogus or absent device: one line, before any work
 
 
 def _held_out(args, model, stores: list[TokenStore], out: Path) -> None:

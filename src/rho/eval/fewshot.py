@@ -8,7 +8,6 @@ the model decodes greedily until a stop sequence and answers.py grades the outpu
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,36 +19,37 @@ from transformers import AutoTokenizer, StoppingCriteria, StoppingCriteriaList
 from rho.errors import UserError
 from rho.eval.answers import gold_answer, grade_output
 from rho.eval.tasks import BUILTIN_TASKS, load_builtin
+from rho.schema import TaskItem, parse_json, read_text_bounded, validate
 from rho.windows import default_device, max_positions
 
 STOP_SEQUENCES = ("\n\n", "Question:")
+MAX_TASK_BYTES = 1 << 30
 
 
 # --- Tasks and prompts ----------------------------------------------------------------------------
 
 
 def read_task_file(path: str | Path) -> list[dict]:
-    """Items of a jsonl task file: one JSON object per line with ``question`` and ``answer``."""
+    """Items of a jsonl task file: one JSON object per line with ``question`` and ``answer``
+    (text, or numbers taken as text). Every line is parsed by the bounded JSON reader and
+    validated (rho.schema.TaskItem): bad lines are a one-line UserError naming ``path:line``."""
     path = Path(path)
-    items = []
+    if not path.exists():
+        raise UserError(f"task file {path} does not exist")
+    raw = read_text_bounded(path, MAX_TASK_BYTES, "task file")
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise UserError(f"task file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise UserError(f"task file {path} is unreadable: {err}") from None
+        lines = raw.decode("utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise UserError(f"task file {path} is not valid UTF-8 (byte {err.start})") from None
+    items = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise UserError(f"{path}:{number}: invalid JSON ({err.msg})") from None
+        record = parse_json(line, f"{path}:{number}")
         if not isinstance(record, dict) or "question" not in record or "answer" not in record:
             raise UserError(f"{path}:{number}: needs 'question' and 'answer' fields")
-        items.append(
-            {**record, "question": str(record["question"]), "answer": str(record["answer"])}
-        )
+        item = validate(TaskItem, record, f"{path}:{number}")
+        items.append({**record, "question": str(item.question), "answer": str(item.answer)})
     if not items:
         raise UserError(f"task file {path} holds no items")
     return items
@@ -85,7 +85,7 @@ def load_tokenizer(name_or_dir, fallback: str | Path | None = None):
     for candidate in [c for c in (name_or_dir, fallback) if c is not None]:
         try:
             return AutoTokenizer.from_pretrained(str(candidate))
-        except (OSError, ValueError, TypeError):
+        except Exception:  # noqa: BLE001 (a damaged tokenizer.json raises plain Exception)
             continue
     raise UserError(
         f"no tokenizer found in {name_or_dir}: pass --tokenizer DIR (for example a TokenStore's "

@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rho.errors import UserError
-from rho.files import read_json, write_json_atomic, write_text_atomic
+from rho.files import write_json_atomic, write_text_atomic
+from rho.schema import EvalRecord, parse_json, read_json_file, validate
 
 EVAL_FILE = "eval.json"
 EVAL_MD = "eval.md"
@@ -81,7 +82,7 @@ def render_markdown(record: dict) -> str:
         ]
     if record.get("tasks"):
         out += ["## Few-shot tasks (exact match)", "", tasks_table(record["tasks"]), ""]
-    if record.get("lm_eval"):
+    if (record.get("lm_eval") or {}).get("metrics"):
         out += ["## lm-evaluation-harness", "", lm_eval_table(record["lm_eval"]["metrics"]), ""]
     return "\n".join(out)
 
@@ -89,14 +90,21 @@ def render_markdown(record: dict) -> str:
 # --- eval.json, eval.md, task_outputs.jsonl -------------------------------------------------------
 
 
+def read_eval_file(file: Path) -> dict:
+    """An eval.json, its every section checked (rho.schema.EvalRecord): what is read is what
+    the tables below index."""
+    record = read_json_file(file)
+    if record.get("format") != EVAL_FORMAT:
+        raise UserError(f"{file} is not a rho eval file")
+    validate(EvalRecord, record, f"{file} is corrupted")
+    return record
+
+
 def load_eval(out: Path) -> dict:
     file = out / EVAL_FILE
     if not file.exists():
         return {"format": EVAL_FORMAT, "version": 1}
-    record = read_json(file)
-    if record.get("format") != EVAL_FORMAT:
-        raise UserError(f"{file} exists and is not a rho eval file")
-    return record
+    return read_eval_file(file)
 
 
 def save_eval(out: Path, section: str, key: str | None, value: dict, model: str) -> dict:
@@ -119,10 +127,10 @@ def save_task_outputs(out: Path, task: str, rows: list[dict]) -> Path:
     file = out / TASK_OUTPUTS
     kept = []
     if file.exists():
-        for line in file.read_text(encoding="utf-8").splitlines():
+        for line in file.read_text(encoding="utf-8", errors="replace").splitlines():
             try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
+                row = parse_json(line, str(file))
+            except UserError:
                 continue
             if isinstance(row, dict) and row.get("task") != task:
                 kept.append(line)
@@ -158,9 +166,7 @@ def _read_run(run: str | Path) -> tuple[str, dict]:
     file = path if path.is_file() else path / EVAL_FILE
     if not file.exists():
         raise UserError(f"{run}: no {EVAL_FILE} (run `rho eval` on it first)")
-    record = read_json(file)
-    if record.get("format") != EVAL_FORMAT:
-        raise UserError(f"{file} is not a rho eval file")
+    record = read_eval_file(file)
     return (file.parent if file.name == EVAL_FILE else file).name or str(run), record
 
 
@@ -196,4 +202,4 @@ def compare_runs(runs: Sequence[str | Path]) -> str:
 
 
 def _is_number(value) -> bool:
-    return value is not None and not math.isnan(value)
+    return isinstance(value, (int, float)) and not math.isnan(value)

@@ -1,0 +1,371 @@
+"""The schema layer: every JSON and YAML file rho reads is loaded here, bounded, and its values
+checked against a typed schema before anything uses them.
+
+- JSON (``parse_json``, ``read_json_file``) is parsed by pydantic-core's Rust parser, which
+  refuses nesting deeper than 200 levels, integers of thousands of digits and lone surrogate
+  escapes (``"\\ud800"``) with an error instead of a RecursionError, a ValueError or a string
+  that later breaks an encoder; files are size-capped before they are read.
+- YAML (``read_yaml_file``) is composed by a SafeLoader, then refused when it is larger than
+  ``MAX_YAML_BYTES``, deeper than ``MAX_DEPTH``, holds a cycle, or would expand (through
+  anchors and aliases) to more than ``MAX_YAML_NODES`` values: a 700-byte "billion laughs" is
+  a one-line error, not 3.5 GB.
+- Values are validated with pydantic v2 in strict mode (``validate``): no silent coercion
+  (``"complete": "no"`` is not a boolean, ``seq_len: 1e30`` is not an integer), bounded
+  integers, finite floats. ``check_fields`` validates a mapping against a dataclass's field
+  types (the experiment YAML against ``ExperimentConfig``).
+
+Every failure is a ``UserError`` of one line naming the file and the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import reprlib
+import types
+import typing
+from functools import cache
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import pydantic_core
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+
+from rho.errors import UserError
+
+MAX_JSON_BYTES = 256 << 20  # a meta.json, eval.json or run file is a few kB
+MAX_YAML_BYTES = 1 << 20
+MAX_YAML_NODES = 100_000  # values after expanding aliases
+MAX_DEPTH = 64
+MAX_COUNT = 1 << 48  # tokens, documents, items: far beyond any real corpus
+MAX_INT = 1 << 53  # the largest integer a config may hold (exact in a float)
+
+
+# --- One-line errors ------------------------------------------------------------------------------
+
+_REPR = reprlib.Repr()
+_REPR.maxstring, _REPR.maxother, _REPR.maxlist, _REPR.maxdict, _REPR.maxlevel = 40, 40, 4, 4, 2
+
+
+def show(value: Any) -> str:
+    """A short, safe repr of any parsed value (a huge integer is not converted to digits)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"an integer of {value.bit_length()} bits"
+    try:
+        return " ".join(_REPR.repr(value).split())
+    except (ValueError, RecursionError):
+        return f"a {type(value).__name__}"
+
+
+def squeeze(text: str, limit: int = 160) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def describe(err: ValidationError, field: str | None = None) -> str:
+    """The first problem of a validation error, on one line: where, what was found, why."""
+    first = err.errors(include_url=False, include_context=False)[0]
+    loc = [field] if field else []
+    parts = [*loc, *first["loc"]]
+    where = ".".join(p if p.isidentifier() or p.isdigit() else show(p) for p in map(str, parts))
+    where = where or "the value"
+    if first["type"] == "missing":
+        return f"missing {where}"
+    return f"{where} is {show(first['input'])} ({squeeze(first['msg'], 100)})"
+
+
+# --- JSON ---------------------------------------------------------------------------------------
+
+
+def parse_json(text: str | bytes, where: str) -> Any:
+    """Parse JSON text; any malformed, too deep, too large or non-Unicode input is a UserError
+    "WHERE: invalid JSON (reason)". NaN and Infinity are accepted (Python writes them); the
+    schemas decide where they may appear."""
+    try:
+        return pydantic_core.from_json(text, allow_inf_nan=True)
+    except ValueError as err:  # UnicodeError included
+        raise UserError(f"{where}: invalid JSON ({squeeze(err, 120)})") from None
+
+
+def read_text_bounded(path: str | Path, max_bytes: int, what: str = "") -> bytes:
+    """A file's bytes, refused before reading when larger than ``max_bytes``."""
+    path = Path(path)
+    label = f"{what} {path}".strip()
+    try:
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise UserError(f"{label} is too large ({size:,} bytes, at most {max_bytes:,})")
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"{label} is missing") from None
+    except OSError as err:  # a directory, no permission, an I/O error
+        raise UserError(f"{label} is unreadable: {squeeze(err)}") from None
+
+
+def read_json_file(path: str | Path, max_bytes: int = MAX_JSON_BYTES) -> dict:
+    """A JSON object from a file; missing, oversized or damaged files are one-line UserErrors."""
+    raw = read_text_bounded(path, max_bytes)
+    try:
+        data = pydantic_core.from_json(raw, allow_inf_nan=True)
+    except ValueError as err:
+        raise UserError(f"{path} is unreadable or corrupted: {squeeze(err, 120)}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} is corrupted: not a JSON object")
+    return data
+
+
+# --- YAML ---------------------------------------------------------------------------------------
+
+
+class BoundedLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader; ``read_yaml_file`` checks the composed node graph before any value
+    is constructed (aliases in PyYAML share one object, but anything that walks the result, a
+    hash or a JSON dump, expands them)."""
+
+
+def check_yaml_nodes(root: yaml.Node, where: str) -> None:
+    """Refuse a node graph that expands to more than MAX_YAML_NODES values, nests deeper than
+    MAX_DEPTH, or refers to itself. Iterative, and linear in the distinct nodes."""
+    expanded: dict[int, int] = {}  # id(node) -> values it expands to
+    stack: list[tuple[yaml.Node, int, bool]] = [(root, 1, False)]
+    open_nodes: set[int] = set()
+    while stack:
+        node, depth, children_done = stack.pop()
+        key = id(node)
+        if children_done:
+            open_nodes.discard(key)
+            total = 1 + sum(expanded[id(child)] for child in _children(node))
+            if total > MAX_YAML_NODES:
+                raise UserError(
+                    f"{where}: expands to more than {MAX_YAML_NODES:,} values (anchors and "
+                    "aliases repeated over and over?)"
+                )
+            expanded[key] = total
+            continue
+        if key in expanded:
+            continue
+        if key in open_nodes:
+            raise UserError(f"{where}: an alias refers to a value that contains it (a cycle)")
+        if depth > MAX_DEPTH:
+            raise UserError(f"{where}: nested deeper than {MAX_DEPTH} levels")
+        open_nodes.add(key)
+        stack.append((node, depth, True))
+        stack.extend((child, depth + 1, False) for child in _children(node))
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """One YAML document, bounded (see ``check_yaml_nodes``), with safe types only."""
+    loader = None
+    try:
+        loader = BoundedLoader(text)  # its reader refuses control characters at once
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        check_yaml_nodes(node, where)
+        return loader.construct_document(node)
+    except UserError:
+        raise
+    except yaml.YAMLError as err:
+        raise UserError(f"{where} is not valid YAML: {squeeze(err)}") from None
+    except (ValueError, TypeError, OverflowError) as err:  # e.g. an integer of 5,000 digits
+        raise UserError(f"{where}: a value cannot be read ({squeeze(err, 100)})") from None
+    except RecursionError:  # the composer recurses: nesting deeper than the interpreter allows
+        raise UserError(f"{where}: nested far too deep") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
+def read_yaml_file(path: str | Path, max_bytes: int = MAX_YAML_BYTES, what: str = "") -> Any:
+    raw = read_text_bounded(path, max_bytes, what)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(f"{what} {path}: not valid UTF-8 (byte {err.start})".strip()) from None
+    return parse_yaml(text, f"{what} {path}".strip())
+
+
+# --- Typed validation ---------------------------------------------------------------------------
+
+STRICT = ConfigDict(strict=True, allow_inf_nan=False)
+
+
+@cache
+def adapter(schema) -> TypeAdapter:
+    if isinstance(schema, type) and issubclass(schema, BaseModel):
+        return TypeAdapter(schema)
+    return TypeAdapter(schema, config=STRICT)
+
+
+def validate(schema, data: Any, where: str, field: str | None = None) -> Any:
+    """``data`` (the value of ``field``, if named) checked against ``schema`` (a pydantic model
+    or a type); a UserError "WHERE: field is VALUE (why)" otherwise. Returns the value."""
+    try:
+        return adapter(schema).validate_python(data)
+    except ValidationError as err:
+        raise UserError(f"{where}: {describe(err, field)}") from None
+
+
+def _bounded(tp):
+    """A field type with bounds: ints within ±MAX_INT (recursively inside lists and unions)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is int:
+        return Annotated[int, Field(ge=-MAX_INT, le=MAX_INT)]
+    if origin is list:
+        return list[_bounded(args[0])]
+    if origin in (typing.Union, types.UnionType) and args:
+        return typing.Union[tuple(_bounded(a) for a in args)]  # noqa: UP007 (built at runtime)
+    return tp
+
+
+@cache
+def field_types(cls) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: _bounded(hints[f.name]) for f in dataclasses.fields(cls)}
+
+
+def check_fields(cls, data: dict, where: str) -> dict:
+    """Validate a mapping against a dataclass's field types, strictly (bounded ints, finite
+    floats, booleans only as booleans); every key must be a field. A float field also takes a
+    number written as text, as YAML 1.1 reads ``1e-3``. Returns the values, converted."""
+    types = field_types(cls)
+    unknown = sorted(str(k) for k in data if k not in types)
+    if unknown:
+        raise UserError(f"{where}: unknown option {unknown[0]!r}")
+    out = {}
+    for name, value in data.items():
+        tp = types[name]
+        if isinstance(value, str) and float in (tp, *typing.get_args(tp)):
+            value = _float_text(value, f"{where}: {name}")
+        out[name] = validate(tp, value, where, name)
+    return out
+
+
+def _float_text(text: str, where: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise UserError(f"{where} is {show(text)}, not a number") from None
+    if not math.isfinite(value):
+        raise UserError(f"{where} is {show(text)}, not a finite number")
+    return value
+
+
+# --- Schemas of rho's files -------------------------------------------------------------------
+
+
+class Strict(BaseModel):
+    """Strict, finite, and open to keys a later version may add."""
+
+    model_config = ConfigDict(strict=True, extra="allow", allow_inf_nan=False)
+
+
+Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
+Hash = Annotated[str, Field(min_length=1, max_length=256)]  # compared, never parsed
+Name = Annotated[str, Field(max_length=4096)]
+Number = Annotated[float, Field(allow_inf_nan=True)] | None  # a result; null where NaN
+Size = Annotated[int, Field(ge=1, le=1 << 31)]
+
+
+class SourceEntry(Strict):
+    path: Name | None = None
+    domain: Name | None = None
+    sha256: Hash | None = None
+
+
+class TokenStoreMeta(Strict):
+    format: Literal["rho.TokenStore"]
+    version: Literal[1]
+    n_tokens: Count
+    n_docs: Count
+    vocab_size: Annotated[int, Field(ge=1, le=1 << 32)]
+    eos_id: Count
+    content_hash: Hash
+    tokenizer_hash: Hash | None = None
+    dtype: Literal["uint16", "uint32"] | None = None
+    domains: Annotated[list[Name], Field(max_length=1 << 15)] = []
+    has_noise_mask: bool = False
+    max_token_id: Count = 0
+    sources: list[SourceEntry] = []
+
+    @model_validator(mode="after")
+    def _eos_in_vocabulary(self):
+        if self.eos_id >= self.vocab_size:
+            raise ValueError(f"eos_id {self.eos_id} is outside the vocabulary {self.vocab_size}")
+        return self
+
+
+class LossStoreMeta(Strict):
+    format: Literal["rho.LossStore"]
+    version: Literal[1]
+    n_tokens: Count
+    seq_len: Annotated[int, Field(ge=2, le=1 << 31)]
+    token_hash: Hash
+    batch_size: Size = 16
+    tokenizer_hash: Hash | None = None
+    dtype: Literal["float16"] = "float16"
+    complete: bool = False
+    model: Name | None = None
+    model_hash: Hash | None = None
+    score_dtype: Literal["float32", "bfloat16", "float16"] | None = None
+    run_id: Annotated[str, Field(pattern=r"^[0-9a-f]{1,64}$")] | None = None  # in file names
+    mean_loss: Number = None
+    loss_hash: Hash | None = None
+
+
+class Metrics(Strict):
+    tokens: Count
+    bytes: Count
+    loss: Number
+    perplexity: Number
+    bits_per_byte: Number
+
+
+class LossResult(Strict):
+    tokens: Name
+    seq_len: Size
+    overall: Metrics
+    domains: dict[Name, Metrics] = {}
+
+
+class TaskResult(Strict):
+    shots: Count
+    items: Count
+    correct: Count
+    accuracy: Number
+
+
+class LmEvalResult(Strict):
+    metrics: dict[Name, dict[Name, Number]] = {}
+
+
+class EvalRecord(Strict):
+    format: Literal["rho.eval"]
+    version: Literal[1] = 1
+    model: Name | None = None
+    loss: dict[Name, LossResult] = {}
+    tasks: dict[Name, TaskResult] = {}
+    lm_eval: LmEvalResult | None = None
+
+
+Scalar = str | Annotated[int, Field(ge=-MAX_INT, le=MAX_INT)] | float
+
+
+class TaskItem(Strict):
+    """One line of a few-shot task file; numbers are taken as their text."""
+
+    question: Scalar
+    answer: Scalar
+
+
+Position = Annotated[int, Field(ge=0, le=MAX_COUNT)]
+NoiseSpans = list[Annotated[list[Position], Field(min_length=2, max_length=2)]] | None
