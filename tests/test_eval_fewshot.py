@@ -23,6 +23,7 @@ from rho.eval.fewshot import (
     evaluate_task,
     generate,
     load_task,
+    read_task_file,
 )
 from rho.models import build_model
 
@@ -131,3 +132,30 @@ def test_champ_without_the_package(monkeypatch):
     monkeypatch.setitem(sys.modules, "champ_dataset", None)
     with pytest.raises(UserError, match="pip install champ-dataset"):
         load_task("champ")
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('{"question": "q", "answer": ' + "9" * 5000 + "}", "invalid JSON"),
+        ('{"question": ' + "[" * 3000 + "]" * 3000 + ', "answer": 1}', "invalid JSON"),
+        ('{"question": "\\ud800", "answer": "1"}', "surrogate"),
+        ('{"question": {"a": 1}, "answer": "1"}', "question"),
+        ('{"question": "q", "answer": NaN}', "answer"),
+    ],
+)
+def test_hostile_task_lines_are_one_line(tmp_path, line, message):
+    path = tmp_path / "t.jsonl"
+    path.write_text('{"question": "1+1", "answer": 2}\n' + line + "\n")
+    with pytest.raises(UserError, match=message) as err:
+        read_task_file(path)
+    assert "t.jsonl:2" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_bogus_device_is_one_line(tmp_path, checkpoint, store):
+    with pytest.raises(UserError, match="'bogus' is not a device"):
+        cli(["--model", str(checkpoint), "--tokens", str(store.path), "--device", "bogus",
+             "--out", str(tmp_path / "e")])  # fmt: skip
+    with pytest.raises(UserError, match="no cuda device|only"):
+        cli(["--model", str(checkpoint), "--tokens", str(store.path), "--device", "cuda:7",
+             "--out", str(tmp_path / "e")])  # fmt: skip

@@ -36,3 +36,32 @@ def test_compare_runs_side_by_side(tmp_path, capsys):
         cli(["--compare", str(tmp_path / "missing")])
     with pytest.raises(UserError, match="nothing to evaluate"):
         cli(["--model", str(a)])
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda r: r["tasks"]["champ"].update(accuracy="high"), "tasks.champ.accuracy is 'high'"),
+        (lambda r: r["tasks"]["champ"].pop("shots"), "missing tasks.champ.shots"),
+        (lambda r: r["loss"]["held"].update(overall=[1]), "loss.held.overall is \\[1\\]"),
+        (lambda r: r.update(lm_eval={"metrics": {"t": {"acc": "x"}}}), "lm_eval.metrics.t.acc"),
+        (lambda r: r["loss"]["held"]["overall"].update(tokens=-1), "overall.tokens is -1"),
+    ],
+)
+def test_compare_checks_every_field_of_eval_json(tmp_path, change, message):
+    import json
+
+    run = _run(tmp_path, "clm", 3.0, 0.1)
+    record = json.loads((run / "eval.json").read_text())
+    change(record)
+    (run / "eval.json").write_text(json.dumps(record))
+    with pytest.raises(UserError, match=message):
+        cli(["--compare", str(run)])
+
+
+def test_compare_refuses_hostile_json(tmp_path):
+    run = _run(tmp_path, "clm", 3.0, 0.1)
+    for text in ("[" * 100000, '{"format": "rho.eval", "n": ' + "9" * 5000 + "}"):
+        (run / "eval.json").write_text(text)
+        with pytest.raises(UserError, match="unreadable or corrupted"):
+            cli(["--compare", str(run)])

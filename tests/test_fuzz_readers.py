@@ -351,3 +351,66 @@ def test_hostile_json_files_are_one_line(tmp_path, text):
     with pytest.raises(UserError, match="unreadable or corrupted"):
         read_json(path)
     assert read_jsonl(path) == []
+
+
+# --- Targeted cases of the options and files around the readers ---------------------------------
+
+
+def rho_error(capsys, *args) -> str:
+    from rho.cli import main
+
+    code = main([str(a) for a in args])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    return err
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (
+            ["--gradient_accumulation_steps", "0"],
+            "--gradient_accumulation_steps must be at least 1",
+        ),
+        (["--learning_rate", "nan"], "--learning_rate is nan"),
+        (["--learning_rate", "inf"], "--learning_rate must be a finite number"),
+        (["--seq_len", "100000000"], "seq_len 100,000,000 needs about"),
+    ],
+)
+def test_training_numbers_that_cannot_train_are_one_line(
+    tmp_path, capsys, token_store, flags, message
+):
+    out = tmp_path / "run"
+    err = rho_error(capsys, "train", "--tokens", token_store.path, "--preset", "tiny",
+                    "--selection", "none", "--output_dir", out, *flags)  # fmt: skip
+    assert message in err
+
+
+def test_score_device_and_output_are_checked_first(tmp_path, capsys, token_store, model_dir):
+    base = ("score", "--model", model_dir, "--tokens", token_store.path, "--seq-len", 16)
+    err = rho_error(capsys, *base, "--out", tmp_path / "L", "--device", "bogus")
+    assert "--device 'bogus' is not a device" in err
+    (tmp_path / "afile").write_text("x")
+    err = rho_error(capsys, *base, "--out", tmp_path / "afile" / "S")
+    assert "afile is a file, not a directory" in err
+
+
+def test_a_window_that_cannot_fit_in_memory_is_refused_before_allocating(token_store):
+    from rho.data import WindowCollator, WindowDataset
+
+    with pytest.raises(UserError, match="seq_len 100,000,000 needs about"):
+        WindowDataset(token_store, 100_000_000)
+    with pytest.raises(UserError, match="a batch of 16 x 10,000,000,000 tokens needs"):
+        WindowCollator(10_000_000_000)([{"input_ids": np.zeros(3)}] * 16)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_damaged_safetensors_are_one_line(tmp_path, model_dir, damage):
+    from rho.models import load_model
+
+    copy = Path(shutil.copytree(model_dir, tmp_path / "m"))
+    weights = copy / "model.safetensors"
+    raw = weights.read_bytes()
+    weights.write_bytes(raw[: len(raw) // 2] if damage == "truncate" else b"\x07" * 64)
+    with pytest.raises(UserError, match="cannot load model"):
+        load_model(copy)

@@ -110,3 +110,17 @@ def test_prune_by_excess_needs_base_and_refuses_overwrite(stores):
     (tmp / "out").mkdir()
     with pytest.raises(UserError, match="already exists"):
         prune_store(store, losses, tmp / "out")
+
+
+def test_a_keep_too_small_to_keep_anything_is_one_line(stores):
+    store, losses, tmp = stores
+    with pytest.raises(UserError, match="keeps none of the 4 units"):
+        prune_store(store, losses, tmp / "out", keep=1e-300, progress=False)
+    assert not (tmp / "out").exists()
+
+
+def test_prune_output_below_a_file_is_one_line(stores):
+    store, losses, tmp = stores
+    (tmp / "afile").write_text("x")
+    with pytest.raises(UserError, match="afile is a file, not a directory"):
+        prune_store(store, losses, tmp / "afile" / "S", keep=0.5, progress=False)

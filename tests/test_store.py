@@ -160,3 +160,99 @@ def test_inspect_loss_store_and_errors(tmp_path, token_store, model_dir, capsys)
     )
     assert main(["inspect", str(tmp_path / "missing")]) == 2
     assert "not a store directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"sources": [1, 2]}, "sources.0 is 1"),
+        ({"sources": [{"path": "a", "domain": 3}]}, "sources.0.domain is 3"),
+        ({"domains": [1]}, "domains.0 is 1"),
+        ({"content_hash": 5}, "content_hash is 5"),
+        ({"n_tokens": 1e30}, "n_tokens is 1e\\+30"),
+        ({"vocab_size": True}, "vocab_size is True"),
+        ({"n_docs": "HUGE"}, "n_docs is an integer of"),
+        ({"eos_id": "DEEP"}, "unreadable or corrupted"),
+    ],
+)
+def test_token_store_meta_field_types_are_checked(tmp_path, token_store, changes, message):
+    store = copy_store(token_store, tmp_path)
+    meta = {**store.meta, **changes}
+    text = json.dumps(meta).replace('"HUGE"', "9" * 1000).replace('"DEEP"', "[" * 10000)
+    (store.path / "meta.json").write_text(text)
+    with pytest.raises(UserError, match=message):
+        TokenStore(store.path)
+
+
+def hand_loss_store(token_store, path, **changes):
+    from rho.loss_writer import loss_store_meta, write_loss_store
+
+    meta = loss_store_meta(token_store, 8, 4, model="m", model_hash="ab" * 32)
+    write_loss_store(path, token_store, np.zeros(token_store.n_tokens), meta)
+    if changes:
+        meta = {**json.loads((path / "meta.json").read_text()), **changes}
+        (path / "meta.json").write_text(json.dumps(meta))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"seq_len": 1e30}, "seq_len is 1e\\+30"),
+        ({"batch_size": None}, "batch_size is None"),
+        ({"complete": "no"}, "complete is 'no'"),
+        ({"complete": 1}, "complete is 1"),
+        ({"token_hash": ["x"]}, "token_hash is \\['x'\\]"),
+        ({"run_id": "../../etc"}, "run_id is"),
+    ],
+)
+def test_loss_store_meta_field_types_are_checked(tmp_path, token_store, changes, message):
+    path = hand_loss_store(token_store, tmp_path / "L", **changes)
+    with pytest.raises(UserError, match=message):
+        LossStore(path, token_store, 8)
+    from rho.loss_writer import read_meta  # the scorer's resume path reads the same schema
+
+    with pytest.raises(UserError, match=message):
+        read_meta(path)
+
+
+def test_a_string_is_not_a_finished_store(tmp_path, token_store):
+    """ "complete": "no" used to count as complete (bool("no") is True)."""
+    path = hand_loss_store(token_store, tmp_path / "L", complete="no")
+    with pytest.raises(UserError, match="complete is 'no'"):
+        LossStore(path).check_matches(token_store, 8)
+
+
+def test_garbage_store_tokenizer_is_one_line(tmp_path, token_store, capsys):
+    from rho.tokenize import load_tokenizer
+
+    store = copy_store(token_store, tmp_path)
+    (store.path / "tokenizer" / "tokenizer.json").write_text('{"model": {"type": "BPE"')
+    with pytest.raises(UserError, match="tokenizer is unreadable or corrupted"):
+        store.tokenizer()
+    with pytest.raises(UserError, match="cannot load tokenizer"):
+        load_tokenizer(store.path / "tokenizer")
+    (store.path / "tokenizer" / "tokenizer.json").write_text('{"version": "1.0"}')
+    with pytest.raises(UserError):
+        store.tokenizer()
+
+
+def test_a_full_disk_is_one_line_not_sigbus(tmp_path):
+    """posix_fallocate reserves the memory map's blocks up front: a file too big for the disk
+    (here: for the process's file-size limit, which the kernel enforces the same way) fails
+    when it is created, with one line, never later with SIGBUS while a page is written."""
+    import resource
+    import signal
+
+    old_limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, old_limit[1]))
+    try:
+        with pytest.raises(UserError, match="cannot create .*ref_loss.npy"):
+            store_mod.allocate_npy(tmp_path / "ref_loss.npy", 1 << 22, np.float16)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, old_limit)
+        signal.signal(signal.SIGXFSZ, old_handler)
+    array = store_mod.allocate_npy(tmp_path / "ok.npy", 1000, np.float16)
+    array[:] = 1.0
+    assert (tmp_path / "ok.npy").stat().st_blocks * 512 >= 2000  # the blocks are there

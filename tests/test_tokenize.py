@@ -246,3 +246,48 @@ def test_cli_subprocess_error_has_no_traceback(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.startswith("rho tokenize: error: ") and proc.stderr.count("\n") == 1
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('{"text": "a\\ud800b"}', "lone surrogate"),
+        ('{"text": "a\\udc00b"}', "surrogate"),
+        ('{"text": "abc", "noise_spans": [[0, Infinity]]}', "'noise_spans' must be a list"),
+        ('{"text": "abc", "noise_spans": [[NaN, 1]]}', "'noise_spans' must be a list"),
+        ('{"text": "abc", "noise_spans": [[0, 1e300]]}', "'noise_spans' must be a list"),
+        ('{"text": "abc", "domain": "\\ud800"}', "surrogate"),
+        ('{"text": "abc", "x": ' + "[" * 5000 + "]" * 5000 + "}", "invalid JSON"),
+        ('{"text": "abc", "x": ' + "9" * 5000 + "}", "invalid JSON"),
+    ],
+)
+def test_hostile_corpus_lines_are_one_line(tmp_path, capsys, line, message):
+    good = [json.dumps({"text": t}) for t in make_docs(3)]
+    (tmp_path / "c.jsonl").write_text("\n".join([*good, line]) + "\n")
+    err = tokenize_error(capsys, tmp_path, tmp_path / "c.jsonl")
+    assert "c.jsonl:4:" in err and message in err, err
+
+
+def test_domain_with_a_lone_surrogate_is_one_line(tmp_path, corpus):
+    with pytest.raises(UserError, match="--domain 'a'... holds a lone surrogate"):
+        tokenize_corpus([str(corpus)], tmp_path / "o", train_vocab=300, domains=["a\udcff"])
+
+
+def test_output_below_a_file_is_one_line(tmp_path, capsys, corpus):
+    (tmp_path / "afile").write_text("x")
+    code = main(["tokenize", str(corpus), "--train-tokenizer", "300", "--out",
+                 str(tmp_path / "afile" / "S")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "afile is a file, not a directory" in err and err.count("\n") == 1
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes in read-only directories")
+def test_unwritable_output_directory_is_one_line(tmp_path, corpus):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        with pytest.raises(UserError, match="read-only filesystem or no permission"):
+            tokenize_corpus([str(corpus)], locked / "out", train_vocab=300, progress=False)
+    finally:
+        locked.chmod(0o755)

@@ -7,11 +7,41 @@ ref_loss NaN) so batches on every rank have one shape and can be ranked together
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from rho.errors import UserError
 from rho.store import LossStore, TokenStore
+
+BATCH_BYTES_PER_TOKEN = 8 + 8 + 4  # input_ids and labels (int64), ref_loss (float32)
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this machine can still give (MemAvailable), None when unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def check_fits_memory(n_bytes: int, what: str) -> None:
+    """Refuse, in one line and before allocating, what cannot fit in the memory left."""
+    free = available_memory()
+    if free is not None and n_bytes > free:
+        raise UserError(
+            f"{what} needs about {n_bytes / 2**30:,.1f} GiB, more than the "
+            f"{free / 2**30:,.1f} GiB of memory available"
+        )
 
 
 class WindowDataset(Dataset):
@@ -20,6 +50,9 @@ class WindowDataset(Dataset):
     def __init__(self, tokens: TokenStore, seq_len: int, losses: LossStore | None = None):
         if losses is not None:
             losses.check_matches(tokens, seq_len)
+        # A window is padded to seq_len; its float32 logits are the least a forward allocates.
+        per_token = tokens.vocab_size * 4 + BATCH_BYTES_PER_TOKEN
+        check_fits_memory(seq_len * per_token, f"seq_len {seq_len:,}")
         self.tokens, self.seq_len, self.losses = tokens, seq_len, losses
 
     def __len__(self) -> int:
@@ -41,6 +74,7 @@ class WindowCollator:
 
     def __call__(self, items: list[dict]) -> dict[str, torch.Tensor]:
         n, length = len(items), self.seq_len
+        check_fits_memory(n * length * BATCH_BYTES_PER_TOKEN, f"a batch of {n} x {length:,} tokens")
         input_ids = torch.full((n, length), self.pad_id, dtype=torch.long)
         labels = torch.full((n, length), -100, dtype=torch.long)
         for row, item in enumerate(items):

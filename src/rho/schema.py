@@ -85,7 +85,14 @@ def parse_json(text: str | bytes, where: str) -> Any:
     try:
         return pydantic_core.from_json(text, allow_inf_nan=True)
     except ValueError as err:  # UnicodeError included
-        raise UserError(f"{where}: invalid JSON ({squeeze(err, 120)})") from None
+        raise UserError(f"{where}: invalid JSON ({json_reason(err)})") from None
+
+
+def json_reason(err: ValueError) -> str:
+    reason = squeeze(err, 120)
+    if "surrogate" in reason or "hex escape" in reason:  # "\ud800" alone is not text
+        return f"a lone surrogate escape, not text: {reason}"
+    return reason
 
 
 def read_text_bounded(path: str | Path, max_bytes: int, what: str = "") -> bytes:
@@ -109,7 +116,7 @@ def read_json_file(path: str | Path, max_bytes: int = MAX_JSON_BYTES) -> dict:
     try:
         data = pydantic_core.from_json(raw, allow_inf_nan=True)
     except ValueError as err:
-        raise UserError(f"{path} is unreadable or corrupted: {squeeze(err, 120)}") from None
+        raise UserError(f"{path} is unreadable or corrupted: {json_reason(err)}") from None
     if not isinstance(data, dict):
         raise UserError(f"{path} is corrupted: not a JSON object")
     return data
