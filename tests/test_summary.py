@@ -77,16 +77,18 @@ def test_spread():
         spread([])
 
 
-def test_difference_supported_not_and_unknown():
-    d = difference([1, 2, 3], [4, 5, 6])  # var 1 each: se = sqrt(1/3 + 1/3)
-    assert d["delta"] == pytest.approx(-3.0)
-    assert d["se"] == pytest.approx(math.sqrt(2 / 3))
-    assert d["supported"] is True
-    d = difference([1, 3], [2, 4])  # var 2 each: se = sqrt(2), 2·se = 2.83 > 1
+def test_difference_is_welchs_t_test_by_hand():
+    # var 1 each: se = sqrt(1/3 + 1/3); t = -3 / se = -3.674; Welch df = (2/3)² / (2·(1/3)²/2) = 4
+    d = difference([1, 2, 3], [4, 5, 6])
+    assert d["delta"] == pytest.approx(-3.0) and d["se"] == pytest.approx(math.sqrt(2 / 3))
+    assert d["t"] == pytest.approx(-3 / math.sqrt(2 / 3)) and d["df"] == pytest.approx(4.0)
+    assert d["critical"] == pytest.approx(2.776, abs=1e-3)  # t(0.975, 4), not 2
+    assert d["p"] == pytest.approx(0.0213, abs=1e-3) and d["supported"] is True
+    d = difference([1, 3], [2, 4])  # var 2 each: se = sqrt(2), t = -0.707, df 2
     assert d["delta"] == pytest.approx(-1.0) and d["se"] == pytest.approx(math.sqrt(2))
-    assert d["supported"] is False
+    assert d["p"] == pytest.approx(0.553, abs=1e-3) and d["supported"] is False
     d = difference([1.0], [2.0, 3.0])
-    assert d == {"delta": -1.5, "se": None, "supported": None}
+    assert d["delta"] == -1.5 and d["se"] is None and d["supported"] is None
 
 
 def test_loss_table(runs):
@@ -121,9 +123,10 @@ def test_compute_table_interpolates_to_reach(runs):
     assert secs["one_off"]["mean"] == pytest.approx(22.5)
     assert secs["amortised"][1]["total"]["mean"] == pytest.approx(18.0)
     assert secs["break_even"] == 1
-    # The baseline's cost to reach is its whole run.
+    # The baseline is measured on its curve like every arm: seed 1 ends at 4.2, above the
+    # target 4.1 (the mean of its seeds), so clm does not reach it on every seed.
     clm = table["clm"]
-    assert clm["tokens"]["mean"] == 400 and clm["ratio"]["flops_train"]["mean"] == 1.0
+    assert clm["reached"] == 1 and clm["tokens"] is None and clm["ratio"]["tokens"] is None
     assert clm["flops_total"]["break_even"] is None
     assert clm["overhead"] == {"flops": 0.0, "seconds": 0.0, "what": ""}
 
@@ -191,18 +194,18 @@ def test_winners_when_the_baseline_wins(runs):
     assert target["arm"] == "clm" and target["runner_up"] == "slm"
     assert target["ranking"] == ["clm", "slm", "slm-random"]
     assert target["difference"]["delta"] == pytest.approx(-0.2)
-    assert target["difference"]["supported"] is True  # std 0.014 each: se 0.014
+    assert target["difference"]["supported"] is True  # std 0.014 each: t = -14.1, df 2
     assert w["loss"]["general"]["arm"] == "clm"
-    assert w["tokens"]["arm"] == "slm" and w["tokens"]["runner_up"] == "clm"
+    assert w["tokens"]["arm"] == "slm" and w["tokens"]["runner_up"] is None  # clm: 1 of 2
     assert w["flops_one_off"]["arm"] == "slm"  # 2750 vs clm's 4000
     assert w["flops_amortised"]["arm"] == "slm" and w["flops_amortised"]["runs"] == 100
     assert "slm-random" not in w["tokens"]["ranking"]  # never reached
 
     text = winners_markdown(w)
-    assert "On target loss, clm wins (4.0100 ± 0.0141 nats/token vs 4.2100 ± 0.0141" in text
-    assert "is supported by the spread over seeds" in text
+    assert "On target test loss, clm wins (4.0100 ± 0.0141 nats/token vs 4.2100 ± 0.0141" in text
+    assert "is supported by Welch's t-test: t = -14.14, df = 2.0, p = 0.005 < 0.05" in text
     assert "slm is not the winner: it places 2 of 3." in text
-    assert "Fewest training tokens to reach clm's final validation loss (4.1000): slm" in text
+    assert "Fewest tokens trained to reach the target (4.1000): slm" in text
     assert "amortised over 100 runs: slm" in text
 
 
@@ -214,10 +217,10 @@ def test_winners_not_supported_and_unknown(runs):
     assert w["loss"]["target"]["difference"]["supported"] is False
     assert w["tokens"] is None
     text = winners_markdown(w)
-    assert "On target loss, slm wins" in text and "is not supported by the spread" in text
+    assert "On target test loss, slm wins" in text and "is not supported by Welch's" in text
     single = {arm: seeds[:1] for arm, seeds in runs.items()}
     text = winners_markdown(winners(loss_table(single)))
-    assert "unknown" in text
+    assert "untested: an arm has a single seed" in text
 
 
 def test_markdown_contains_the_numbers(runs):
@@ -227,11 +230,10 @@ def test_markdown_contains_the_numbers(runs):
     one = loss_markdown(loss_table({"clm": runs["clm"][:1]}))
     assert "4.0000 (1 seed, spread unknown)" in one
     text = compute_markdown(compute_table(runs, OVERHEAD, amortise=(1, 10)))
-    assert "clm's final validation loss (4.1000)" in text
     assert "| 175 ± 35.36 (0.438× ± 0.0884) |" in text  # tokens to reach and ratio
     assert "| 2.75e+03 ± 354 (0.688× ± 0.0884) |" in text  # one-off total FLOPs
     assert "| 0.463× ± 0.0884 | 1 |" in text  # amortised over 10, break-even
-    assert "| 17.5 ± 3.536 (0.438× ± 0.0884) | 5 | 22.5 ± 3.536 (0.563× ± 0.0884) |" in text
+    assert "| 18 ± 3.5 (0.438× ± 0.0884) | 5 | 23 ± 3.5 (0.563× ± 0.0884) |" in text  # 2 sig. figs
     assert "not reached" in text and "0/2" in text
     assert "reference training + scoring" in text
 

@@ -12,10 +12,11 @@ import hashlib
 import json
 from pathlib import Path
 
+from rho.corpus import expand_inputs, iter_documents
 from rho.errors import UserError
 from rho.experiment.decontam import NgramIndex, decontaminate, read_texts
-from rho.experiment.settings import ExperimentConfig
-from rho.files import sha256_file, write_text_atomic
+from rho.experiment.settings import heldout_sets
+from rho.files import hash_dir, sha256_file, write_text_atomic
 from rho.models import PRESETS
 from rho.store import TokenStore
 from rho.tokenize import load_tokenizer, tokenize_corpus
@@ -23,22 +24,29 @@ from rho.tokenize import load_tokenizer, tokenize_corpus
 SPLITS = ("validation", "test")  # of every held-out set, in this order
 
 
-def inputs_key(cfg: ExperimentConfig) -> dict:
-    """What the data stage reads: every input file's content hash, and its settings."""
+def file_hash(path: str) -> str:
+    """A file's sha256, or a directory's (an HF dataset saved with save_to_disk)."""
+    return hash_dir(path) if Path(path).is_dir() else sha256_file(path)
+
+
+def inputs_key(cfg) -> dict:
+    """What the data stage reads from disk: every input file's content hash."""
     files = {
-        role: [sha256_file(f) for f in paths]
-        for role, paths in (
-            ("curated", cfg.curated),
-            ("corpus", cfg.corpus),
-            ("base_data", cfg.base_data),
-        )  # fmt: skip
+        role: [file_hash(f) for f in getattr(cfg, role)]
+        for role in ("curated", "corpus", "base_data")
     }
     files["heldout"] = {
-        name: [sha256_file(f) for f in paths] for name, paths in cfg.heldout_sets().items()
+        name: [file_hash(f) for f in paths] for name, paths in heldout_sets(cfg.heldout).items()
     }
-    settings = ("tokenizer", "vocab", "base", "decontam_threshold", "validation_fraction")
-    settings += ("mix_share",)
-    return {"files": files, **{k: getattr(cfg, k) for k in settings}}
+    return files
+
+
+def texts_of(path: str) -> list[str]:
+    """The documents of one input: jsonl and txt as the decontamination reads them; parquet and
+    HF dataset directories through the corpus reader."""
+    if Path(path).is_dir() or path.endswith(".parquet"):
+        return [doc.text for doc in iter_documents(expand_inputs([path]))]
+    return read_texts(path)
 
 
 def in_validation(text: str, fraction: float, salt: str = "validation") -> bool:
@@ -53,7 +61,7 @@ def write_docs(path: Path, texts: list[str]) -> Path:
     return write_text_atomic(path, "".join(json.dumps({"text": t}) + "\n" for t in texts))
 
 
-def tokenizer_source(cfg: ExperimentConfig) -> str | None:
+def tokenizer_source(cfg) -> str | None:
     """The tokenizer to load, or None to train one on the corpus."""
     if cfg.tokenizer:
         return cfg.tokenizer
@@ -62,16 +70,17 @@ def tokenizer_source(cfg: ExperimentConfig) -> str | None:
     return None
 
 
-def prepare(cfg: ExperimentConfig, directory: Path) -> dict:
-    """The data stage (see the module docstring)."""
-    training_side = [t for files in (cfg.curated, cfg.corpus, cfg.base_data) for f in files
-                     for t in read_texts(f)]  # fmt: skip
-    index = NgramIndex.build(training_side)
-    del training_side
+def prepare(cfg, directory: Path) -> dict:
+    """The data stage (see the module docstring); ``cfg`` is the stage's view of the config."""
+    training_side = {
+        role: [t for f in getattr(cfg, role) for t in texts_of(f)]
+        for role in ("curated", "corpus", "base_data")
+    }
+    index = NgramIndex.build([t for texts in training_side.values() for t in texts])
     split_files: dict[str, dict[str, str]] = {}
     decontam: dict[str, dict] = {}
-    for name, files in cfg.heldout_sets().items():
-        texts = [t for f in files for t in read_texts(f) if t.strip()]
+    for name, files in heldout_sets(cfg.heldout).items():
+        texts = [t for f in files for t in texts_of(f) if t.strip()]
         result = decontaminate(texts, index, cfg.decontam_threshold)
         decontam[name] = result.as_dict()
         kept = [t for t, keep in zip(texts, result.keep, strict=True) if keep]
@@ -83,12 +92,15 @@ def prepare(cfg: ExperimentConfig, directory: Path) -> dict:
             split: str(write_docs(directory / "heldout" / f"{name}-{split}.jsonl", docs))
             for split, docs in zip(SPLITS, (validation, test), strict=True)
         }
+    overlap = base_overlap(training_side["base_data"], training_side["corpus"])
+    del training_side, index
 
     stores = directory / "stores"
     source = tokenizer_source(cfg)
     if source is None:
-        corpus = tokenize_corpus(cfg.corpus, stores / "corpus", train_vocab=cfg.vocab,
-                                 progress=False)  # fmt: skip
+        corpus = tokenize_corpus(
+            cfg.corpus, stores / "corpus", train_vocab=cfg.vocab, progress=False
+        )
     else:
         load_tokenizer(source)  # a clear error before any work
         corpus = tokenize_corpus(cfg.corpus, stores / "corpus", tokenizer=source, progress=False)
@@ -103,17 +115,41 @@ def prepare(cfg: ExperimentConfig, directory: Path) -> dict:
     for name, splits in split_files.items():
         for split, file in splits.items():
             paths[f"{name}-{split}"] = store(f"{name}-{split}", [file])
-    curated = TokenStore(paths["curated"])
-    repeats = mix_repeats(cfg.mix_share, corpus.n_tokens, curated.n_tokens)
-    paths["mix"] = store("mix", [*cfg.corpus, *cfg.curated * repeats])
-    mix = TokenStore(paths["mix"])
     return {
         "stores": paths,
+        "files": {"corpus": list(cfg.corpus), "curated": list(cfg.curated)},
         "axes": list(split_files),
         "decontamination": decontam,
-        "mix": {"repeats": repeats, "share": (mix.n_tokens - corpus.n_tokens) / mix.n_tokens},
+        "base_overlap": overlap,
         "tokens": {k: TokenStore(p).n_tokens for k, p in paths.items()},
     }
+
+
+def base_overlap(base: list[str], corpus: list[str]) -> dict:
+    """How much of the base's pretraining text is also in the corpus (whole documents, by
+    exact text): the arms then continue on text the base has seen."""
+    seen = {hash(t) for t in corpus}
+    shared = [t for t in base if hash(t) in seen]
+    return {
+        "documents": len(shared),
+        "base_documents": len(base),
+        "corpus_documents": len(corpus),
+        "share_of_corpus_characters": sum(map(len, shared)) / max(1, sum(map(len, corpus))),
+    }
+
+
+def build_mix(cfg, data: dict, directory: Path) -> dict:
+    """The clm-mix arm's corpus: the corpus's files with the curated files repeated to bring
+    them closest to ``mix_share`` of its tokens (tokenized with the data stage's tokenizer)."""
+    stores = data["stores"]
+    corpus, curated = TokenStore(stores["corpus"]), TokenStore(stores["curated"])
+    repeats = mix_repeats(cfg.mix_share, corpus.n_tokens, curated.n_tokens)
+    files = [*data["files"]["corpus"], *data["files"]["curated"] * repeats]
+    mix = tokenize_corpus(
+        files, directory / "mix", tokenizer=str(corpus.tokenizer_dir), progress=False
+    )
+    share = (mix.n_tokens - corpus.n_tokens) / mix.n_tokens
+    return {"store": str(mix.path), "repeats": repeats, "share": share, "tokens": mix.n_tokens}
 
 
 def mix_repeats(share: float, corpus_tokens: int, curated_tokens: int) -> int:

@@ -1,5 +1,8 @@
-"""`rho experiment`'s report: report.md (for people), the plots, and a one-screen summary, all
-from results.json's numbers (rho.experiment.summary does the arithmetic)."""
+"""`rho experiment`'s report: report.md (for people), the plots, and a one-screen summary. Every
+sentence is built from recorded facts: the config, what each run recorded (steps, warm-up,
+tokens, windows read), the data stage's counts and results.json's ``summary``
+(rho.experiment.facts); the only numbers not from results.json are the paper's, in ``PAPER``.
+"""
 
 from __future__ import annotations
 
@@ -7,23 +10,229 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from rho.experiment.arms import ARMS
 from rho.experiment.figures import plot_axes, plot_curves
-from rho.experiment.summary import compute_table, loss_table, winners
-from rho.experiment.tables import compute_markdown, loss_markdown, winners_markdown
+from rho.experiment.tables import (
+    against_markdown,
+    compute_markdown,
+    loss_markdown,
+    pairs_markdown,
+    seconds,
+    winners_markdown,
+)
 from rho.files import write_text_atomic
 
-PAPER_DYNAMICS = "H→L 26%, L→L 51%, H→H 11%, L→H 12% (TinyLlama-1B on OpenWebMath)"
-ARM_TEXT = {
-    "clm": "CLM: plain continual pretraining on the corpus (the baseline)",
-    "slm": "SLM: loss on the top {ratio:.0%} of tokens by excess loss (learner − reference)",
-    "slm-random": "SLM with random scores at the same ratio: is it the selection, or fewer tokens?",
-    "clm-mix": "CLM on the corpus with the curated data mixed in ({share:.0%} of its tokens)",
-    "reference": "the reference model itself: the base fine-tuned on the curated data only",
-    "pruned-clm": "CLM on the corpus pruned offline to its best {keep:.0%} windows (reference)",
-    "pruned-slm": "SLM on the pruned corpus",
-    "rholoss": "online RHO-LOSS: the best 1/{factor} of candidate windows by reducible loss",
-    "rholoss+token": "online RHO-LOSS, with SLM inside the chosen windows",
+# The paper's figures quoted by the report (PAPER.md), the only numbers not in results.json.
+PAPER = {
+    "dynamics": "H→L 26%, L→L 51%, H→H 11%, L→H 12% (TinyLlama-1B on OpenWebMath, a 0.2-nat "
+    "threshold on slope × span)",
+    "scale": "The paper continually pretrains 1B and 7B models on 15B tokens and reports 5–10× "
+    "fewer tokens to the baseline's accuracy.",
 }
+
+
+def _names(arms: list[str]) -> str:
+    return ", ".join(arms)
+
+
+def write_report(results: dict, out: Path, title: str) -> str:
+    """Write report.md and the plots into ``out``; print and return the summary."""
+    axes, summary = results["data"]["axes"], results["summary"]
+    plot_curves(results["runs"], out / "curves.png", axis=axes[0])
+    if len(axes) > 1:
+        plot_axes(summary["losses"], out / "axes.png", x=axes[0], y=axes[1])
+    text = "\n".join(report_lines(results, title))
+    write_text_atomic(out / "report.md", text)
+    text = summary_text(results, out)
+    tqdm.write(text)
+    return text
+
+
+def setting_lines(results: dict) -> list[str]:
+    """The setting, from what the runs recorded."""
+    cfg, data, runs = results["config"], results["data"], results["runs"]
+    tokens = data["tokens"]
+    if cfg["from_scratch"]:
+        start = "every arm and the reference start from a fresh `{}` preset".format(cfg["base"])
+    elif "base" in results:
+        b = results["base"]
+        start = (
+            f"every arm continues from the base model `{cfg['base']}`, pretrained here on "
+            f"{b['train_tokens']:,} tokens of --base_data ({b['steps']} steps, seed "
+            f"{b['seed']})"
+        )
+    else:
+        start = f"every arm continues from the given model `{cfg['base']}`"
+    lines = [f"Setting: {start}."]
+    overlap = data.get("base_overlap") or {}
+    if overlap.get("base_documents"):
+        lines.append(
+            f"{overlap['documents']:,} of the base's {overlap['base_documents']:,} documents are "
+            f"also in the corpus ({overlap['share_of_corpus_characters']:.1%} of the corpus's "
+            "characters): the arms continue partly on text the base has already seen."
+        )
+    groups: dict[tuple, list[str]] = {}
+    for arm, seeds in runs.items():
+        for run in seeds:
+            groups.setdefault((run["steps"], run["warmup_steps"]), [])
+            if arm not in groups[(run["steps"], run["warmup_steps"])]:
+                groups[(run["steps"], run["warmup_steps"])].append(arm)
+    for (steps, warmup), arms in groups.items():
+        lines.append(
+            f"{_names(arms)}: {steps} optimizer steps of {cfg['batch_size']}×"
+            f"{cfg['seq_len']} tokens, {warmup} of them warm-up, then a cosine decay "
+            "(AdamW)."
+        )
+    if "reference" in runs or any(ARMS[a].uses_reference for a in runs):
+        lines.append(
+            f"The reference is the same start fine-tuned on the curated data "
+            f"({tokens['curated']:,} tokens, {cfg['ref_epochs']} epochs), seeds "
+            f"{cfg['reference_seeds'] or cfg['seeds'][:1]}."
+        )
+    shared = [a for a in runs if ARMS[a].corpus_order]
+    own = {a: ARMS[a].data for a in runs if not ARMS[a].corpus_order}
+    order = (
+        f"For a given seed, {_names(shared)} read the corpus's windows in the same order "
+        "(their seeds pair)"
+    )
+    if own:
+        order += "; " + "; ".join(
+            f"{a} draws its own order from the {kind} windows" for a, kind in own.items()
+        )
+    lines.append(order + f". Corpus: {tokens['corpus']:,} tokens.")
+    seeded = [a for a, seeds in runs.items() if len(seeds) > 1 and a != "reference"]
+    lines.append(
+        f"Seeds {cfg['seeds']} for {_names(seeded) or 'no arm'}; the first seed for the other arms."
+    )
+    pairs = results["summary"]["reference_pairs"]
+    for arm, rows in pairs.items():
+        pairing = ", ".join(f"seed {r['seed']} with reference {r['reference_seed']}" for r in rows)
+        lines.append(f"{arm} pairs {pairing}: its spread includes the reference's.")
+    return [" ".join(lines), ""]
+
+
+def splits_lines(results: dict) -> list[str]:
+    cfg, target = results["config"], results["summary"]["target"]
+    windows = target["curve_windows"]
+    sample = (
+        "the whole validation set"
+        if cfg["eval_windows"] == 0
+        else f"a fixed sample of {windows} windows spread evenly over the {target['axis']} "
+        "validation set (the same for every run)"
+    )
+    return [
+        "## Splits: what was used for what",
+        "",
+        f"Each held-out set is split by a hash of each document into validation "
+        f"({cfg['validation_fraction']:.0%}) and test. Validation: the curves ({sample}, at "
+        f"every evaluation) and the target of the compute table, {target['what']}. Test: the "
+        "final losses below, computed once per run on the whole set. Nothing in this run chose "
+        "a setting: they are the config's (results.json, `config`), not tuned on the test "
+        "sets or on the validation sets by this run.",
+        "",
+    ]
+
+
+def report_lines(results: dict, title: str) -> list[str]:
+    cfg, data, summary = results["config"], results["data"], results["summary"]
+    axes, runs = data["axes"], results["runs"]
+    share = data["mix"]["share"] if "mix" in data else cfg["mix_share"]
+    lines = [f"# {title}", "", *setting_lines(results), "## Arms", ""]
+    lines += [f"- **{arm}**: {ARMS[arm].text(cfg, share)}" for arm in runs]
+    lines += ["", *splits_lines(results)]
+    lines += [
+        "## Decontamination (before anything is trained)",
+        "",
+        f"Held-out documents sharing more than {cfg['decontam_threshold']:.0%} of their word "
+        "13-grams with the curated data, the corpus or the base data are dropped.",
+        "",
+        decontam_markdown(data["decontamination"]),
+        "",
+        f"## Test loss on every axis (nats/token; {axes[0]} is the target)",
+        "",
+        loss_markdown(summary["losses"], runs),
+        "",
+        winners_markdown(summary["winners"], left_out=summary["tokens_left_out"]),
+        "",
+        "### Every arm against clm",
+        "",
+        against_markdown(summary["against_baseline"]),
+        "",
+        "The spread over seeds leaves out: " + "; ".join(summary["uncovered_variance"]) + ". "
+        "A difference supported here can still change with any of them.",
+        "",
+    ]
+    if summary["reference_pairs"]:
+        lines += [
+            "### Sensitivity to the reference's seed",
+            "",
+            pairs_markdown(summary["reference_pairs"], axes),
+            "",
+        ]
+    if len(axes) > 1:
+        lines += ["![test loss on both axes](axes.png)", ""]
+    lines += [
+        f"![validation {axes[0]} loss vs training tokens](curves.png)",
+        "",
+        f"## Compute to reach clm's final validation {axes[0]} loss",
+        "",
+        target_sentence(summary["target"]),
+        "",
+        compute_markdown(summary["compute"], read_per_trained(runs)),
+        "",
+    ]
+    lines += analyses_lines(results.get("analyses") or {})
+    lines += [
+        "## Why these numbers differ from the paper's",
+        "",
+        f"{PAPER['scale']} This run's models have {params(runs)} parameters, its corpus "
+        f"{data['tokens']['corpus']:,} tokens, on a CPU: a loss on held-out text is not the "
+        "paper's few-shot accuracy. The ratios above are what this setting measured.",
+        "",
+        "## Time (seconds per stage)",
+        "",
+        time_line(results),
+        "",
+    ]
+    return lines
+
+
+def params(runs: dict) -> str:
+    counts = sorted({r["n_params"] for seeds in runs.values() for r in seeds if "n_params" in r})
+    return " and ".join(f"{n:,}" for n in counts) or "unknown"
+
+
+def read_per_trained(runs: dict) -> dict:
+    """arm -> windows read per window trained (above 1 for RHO-LOSS's candidates)."""
+    out = {}
+    for arm, seeds in runs.items():
+        run = seeds[0]
+        if run.get("windows_trained"):
+            out[arm] = run["windows_read"] / run["windows_trained"]
+    return out
+
+
+def target_sentence(target: dict) -> str:
+    gap = target["curve_sample_end"] - target["loss"]
+    side = "below" if gap < 0 else "above"
+    return (
+        f"The target is {target['what']}: {target['loss']:.4f}. The curves are measured on "
+        f"their validation windows, where clm ends at {target['curve_sample_end']:.4f} "
+        f"(mean over seeds), {abs(gap):.4f} {side} the target; an arm reaches the target "
+        "where its curve first gets to it, clm included."
+    )
+
+
+def time_line(results: dict) -> str:
+    stages = " · ".join(f"{k} {seconds(v)}" for k, v in results["seconds"].items())
+    clm = [r["seconds_train"] for r in results["runs"]["clm"]]
+    if len(clm) < 2:
+        return stages
+    return (
+        f"{stages}. Rounded to two significant figures: clm's {len(clm)} seeds, identical "
+        f"compute, took {seconds(min(clm))} to {seconds(max(clm))} s of training on this "
+        "machine."
+    )
 
 
 def decontam_markdown(decontam: dict) -> str:
@@ -40,113 +249,35 @@ def decontam_markdown(decontam: dict) -> str:
     return "\n".join(lines)
 
 
-def tables(results: dict) -> tuple[dict, dict, dict]:
-    axes = results["data"]["axes"]
-    losses = loss_table(results["runs"], "test")
-    compute = compute_table(results["runs"], results["overhead"], axis=axes[0])
-    return losses, compute, winners(losses, compute)
-
-
-def write_report(results: dict, out: Path, title: str) -> str:
-    """Write report.md and the plots into ``out``; print and return the summary."""
-    axes = results["data"]["axes"]
-    losses, compute, won = tables(results)
-    plot_curves(results["runs"], out / "curves.png", axis=axes[0])
-    if len(axes) > 1:
-        plot_axes(losses, out / "axes.png", x=axes[0], y=axes[1])
-    text = "\n".join(report_lines(results, title, losses, compute, won))
-    write_text_atomic(out / "report.md", text)
-    summary = summary_text(results, out, losses, won)
-    tqdm.write(summary)
-    return summary
-
-
-def report_lines(results: dict, title: str, losses: dict, compute: dict, won: dict) -> list[str]:
-    cfg, data, axes = results["config"], results["data"], results["data"]["axes"]
-    mix = data["mix"]
-    words = {"ratio": cfg["ratio"], "share": mix["share"], "keep": cfg["prune_keep"],
-             "factor": cfg["candidate_factor"]}  # fmt: skip
-    base = ("every arm starts from a fresh preset (from scratch)" if cfg["from_scratch"]
-            else f"every arm continues from the base model `{cfg['base']}`"
-            + (f", pretrained here on {data['tokens'].get('base', 0):,} tokens of --base_data"
-               if "base" in data["tokens"] else ""))  # fmt: skip
-    lines = [
-        f"# {title}",
-        "",
-        f"Setting: {base}; the reference is that same start fine-tuned on the curated data "
-        f"({data['tokens']['curated']:,} tokens, {cfg['ref_epochs']} epochs). Every arm runs "
-        f"{results['steps']} optimizer steps of {cfg['batch_size']}×{cfg['seq_len']} tokens "
-        "with the same schedule; a seed sets the data order (the same for every arm of that "
-        f"seed). Corpus: {data['tokens']['corpus']:,} tokens. Seeds {cfg['seeds']} for "
-        f"{cfg['seeded_arms'].replace(',', ', ')}; the first seed for the other arms.",
-        "",
-        "## Arms",
-        "",
-        *[f"- **{arm}**: {ARM_TEXT[arm].format(**words)}" for arm in results["runs"]],
-        "",
-        "## Splits: what was used for what",
-        "",
-        f"Each held-out set is split by a hash of each document into validation "
-        f"({cfg['validation_fraction']:.0%}) and test. Validation: the curves (a fixed sample "
-        f"of {cfg['eval_windows']} windows per axis at each of {cfg['evals']} evaluations) and "
-        "the compute-to-target figures. Test: the final losses below, computed once per run "
-        "on the whole set. Nothing was tuned on the test sets; the settings (ratio, epochs, "
-        "learning rates) are the config's, chosen on validation data.",
-        "",
-        "## Decontamination (before anything is trained)",
-        "",
-        f"Held-out documents sharing more than {cfg['decontam_threshold']:.0%} of their word "
-        "13-grams with the curated data, the corpus or the base data are dropped.",
-        "",
-        decontam_markdown(data["decontamination"]),
-        "",
-        f"## Test loss on every axis (nats/token; {axes[0]} is the target)",
-        "",
-        loss_markdown(losses, results["runs"]),
-        "",
-        winners_markdown(won),
-        "",
-    ]
-    if len(axes) > 1:
-        lines += ["![test loss on both axes](axes.png)", ""]
-    lines += [
-        f"![validation {axes[0]} loss vs training tokens](curves.png)",
-        "",
-        f"## Compute to reach CLM's final validation {axes[0]} loss",
-        "",
-        compute_markdown(compute),
-        "",
-    ]
-    lines += analyses_lines(results.get("analyses") or {})
-    lines += [
-        "## Why these numbers differ from the paper's",
-        "",
-        "The paper continually pretrains 1B and 7B models on 15B tokens and reports 5–10× fewer "
-        "tokens to the baseline's accuracy. This run uses a model of about a million "
-        "parameters and a corpus of about a million tokens on a CPU: the reference is itself "
-        "barely trained, the budget is one short pass, and a loss on held-out text is not the "
-        "paper's few-shot accuracy. The ratios above are what this setting measured.",
-        "",
-        "## Time (seconds per stage)",
-        "",
-        " · ".join(f"{k} {v}" for k, v in results["seconds"].items()),
-        "",
-    ]
-    return lines
+def dynamics_markdown(table: dict) -> str:
+    """The split of this run's tokens (the paper's own split is quoted in words below, not set
+    beside it as if like for like)."""
+    lines = ["| category | tokens | share of scored tokens |", "|---|---:|---:|"]
+    for row in table["rows"]:
+        lines.append(f"| {row['category']} | {row['count']:,} | {row['percent']:.1f}% |")
+    lines.append(f"| all scored | {table['scored']:,} | |")
+    return "\n".join(lines)
 
 
 def analyses_lines(analyses: dict) -> list[str]:
     lines = []
-    if analyses.get("dynamics_markdown"):
+    if analyses.get("dynamics"):
+        mean = analyses["dynamics_mean_loss"]
         lines += [
-            "## Token-loss dynamics (the paper's Figure 3)",
+            "## Token-loss dynamics (the paper's Figure 3 setting)",
             "",
-            "Each target-test token's loss across checkpoints of CLM (ordinary continual "
-            "pretraining, as the paper tracked), classified by the paper's rule:",
+            f"Each target-test token's loss across {analyses['dynamics_checkpoints']} "
+            "checkpoints of clm (ordinary continual pretraining, as the paper tracked), "
+            f"classified by the paper's rule with its threshold of "
+            f"{analyses['dynamics_threshold']} nats on slope × span:",
             "",
-            analyses["dynamics_markdown"],
+            dynamics_markdown(analyses["dynamics"]),
             "",
-            f"The paper: {PAPER_DYNAMICS}.",
+            f"The paper found {PAPER['dynamics']}. The split here is not comparable with it: "
+            f"the mean loss of these tokens falls from {mean[0]:.3f} to {mean[-1]:.3f} nats "
+            f"across the checkpoints (by {mean[0] - mean[-1]:.3f}), and a fixed threshold in "
+            "nats counts every token whose loss falls with that tide as H→L, where the paper "
+            "tracked an already pretrained 1B model.",
             "",
         ]
     sel = analyses.get("selection") or {}
@@ -166,16 +297,16 @@ def analyses_lines(analyses: dict) -> list[str]:
     return lines
 
 
-def summary_text(results: dict, out: Path, losses: dict, won: dict) -> str:
-    axes = results["data"]["axes"]
-    lines = ["=" * 72, f"test loss ({', '.join(axes)}), mean ± std over seeds:"]
+def summary_text(results: dict, out: Path) -> str:
+    axes, losses = results["data"]["axes"], results["summary"]["losses"]
+    lines = ["=" * 72, f"test loss ({', '.join(axes)}), mean ± sample std over seeds:"]
     for arm, per_axis in losses.items():
         cells = "   ".join(
             f"{axis} {s['mean']:.4f}" + (f" ± {s['std']:.4f}" if s["n"] > 1 else " (1 seed)")
             for axis, s in per_axis.items()
         )
         lines.append(f"  {arm:<14} {cells}")
-    for axis, rank in (won.get("loss") or {}).items():
+    for axis, rank in (results["summary"]["winners"].get("loss") or {}).items():
         if rank:
             lines.append(f"  best on {axis}: {rank['arm']}")
     lines += [f"report: {out / 'report.md'}  (curves.png, axes.png, results.json)", "=" * 72]

@@ -1,15 +1,18 @@
-"""`rho experiment`: the honest race on any data, as resumable stages (rho.experiment.stages).
+"""`rho experiment`: the honest race on any data, as resumable stages (rho.experiment.stages)
+in the order of its plan (rho.experiment.plan).
 
-data (decontaminate, split, tokenize) -> base (a preset pretrained on --base_data, cached by
-hash across run directories; or a given model) -> reference (the base fine-tuned on curated)
--> score (the corpus's reference losses) -> [prune] -> every arm × seed from the base, the same
-data order (per seed), schedule and budget -> dynamics (CLM checkpoints) and selection
-analyses (SLM) -> report (rho.experiment.report).
+data (decontaminate, split, tokenize) -> mix (the curated-mix corpus) -> base (a preset
+pretrained on --base_data, cached by hash across run directories under a lock; or a given
+model) -> reference × reference seed (the base fine-tuned on curated) -> score (the corpus's
+reference losses, per reference) -> [prune] -> every arm × seed from the base, the same data
+order per seed, schedule and budget -> analyses (CLM checkpoints' dynamics, SLM's selection)
+-> report (rho.experiment.report).
 """
 
 from __future__ import annotations
 
 import os
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -20,13 +23,21 @@ from rho.analysis.dynamics_report import run_dynamics
 from rho.analysis.html_report import run_html
 from rho.analysis.selection_report import run_selection
 from rho.experiment.analyses import selection_rates, selection_sample
-from rho.experiment.prepare import inputs_key, prepare
+from rho.experiment.arms import ARMS
+from rho.experiment.facts import summarise
+from rho.experiment.plan import Stage, plan
+from rho.experiment.prepare import build_mix, inputs_key, prepare
 from rho.experiment.report import write_report
 from rho.experiment.settings import ExperimentConfig
-from rho.experiment.stages import Stages, stage_key
+from rho.experiment.stages import Stages
 from rho.experiment.training_run import train_run
-from rho.files import check_replaceable, mark_output, output_lock, write_json_atomic
-from rho.models import PRESETS
+from rho.files import (
+    check_replaceable,
+    mark_output,
+    output_lock,
+    read_json,
+    write_json_atomic,
+)
 from rho.options import SelectionArguments
 from rho.prune import prune_store
 from rho.runs import run_checkpoints
@@ -35,26 +46,12 @@ from rho.store import TokenStore
 
 EXPERIMENT_KIND = "rho.Experiment"
 CACHE_ENV = "RHO_CACHE"  # where pretrained bases are cached (default ~/.cache/rho)
+PLAIN = SelectionArguments(selection="none")
+BASE_SEED = 0  # the base is one model, pretrained once
 
 
 def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "rho"))
-
-
-def arm_selection(arm: str, cfg: ExperimentConfig) -> SelectionArguments:
-    factor, ratio = cfg.candidate_factor, cfg.ratio
-    return {
-        "clm": SelectionArguments(selection="none"),
-        "clm-mix": SelectionArguments(selection="none"),
-        "pruned-clm": SelectionArguments(selection="none"),
-        "slm": SelectionArguments(selection="token", ratio=ratio),
-        "pruned-slm": SelectionArguments(selection="token", ratio=ratio),
-        "slm-random": SelectionArguments(selection="token", ratio=ratio, score="random"),
-        "rholoss": SelectionArguments(selection="sample", candidate_factor=factor),
-        "rholoss+token": SelectionArguments(
-            selection="sample+token", ratio=ratio, candidate_factor=factor
-        ),
-    }[arm]
 
 
 def run_experiment(cfg: ExperimentConfig, title: str = "rho experiment") -> dict:
@@ -67,209 +64,243 @@ def run_experiment(cfg: ExperimentConfig, title: str = "rho experiment") -> dict
     out.mkdir(parents=True, exist_ok=True)
     mark_output(out, EXPERIMENT_KIND)
     with output_lock(out):
-        return _run(cfg, out, title)
+        return Runner(cfg, out).run(title)
 
 
-def _run(cfg: ExperimentConfig, out: Path, title: str) -> dict:
-    stages = Stages(out)
-    arms = cfg.arm_list
-    tqdm.write(f"== {title} into {out}: arms {', '.join(arms)}; seeds {cfg.seeds} ==")
-    data_key = stage_key(**inputs_key(cfg))
-    data = stages.run("data", data_key, lambda d: prepare(cfg, d), "data")
-    stores, axes = data["stores"], data["axes"]
-    corpus = TokenStore(stores["corpus"])
-    per_step = cfg.batch_size * cfg.seq_len
-    steps = max(1, (cfg.train_tokens or corpus.n_tokens) // per_step)
-    common = {"stores": stores, "axes": axes}
+class Runner:
+    """Runs the plan's stages in order; each stage's builder sees the config only through the
+    view of the fields its key covers."""
 
-    def train(name, key_parts, title_, **kw):
-        key = stage_key(data=data_key, cfg=schedule_key(cfg), **key_parts)
-        return stages.run(
-            name, key, lambda d: train_run(d, cfg, label=title_, **common, **kw), title_
+    def __init__(self, cfg: ExperimentConfig, out: Path):
+        self.cfg, self.out = cfg, out
+        self.stages = Stages(out)
+        self.results: dict[str, dict] = {}
+        self.plan = plan(cfg, inputs_key(cfg.view("data")))
+
+    def run(self, title: str) -> dict:
+        cfg = self.cfg
+        tqdm.write(
+            f"== {title} into {self.out}: arms {', '.join(cfg.arm_list)}; seeds "
+            f"{cfg.seeds}; reference seeds {cfg.reference_seeds_used} =="
+        )
+        for key, stage in self.plan.items():
+            build = getattr(self, f"build_{stage.kind}")
+            if stage.cached:
+                cached = Stages(cache_dir(), self.stages.log)
+                self.results[key] = cached.run(
+                    stage.name,
+                    stage.key,
+                    partial(build, stage),
+                    "base (pretrained, cached)",
+                    shared=True,
+                )
+                self.stages.seconds[key] = cached.seconds[stage.name]
+            elif stage.kind == "base":
+                self.results[key] = {"run": self.cfg.base}  # a given model or a fresh preset
+            else:
+                self.results[key] = self.stages.run(stage.name, stage.key, partial(build, stage))
+        results = self.collect()
+        write_json_atomic(self.out / "results.json", results, sort_keys=False)
+        write_report(results, self.out, title)
+        return results
+
+    # ------------------------------------------------------------------ stage builders
+    @property
+    def data(self) -> dict:
+        return self.results["data"]
+
+    def train(self, directory: Path, stage: str, extra=(), **kw) -> dict:
+        return train_run(
+            directory, self.cfg.view(stage, extra), self.data["stores"], self.data["axes"], **kw
         )
 
-    # The base every run starts from.
-    init, base_key = cfg.base, cfg.base
-    if cfg.base in PRESETS and not cfg.from_scratch:
-        base_tokens = cfg.base_tokens or TokenStore(stores["base"]).n_tokens
-        base_key = stage_key(
-            data=data_key, base=cfg.base, tokens=base_tokens, cfg=schedule_key(cfg)
-        )
-        cached = Stages(cache_dir(), stages.log)
-        base = cached.run(
-            f"base-{base_key}",
-            base_key,
-            lambda d: train_run(
-                d,
-                cfg,
-                label="base",
-                init=cfg.base,
-                tokens=stores["base"],
-                selection=SelectionArguments(selection="none"),
-                steps=max(1, base_tokens // per_step),
-                seed=0,
-                lr=cfg.base_learning_rate,
-                **common,
-            ),
-            "base (pretrained, cached)",
-        )
-        stages.seconds["base"] = cached.seconds[f"base-{base_key}"]
-        init = base["run"]
+    def steps(self, tokens: int, view) -> int:
+        return max(1, tokens // (view.batch_size * view.seq_len))
 
-    ref_steps = max(1, int(cfg.ref_epochs * TokenStore(stores["curated"]).n_tokens / per_step))
-    reference = train(
-        "reference",
-        {"base": base_key, "steps": ref_steps},
-        "reference",
-        init=init,
-        tokens=stores["curated"],
-        steps=ref_steps,
-        seed=cfg.seeds[0],
-        selection=SelectionArguments(selection="none"),
-        lr=cfg.learning_rate,
-    )
+    def build_data(self, stage: Stage, directory: Path) -> dict:
+        return prepare(self.cfg.view("data"), directory)
 
-    score_key = stage_key(reference=stages.keys["reference"])
-    scored = stages.run(
-        "score",
-        score_key,
-        lambda d: {
-            "losses": str(
-                score_store(
-                    reference["run"], corpus, d / "ref_losses", cfg.seq_len, progress=False
-                ).path
-            )
-        },
-        "score the corpus",
-    )
-    pruned = None
-    if {"pruned-clm", "pruned-slm"} & set(arms):
-        pruned = stages.run(
-            "prune",
-            stage_key(score=score_key, keep=cfg.prune_keep),
-            lambda d: prune_windows(cfg, corpus, scored["losses"], d),
-            "prune",
+    def build_mix(self, stage: Stage, directory: Path) -> dict:
+        return build_mix(self.cfg.view("mix"), self.data, directory)
+
+    def build_base(self, stage: Stage, directory: Path) -> dict:
+        v = self.cfg.view("base")
+        tokens = v.base_tokens or self.data["tokens"]["base"]
+        return self.train(
+            directory,
+            "base",
+            label="base",
+            init=v.base,
+            tokens=self.data["stores"]["base"],
+            selection=PLAIN,
+            steps=self.steps(tokens, v),
+            seed=BASE_SEED,
+            lr=v.base_learning_rate,
         )
 
-    runs: dict[str, list[dict]] = {}
-    for arm in arms:
-        seeds = cfg.seeds_of(arm)
-        if arm == "reference":
-            runs[arm] = [{**reference, "seed": cfg.seeds[0]}]
-            continue
-        tokens = {"clm-mix": stores["mix"], "pruned-clm": None, "pruned-slm": None}.get(
-            arm, stores["corpus"]
+    def build_reference(self, stage: Stage, directory: Path) -> dict:
+        v = self.cfg.view("reference")
+        steps = self.steps(int(v.ref_epochs * self.data["tokens"]["curated"]), v)
+        return self.train(
+            directory,
+            "reference",
+            label=stage.name,
+            init=self.results["base"]["run"],
+            tokens=self.data["stores"]["curated"],
+            selection=PLAIN,
+            steps=steps,
+            seed=stage.seed,
+            lr=v.learning_rate,
         )
-        losses = scored["losses"]
-        if arm.startswith("pruned"):
+
+    def build_score(self, stage: Stage, directory: Path) -> dict:
+        v = self.cfg.view("score")
+        reference = self.results[f"reference-seed{stage.seed}"]
+        corpus = TokenStore(self.data["stores"]["corpus"])
+        scored = score_store(
+            reference["run"], corpus, directory / "ref_losses", v.seq_len, progress=False
+        )
+        return {"losses": str(scored.path), "tokens": corpus.n_tokens}
+
+    def build_prune(self, stage: Stage, directory: Path) -> dict:
+        v = self.cfg.view("prune")
+        corpus = TokenStore(self.data["stores"]["corpus"])
+        scored = self.results[f"score-ref{stage.seed}"]["losses"]
+        prune_store(
+            corpus,
+            scored,
+            directory / "pruned",
+            keep=v.prune_keep,
+            unit="window",
+            by="reference",
+            progress=False,
+        )
+        return {
+            "tokens": str(directory / "pruned" / "tokens"),
+            "losses": str(directory / "pruned" / "ref_losses"),
+        }
+
+    def build_arm(self, stage: Stage, directory: Path) -> dict:
+        arm = ARMS[stage.arm]
+        v = self.cfg.view("arms", arm.reads)
+        tokens, losses = self.data["stores"]["corpus"], None
+        if arm.data == "mix":
+            tokens = self.results["mix"]["store"]
+        if stage.reference_seed is not None:
+            losses = self.results[f"score-ref{stage.reference_seed}"]["losses"]
+        if arm.data == "pruned":
+            pruned = self.results[f"prune-ref{stage.reference_seed}"]
             tokens, losses = pruned["tokens"], pruned["losses"]
-        runs[arm] = []
-        for seed in seeds:
-            name = f"{arm}-seed{seed}"
-            save = seed == cfg.seeds[0] and arm in ("clm", "slm")  # checkpoints for analyses
-            result = train(
-                name,
-                {
-                    "arm": arm,
-                    "seed": seed,
-                    "base": base_key,
-                    "steps": steps,
-                    "score": score_key,
-                    "save": save,
-                },
-                name,
-                init=init,
-                tokens=tokens,
-                selection=arm_selection(arm, cfg),
-                steps=steps,
-                seed=seed,
-                lr=cfg.learning_rate,
-                ref_losses=losses,
-                save_checkpoints=save,
-            )
-            runs[arm].append({**result, "seed": seed})
-
-    analyses = {}
-    if cfg.analyze:
-        first = cfg.seeds[0]
-        key = stage_key(
-            clm=stages.keys[f"clm-seed{first}"], slm=stages.keys.get(f"slm-seed{first}")
+        corpus_tokens = self.data["tokens"]["corpus"]
+        return self.train(
+            directory,
+            "arms",
+            arm.reads,
+            label=stage.name,
+            init=self.results["base"]["run"],
+            tokens=tokens,
+            selection=arm.selection_arguments(v),
+            steps=self.steps(v.train_tokens or corpus_tokens, v),
+            seed=stage.seed,
+            lr=v.learning_rate,
+            ref_losses=losses,
+            save_checkpoints=stage.save,
         )
-        analyses = stages.run(
-            "analyses", key, lambda d: analyse(cfg, runs, stores, axes, scored, out, d), "analyses"
+
+    def build_analyses(self, stage: Stage, directory: Path) -> dict:
+        first = self.cfg.seeds[0]
+        slm = self.plan.get(f"slm-seed{first}")
+        losses = None if slm is None else self.results[f"score-ref{slm.reference_seed}"]["losses"]
+        return analyse(
+            self.cfg.view("analyses"),
+            self.results,
+            self.data,
+            self.out,
+            directory,
+            first=first,
+            slm_losses=losses,
         )
-    overhead = overheads(cfg, arms, reference, stages, corpus.n_tokens)
-    results = {
-        "config": cfg.as_dict(),
-        "data": {k: data[k] for k in ("axes", "decontamination", "mix", "tokens")},
-        "steps": steps,
-        "runs": runs,
-        "overhead": overhead,
-        "analyses": analyses,
-        "seconds": {k: round(v, 1) for k, v in stages.seconds.items()},
-    }
-    write_json_atomic(out / "results.json", results, sort_keys=False)
-    write_report(results, out, title)
-    return results
 
+    # ------------------------------------------------------------------ results
+    def collect(self) -> dict:
+        cfg, data = self.cfg, self.data
+        runs: dict[str, list[dict]] = {}
+        for name in cfg.arm_list:
+            if ARMS[name].data == "curated":
+                runs[name] = [
+                    {**self.results[f"reference-seed{r}"], "seed": r}
+                    for r in cfg.reference_seeds_used
+                ]
+                continue
+            runs[name] = []
+            for seed in cfg.seeds_of(name):
+                stage = self.plan[f"{name}-seed{seed}"]
+                runs[name].append(
+                    {
+                        **self.results[stage.name],
+                        "seed": seed,
+                        "reference_seed": stage.reference_seed,
+                    }
+                )
+        results = {
+            "config": cfg.as_dict(),
+            "data": {k: data[k] for k in ("axes", "decontamination", "tokens", "base_overlap")},
+            "stages": {name: stage.key for name, stage in self.plan.items()},
+            "runs": runs,
+            "overhead": self.overheads(runs),
+            "analyses": self.results.get("analyses", {}),
+            "seconds": {k: round(v, 1) for k, v in self.stages.seconds.items()},
+        }
+        if "mix" in self.results:
+            results["data"]["mix"] = self.results["mix"]
+        if self.plan["base"].cached:
+            base = self.results["base"]
+            keep = ("steps", "warmup_steps", "train_tokens", "flops_train", "n_params")
+            results["base"] = {"seed": BASE_SEED, **{k: base[k] for k in keep if k in base}}
+        results["summary"] = summarise(results)
+        return results
 
-def schedule_key(cfg: ExperimentConfig) -> dict:
-    """The settings every training run depends on."""
-    names = (
-        "seq_len",
-        "batch_size",
-        "learning_rate",
-        "base_learning_rate",
-        "evals",
-        "eval_windows",
-        "ratio",
-        "candidate_factor",
-        "prune_keep",
-    )
-    # "sample": how validation windows are chosen (a code change there must redo the runs)
-    return {"sample": "spread", **{k: getattr(cfg, k) for k in names}}
-
-
-def prune_windows(cfg, corpus: TokenStore, losses: str, directory: Path) -> dict:
-    prune_store(
-        corpus,
-        losses,
-        directory / "pruned",
-        keep=cfg.prune_keep,
-        unit="window",
-        by="reference",
-        progress=False,
-    )
-    return {
-        "tokens": str(directory / "pruned" / "tokens"),
-        "losses": str(directory / "pruned" / "ref_losses"),
-    }
-
-
-def overheads(cfg, arms, reference: dict, stages: Stages, corpus_tokens: int) -> dict:
-    """One-off costs before an arm's training that later runs can reuse: the reference's
-    training and the scoring of the corpus (2·N_ref per token) for arms that use reference
-    losses; the pruning for pruned arms. The base is shared by every arm and left out."""
-    flops = reference["flops_train"] + 2 * reference["n_params"] * corpus_tokens
-    seconds = reference["seconds_train"] + stages.seconds.get("score", 0.0)
-    out = {}
-    for arm in arms:
-        if arm in ("slm", "pruned-slm", "rholoss", "rholoss+token", "pruned-clm"):
-            extra = stages.seconds.get("prune", 0.0) if arm.startswith("pruned") else 0.0
-            out[arm] = {
-                "flops": flops,
-                "seconds": seconds + extra,
-                "what": "reference training + scoring the corpus" + (" + pruning" if extra else ""),
+    def overheads(self, runs: dict) -> dict:
+        """What each arm is charged before its training, by its registry entry: the training of
+        the reference its seed pairs with, the scoring of the corpus by it (2·N_ref FLOPs per
+        token scored) and the pruning; mean over the references its seeds used. The base is
+        shared by every arm and left out."""
+        out = {}
+        for name, seeds in runs.items():
+            arm = ARMS[name]
+            if not arm.overhead:
+                continue
+            flops, seconds = [], []
+            for run in seeds:
+                r = run["reference_seed"]
+                ref, scored = self.results[f"reference-seed{r}"], self.results[f"score-ref{r}"]
+                flops.append(ref["flops_train"] + 2 * ref["n_params"] * scored["tokens"])
+                parts = [f"reference-seed{r}", f"score-ref{r}"]
+                if "prune" in arm.overhead:
+                    parts.append(f"prune-ref{r}")
+                seconds.append(sum(self.stages.seconds.get(p, 0.0) for p in parts))
+            what = {
+                "reference": "reference training",
+                "score": "scoring the corpus",
+                "prune": "pruning",
             }
-    return out
+            out[name] = {
+                "flops": float(np.mean(flops)),
+                "seconds": float(np.mean(seconds)),
+                "what": " + ".join(what[p] for p in arm.overhead),
+                "tokens_scored": self.results[f"score-ref{seeds[0]['reference_seed']}"]["tokens"],
+            }
+        return out
 
 
-def analyse(cfg, runs, stores, axes, scored, out: Path, directory: Path) -> dict:
+def analyse(
+    cfg, results: dict, data: dict, out: Path, directory: Path, first: int, slm_losses: str | None
+) -> dict:
     """Token-loss dynamics over CLM checkpoints (the paper's Figure 3 setting: ordinary
     continual pretraining) on the target test set; SLM's selection (Figures 6, 8) and the
-    highlighted corpus (Figure 13)."""
-    first = cfg.seeds[0]
-    clm = Path(runs["clm"][0]["run"])
+    highlighted corpus (Figure 13). ``cfg`` is the analyses' view of the config."""
+    stores, axes = data["stores"], data["axes"]
+    clm = Path(results[f"clm-seed{first}"]["run"])
     checkpoints = [p for _, p in run_checkpoints(clm)]
     spaced = np.unique(np.linspace(0, len(checkpoints) - 1, cfg.dynamics_checkpoints).round())
     dynamics = run_dynamics(
@@ -279,16 +310,23 @@ def analyse(cfg, runs, stores, axes, scored, out: Path, directory: Path) -> dict
         seq_len=cfg.seq_len,
         progress=False,
     )
-    result = {"dynamics": dynamics["table"], "dynamics_markdown": dynamics["markdown_table"]}
-    if "slm" in runs:
-        slm = Path(runs["slm"][0]["run"])
+    recorded = read_json(directory / "dynamics" / "dynamics.json")
+    result = {
+        "dynamics": dynamics["table"],
+        "dynamics_checkpoints": len(recorded["checkpoints"]),
+        "dynamics_threshold": recorded["threshold"],
+        "dynamics_mean_loss": [float(m) for m in recorded["all_tokens_mean_loss"]],
+    }
+    if slm_losses is not None:
+        slm_stage = results[f"slm-seed{first}"]
+        slm = Path(slm_stage["run"])
         selection = run_selection([slm, clm], None, None, directory / "selection", windows=64)
         corpus = TokenStore(stores["corpus"])
         sample = selection_sample(selection, corpus, cfg.seq_len)
         result["selection"] = selection_rates(sample, corpus.domain_names)
         run_html(
             corpus.path,
-            scored["losses"],
+            slm_losses,
             out / "selected.html",
             model=str(slm),
             ratio=cfg.ratio,

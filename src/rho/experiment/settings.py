@@ -2,106 +2,140 @@
 command line's flags (the field docs are both the config's documentation and `--help`), and
 the checks that run before any work.
 
-A config file (``--config FILE.yaml``) sets defaults; flags given on the command line win.
+Every field declares the stages that read it (``stages=...``): a stage's key is the hash of
+exactly those fields (``fields_read``), and a stage sees the config only through a view of them
+(``view``), so a stage cannot read a field its key leaves out. Fields read by some arms only are
+named in that arm's ``reads`` (rho.experiment.arms). A config file (``--config FILE.yaml``) sets
+defaults; flags given on the command line win.
 """
 
 from __future__ import annotations
 
+import glob
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-import yaml
 from transformers import HfArgumentParser
 
 from rho.errors import UserError
+from rho.experiment.arms import ARMS, CORE_ARMS, NAMES
 from rho.models import PRESETS
 from rho.select import check_ratio
 
-# Arms, in report order. Every arm starts from the same base model, data order, schedule and
-# token budget; "reference" is the reference model itself (the base fine-tuned on curated data).
-CORE_ARMS = ("clm", "slm", "slm-random", "clm-mix", "reference")
-SAMPLE_ARMS = ("pruned-clm", "pruned-slm", "rholoss", "rholoss+token")
-ARMS = CORE_ARMS + SAMPLE_ARMS
+STAGES = ("data", "mix", "base", "reference", "score", "prune", "arms", "analyses")
+TRAINING = ("base", "reference", "arms")  # every training run evaluates on this schedule
+
+
+_DECLARED: list[tuple[str, ...]] = []  # the stages of each option(), in field order
+
+
+def option(default=None, *, stages: tuple[str, ...], help: str, factory=None):
+    """A config field, with the stages that read it (an empty tuple: it only chooses which
+    stages exist, or where they go). The stages are kept beside the field, not in its metadata:
+    HfArgumentParser hands every metadata key to argparse."""
+    unknown = set(stages) - set(STAGES)
+    if unknown:
+        raise ValueError(f"unknown stage {sorted(unknown)}")
+    _DECLARED.append(tuple(stages))
+    meta = {"help": help}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
 class ExperimentConfig:
     """Everything one `rho experiment` run needs: data, models, arms, seeds, budget."""
 
-    curated: list[str] = field(
-        default_factory=list,
-        metadata={"help": "curated files of the target distribution (train the reference)"},
+    curated: list[str] = option(
+        factory=list,
+        stages=("data",),
+        help="curated files of the target distribution (train the reference)",
     )
-    corpus: list[str] = field(
-        default_factory=list, metadata={"help": "pretraining corpus files the arms train on"}
+    corpus: list[str] = option(
+        factory=list,
+        stages=("data",),
+        help="pretraining corpus files the arms train on (globs expand)",
     )
-    heldout: list[str] = field(
-        default_factory=list,
-        metadata={
-            "help": "held-out sets as NAME=FILE[,FILE...]; the first is the target axis (e.g. "
-            "target=math.jsonl general=web.jsonl); each is split into validation and test"
-        },
+    heldout: list[str] = option(
+        factory=list,
+        stages=("data",),
+        help="held-out sets as NAME=FILE[,FILE...]; the first is the "
+        "target axis (e.g. target=math.jsonl general=web.jsonl); each is "
+        "split into validation and test",
     )
-    out: str = field(default="rho-experiment", metadata={"help": "run directory"})
-    base: str = field(
-        default="1m",
-        metadata={
-            "help": "the model every arm continues from: a preset (tiny, 1m, 5m, ...: "
-            "pretrained here on --base_data), a model directory or a hub name"
-        },
+    out: str = option("rho-experiment", stages=(), help="run directory")
+    base: str = option(
+        "1m",
+        stages=("data", "base"),
+        help="the model every arm continues from: a preset (tiny, 1m, 5m, ...: "
+        "pretrained here on --base_data), a model directory or a hub name",
     )
-    base_data: list[str] = field(
-        default_factory=list,
-        metadata={"help": "text to pretrain a preset base on (the paper's setting)"},
+    base_data: list[str] = option(
+        factory=list,
+        stages=("data",),
+        help="text to pretrain a preset base on (the paper's setting)",
     )
-    base_tokens: int = field(default=0, metadata={"help": "base pretraining budget (tokens)"})
-    from_scratch: bool = field(
-        default=False,
-        metadata={"help": "no base: every arm and the reference start from a fresh preset"},
+    base_tokens: int = option(0, stages=("base",), help="base pretraining budget (tokens)")
+    from_scratch: bool = option(
+        False,
+        stages=("base",),
+        help="no base: every arm and the reference start from a fresh preset",
     )
-    tokenizer: str | None = field(
-        default=None,
-        metadata={"help": "HF tokenizer (default: a model base's own, else trained on the data)"},
+    tokenizer: str | None = option(
+        None,
+        stages=("data",),
+        help="HF tokenizer (default: a model base's own, else trained on the data)",
     )
-    vocab: int = field(default=2048, metadata={"help": "vocabulary of a trained tokenizer"})
-    arms: str = field(
-        default=",".join(CORE_ARMS),
-        metadata={"help": f"comma list of {', '.join(ARMS)}; or all"},
+    vocab: int = option(2048, stages=("data",), help="vocabulary of a trained tokenizer")
+    arms: str = option(
+        ",".join(CORE_ARMS), stages=(), help=f"comma list of {', '.join(NAMES)}; or all"
     )
-    seeds: list[int] = field(
-        default_factory=lambda: [0, 1, 2],
-        metadata={"help": "seeds (data order) of the --seeded_arms; other arms use the first"},
+    seeds: list[int] = option(
+        factory=lambda: [0, 1, 2],
+        stages=(),
+        help="seeds (data order) of the --seeded_arms; other arms use the first",
     )
-    seeded_arms: str = field(
-        default="clm,slm", metadata={"help": "arms run over every seed (comma list)"}
+    seeded_arms: str = option("clm,slm", stages=(), help="arms run over every seed (comma list)")
+    reference_seeds: list[int] = option(
+        factory=list,
+        stages=(),
+        help="seeds of the reference (default: the first seed); "
+        "arms using reference scores pair seed i with reference "
+        "i (cycling), so their spread includes the reference's",
     )
-    train_tokens: int = field(default=0, metadata={"help": "per-arm budget (0: one pass)"})
-    ref_epochs: float = field(default=2.0, metadata={"help": "reference: epochs on curated"})
-    ratio: float = field(default=0.6, metadata={"help": "SLM: fraction of tokens kept"})
-    mix_share: float = field(
-        default=0.2, metadata={"help": "clm-mix: share of curated tokens in the mixed corpus"}
+    train_tokens: int = option(0, stages=("arms",), help="per-arm budget (0: one pass)")
+    ref_epochs: float = option(2.0, stages=("reference",), help="reference: epochs on curated")
+    ratio: float = option(0.6, stages=("analyses",), help="SLM: fraction of tokens kept")
+    mix_share: float = option(
+        0.2, stages=("mix",), help="clm-mix: share of curated tokens in the mixed corpus"
     )
-    prune_keep: float = field(default=0.5, metadata={"help": "pruned arms: windows kept"})
-    candidate_factor: int = field(default=4, metadata={"help": "RHO-LOSS: candidates per window"})
-    seq_len: int = field(default=256, metadata={"help": "window length (tokens)"})
-    batch_size: int = field(default=16, metadata={"help": "windows per optimizer step"})
-    learning_rate: float = field(default=1e-3, metadata={"help": "arms and reference"})
-    base_learning_rate: float = field(default=3e-3, metadata={"help": "base pretraining"})
-    evals: int = field(default=8, metadata={"help": "validation evaluations per run"})
-    eval_windows: int = field(
-        default=48, metadata={"help": "validation windows per axis during training (fixed)"}
+    prune_keep: float = option(0.5, stages=("prune",), help="pruned arms: windows kept")
+    candidate_factor: int = option(4, stages=(), help="RHO-LOSS: candidates per window")
+    seq_len: int = option(
+        256, stages=(*TRAINING, "score", "analyses"), help="window length (tokens)"
     )
-    validation_fraction: float = field(
-        default=0.5, metadata={"help": "share of each held-out set used for validation"}
+    batch_size: int = option(16, stages=TRAINING, help="windows per optimizer step")
+    learning_rate: float = option(1e-3, stages=("reference", "arms"), help="arms and reference")
+    base_learning_rate: float = option(3e-3, stages=("base",), help="base pretraining")
+    evals: int = option(8, stages=TRAINING, help="validation evaluations per run")
+    eval_windows: int = option(
+        48,
+        stages=TRAINING,
+        help="validation windows per axis for the curves (0: the whole validation set)",
     )
-    decontam_threshold: float = field(
-        default=0.05,
-        metadata={"help": "drop held-out documents sharing more than this share of 13-grams"},
+    validation_fraction: float = option(
+        0.5, stages=("data",), help="share of each held-out set used for validation"
     )
-    dynamics_checkpoints: int = field(
-        default=5, metadata={"help": "CLM checkpoints scored for token-loss dynamics"}
+    decontam_threshold: float = option(
+        0.05,
+        stages=("data",),
+        help="drop held-out documents sharing more than this share of 13-grams",
     )
-    analyze: bool = field(default=True, metadata={"help": "selection analyses and HTML"})
+    dynamics_checkpoints: int = option(
+        5, stages=("analyses",), help="CLM checkpoints scored for token-loss dynamics"
+    )
+    analyze: bool = option(True, stages=(), help="selection analyses and HTML")
 
     def __post_init__(self):
         self.check()
@@ -109,29 +143,34 @@ class ExperimentConfig:
     @property
     def arm_list(self) -> tuple[str, ...]:
         names = [a.strip() for a in self.arms.split(",") if a.strip()]
+        registry = tuple(ARMS)  # read now: an arm registered later counts
         if names == ["all"]:
-            return ARMS
+            return registry
         unknown = [a for a in names if a not in ARMS]
         if unknown:
             raise UserError(f"unknown arm {unknown[0]!r}; choose from {', '.join(ARMS)} or all")
-        return tuple(a for a in ARMS if a in names or a == "clm")  # clm is the baseline
+        return tuple(a for a in registry if a in names or a == "clm")  # clm is the baseline
 
     def seeds_of(self, arm: str) -> list[int]:
-        """Every seed for a seeded arm (the reference is one model: the first seed only)."""
-        seeded = {a.strip() for a in self.seeded_arms.split(",")} - {"reference"}
+        """Every seed for a seeded arm, else the first. The reference arm's seeds are
+        ``reference_seeds_used``."""
+        if arm == "reference":
+            return self.reference_seeds_used
+        seeded = {a.strip() for a in self.seeded_arms.split(",")}
         return list(self.seeds) if arm in seeded else list(self.seeds[:1])
 
+    @property
+    def reference_seeds_used(self) -> list[int]:
+        return list(self.reference_seeds or self.seeds[:1])
+
+    def reference_for(self, seed: int) -> int:
+        """The reference seed an arm's data seed pairs with: the i-th seed with the i-th
+        reference, cycling."""
+        refs = self.reference_seeds_used
+        return refs[self.seeds.index(seed) % len(refs)]
+
     def heldout_sets(self) -> dict[str, list[str]]:
-        """NAME -> files, in the order given (the first is the target axis)."""
-        sets: dict[str, list[str]] = {}
-        for item in self.heldout:
-            name, sep, files = item.partition("=")
-            if not sep or not name or not files:
-                raise UserError(f"--heldout {item!r}: write NAME=FILE[,FILE...]")
-            if name in sets:
-                raise UserError(f"--heldout {name!r} is given twice")
-            sets[name] = [f for f in files.split(",") if f]
-        return sets
+        return heldout_sets(self.heldout)
 
     def check(self) -> None:
         """Every option, before any work."""
@@ -143,16 +182,20 @@ class ExperimentConfig:
             raise UserError("--validation_fraction must leave a test set (< 1)")
         if not 0.0 <= self.decontam_threshold <= 1.0:
             raise UserError("--decontam_threshold must be in [0, 1]")
-        for name in ("seq_len", "batch_size", "evals", "eval_windows", "candidate_factor"):
+        for name in ("seq_len", "batch_size", "evals", "candidate_factor"):
             if getattr(self, name) < (2 if name == "seq_len" else 1):
                 raise UserError(f"--{name} must be positive, got {getattr(self, name)}")
-        for name in ("train_tokens", "base_tokens", "vocab"):
+        for name in ("train_tokens", "base_tokens", "vocab", "eval_windows"):
             if getattr(self, name) < 0:
                 raise UserError(f"--{name} must be >= 0")
         if self.ref_epochs <= 0:
             raise UserError("--ref_epochs must be positive")
-        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
-            raise UserError("--seeds must be distinct integers")
+        if self.dynamics_checkpoints < 2:
+            raise UserError("--dynamics_checkpoints must be at least 2")
+        for name in ("seeds", "reference_seeds"):
+            seeds = getattr(self, name)
+            if (name == "seeds" and not seeds) or len(set(seeds)) != len(seeds):
+                raise UserError(f"--{name} must be distinct integers")
         self.arm_list  # noqa: B018 (validates)
         unknown = {a.strip() for a in self.seeded_arms.split(",") if a.strip()} - set(ARMS)
         if unknown:
@@ -161,36 +204,101 @@ class ExperimentConfig:
             raise UserError(f"--from_scratch needs a preset --base ({', '.join(PRESETS)})")
 
     def check_inputs(self) -> None:
-        """The data exists (checked when the run starts, not when a config is only parsed)."""
+        """The data exists (checked when the run starts, not when a config is only parsed);
+        globs in the file lists are expanded here, in sorted order."""
         if not self.curated or not self.corpus or not self.heldout:
             raise UserError("give --curated, --corpus and at least one --heldout NAME=FILE")
-        files = [*self.curated, *self.corpus, *self.base_data]
-        files += [f for fs in self.heldout_sets().values() for f in fs]
-        for file in files:
-            if not Path(file).exists():
-                raise UserError(f"input {file} does not exist")
+        self.curated, self.corpus, self.base_data = (
+            expand(self.curated),
+            expand(self.corpus),
+            expand(self.base_data),
+        )
+        self.heldout = [
+            f"{name}={','.join(expand(files))}" for name, files in self.heldout_sets().items()
+        ]
         if self.base in PRESETS and not self.from_scratch and not self.base_data:
             raise UserError(f"a preset --base {self.base} needs --base_data (or --from_scratch)")
 
     def as_dict(self) -> dict:
         return asdict(self)
 
+    def fields_read(self, stage: str, extra: tuple[str, ...] = ()) -> dict:
+        """The values of the fields ``stage`` reads (and ``extra``: an arm's own reads)."""
+        return {name: getattr(self, name) for name in reads(stage, extra)}
+
+    def view(self, stage: str, extra: tuple[str, ...] = ()) -> ConfigView:
+        return ConfigView(self, reads(stage, extra), stage)
+
+
+# Field name -> the stages that read it. zip(strict) fails at import if a field was declared
+# without option(): no field can be forgotten by the stage keys.
+STAGES_OF = dict(zip((f.name for f in fields(ExperimentConfig)), _DECLARED, strict=True))
+
+
+def reads(stage: str, extra: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The names of the fields a stage reads, in the dataclass's order."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}")
+    return tuple(
+        f.name for f in fields(ExperimentConfig) if stage in STAGES_OF[f.name] or f.name in extra
+    )
+
+
+class ConfigView:
+    """The config as one stage may see it: reading a field the stage did not declare is an
+    error, because the stage's key would not change with it (a stale result)."""
+
+    def __init__(self, cfg: ExperimentConfig, names: tuple[str, ...], stage: str):
+        self._cfg, self._names, self._stage = cfg, frozenset(names), stage
+
+    def __getattr__(self, name: str):
+        if name.startswith("_") or name not in self._names:
+            raise AttributeError(
+                f"the {self._stage} stage does not declare --{name} (see ExperimentConfig's stages)"
+            )
+        return getattr(self._cfg, name)
+
+
+def heldout_sets(items: list[str]) -> dict[str, list[str]]:
+    """NAME -> files, in the order given (the first is the target axis)."""
+    sets: dict[str, list[str]] = {}
+    for item in items:
+        name, sep, files = item.partition("=")
+        if not sep or not name or not files:
+            raise UserError(f"--heldout {item!r}: write NAME=FILE[,FILE...]")
+        if name in sets:
+            raise UserError(f"--heldout {name!r} is given twice")
+        sets[name] = [f for f in files.split(",") if f]
+    return sets
+
+
+def expand(patterns: list[str]) -> list[str]:
+    """Input files with globs expanded (sorted); every input must exist."""
+    out = []
+    for pattern in patterns:
+        matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+        if not matches:
+            raise UserError(f"no input matches {pattern!r}")
+        for match in matches:
+            if not Path(match).exists():
+                raise UserError(f"input {match} does not exist")
+        out += matches
+    return out
+
 
 def load_yaml(path: str | Path) -> dict:
-    """A config file's fields (every key must be a field)."""
-    try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except FileNotFoundError:
-        raise UserError(f"config {path} does not exist") from None
-    except (OSError, yaml.YAMLError) as err:
-        raise UserError(f"config {path} is unreadable: {' '.join(str(err).split())}") from None
+    """A config file's fields: loaded bounded (size, depth, alias expansion) and every value
+    checked against its field's type before anything runs (rho.schema)."""
+    from rho.schema import check_fields, read_yaml_file
+
+    if not Path(path).exists():
+        raise UserError(f"config {path} does not exist")
+    data = read_yaml_file(path, what="config")
+    if data is None:
+        return {}
     if not isinstance(data, dict):
         raise UserError(f"config {path} must be a mapping of option: value")
-    known = {f.name for f in fields(ExperimentConfig)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise UserError(f"config {path}: unknown option {unknown[0]!r}")
-    return data
+    return check_fields(ExperimentConfig, data, f"config {path}")
 
 
 def parse_config(argv: list[str], defaults: dict | None = None, prog: str = "rho experiment"):
@@ -198,11 +306,15 @@ def parse_config(argv: list[str], defaults: dict | None = None, prog: str = "rho
     parser = HfArgumentParser(ExperimentConfig)
     parser.prog = prog
     parser.add_argument("--config", default=None, help="YAML file of these options")
-    parser.add_argument("--quick", action="store_true", help="smoke-test scale")
+    if prog == "rho demo":
+        parser.add_argument("--quick", action="store_true", help="smoke-test scale")
     known, _ = parser.parse_known_args(argv)
     values = dict(defaults or {})
     if known.config:
         values.update(load_yaml(known.config))
     parser.set_defaults(**values)
-    config, extra = parser.parse_args_into_dataclasses(args=argv)
+    try:
+        config, extra = parser.parse_args_into_dataclasses(args=argv)
+    except ValueError as err:  # arguments no option takes (argparse itself exits 2 on others)
+        raise UserError(str(err)) from None
     return config, extra

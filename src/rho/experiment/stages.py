@@ -7,23 +7,15 @@ changed stage changes the keys of every stage after it, so they are redone too.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from rho.files import read_json, remove_path, write_json_atomic
+from rho.files import output_lock, read_json, remove_path, write_json_atomic
 
 RECORD = "stage.json"
-
-
-def stage_key(**parts) -> str:
-    """A stable hash of JSON-able settings (paths as strings, keys sorted)."""
-    text = json.dumps(parts, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 class Stages:
@@ -45,9 +37,25 @@ class Stages:
                 return saved
         return None
 
-    def run(self, name: str, key: str, build: Callable[[Path], dict], title: str = "") -> dict:
-        """The stage's result: recorded, or built now by ``build(directory)``."""
+    def run(
+        self,
+        name: str,
+        key: str,
+        build: Callable[[Path], dict],
+        title: str = "",
+        shared: bool = False,
+    ) -> dict:
+        """The stage's result: recorded, or built now by ``build(directory)``. A ``shared``
+        stage (a cache entry other run directories use too) is built under a lock that a second
+        process waits on; it then finds the record and skips. The record is written last, so a
+        half-built stage is never trusted."""
         self.keys[name] = key
+        if not shared:
+            return self._run(name, key, build, title)
+        with output_lock(self.path(name), wait=True):
+            return self._run(name, key, build, title)
+
+    def _run(self, name: str, key: str, build: Callable[[Path], dict], title: str) -> dict:
         saved = self.done(name, key)
         if saved is not None:
             self.seconds[name] = saved["seconds"]

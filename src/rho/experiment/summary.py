@@ -30,32 +30,12 @@ import math
 
 import numpy as np
 
+from rho.experiment.stats import difference, spread
+
 # Per-seed costs read from a curve (its key) and from a run's end (its key).
 _COSTS = (("tokens", "tokens", "train_tokens"),
           ("flops_train", "flops", "flops_train"),
           ("seconds_train", "seconds", "seconds_train"))  # fmt: skip
-
-
-def spread(values) -> dict:
-    """Mean, sample standard deviation (ddof=1; 0.0 for a single value), count and the values."""
-    vals = [float(v) for v in values]
-    if not vals:
-        raise ValueError("spread of no values")
-    n = len(vals)
-    std = float(np.std(vals, ddof=1)) if n > 1 else 0.0
-    return {"mean": float(np.mean(vals)), "std": std, "n": n, "values": vals}
-
-
-def difference(a, b) -> dict:
-    """``delta`` = mean(a) − mean(b) and its standard error ``se`` = sqrt(var_a/n_a + var_b/n_b)
-    (sample variances). ``supported`` is |delta| > 2·se, or None (and se None) when either side
-    has a single value, so its spread over seeds is unknown."""
-    sa, sb = spread(a), spread(b)
-    delta = sa["mean"] - sb["mean"]
-    if sa["n"] < 2 or sb["n"] < 2:
-        return {"delta": delta, "se": None, "supported": None}
-    se = math.sqrt(sa["std"] ** 2 / sa["n"] + sb["std"] ** 2 / sb["n"])
-    return {"delta": delta, "se": se, "supported": bool(abs(delta) > 2 * se)}
 
 
 def loss_table(runs: dict, split: str = "test") -> dict:
@@ -87,8 +67,6 @@ def _reach(run: dict, target: float, axis: str) -> dict:
     """A seed's tokens, training FLOPs and seconds where its validation curve on ``axis`` first
     reaches ``target`` (linear interpolation between evaluations; None: never, or no such
     column in the curve)."""
-    # Imported here: compute.py loads torch (rho.models), which the rest of this module never needs.
-
     curve = run["curve"]
     losses = np.asarray(curve[axis], dtype=np.float64)
     out = {}
@@ -96,6 +74,13 @@ def _reach(run: dict, target: float, axis: str) -> dict:
         xs = curve.get(column)
         out[key] = None if xs is None else tokens_to_reach(np.asarray(xs, float), losses, target)
     return out
+
+
+def final_loss(run: dict, axis: str, split: str = "validation") -> float:
+    """A run's final loss on the whole ``split`` set of ``axis`` (its curve's last point if the
+    run has no final record)."""
+    final = run.get("final", {}).get(split, {})
+    return float(final[axis]) if axis in final else float(run["curve"][axis][-1])
 
 
 def _full(run: dict) -> dict:
@@ -184,9 +169,11 @@ def compute_table(
     baseline: str = "clm",
     amortise=(1, 10, 100),
     axis: str = "target",
+    target: float | None = None,
 ) -> dict:
-    """What each arm spends to reach the baseline's final validation loss on ``axis`` (the mean
-    over the baseline's seeds of its curve's last point).
+    """What each arm spends to reach ``target`` on ``axis``: by default the baseline's final
+    validation loss (the mean over its seeds of ``final["validation"][axis]``, the whole
+    validation set, or of its curve's last point when a run has no final record).
 
     ``table[arm]`` has: ``baseline``, ``target`` (that loss), ``seeds`` and ``reached`` (how many
     seeds got there); ``tokens``, ``flops_train``, ``seconds_train`` (the ``spread`` over seeds of
@@ -199,13 +186,15 @@ def compute_table(
     of its ratio to the baseline's training + overhead/N}] for each N in ``amortise``,
     ``break_even``: the smallest N from which on the arm is cheaper, see ``break_even``}.
 
-    The baseline's own cost to reach is its whole run: the target is defined by where it ends
-    (per seed some end above the mean and some below)."""
+    The baseline is measured like every arm, on its curve: a seed that ends above the mean of
+    its seeds does not reach it, and the curves may be a sample of the validation set while the
+    target is the whole set's."""
     overhead = overhead or {}
     if baseline not in runs:
         raise KeyError(f"baseline arm {baseline!r} not in runs ({', '.join(runs)})")
     base_runs = runs[baseline]
-    target = float(np.mean([r["curve"][axis][-1] for r in base_runs]))
+    if target is None:
+        target = float(np.mean([final_loss(r, axis) for r in base_runs]))
     base_full = [_full(r) for r in base_runs]
     base_mean = {}
     for key, _, _ in _COSTS:
@@ -215,7 +204,7 @@ def compute_table(
 
     table = {}
     for arm, seeds in runs.items():
-        reach = base_full if arm == baseline else [_reach(r, target, axis) for r in seeds]
+        reach = [_reach(r, target, axis) for r in seeds]
         extra = overhead.get(arm, {})
         extra = {
             "flops": float(extra.get("flops", 0.0)),
@@ -243,12 +232,13 @@ def compute_table(
     return table
 
 
-def _rank(candidates: dict, lower_is_better: bool = True) -> dict | None:
-    """The best and runner-up of {arm: spread} (None values skipped), with their difference."""
+def _rank(candidates: dict, paired=None) -> dict | None:
+    """The best (lowest) and runner-up of {arm: spread} (None values skipped), with their
+    difference; ``paired(a, b)`` says whether two arms' values pair by seed."""
     items = [(arm, s) for arm, s in candidates.items() if s is not None]
     if not items:
         return None
-    items.sort(key=lambda kv: kv[1]["mean"] if lower_is_better else -kv[1]["mean"])
+    items.sort(key=lambda kv: kv[1]["mean"])
     arm, best = items[0]
     out = {
         "arm": arm,
@@ -260,11 +250,14 @@ def _rank(candidates: dict, lower_is_better: bool = True) -> dict | None:
     }
     if len(items) > 1:
         out["runner_up"], out["runner_up_value"] = items[1]
-        out["difference"] = difference(best["values"], items[1][1]["values"])
+        both = paired is not None and paired(arm, items[1][0])
+        out["difference"] = difference(best["values"], items[1][1]["values"], paired=both)
     return out
 
 
-def winners(loss_table: dict, compute_table: dict | None = None) -> dict:
+def winners(
+    loss_table: dict, compute_table: dict | None = None, paired=None, tokens_left_out=()
+) -> dict:
     """Which arm wins on each axis, whichever it is.
 
     Returns {``loss``: {axis: rank}, ``tokens``: rank, ``flops_one_off``: rank,
@@ -275,13 +268,16 @@ def winners(loss_table: dict, compute_table: dict | None = None) -> dict:
     with a value, best first)}, or None when no arm has a value (e.g. none reached the target).
     Loss: lowest mean test loss. Compute: fewest tokens to reach the target, least one-off total
     FLOPs (training to reach + overhead) and least FLOPs amortised over the largest N; arms that
-    did not reach the target on every seed are left out."""
+    did not reach the target on every seed are left out, and so are ``tokens_left_out`` from the
+    tokens rank (tokens of another kind, e.g. curated rather than corpus tokens). ``paired(a,
+    b)``: whether two arms' seeds share data order (a paired test), see ``difference``."""
     axes: list[str] = []
     for row in loss_table.values():
         axes += [a for a in row if a not in axes]
     out: dict = {
         "loss": {
-            axis: _rank({arm: row.get(axis) for arm, row in loss_table.items()}) for axis in axes
+            axis: _rank({arm: row.get(axis) for arm, row in loss_table.items()}, paired)
+            for axis in axes
         },
         "tokens": None,
         "flops_one_off": None,
@@ -293,13 +289,14 @@ def winners(loss_table: dict, compute_table: dict | None = None) -> dict:
         return out
     first = next(iter(compute_table.values()))
     out["baseline"], out["target"] = first["baseline"], first["target"]
-    out["tokens"] = _rank({arm: row["tokens"] for arm, row in compute_table.items()})
+    out["tokens"] = _rank({arm: row["tokens"] for arm, row in compute_table.items()
+                           if arm not in tokens_left_out}, paired)  # fmt: skip
     flops = {arm: row["flops_total"] for arm, row in compute_table.items() if row["flops_total"]}
-    out["flops_one_off"] = _rank({arm: t["one_off"] for arm, t in flops.items()})
+    out["flops_one_off"] = _rank({arm: t["one_off"] for arm, t in flops.items()}, paired)
     if flops:
         largest = max(range(len(first["flops_total"]["amortised"])),
                       key=lambda i: first["flops_total"]["amortised"][i]["runs"])  # fmt: skip
-        ranked = _rank({arm: t["amortised"][largest]["total"] for arm, t in flops.items()})
+        ranked = _rank({arm: t["amortised"][largest]["total"] for arm, t in flops.items()}, paired)
         if ranked is not None:
             ranked["runs"] = first["flops_total"]["amortised"][largest]["runs"]
         out["flops_amortised"] = ranked

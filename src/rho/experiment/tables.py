@@ -1,7 +1,21 @@
-"""Markdown tables and sentences of `rho experiment`'s report, from rho.experiment.summary's
-numbers: test loss per axis (mean ± std over seeds), compute to a target, and who wins."""
+"""Markdown tables and sentences of `rho experiment`'s report, from results.json's ``summary``
+(rho.experiment.facts): test loss per axis (mean ± sample std over seeds), compute to a target,
+who wins, every arm against the baseline with its test, and the reference-seed pairs."""
 
 from __future__ import annotations
+
+from rho.experiment.arms import ARMS
+from rho.experiment.stats import verdict
+
+
+def seconds(x: float | None) -> str:
+    """Seconds to two significant figures: a shared machine's timings vary by several per
+    cent between identical runs, so a third digit would be noise."""
+    if x is None:
+        return "n/a"
+    if x == 0:
+        return "0"
+    return f"{float(f'{x:.2g}'):g}" if abs(x) < 100 else f"{round(x, -len(str(int(x))) + 2):.0f}"
 
 
 def _num(x: float | None, spec: str = ".4g") -> str:
@@ -9,12 +23,13 @@ def _num(x: float | None, spec: str = ".4g") -> str:
 
 
 def _pm(s: dict | None, spec: str = ".4g", unit: str = "") -> str:
-    """Mean ± std of a spread (just the mean for one value; "not reached" for None)."""
+    """Mean ± sample std of a spread (just the mean for one value; "not reached" for None)."""
     if s is None:
         return "not reached"
+    fmt = seconds if spec == "s" else (lambda x: format(x, spec))
     if s["n"] < 2:
-        return f"{format(s['mean'], spec)}{unit}"
-    return f"{format(s['mean'], spec)}{unit} ± {format(s['std'], spec)}"
+        return f"{fmt(s['mean'])}{unit}"
+    return f"{fmt(s['mean'])}{unit} ± {fmt(s['std'])}"
 
 
 def _seeds(n: int) -> str:
@@ -22,13 +37,13 @@ def _seeds(n: int) -> str:
 
 
 def loss_markdown(loss_table: dict, runs: dict | None = None, split: str = "test") -> str:
-    """One row per arm, one column per axis: "mean ± std (n seeds)" of the final loss (nats per
-    token); with ``runs``, a column listing the seeds. A single seed is marked as having no
-    spread."""
+    """One row per arm, one column per axis: "mean ± sample std (n seeds)" of the final loss
+    (nats per token); with ``runs``, a column listing the seeds. A single seed is marked as
+    having no spread."""
     axes: list[str] = []
     for row in loss_table.values():
         axes += [a for a in row if a not in axes]
-    head = ["arm", *[f"{axis} {split} loss" for axis in axes]]
+    head = ["arm", *[f"{axis} {split} loss (mean ± sample std)" for axis in axes]]
     if runs is not None:
         head.append("seeds")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -63,26 +78,34 @@ def _total_cells(total: dict | None, spec: str, ratio, n_amortise: int, baseline
     ]
 
 
-def compute_markdown(compute_table: dict) -> str:
-    """Two tables, FLOPs and wall time: per arm the cost to reach the baseline's final validation
-    loss (mean ± std over seeds, × the baseline's whole run), the one-off total with the arm's
-    overhead, the total amortised over N runs (× the baseline) and the break-even N; and a
-    paragraph saying how each number is counted."""
+def compute_markdown(compute_table: dict, read_per_trained: dict | None = None) -> str:
+    """Two tables, FLOPs and wall time: per arm the cost to reach the target (mean ± sample std
+    over seeds, × the baseline's whole run), the one-off total with the arm's overhead, the
+    total amortised over N runs (× the baseline) and the break-even N; and a paragraph saying
+    how each number is counted. ``read_per_trained``: windows read per window trained."""
     if not compute_table:
         return "No runs."
+    read_per_trained = read_per_trained or {}
     first = next(iter(compute_table.values()))
-    base, target = first["baseline"], first["target"]
+    base = first["baseline"]
     runs_n = [a["runs"] for a in (first["flops_total"] or {"amortised": []})["amortised"]]
 
     def ratio(s):
         return "" if s is None else f" ({_pm(s, '.3g', '×')})"
 
-    head = ["arm", "reached", "tokens to reach", "training FLOPs to reach", "overhead FLOPs",
-            "one-off total FLOPs", *[f"amortised over {n} (× {base})" for n in runs_n],
-            "break-even runs"]  # fmt: skip
+    head = [
+        "arm",
+        "reached",
+        "tokens trained to reach",
+        "of",
+        "training FLOPs to reach",
+        "overhead FLOPs",
+        "one-off total FLOPs",
+        *[f"amortised over {n} (× {base})" for n in runs_n],
+        "break-even runs",
+    ]
     lines = [
-        f"Cost to reach {base}'s final validation loss ({target:.4f}); in brackets, the ratio to "
-        f"{base}'s whole run (below 1 is cheaper).",
+        f"In brackets, the ratio to {base}'s whole run (below 1 is cheaper).",
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
@@ -93,36 +116,55 @@ def compute_markdown(compute_table: dict) -> str:
             arm,
             f"{row['reached']}/{row['seeds']}",
             _pm(row["tokens"]) + ratio(row["ratio"]["tokens"]),
+            f"{ARMS[arm].data} tokens" if arm in ARMS else "",
             _pm(row["flops_train"], ".3g") + ratio(row["ratio"]["flops_train"]),
             _num(row["overhead"]["flops"], ".3g"),
         ]
         cells += _total_cells(t, ".3g", ratio, len(runs_n), arm == base)
         lines.append("| " + " | ".join(cells) + " |")
 
-    head = ["arm", "training seconds to reach", "overhead seconds", "one-off total seconds",
-            *[f"amortised over {n} (× {base})" for n in runs_n], "break-even runs"]  # fmt: skip
+    head = [
+        "arm",
+        "training seconds to reach",
+        "overhead seconds",
+        "one-off total seconds",
+        *[f"amortised over {n} (× {base})" for n in runs_n],
+        "break-even runs",
+    ]
     lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for arm, row in compute_table.items():
         t = row["seconds_total"]
         cells = [
             arm,
-            _pm(row["seconds_train"], ".4g") + ratio(row["ratio"]["seconds_train"]),
-            _num(row["overhead"]["seconds"], ".4g"),
+            _pm(row["seconds_train"], "s") + ratio(row["ratio"]["seconds_train"]),
+            seconds(row["overhead"]["seconds"]),
         ]
-        cells += _total_cells(t, ".4g", ratio, len(runs_n), arm == base)
+        cells += _total_cells(t, "s", ratio, len(runs_n), arm == base)
         lines.append("| " + " | ".join(cells) + " |")
 
-    overheads = [f"{arm}: {row['overhead']['what']}" for arm, row in compute_table.items()
-                 if row["overhead"]["what"]]  # fmt: skip
+    overheads = [
+        f"{arm}: {row['overhead']['what']}"
+        for arm, row in compute_table.items()
+        if row["overhead"]["what"]
+    ]
+    reads = [
+        f"{arm} reads {r:.3g}× the windows it trains on (forward only; its FLOPs include "
+        "them, its token column does not)"
+        for arm, r in read_per_trained.items()
+        if r > 1
+    ]
     lines += [
         "",
         "Costs to reach are interpolated linearly between evaluations, per seed; an arm counts as "
-        'reaching only if every seed does (otherwise "not reached"). '
-        f"{base}'s own cost is its whole run. The one-off total adds the arm's overhead before "
-        "training (spent once, reusable by later runs); amortised over N runs it adds overhead/N. "
-        "Break-even: the smallest N from which on the amortised total is below the baseline's "
-        "(never: the arm's training alone costs at least as much).",
+        'reaching only if every seed does (otherwise "not reached"). The one-off total adds the '
+        "arm's overhead before training (spent once, reusable by later runs); amortised over N "
+        "runs it adds overhead/N. Break-even: the smallest N from which on the amortised total "
+        "is below the baseline's (never: the arm's training alone costs at least as much). "
+        "Tokens are of different kinds: corpus, the mixed corpus, the pruned corpus, or the "
+        "curated data.",
     ]
+    if reads:
+        lines += ["", "; ".join(reads) + "."]
     if overheads:
         lines += ["", "Overheads — " + "; ".join(overheads) + "."]
     return "\n".join(lines)
@@ -130,27 +172,23 @@ def compute_markdown(compute_table: dict) -> str:
 
 def _lead(rank: dict, spec: str, unit: str = "") -> str:
     """The bracket after a winner: its value vs the runner-up's, and whether the lead is
-    supported by the spread over seeds."""
+    supported by the spread over seeds (its test named)."""
     unit = f" {unit}" if unit else ""
     value = f"{_pm(rank['value'], spec)}{unit}"
     if rank["runner_up"] is None:
         return f"({value}; no other arm to compare)"
     d = rank["difference"]
-    if d["supported"] is None:
-        verdict = "whether the difference is supported is unknown: an arm has a single seed"
-    else:
-        verdict = (
-            f"the difference, {format(d['delta'], spec)} ± {format(2 * d['se'], spec)} (2 SE), "
-            + ("is supported" if d["supported"] else "is not supported")
-            + " by the spread over seeds"
-        )
     runner = f"{_pm(rank['runner_up_value'], spec)}{unit}"
-    return f"({value} vs {runner} for {rank['runner_up']}, the runner-up; {verdict})"
+    return (
+        f"({value} vs {runner} for {rank['runner_up']}, the runner-up; the difference, "
+        f"{format(d['delta'], spec)}, is {verdict(d)})"
+    )
 
 
-def winners_markdown(winners: dict, focus: str = "slm") -> str:
+def winners_markdown(winners: dict, focus: str = "slm", left_out=()) -> str:
     """The winners as plain sentences, one per axis, naming the winner whichever arm it is; when
-    it is not ``focus`` (the method under test), where ``focus`` placed."""
+    it is not ``focus`` (the method under test), where ``focus`` placed. Values are mean ±
+    sample std over seeds."""
 
     def placed(rank: dict) -> str:
         if rank["arm"] == focus or focus not in rank["ranking"]:
@@ -162,13 +200,14 @@ def winners_markdown(winners: dict, focus: str = "slm") -> str:
     for axis, rank in winners["loss"].items():
         if rank is not None:
             lead = _lead(rank, ".4f", "nats/token")
-            lines.append(f"- On {axis} loss, {rank['arm']} wins {lead}." + placed(rank))
+            lines.append(f"- On {axis} test loss, {rank['arm']} wins {lead}." + placed(rank))
     base, target = winners.get("baseline"), winners.get("target")
     if base is None:
         return "\n".join(lines)
-    reach = f"{base}'s final validation loss ({target:.4f})"
+    reach = f"the target ({target:.4f})"
+    skipped = f" ({', '.join(left_out)} left out: curated tokens, not corpus)" if left_out else ""
     for key, sentence, spec in (
-        ("tokens", f"Fewest training tokens to reach {reach}", ".4g"),
+        ("tokens", f"Fewest tokens trained to reach {reach}{skipped}", ".4g"),
         ("flops_one_off", "Least one-off total FLOPs (training to reach + overhead)", ".3g"),
         ("flops_amortised", "Least total FLOPs amortised over {runs} runs", ".3g"),
     ):
@@ -178,4 +217,41 @@ def winners_markdown(winners: dict, focus: str = "slm") -> str:
             continue
         head = sentence.format(runs=rank.get("runs", "N"))
         lines.append(f"- {head}: {rank['arm']} {_lead(rank, spec)}." + placed(rank))
+    return "\n".join(lines)
+
+
+def against_markdown(against: dict) -> str:
+    """Each arm minus the baseline on every axis, with the test and its verdict."""
+    lines = ["| arm | axis | difference (nats/token) | verdict |", "|---|---|---|---|"]
+    for arm, per_axis in against.items():
+        for axis, d in per_axis.items():
+            lines.append(f"| {arm} | {axis} | {d['delta']:+.4f} | {verdict(d)} |")
+    return "\n".join(lines)
+
+
+def pairs_markdown(pairs: dict, axes: list[str]) -> str:
+    """Per arm and seed: the reference it used, that reference's test loss, the arm's, and the
+    arm's minus clm's of the same data seed (data order cancels; the reference does not)."""
+    head = [
+        "arm",
+        "seed",
+        "reference seed",
+        *[f"reference's {a}" for a in axes],
+        *[f"{a}" for a in axes],
+        *[f"{a} minus clm" for a in axes],
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for arm, rows in pairs.items():
+        for r in rows:
+            ref = r["reference_test"] or {}
+            diff = r["minus_clm"] or {}
+            cells = [
+                arm,
+                str(r["seed"]),
+                str(r["reference_seed"]),
+                *[_num(ref.get(a), ".4f") for a in axes],
+                *[_num(r["test"].get(a), ".4f") for a in axes],
+                *[_num(diff.get(a), "+.4f") for a in axes],
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -17,7 +17,6 @@ from transformers import PrinterCallback, TrainerCallback, TrainingArguments
 from rho.data import WindowDataset
 from rho.eval.heldout import evaluate_store
 from rho.experiment.prepare import SPLITS
-from rho.experiment.settings import ExperimentConfig
 from rho.models import PRESETS, count_parameters
 from rho.options import ModelDataArguments, SelectionArguments
 from rho.runs import eval_records
@@ -57,8 +56,20 @@ class ConsoleLines(TrainerCallback):
             self.pending = {}
 
 
+class EvaluateAtEnd(TrainerCallback):
+    """Evaluate after the last step too, so every curve ends at the final model."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if (
+            state.global_step == state.max_steps
+            and args.eval_steps
+            and state.global_step % int(args.eval_steps)
+        ):
+            control.should_evaluate = True
+
+
 def training_arguments(
-    directory: Path, cfg: ExperimentConfig, steps: int, seed: int, lr: float, save: bool
+    directory: Path, cfg, steps: int, seed: int, lr: float, save: bool
 ) -> TrainingArguments:
     """The schedule every arm shares: cosine with 5% warmup, AdamW (β2 0.95, wd 0.1)."""
     every = max(1, steps // cfg.evals)
@@ -90,16 +101,17 @@ def training_arguments(
 
 def validation_sample(store: str, seq_len: int, windows: int) -> Subset:
     """A fixed sample of ``windows`` windows spread evenly over a validation store (the first
-    windows alone would be a few documents, not the set)."""
+    windows alone would be a few documents, not the set); 0: every window."""
     dataset = WindowDataset(TokenStore(store), seq_len)
     n = len(dataset)
-    picked = np.unique(np.linspace(0, n - 1, min(windows, n)).round().astype(int))
+    windows = n if windows == 0 else min(windows, n)
+    picked = np.unique(np.linspace(0, n - 1, windows).round().astype(int))
     return Subset(dataset, picked.tolist())
 
 
 def train_run(
     directory: Path,
-    cfg: ExperimentConfig,
+    cfg,
     stores: dict[str, str],
     axes: list[str],
     *,
@@ -114,7 +126,9 @@ def train_run(
     save_checkpoints: bool = False,
 ) -> dict:
     """Train from ``init`` (a preset or a model directory) on ``tokens``; returns the run's
-    result: curve, final validation and test loss per axis, trained tokens, FLOPs, seconds."""
+    result: curve, final validation and test loss per axis, what it trained (steps, warm-up,
+    tokens, windows read), FLOPs, seconds. ``cfg`` is the stage's view of the config (the
+    schedule fields)."""
     preset = init in PRESETS
     data = ModelDataArguments(
         tokens=tokens,
@@ -133,11 +147,20 @@ def train_run(
     }
     trainer.remove_callback(PrinterCallback)  # raw log dicts go to metrics.jsonl, not the console
     trainer.add_callback(ConsoleLines(label, axes, steps))
+    trainer.add_callback(EvaluateAtEnd())
     trainer.evaluate()  # the starting point of every curve
     trainer.train()
     trainer.save_model()
     compute, n_params = trainer.compute_logs(), count_parameters(trainer.model)
     tokens_seen = int(trainer.state.num_input_tokens_seen)
+    trained = {
+        "steps": int(trainer.state.global_step),
+        "warmup_steps": int(args.warmup_steps),
+        # RHO-LOSS reads (forwards) candidate windows beyond those it trains on.
+        "windows_read": int(compute["candidate_windows"] or compute["windows_trained"]),
+        "windows_trained": int(compute["windows_trained"]),
+        "sample_windows": {axis: len(trainer.eval_dataset[axis]) for axis in axes},
+    }
     del trainer
     final = {
         split: {
@@ -153,6 +176,7 @@ def train_run(
         "final": final,
         "curve": curve(run, axes),
         "train_tokens": tokens_seen,
+        **trained,
         "flops_train": compute["flops_train"]
         + compute["flops_candidates"]
         + compute["flops_ref_online"],

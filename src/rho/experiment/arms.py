@@ -1,0 +1,133 @@
+"""The arms of `rho experiment`, in one registry: what each selects, what it trains on, what it
+reads from the config and the reference, what it saves and what it is charged before training.
+Everything else (settings, the runner, the overheads, the statistics, the report) iterates
+``ARMS``; adding an arm is one entry here (and its test).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rho.options import SelectionArguments
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One way of training from the base on the experiment's budget."""
+
+    name: str
+    # The report's line for this arm; {ratio}, {share}, {keep}, {factor} are filled in.
+    description: str
+    # rho train's selection: none | token | sample | sample+token.
+    selection: str = "none"
+    # How tokens or windows are scored (rho.select): excess, random, ...
+    score: str = "excess"
+    # The windows it trains on: corpus | mix (corpus + curated) | pruned | curated.
+    data: str = "corpus"
+    # ExperimentConfig fields its training reads beyond the shared schedule.
+    reads: tuple[str, ...] = ()
+    # What it saves per optimizer step compared with plain training.
+    saves: str = "nothing (plain training)"
+    # One-off stages charged to it before training: reference (training), score, prune.
+    overhead: tuple[str, ...] = ()
+    # Its window order is the corpus's order for the seed (clm's), so seeds pair across arms.
+    corpus_order: bool = False
+
+    @property
+    def uses_reference(self) -> bool:
+        """It reads a reference's scores (and so pairs with a reference seed)."""
+        return "score" in self.overhead
+
+    def selection_arguments(self, cfg) -> SelectionArguments:
+        kw = {}
+        if "ratio" in self.reads:
+            kw["ratio"] = cfg.ratio
+        if "candidate_factor" in self.reads:
+            kw["candidate_factor"] = cfg.candidate_factor
+        return SelectionArguments(selection=self.selection, score=self.score, **kw)
+
+    def text(self, cfg: dict, mix_share: float) -> str:
+        return self.description.format(
+            ratio=cfg["ratio"],
+            share=mix_share,
+            keep=cfg["prune_keep"],
+            factor=cfg["candidate_factor"],
+        )
+
+
+_SCORED = ("reference", "score")
+ARMS: dict[str, Arm] = {
+    arm.name: arm
+    for arm in (
+        Arm(
+            "clm",
+            "CLM: plain continual pretraining on the corpus (the baseline)",
+            corpus_order=True,
+        ),
+        Arm(
+            "slm",
+            "SLM: loss on the top {ratio:.0%} of tokens by excess loss (learner − reference)",
+            selection="token",
+            reads=("ratio",),
+            saves="tokens in the loss",
+            overhead=_SCORED,
+            corpus_order=True,
+        ),
+        Arm(
+            "slm-random",
+            "SLM with random scores at the same ratio: is it the selection, or fewer tokens?",
+            selection="token",
+            score="random",
+            reads=("ratio",),
+            saves="tokens in the loss",
+            corpus_order=True,
+        ),
+        Arm(
+            "clm-mix",
+            "CLM on the corpus with the curated data mixed in ({share:.0%} of its tokens)",
+            data="mix",
+        ),
+        Arm(
+            "reference",
+            "the reference itself: the base fine-tuned on the curated data only",
+            data="curated",
+        ),
+        Arm(
+            "pruned-clm",
+            "CLM on the {keep:.0%} of corpus windows with the lowest reference "
+            "loss (offline pruning)",
+            data="pruned",
+            reads=("prune_keep",),
+            saves="whole windows (offline)",
+            overhead=(*_SCORED, "prune"),
+        ),
+        Arm(
+            "pruned-slm",
+            "SLM on those pruned windows",
+            selection="token",
+            data="pruned",
+            reads=("ratio", "prune_keep"),
+            saves="whole windows (offline) and tokens in the loss",
+            overhead=(*_SCORED, "prune"),
+        ),
+        Arm(
+            "rholoss",
+            "online RHO-LOSS: train on the best 1/{factor} of candidate windows by "
+            "learner − reference loss",
+            selection="sample",
+            reads=("candidate_factor",),
+            saves="nothing: it reads {factor}× the windows it trains on",
+            overhead=_SCORED,
+        ),
+        Arm(
+            "rholoss+token",
+            "RHO-LOSS windows, then SLM's token selection inside them",
+            selection="sample+token",
+            reads=("ratio", "candidate_factor"),
+            saves="tokens in the loss",
+            overhead=_SCORED,
+        ),
+    )
+}
+CORE_ARMS = ("clm", "slm", "slm-random", "clm-mix", "reference")
+NAMES = tuple(ARMS)

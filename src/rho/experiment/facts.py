@@ -1,0 +1,116 @@
+"""The verdict of a `rho experiment` run, computed once from its results and stored in
+results.json (``summary``): the report only formats these numbers, so every figure it prints
+can be traced back to that file.
+
+``summarise`` gives: the test-loss table; the target (CLM's mean final loss on the whole target
+validation set) and how far the curves' sample sits from it; the compute to reach it; who wins
+on each axis; every arm against CLM on every axis with its test (paired where the seeds share
+data order, else Welch's); the pairing of arms with reference seeds; and the sources of
+variance the seeds do not cover.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from rho.experiment.arms import ARMS
+from rho.experiment.stats import difference
+from rho.experiment.summary import compute_table, final_loss, loss_table, winners
+
+BASELINE = "clm"
+
+
+def shares_order(runs: dict, a: str, b: str) -> bool:
+    """Two arms' seeds pair: both train on the corpus's window order for a seed (the same
+    store, sampler and seeds), with at least two seeds."""
+    seeds = [[r["seed"] for r in runs[arm]] for arm in (a, b)]
+    same_order = all(ARMS[arm].corpus_order for arm in (a, b))
+    return same_order and seeds[0] == seeds[1] and len(seeds[0]) > 1
+
+
+def summarise(results: dict) -> dict:
+    runs, axes = results["runs"], results["data"]["axes"]
+    axis = axes[0]
+    losses = loss_table(runs, "test")
+    base_runs = runs[BASELINE]
+    target = float(np.mean([final_loss(r, axis) for r in base_runs]))
+    sample_end = float(np.mean([r["curve"][axis][-1] for r in base_runs]))
+    compute = compute_table(runs, results["overhead"], baseline=BASELINE, axis=axis, target=target)
+    curated_only = [arm for arm in runs if ARMS[arm].data == "curated"]
+    won = winners(losses, compute, lambda a, b: shares_order(runs, a, b), curated_only)
+    return {
+        "losses": losses,
+        "target": {
+            "axis": axis,
+            "loss": target,
+            "what": "clm's final loss on the whole validation set, mean over its seeds",
+            "curve_sample_end": sample_end,
+            "curve_windows": base_runs[0].get("sample_windows", {}).get(axis),
+        },
+        "compute": compute,
+        "winners": won,
+        "tokens_left_out": curated_only,
+        "against_baseline": against_baseline(runs, losses),
+        "paired_arms": [arm for arm in runs if shares_order(runs, arm, BASELINE)],
+        "reference_pairs": reference_pairs(runs, axes),
+        "uncovered_variance": uncovered_variance(results),
+    }
+
+
+def against_baseline(runs: dict, losses: dict) -> dict:
+    """arm -> axis -> the difference of its test loss from CLM's, with its test."""
+    out = {}
+    for arm, row in losses.items():
+        if arm == BASELINE:
+            continue
+        paired = shares_order(runs, arm, BASELINE)
+        out[arm] = {
+            axis: difference(s["values"], losses[BASELINE][axis]["values"], paired=paired)
+            for axis, s in row.items()
+            if axis in losses[BASELINE]
+        }
+    return out
+
+
+def reference_pairs(runs: dict, axes: list[str]) -> dict:
+    """For each arm that reads reference scores over several seeds: per seed, the reference it
+    used, that reference's own test loss and the arm's minus CLM's of the same data seed (the
+    paired difference: data order cancels, the reference's seed does not)."""
+    refs = {r["seed"]: r["final"]["test"] for r in runs.get("reference", [])}
+    clm = {r["seed"]: r["final"]["test"] for r in runs.get(BASELINE, [])}
+    out = {}
+    for arm, seeds in runs.items():
+        used = {r.get("reference_seed") for r in seeds}
+        if not ARMS[arm].uses_reference or len(used) < 2:
+            continue
+        out[arm] = [
+            {
+                "seed": r["seed"],
+                "reference_seed": r["reference_seed"],
+                "reference_test": refs.get(r["reference_seed"]),
+                "test": r["final"]["test"],
+                "minus_clm": {a: r["final"]["test"][a] - clm[r["seed"]][a] for a in axes}
+                if r["seed"] in clm
+                else None,
+            }
+            for r in seeds
+        ]
+    return out
+
+
+def uncovered_variance(results: dict) -> list[str]:
+    """What stays fixed across seeds, so the spread over seeds does not include it."""
+    cfg = results["config"]
+    fixed = []
+    if not cfg["from_scratch"]:
+        fixed.append(
+            "one base model"
+            + (" (pretrained here once, seed 0)" if "base" in results["data"]["tokens"] else "")
+        )
+    fixed.append("one tokenizer")
+    fixed.append("one corpus, one curated set and one validation/test split")
+    refs = cfg["reference_seeds"] or cfg["seeds"][:1]
+    if len(refs) < 2:
+        fixed.append("one reference model (its seed is fixed)")
+    fixed.append("one model size and one schedule")
+    return fixed

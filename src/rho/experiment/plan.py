@@ -1,0 +1,108 @@
+"""The plan of one `rho experiment` run: every stage, in order, with its key and the stages it
+reads, computed from the config alone before anything runs.
+
+A stage's key is the hash of the config fields it declares (rho.experiment.settings: each
+field names its stages; an arm adds its own ``reads``), of the keys of the stages it reads, and
+of its identity (arm, seed). A rerun redoes exactly the stages whose key changed, and a test
+changes every field in turn against a hand-written table of who reads it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+from rho.experiment.arms import ARMS
+from rho.experiment.settings import ExperimentConfig
+from rho.models import PRESETS
+
+
+def stage_key(**parts) -> str:
+    """A stable hash of JSON-able settings (paths as strings, keys sorted)."""
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    kind: str  # data | mix | base | reference | score | prune | arm | analyses
+    key: str
+    after: tuple[str, ...] = ()  # the stages whose results it reads
+    arm: str | None = None
+    seed: int | None = None  # an arm's data seed, or a reference's seed
+    reference_seed: int | None = None  # the reference whose scores an arm reads
+    save: bool = False  # keep checkpoints (for the analyses)
+    cached: bool = False  # lives in the shared cache (the pretrained base)
+
+
+def pretrains_base(cfg: ExperimentConfig) -> bool:
+    return cfg.base in PRESETS and not cfg.from_scratch
+
+
+def plan(cfg: ExperimentConfig, inputs: dict) -> dict[str, Stage]:
+    """name -> Stage, in the order they run. ``inputs`` is the data stage's file hashes
+    (rho.experiment.prepare.inputs_key)."""
+    stages: dict[str, Stage] = {}
+
+    def add(name, kind, stage, after=(), extra_reads=(), **identity) -> Stage:
+        key = stage_key(
+            stage=kind,
+            fields=cfg.fields_read(stage, extra_reads),
+            after=[stages[a].key for a in after],
+            **{k: v for k, v in identity.items() if k != "cached"},
+        )
+        fields = {k: v for k, v in identity.items() if k in Stage.__dataclass_fields__}
+        stages[name] = Stage(name, kind, key, tuple(after), **fields)
+        return stages[name]
+
+    add("data", "data", "data", inputs=inputs)
+    arms = cfg.arm_list
+    if "clm-mix" in arms:
+        add("mix", "mix", "mix", after=("data",))
+    if pretrains_base(cfg):
+        key = add("base", "base", "base", after=("data",), cached=True).key
+        stages["base"] = Stage(f"base-{key}", "base", key, ("data",), cached=True)
+    else:  # a given model (by name) or a fresh preset: nothing to pretrain
+        add("base", "base", "base", base=cfg.base)
+    base = ("data", "base")
+
+    needs_scores = any(ARMS[a].uses_reference for a in arms)
+    references = cfg.reference_seeds_used if needs_scores or "reference" in arms else []
+    for r in references:
+        add(f"reference-seed{r}", "reference", "reference", after=base, seed=r)
+        if needs_scores:
+            add(f"score-ref{r}", "score", "score", after=(f"reference-seed{r}",), seed=r)
+        if needs_scores and any("prune" in ARMS[a].overhead for a in arms):
+            add(f"prune-ref{r}", "prune", "prune", after=(f"score-ref{r}",), seed=r)
+
+    first = cfg.seeds[0]
+    for name in arms:
+        arm = ARMS[name]
+        if arm.data == "curated":  # the reference arm is the reference runs themselves
+            continue
+        for seed in cfg.seeds_of(name):
+            after = list(base)
+            ref = cfg.reference_for(seed) if arm.uses_reference else None
+            if arm.data == "mix":
+                after.append("mix")
+            if ref is not None:
+                after.append(f"prune-ref{ref}" if arm.data == "pruned" else f"score-ref{ref}")
+            save = seed == first and name in ("clm", "slm")  # checkpoints for the analyses
+            add(
+                f"{name}-seed{seed}",
+                "arm",
+                "arms",
+                after=after,
+                extra_reads=arm.reads,
+                arm=name,
+                seed=seed,
+                reference_seed=ref,
+                save=save,
+            )
+
+    if cfg.analyze:
+        after = [f"clm-seed{first}"] + ([f"slm-seed{first}"] if "slm" in arms else [])
+        add("analyses", "analyses", "analyses", after=after)
+    return stages

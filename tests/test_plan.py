@@ -1,0 +1,165 @@
+"""`rho experiment`'s stage keys and arm registry (rho.experiment.plan, settings, arms): change
+every config field in turn and check that exactly the stages that read it are redone, against a
+table written here by hand (not derived from the code under test)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from rho.experiment import arms as arms_module
+from rho.experiment.arms import ARMS, Arm
+from rho.experiment.plan import plan
+from rho.experiment.prepare import inputs_key
+from rho.experiment.settings import STAGES_OF, ExperimentConfig
+from rho.experiment.stats import difference
+
+
+@pytest.fixture
+def files(tmp_path) -> dict:
+    names = ("curated", "corpus", "base", "target", "general", "other")
+    out = {}
+    for name in names:
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text(f'{{"text": "{name} text"}}\n')
+        out[name] = str(path)
+    return out
+
+
+def base_config(files: dict) -> ExperimentConfig:
+    return ExperimentConfig(
+        curated=[files["curated"]],
+        corpus=[files["corpus"]],
+        base_data=[files["base"]],
+        heldout=[f"target={files['target']}", f"general={files['general']}"],
+        base="tiny",
+        arms="all",
+        seeds=[0, 1],
+        seeded_arms="clm,slm",
+        reference_seeds=[0, 1],
+    )
+
+
+def planned(cfg: ExperimentConfig) -> dict[str, str]:
+    return {name: stage.key for name, stage in plan(cfg, inputs_key(cfg)).items()}
+
+
+EVERY = {
+    "data", "mix", "base", "reference-seed0", "score-ref0", "prune-ref0", "reference-seed1",
+    "score-ref1", "prune-ref1", "clm-seed0", "clm-seed1", "slm-seed0", "slm-seed1",
+    "slm-random-seed0", "clm-mix-seed0", "pruned-clm-seed0", "pruned-slm-seed0",
+    "rholoss-seed0", "rholoss+token-seed0", "analyses",
+}  # fmt: skip
+AFTER_BASE = EVERY - {"data", "mix"}
+ARM_RUNS = {s for s in EVERY if s.endswith(("seed0", "seed1")) and not s.startswith("reference")}
+REFERENCE_SIDE = {s for s in EVERY if s.startswith(("reference", "score", "prune"))}
+USES_SCORES = {"slm-seed0", "slm-seed1", "pruned-clm-seed0", "pruned-slm-seed0",
+               "rholoss-seed0", "rholoss+token-seed0"}  # fmt: skip
+
+# field -> (a new value, the stages a rerun must redo). New stages count as redone; a stage that
+# disappears is not. "other" is another file.
+CHANGES = {
+    "curated": (["other"], EVERY),
+    "corpus": (["other"], EVERY),
+    "heldout": (["target=other", "general=general"], EVERY),
+    "out": ("elsewhere", set()),
+    "base": ("1m", EVERY),  # a preset base's tokenizer is trained on the data
+    "base_data": (["other"], EVERY),
+    "base_tokens": (1000, AFTER_BASE),
+    "from_scratch": (True, AFTER_BASE),
+    "tokenizer": ("some/tokenizer", EVERY),
+    "vocab": (512, EVERY),
+    "arms": ("clm,slm", set()),
+    "seeds": ([0, 2], {"clm-seed2", "slm-seed2"}),
+    "seeded_arms": ("clm,slm,slm-random", {"slm-random-seed1"}),
+    "reference_seeds": ([0, 2], {"reference-seed2", "score-ref2", "prune-ref2", "slm-seed1"}),
+    "train_tokens": (4096, ARM_RUNS | {"analyses"}),
+    "ref_epochs": (3.0, REFERENCE_SIDE | USES_SCORES | {"analyses"}),
+    "ratio": (0.5, {"slm-seed0", "slm-seed1", "slm-random-seed0", "pruned-slm-seed0",
+                    "rholoss+token-seed0", "analyses"}),  # fmt: skip
+    "mix_share": (0.3, {"mix", "clm-mix-seed0"}),
+    "prune_keep": (0.25, {"prune-ref0", "prune-ref1", "pruned-clm-seed0", "pruned-slm-seed0"}),
+    "candidate_factor": (8, {"rholoss-seed0", "rholoss+token-seed0"}),
+    "seq_len": (128, AFTER_BASE),
+    "batch_size": (8, AFTER_BASE),
+    "learning_rate": (5e-4, AFTER_BASE - {"base"}),
+    "base_learning_rate": (1e-3, AFTER_BASE),
+    "evals": (4, AFTER_BASE),
+    "eval_windows": (0, AFTER_BASE),
+    "validation_fraction": (0.4, EVERY),
+    "decontam_threshold": (0.1, EVERY),
+    "dynamics_checkpoints": (3, {"analyses"}),
+    "analyze": (False, set()),
+}
+
+
+def test_the_table_names_every_field():
+    assert set(CHANGES) == {f.name for f in dataclasses.fields(ExperimentConfig)}
+    assert set(STAGES_OF) == set(CHANGES)  # every field declares its stages
+
+
+def test_the_plan_of_the_base_config(files):
+    assert set(planned(base_config(files))) == EVERY
+
+
+@pytest.mark.parametrize("name", sorted(CHANGES))
+def test_changing_a_field_redoes_exactly_the_stages_that_read_it(files, name):
+    before = planned(base_config(files))
+    value, expected = CHANGES[name]
+    if isinstance(value, list) and value and isinstance(value[0], str):
+        value = [files.get(v, v) if "=" not in v else v.replace("=other", f"={files['other']}")
+                 .replace("=general", f"={files['general']}") for v in value]  # fmt: skip
+    cfg = dataclasses.replace(base_config(files), **{name: value})
+    after = planned(cfg)
+    redone = {stage for stage, key in after.items() if before.get(stage) != key}
+    assert redone == set(expected), name
+
+
+def test_the_reference_seed_is_in_its_key(files):
+    """The audit's stale case: --seeds 0 1, then --seeds 1 2 into the same directory trained
+    the reference with seed 0 and reported it as seed 1."""
+    first = planned(dataclasses.replace(base_config(files), seeds=[0, 1], reference_seeds=[]))
+    second = planned(dataclasses.replace(base_config(files), seeds=[1, 2], reference_seeds=[]))
+    assert "reference-seed0" in first and "reference-seed1" in second
+    assert "reference-seed1" not in first  # a new stage, trained with seed 1
+
+
+def test_a_stage_cannot_read_a_field_it_did_not_declare(files):
+    cfg = base_config(files)
+    assert cfg.view("analyses").dynamics_checkpoints == 5
+    with pytest.raises(AttributeError, match="does not declare --learning_rate"):
+        cfg.view("analyses").learning_rate  # noqa: B018
+    assert cfg.view("arms", ARMS["slm"].reads).ratio == 0.6
+    with pytest.raises(AttributeError, match="--ratio"):
+        cfg.view("arms", ARMS["clm"].reads).ratio  # noqa: B018
+
+
+def test_adding_an_arm_is_one_registry_entry(files, monkeypatch):
+    half = Arm("slm-half", "SLM at half the ratio", selection="token", reads=("ratio",),
+               overhead=("reference", "score"), corpus_order=True)  # fmt: skip
+    monkeypatch.setitem(arms_module.ARMS, "slm-half", half)
+    cfg = dataclasses.replace(base_config(files), arms="clm,slm-half")
+    stages = plan(cfg, inputs_key(cfg))
+    assert stages["slm-half-seed0"].reference_seed == 0
+    assert "score-ref0" in stages["slm-half-seed0"].after
+    assert half.selection_arguments(cfg).selection == "token"
+
+
+def test_every_arm_is_complete():
+    for arm in ARMS.values():
+        assert arm.data in ("corpus", "mix", "pruned", "curated"), arm.name
+        assert set(arm.overhead) <= {"reference", "score", "prune"}, arm.name
+        assert set(arm.reads) <= set(STAGES_OF), arm.name
+        text = arm.text({"ratio": 0.6, "prune_keep": 0.5, "candidate_factor": 4}, 0.2)
+        assert text and "{" not in text, arm.name
+
+
+def test_paired_test_by_hand():
+    # Differences -1, -1, -2: mean -4/3, sd 0.577, se 1/3, t = -4, df 2, p = 0.057. The old
+    # rule (|Δ| > 2·SE: 1.33 > 0.67) called this supported; the paired t-test does not.
+    d = difference([1, 2, 3], [2, 3, 5], paired=True)
+    assert d["test"] == "paired t-test (by seed)" and d["df"] == 2
+    assert d["t"] == pytest.approx(-4.0) and d["se"] == pytest.approx(1 / 3)
+    assert d["p"] == pytest.approx(0.0572, abs=1e-4) and d["supported"] is False
+    assert d["critical"] == pytest.approx(4.303, abs=1e-3)
