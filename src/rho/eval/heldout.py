@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
 from rho.errors import UserError
+from rho.files import one_line
 from rho.models import load_model, parse_dtype
 from rho.store import TokenStore, window_bounds
 from rho.windows import batch_windows, check_positions, default_device, iter_window_losses
@@ -129,6 +130,10 @@ def check_same_tokenizer(model_path: str, store: TokenStore) -> None:
         theirs = AutoTokenizer.from_pretrained(path).get_vocab()
     except (OSError, ValueError, TypeError):
         return
+    except Exception as err:  # noqa: BLE001 (tokenizers raises plain Exception for bad files)
+        raise UserError(
+            f"{model_path}: its tokenizer is unreadable ({one_line(err, 120)})"
+        ) from None
     if theirs != store.tokenizer().get_vocab():
         raise UserError(
             f"{model_path} was saved with another tokenizer than {store.path}: token ids would "
