@@ -398,3 +398,43 @@ def test_os_system_pickle_is_refused_without_torchs_advice(tmp_path, token_store
         assert advice not in refusal
     assert not marker.exists()
     assert not (tmp_path / "L").exists()
+
+
+# --- 9. Corpus text is shown, never parsed as math ------------------------------------------------
+
+MATH_TEXT = ["$x_1$", "$$", r"\frac{a}{b}", "100%", "a_b", "x^2", "cost $5", r"$\alpha", "}{"]
+
+
+def test_plots_show_math_text_literally(tmp_path):
+    from rho.analysis import plots
+
+    x = [1, 2, 3]
+    names = [f"step {t}" for t in MATH_TEXT[:3]]
+    lines = [(label, np.array([1.0, 2.0, 1.5])) for label in MATH_TEXT]
+    panels = [("L→L", lines[:5]), ("H→H", lines[5:])]
+    files = [
+        plots.fluctuating_tokens(x, "$step$", panels, 1.5, tmp_path / "f.png", names),
+        plots.category_curves(
+            x,
+            r"\frac{1}{2}",
+            np.ones((4, 3)),
+            {
+                "rows": [
+                    {"category": c, "percent": 25.0, "paper_1b_percent": 25}
+                    for c in ("H→L", "L→L", "H→H", "L→H")
+                ]
+            },  # fmt: skip
+            tmp_path / "c.png",
+            names,
+        ),
+        plots.selection_heatmap(np.ones((3, 3)), names, tmp_path / "h.png"),
+        plots.selection_lines(np.ones((3, 3)), x, names, tmp_path / "l.png"),
+        plots.spread_histogram({"$a$": np.array([0.1, 0.2])}, "std", tmp_path / "s.png"),
+        plots.sweep([0.5, 1.0], [1.0, 1.1], {}, tmp_path / "w.png", " $unbalanced"),
+        plots.selected_vs_unselected(
+            {"SLM $x_1$": {"selected": ([1], [1.0]), "unselected": ([1], [2.0])}},
+            0.6,
+            tmp_path / "v.png",
+        ),
+    ]
+    assert all(f.stat().st_size > 1000 for f in files)

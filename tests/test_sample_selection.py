@@ -303,3 +303,28 @@ def test_torchrun_two_processes_keep_the_windows_of_one(stores, tmp_path):
     w_two = load_file(tmp_path / "two" / "model.safetensors")
     for name, tensor in load_file(tmp_path / "one" / "model.safetensors").items():
         torch.testing.assert_close(w_two[name], tensor, rtol=1e-4, atol=2e-5, msg=name)
+
+
+def test_stored_reference_losses_enter_candidate_scores_in_model_alignment(stores, tmp_path):
+    """A stored loss at t is about token t; the learner's loss at t is about token t + 1. Eight
+    identical candidates differ only in the stored reference loss of their last token: RHO-LOSS
+    must subtract it from the learner's loss of that token (the last target) and keep the two
+    windows whose last token the reference found easiest. Left unshifted, the last stored loss
+    would meet no target, every window would tie, and the first two would be kept."""
+    trainer = sample_trainer(stores, tmp_path)
+    batch = trainer.data_collator([trainer.train_dataset[5]] * (FACTOR * B))
+    ref = torch.ones(FACTOR * B, SEQ)
+    ref[:, 0] = NAN  # a window start: no context, no reference loss
+    easiest = [3, 6]
+    ref[easiest, -1] = -20.0  # the reference found these rows' last token very easy
+    batch["ref_loss"] = ref
+    (kept,), _ = trainer.get_batch_samples(iter([batch]), 1, trainer.args.device)
+    assert kept["ref_loss"][:, -1].tolist() == [-20.0, -20.0]
+
+    # By hand, in model alignment: target t (token t + 1) against the stored loss at t + 1.
+    ids = batch["input_ids"][:1]
+    with torch.no_grad():
+        logits = trainer.model(input_ids=ids).logits[0, :-1]
+    learner = F.cross_entropy(logits, ids[0, 1:], reduction="none")
+    means = (learner - ref[:, 1:]).mean(-1)
+    assert sorted(torch.topk(means, B).indices.tolist()) == easiest

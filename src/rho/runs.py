@@ -29,6 +29,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from rho.errors import UserError
 from rho.files import (
     MARKER,
+    check_replaceable,
     claim_output_dir,
     clear_output_dir,
     fsync_path,
@@ -213,6 +214,7 @@ def prepare_run_dir(
     overwrite: bool,
     inputs: list = (),
     writer: bool = True,
+    commit: bool = True,
 ) -> str | None:
     """The run directory `rho train` may write, and the checkpoint it resumes from (None: start
     afresh). ``output_dir`` must be new, empty or a rho run (never someone else's directory).
@@ -220,7 +222,8 @@ def prepare_run_dir(
     whole checkpoint) and replaced only with ``--overwrite``. On resume the log is cut back to
     the checkpoint's step and unfinished checkpoints are removed, so nothing of the dead run is
     read as this one's. Only the ``writer`` (rank 0, holding the lock) checks and changes the
-    directory; the other ranks only resolve ``last``."""
+    directory; the other ranks only resolve ``last``. ``commit=False`` checks only (call it before
+    any work, and again with ``commit=True`` once the run's inputs are checked too)."""
     path = Path(output_dir)
     if not writer:
         if resume == "last":
@@ -237,11 +240,15 @@ def prepare_run_dir(
     held = path.is_dir() and any(p.name != MARKER for p in path.iterdir())
     if resume == "last" and not held:
         raise UserError(f"--resume_from_checkpoint last: {path} holds no run to continue")
-    claim_output_dir(path, RUN_KIND, inputs, "--output_dir")  # refuses a foreign directory
+    if held:
+        check_replaceable(path, RUN_KIND, inputs, "--output_dir")  # never a foreign directory
+    if commit:
+        claim_output_dir(path, RUN_KIND, inputs, "--output_dir")
     if not held:
         return resume
     if overwrite:
-        clear_output_dir(path)
+        if commit:
+            clear_output_dir(path)
         return resume
     checkpoints = whole_checkpoints(path)
     if resume is None:
@@ -261,7 +268,8 @@ def prepare_run_dir(
             f"({getattr(newest, 'name', None)} is): resume from that, or start afresh with "
             "--overwrite"
         )
-    _cut_back(path, checkpoint_step(resume))
+    if commit:
+        _cut_back(path, checkpoint_step(resume))
     return resume
 
 

@@ -149,14 +149,11 @@ def run_training(
     check_output_dir(data, args.output_dir)  # before the lock: no lock file inside an input
     rank0 = dist.rank_from_env() == 0
     with output_lock(args.output_dir) if rank0 else contextlib.nullcontext():
-        resume = prepare_run_dir(
-            args.output_dir,
-            args.resume_from_checkpoint,
-            run.overwrite,
-            model_inputs(data),
-            writer=rank0,
-        )
+        where = (args.output_dir, args.resume_from_checkpoint, run.overwrite, model_inputs(data))
+        resume = prepare_run_dir(*where, writer=rank0, commit=False)  # refusals before any work
         trainer = build_trainer(data, selection, args, run.allow_missing_weights)
+        if rank0:  # every input checked: now make, clear or cut back the run directory
+            prepare_run_dir(*where, commit=True)
         trainer.train(resume_from_checkpoint=resume)
         trainer.save_model()
         if trainer.eval_dataset is not None:
