@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -15,7 +16,9 @@ from pathlib import Path
 import pytest
 
 from rho.errors import UserError
-from rho.experiment.settings import ARMS, ExperimentConfig, load_yaml, parse_config
+from rho.experiment.arms import ARMS
+from rho.experiment.report import PAPER
+from rho.experiment.settings import ExperimentConfig, load_yaml, parse_config
 from rho.runs import last_record
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -90,12 +93,16 @@ def rho(*args, cache: Path, timeout=600) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_every_arm_on_two_axes_from_a_config(tmp_path, data):
     out = tmp_path / "run"
-    config = write_config(tmp_path / "config.yaml", data, out, arms="all")
+    config = write_config(tmp_path / "config.yaml", data, out, arms="all", reference_seeds=[0, 1])
     run = rho("experiment", "--config", config, cache=tmp_path / "cache")
     assert run.returncode == 0, run.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     assert list(results["runs"]) == list(ARMS)
     assert [r["seed"] for r in results["runs"]["slm"]] == [0, 1]
+    # SLM's seed i reads reference i's scores; the reference arm has a spread.
+    assert [r["reference_seed"] for r in results["runs"]["slm"]] == [0, 1]
+    assert [r["seed"] for r in results["runs"]["reference"]] == [0, 1]
+    assert results["summary"]["losses"]["reference"]["target"]["n"] == 2
     assert [r["seed"] for r in results["runs"]["rholoss"]] == [0]
     for arm, runs in results["runs"].items():
         for r in runs:
@@ -120,6 +127,8 @@ def test_every_arm_on_two_axes_from_a_config(tmp_path, data):
         assert section in report, section
     for figure in ("curves.png", "axes.png", "selected.html"):
         assert (out / figure).stat().st_size > 1000, figure
+    assert_traceable(report, results)
+    assert "Sensitivity to the reference's seed" in report and "paired t-test" in report
     # The console: compact lines, no raw Trainer dicts, no weight-loading bars.
     assert "{'loss'" not in run.stdout + run.stderr and "Loading weights" not in run.stderr
     assert "slm-seed1" in run.stdout + run.stderr
@@ -162,7 +171,7 @@ def test_killed_mid_arm_resumes_without_redoing_finished_stages(tmp_path, data):
     proc.wait()
     assert not (arm / "stage.json").exists(), "the arm finished before it was killed"
     finished = {p.parent.name: p.stat().st_mtime_ns for p in out.glob("stages/*/stage.json")}
-    assert "clm-seed0" in finished and "score" in finished
+    assert "clm-seed0" in finished and "score-ref0" in finished
     rerun = rho("experiment", "--config", config, cache=cache)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     for name, mtime in finished.items():  # not redone
@@ -229,3 +238,143 @@ def test_from_scratch(tmp_path, data):
     start = {a: r[0]["curve"]["target"][0] for a, r in results["runs"].items()}
     assert start["clm"] == start["slm"] and not (tmp_path / "cache").exists()
     assert "from scratch" in (out / "report.md").read_text()
+
+
+# ----------------------------------------------------------- every figure of the report is recorded
+
+NUMBER = re.compile(r"(?<![\w.])[-+]?\d[\d,]*(?:\.\d+)?(?:e[-+]?\d+)?%?")
+
+
+def numbers_in(value) -> list[float]:
+    if isinstance(value, bool) or value is None:
+        return []
+    if isinstance(value, int | float):
+        return [float(value)]
+    if isinstance(value, dict):
+        return [x for v in value.values() for x in numbers_in(v)]
+    if isinstance(value, list):
+        return [x for v in value for x in numbers_in(v)]
+    return []
+
+
+def recorded(text: str, values: list[float]) -> bool:
+    """Is the printed number ``text`` some recorded value at the precision it was printed?"""
+    percent = text.endswith("%")
+    body = text.rstrip("%").replace(",", "")
+    mantissa, _, exponent = body.partition("e")
+    x = float(body)
+    decimals = len(mantissa.partition(".")[2])
+    step = 10.0 ** (-decimals) * 10.0 ** int(exponent or 0)
+    if not decimals and not exponent and mantissa.strip("+-") != "0":
+        step *= 10 ** (len(mantissa) - len(mantissa.rstrip("0")))  # 120 may be 2 sig. figures
+    scales = (100.0, 1.0) if percent else (1.0,)  # a percent is recorded as 0.342 or as 34.2
+    tolerance = step / 2 + 1e-9 * abs(x)
+    return any(abs(v * scale - x) <= tolerance for v in values for scale in scales)
+
+
+def assert_traceable(report: str, results: dict) -> None:
+    """Every number in report.md is a value in results.json, as printed (the paper's quoted
+    figures and fixed phrases aside)."""
+    for constant in (*PAPER.values(), "13-grams", "Figure 3", "Figures 6, 8", "Figure 13"):
+        report = report.replace(constant, "")
+    values = numbers_in(results)
+    missing = [m.group() for m in NUMBER.finditer(report) if not recorded(m.group(), values)]
+    assert not missing, f"numbers in report.md not in results.json: {missing[:20]}"
+
+
+def test_the_traceability_check_can_fail():
+    results = {"a": 5.3647, "b": [0.22, 1586528], "c": 123.4}
+    assert_traceable("loss 5.3647, 22%, 1,586,528 tokens, 120 s", results)
+    with pytest.raises(AssertionError, match="5.3648"):
+        assert_traceable("loss 5.3648", results)
+    with pytest.raises(AssertionError, match="23%"):
+        assert_traceable("23% of it", results)
+
+
+# ----------------------------------------------------------- stage keys that cannot go stale
+
+
+@pytest.mark.slow
+def test_rerun_with_other_seeds_trains_the_reference_it_reports(tmp_path, data):
+    """--seeds 0 1, then --seeds 1 2 into the same directory: the reference of the second run
+    is trained with seed 1 (it was reused from seed 0 and reported as seed 1)."""
+    import torch
+
+    out, cache = tmp_path / "run", tmp_path / "cache"
+    for seeds in ([0, 1], [1, 2]):
+        config = write_config(tmp_path / "c.yaml", data, out, arms="clm,slm,reference",
+                              seeds=seeds, analyze=False)  # fmt: skip
+        run = rho("experiment", "--config", config, cache=cache)
+        assert run.returncode == 0, run.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    (reference,) = results["runs"]["reference"]
+    args = torch.load(Path(reference["run"]) / "training_args.bin", weights_only=False)
+    assert reference["seed"] == args.seed == 1
+    assert [r["reference_seed"] for r in results["runs"]["slm"]] == [1, 1]
+    assert "seeds [1]" in (out / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_changing_dynamics_checkpoints_redoes_the_analyses(tmp_path, data):
+    out, cache = tmp_path / "run", tmp_path / "cache"
+    found = []
+    for n in (2, 3):
+        config = write_config(tmp_path / "c.yaml", data, out, arms="clm", seeds=[0],
+                              dynamics_checkpoints=n, evals=3)  # fmt: skip
+        run = rho("experiment", "--config", config, cache=cache)
+        assert run.returncode == 0, run.stderr[-3000:]
+        found.append(json.loads((out / "results.json").read_text())["analyses"])
+    assert [a["dynamics_checkpoints"] for a in found] == [2, 3]
+
+
+@pytest.mark.slow
+def test_two_experiments_share_one_base_without_clobbering_it(tmp_path, data):
+    """Two experiments with different --out on the same data start at once: one pretrains the
+    cached base under its lock, the other waits and reuses it; its metrics hold one run."""
+    cache = tmp_path / "cache"
+    procs = []
+    for name in ("a", "b"):
+        config = write_config(tmp_path / f"{name}.yaml", data, tmp_path / name, arms="clm",
+                              seeds=[0], analyze=False)  # fmt: skip
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "rho", "experiment", "--config", str(config)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env={**ENV, "RHO_CACHE": str(cache)}))  # fmt: skip
+    logs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], logs
+    (base,) = [p for p in (cache / "stages").iterdir() if p.name.startswith("base-")]
+    steps = [r["step"] for r in map(json.loads, (base / "run" / "metrics.jsonl").open())
+             if "loss" in r and "step" in r]  # fmt: skip
+    assert steps == sorted(set(steps)), steps  # one run, not two interleaved
+    assert sum("base (pretrained, cached): done before (skipped)" in log for log in logs) == 1
+    a, b = (json.loads((tmp_path / n / "results.json").read_text()) for n in ("a", "b"))
+    assert a["runs"]["clm"][0]["final"] == b["runs"]["clm"][0]["final"]
+
+
+def test_globs_and_a_dataset_directory_as_inputs(tmp_path, data):
+    """The README's `corpus: [web/*.jsonl]` glob, and an HF dataset directory (a documented
+    input) as the corpus: both expand and hash before the data stage."""
+    import datasets
+
+    from rho.experiment.prepare import inputs_key, texts_of
+
+    web = tmp_path / "web"
+    web.mkdir()
+    for i in range(2):
+        (web / f"part{i}.jsonl").write_text(Path(data["corpus"]).read_text())
+    config = write_config(tmp_path / "c.yaml", data, tmp_path / "o", corpus=[str(web / "*.jsonl")])
+    cfg = ExperimentConfig(**json.loads(config.read_text()))
+    cfg.check_inputs()
+    assert cfg.corpus == [str(web / "part0.jsonl"), str(web / "part1.jsonl")]
+    texts = [json.loads(line)["text"] for line in Path(data["corpus"]).read_text().splitlines()]
+    saved = tmp_path / "ds"
+    datasets.Dataset.from_dict({"text": texts}).save_to_disk(str(saved))
+    cfg.corpus = [str(saved)]
+    key = inputs_key(cfg.view("data"))
+    assert len(key["corpus"]) == 1 and len(key["corpus"][0]) == 64
+    assert texts_of(str(saved)) == [t for t in texts if t.strip()]
+    with pytest.raises(UserError, match="no input matches"):
+        missing = str(tmp_path / "none*.jsonl")
+        ExperimentConfig(
+            curated=[data["curated"]], corpus=[missing], heldout=[f"t={data['target']}"]
+        ).check_inputs()

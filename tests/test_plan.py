@@ -76,8 +76,17 @@ CHANGES = {
     "reference_seeds": ([0, 2], {"reference-seed2", "score-ref2", "prune-ref2", "slm-seed1"}),
     "train_tokens": (4096, ARM_RUNS | {"analyses"}),
     "ref_epochs": (3.0, REFERENCE_SIDE | USES_SCORES | {"analyses"}),
-    "ratio": (0.5, {"slm-seed0", "slm-seed1", "slm-random-seed0", "pruned-slm-seed0",
-                    "rholoss+token-seed0", "analyses"}),  # fmt: skip
+    "ratio": (
+        0.5,
+        {
+            "slm-seed0",
+            "slm-seed1",
+            "slm-random-seed0",
+            "pruned-slm-seed0",
+            "rholoss+token-seed0",
+            "analyses",
+        },
+    ),  # fmt: skip
     "mix_share": (0.3, {"mix", "clm-mix-seed0"}),
     "prune_keep": (0.25, {"prune-ref0", "prune-ref1", "pruned-clm-seed0", "pruned-slm-seed0"}),
     "candidate_factor": (8, {"rholoss-seed0", "rholoss+token-seed0"}),

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from rho.experiment.arms import ARMS
-from rho.experiment.stats import difference
+from rho.experiment.stats import ALPHA, difference
 from rho.experiment.summary import compute_table, final_loss, loss_table, winners
 
 BASELINE = "clm"
@@ -45,6 +45,7 @@ def summarise(results: dict) -> dict:
             "loss": target,
             "what": "clm's final loss on the whole validation set, mean over its seeds",
             "curve_sample_end": sample_end,
+            "curve_sample_gap": sample_end - target,
             "curve_windows": base_runs[0].get("sample_windows", {}).get(axis),
         },
         "compute": compute,
@@ -54,7 +55,19 @@ def summarise(results: dict) -> dict:
         "paired_arms": [arm for arm in runs if shares_order(runs, arm, BASELINE)],
         "reference_pairs": reference_pairs(runs, axes),
         "uncovered_variance": uncovered_variance(results),
+        "alpha": ALPHA,
+        "read_per_trained": read_per_trained(runs),
     }
+
+
+def read_per_trained(runs: dict) -> dict:
+    """arm -> windows read per window trained (above 1 for RHO-LOSS's candidates)."""
+    out = {}
+    for arm, seeds in runs.items():
+        run = seeds[0]
+        if run.get("windows_trained"):
+            out[arm] = run["windows_read"] / run["windows_trained"]
+    return out
 
 
 def against_baseline(runs: dict, losses: dict) -> dict:

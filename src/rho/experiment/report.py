@@ -178,7 +178,7 @@ def report_lines(results: dict, title: str) -> list[str]:
         "",
         target_sentence(summary["target"]),
         "",
-        compute_markdown(summary["compute"], read_per_trained(runs)),
+        compute_markdown(summary["compute"], summary["read_per_trained"]),
         "",
     ]
     lines += analyses_lines(results.get("analyses") or {})
@@ -202,18 +202,8 @@ def params(runs: dict) -> str:
     return " and ".join(f"{n:,}" for n in counts) or "unknown"
 
 
-def read_per_trained(runs: dict) -> dict:
-    """arm -> windows read per window trained (above 1 for RHO-LOSS's candidates)."""
-    out = {}
-    for arm, seeds in runs.items():
-        run = seeds[0]
-        if run.get("windows_trained"):
-            out[arm] = run["windows_read"] / run["windows_trained"]
-    return out
-
-
 def target_sentence(target: dict) -> str:
-    gap = target["curve_sample_end"] - target["loss"]
+    gap = target["curve_sample_gap"]
     side = "below" if gap < 0 else "above"
     return (
         f"The target is {target['what']}: {target['loss']:.4f}. The curves are measured on "
@@ -275,7 +265,8 @@ def analyses_lines(analyses: dict) -> list[str]:
             "",
             f"The paper found {PAPER['dynamics']}. The split here is not comparable with it: "
             f"the mean loss of these tokens falls from {mean[0]:.3f} to {mean[-1]:.3f} nats "
-            f"across the checkpoints (by {mean[0] - mean[-1]:.3f}), and a fixed threshold in "
+            f"across the checkpoints (by {analyses['dynamics_loss_fall']:.3f}), and a fixed "
+            "threshold in "
             "nats counts every token whose loss falls with that tide as H→L, where the paper "
             "tracked an already pretrained 1B model.",
             "",

@@ -317,6 +317,10 @@ def analyse(
         "dynamics_threshold": recorded["threshold"],
         "dynamics_mean_loss": [float(m) for m in recorded["all_tokens_mean_loss"]],
     }
+    if result["dynamics_mean_loss"]:
+        result["dynamics_loss_fall"] = (
+            result["dynamics_mean_loss"][0] - result["dynamics_mean_loss"][-1]
+        )
     if slm_losses is not None:
         slm_stage = results[f"slm-seed{first}"]
         slm = Path(slm_stage["run"])

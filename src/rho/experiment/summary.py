@@ -247,6 +247,8 @@ def _rank(candidates: dict, paired=None) -> dict | None:
         "runner_up_value": None,
         "difference": None,
         "ranking": [a for a, _ in items],
+        "places": {a: i + 1 for i, (a, _) in enumerate(items)},
+        "ranked": len(items),
     }
     if len(items) > 1:
         out["runner_up"], out["runner_up_value"] = items[1]

@@ -105,7 +105,8 @@ def compute_markdown(compute_table: dict, read_per_trained: dict | None = None) 
         "break-even runs",
     ]
     lines = [
-        f"In brackets, the ratio to {base}'s whole run (below 1 is cheaper).",
+        f"Values are mean ± sample std over seeds; in brackets, the ratio to {base}'s whole run "
+        "(below 1 is cheaper).",
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
@@ -193,8 +194,7 @@ def winners_markdown(winners: dict, focus: str = "slm", left_out=()) -> str:
     def placed(rank: dict) -> str:
         if rank["arm"] == focus or focus not in rank["ranking"]:
             return ""
-        place = rank["ranking"].index(focus) + 1
-        return f" {focus} is not the winner: it places {place} of {len(rank['ranking'])}."
+        return f" {focus} is not the winner: it places {rank['places'][focus]} of {rank['ranked']}."
 
     lines = []
     for axis, rank in winners["loss"].items():
