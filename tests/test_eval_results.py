@@ -45,7 +45,10 @@ def test_compare_runs_side_by_side(tmp_path, capsys):
         (lambda r: r["tasks"]["champ"].pop("shots"), "missing tasks.champ.shots"),
         (lambda r: r["loss"]["held"].update(overall=[1]), "loss.held.overall is \\[1\\]"),
         (lambda r: r.update(lm_eval={"metrics": {"t": {"acc": "x"}}}), "lm_eval.metrics.t.acc"),
-        (lambda r: r["loss"]["held"]["overall"].update(tokens=-1), "overall.tokens is -1"),
+        (
+            lambda r: r["loss"]["held"]["overall"].update(tokens=-1),
+            "overall.tokens -1 is out of range",
+        ),
     ],
 )
 def test_compare_checks_every_field_of_eval_json(tmp_path, change, message):

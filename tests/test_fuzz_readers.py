@@ -327,7 +327,7 @@ def test_yaml_alias_bomb_is_refused_quickly(tmp_path):
         ("ratio: .nan\n", "ratio is nan"),
         ("analyze: 'no'\n", "analyze is 'no'"),
         ("seq_len: " + "9" * 5000 + "\n", "cannot be read"),
-        ("seq_len: 100000000000000000000\n", "seq_len is an integer of 67 bits"),
+        ("seq_len: 100000000000000000000\n", "seq_len of 67 bits is out of range"),
         ("curated: x.jsonl\n", "curated is 'x.jsonl'"),
     ],
 )

@@ -171,7 +171,7 @@ def test_inspect_loss_store_and_errors(tmp_path, token_store, model_dir, capsys)
         ({"content_hash": 5}, "content_hash is 5"),
         ({"n_tokens": 1e30}, "n_tokens is 1e\\+30"),
         ({"vocab_size": True}, "vocab_size is True"),
-        ({"n_docs": "HUGE"}, "n_docs is an integer of"),
+        ({"n_docs": "HUGE"}, "n_docs of 3322 bits is out of range"),
         ({"eos_id": "DEEP"}, "unreadable or corrupted"),
     ],
 )

@@ -70,9 +70,14 @@ def describe(err: ValidationError, field: str | None = None) -> str:
     parts = [*loc, *first["loc"]]
     where = ".".join(p if p.isidentifier() or p.isdigit() else show(p) for p in map(str, parts))
     where = where or "the value"
-    if first["type"] == "missing":
+    kind, value, why = first["type"], first["input"], squeeze(first["msg"], 100)
+    if kind == "missing":
         return f"missing {where}"
-    return f"{where} is {show(first['input'])} ({squeeze(first['msg'], 100)})"
+    if kind.startswith(("greater_than", "less_than", "too_", "string_too_")):  # a range
+        if isinstance(value, int) and value.bit_length() > 64:
+            return f"{where} of {value.bit_length()} bits is out of range ({why})"
+        return f"{where} {show(value)} is out of range ({why})"
+    return f"{where} is {show(value)} ({why})"
 
 
 # --- JSON ---------------------------------------------------------------------------------------
