@@ -53,7 +53,9 @@ def setting_lines(results: dict) -> list[str]:
     cfg, data, runs = results["config"], results["data"], results["runs"]
     tokens = data["tokens"]
     if cfg["from_scratch"]:
-        start = "every arm and the reference start from a fresh `{}` preset".format(cfg["base"])
+        start = (
+            f"every arm and the reference start from a fresh `{cfg['base']}` preset (from scratch)"
+        )
     elif "base" in results:
         b = results["base"]
         start = (
