@@ -11,6 +11,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from rho.analysis.plots import plain_text
+
 DPI = 120
 
 
@@ -20,6 +22,7 @@ def _figure(width: float, height: float):
     return fig, fig.subplots()
 
 
+@plain_text  # arm and axis names are the user's text: shown literally
 def plot_axes(loss_table: dict, path: str | Path, x: str = "target", y: str = "general") -> None:
     """One point per arm at (its mean ``x`` test loss, its mean ``y`` test loss), with ± one
     standard deviation over seeds as error bars, labelled with the arm; lower-left is better.
@@ -61,6 +64,7 @@ def _mean_band(curves: list[tuple[np.ndarray, np.ndarray]]):
     return tokens, stack.mean(axis=0), stack.min(axis=0), stack.max(axis=0)
 
 
+@plain_text
 def plot_curves(runs: dict, path: str | Path, axis: str = "target") -> None:
     """Validation loss on ``axis`` against training tokens: per arm the mean over seeds as a
     line and the min–max over seeds as a band."""
