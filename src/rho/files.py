@@ -166,9 +166,9 @@ def output_kind(path: str | Path) -> str | None:
         return (path / MARKER).read_text().split("\n", 1)[0].strip() or None
     meta = path / "meta.json"
     if meta.is_file():
-        try:
-            return json.loads(meta.read_text()).get("format")
-        except (OSError, ValueError, AttributeError):
+        try:  # the bounded reader: a hostile meta.json is "not rho's", never a RecursionError
+            return read_json(meta).get("format")
+        except (UserError, AttributeError):
             return None
     return None
 
