@@ -47,7 +47,7 @@ def planned(cfg: ExperimentConfig) -> dict[str, str]:
 
 EVERY = {
     "data", "mix", "base", "reference-seed0", "score-ref0", "prune-ref0", "reference-seed1",
-    "score-ref1", "prune-ref1", "clm-seed0", "clm-seed1", "slm-seed0", "slm-seed1",
+    "score-ref1", "clm-seed0", "clm-seed1", "slm-seed0", "slm-seed1",
     "slm-random-seed0", "clm-mix-seed0", "pruned-clm-seed0", "pruned-slm-seed0",
     "rholoss-seed0", "rholoss+token-seed0", "analyses",
 }  # fmt: skip
@@ -58,7 +58,8 @@ USES_SCORES = {"slm-seed0", "slm-seed1", "pruned-clm-seed0", "pruned-slm-seed0",
                "rholoss-seed0", "rholoss+token-seed0"}  # fmt: skip
 
 # field -> (a new value, the stages a rerun must redo). New stages count as redone; a stage that
-# disappears is not. "other" is another file.
+# disappears is not. "other" is another file. The pruned arms run seed 0 only, so only reference
+# 0's scores are pruned.
 CHANGES = {
     "curated": (["other"], EVERY),
     "corpus": (["other"], EVERY),
@@ -73,7 +74,7 @@ CHANGES = {
     "arms": ("clm,slm", set()),
     "seeds": ([0, 2], {"clm-seed2", "slm-seed2"}),
     "seeded_arms": ("clm,slm,slm-random", {"slm-random-seed1"}),
-    "reference_seeds": ([0, 2], {"reference-seed2", "score-ref2", "prune-ref2", "slm-seed1"}),
+    "reference_seeds": ([0, 2], {"reference-seed2", "score-ref2", "slm-seed1"}),
     "train_tokens": (4096, ARM_RUNS | {"analyses"}),
     "ref_epochs": (3.0, REFERENCE_SIDE | USES_SCORES | {"analyses"}),
     "ratio": (
@@ -88,7 +89,7 @@ CHANGES = {
         },
     ),  # fmt: skip
     "mix_share": (0.3, {"mix", "clm-mix-seed0"}),
-    "prune_keep": (0.25, {"prune-ref0", "prune-ref1", "pruned-clm-seed0", "pruned-slm-seed0"}),
+    "prune_keep": (0.25, {"prune-ref0", "pruned-clm-seed0", "pruned-slm-seed0"}),
     "candidate_factor": (8, {"rholoss-seed0", "rholoss+token-seed0"}),
     "seq_len": (128, AFTER_BASE),
     "batch_size": (8, AFTER_BASE),

@@ -68,13 +68,20 @@ def plan(cfg: ExperimentConfig, inputs: dict) -> dict[str, Stage]:
         add("base", "base", "base", base=cfg.base)
     base = ("data", "base")
 
-    needs_scores = any(ARMS[a].uses_reference for a in arms)
-    references = cfg.reference_seeds_used if needs_scores or "reference" in arms else []
+    # Which references each use needs: scores for the seeds of arms that read them, pruning
+    # for the seeds of pruned arms (nothing is scored or pruned that no arm reads).
+    scored, pruned = set(), set()
+    for name in arms:
+        if ARMS[name].uses_reference:
+            refs = {cfg.reference_for(seed) for seed in cfg.seeds_of(name)}
+            scored |= refs
+            pruned |= refs if "prune" in ARMS[name].overhead else set()
+    references = cfg.reference_seeds_used if "reference" in arms else sorted(scored)
     for r in references:
         add(f"reference-seed{r}", "reference", "reference", after=base, seed=r)
-        if needs_scores:
+        if r in scored:
             add(f"score-ref{r}", "score", "score", after=(f"reference-seed{r}",), seed=r)
-        if needs_scores and any("prune" in ARMS[a].overhead for a in arms):
+        if r in pruned:
             add(f"prune-ref{r}", "prune", "prune", after=(f"score-ref{r}",), seed=r)
 
     first = cfg.seeds[0]

@@ -178,7 +178,7 @@ def report_lines(results: dict, title: str) -> list[str]:
         "",
         f"## Compute to reach clm's final validation {axes[0]} loss",
         "",
-        target_sentence(summary["target"]),
+        target_sentence(summary["target"], cfg["eval_windows"] == 0),
         "",
         compute_markdown(summary["compute"], summary["read_per_trained"]),
         "",
@@ -204,14 +204,20 @@ def params(runs: dict) -> str:
     return " and ".join(f"{n:,}" for n in counts) or "unknown"
 
 
-def target_sentence(target: dict) -> str:
+def target_sentence(target: dict, whole: bool) -> str:
     gap = target["curve_sample_gap"]
     side = "below" if gap < 0 else "above"
+    where = (
+        "the whole validation set too"
+        if whole
+        else f"a sample of {target['curve_windows']} validation windows"
+    )
     return (
         f"The target is {target['what']}: {target['loss']:.4f}. The curves are measured on "
-        f"their validation windows, where clm ends at {target['curve_sample_end']:.4f} "
-        f"(mean over seeds), {abs(gap):.4f} {side} the target; an arm reaches the target "
-        "where its curve first gets to it, clm included."
+        f"{where}; clm's ends at {target['curve_sample_end']:.4f} (mean over seeds), "
+        f"{abs(gap):.4f} {side} the target. An arm reaches the target where its curve first "
+        "gets to it, clm included, so a clm seed that ends above the mean of its seeds does "
+        "not reach it."
     )
 
 
