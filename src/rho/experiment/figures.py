@@ -37,7 +37,7 @@ def plot_axes(loss_table: dict, path: str | Path, x: str = "target", y: str = "g
         ax.annotate(arm, (sx["mean"], sy["mean"]), textcoords="offset points", xytext=(5, 5))
     ax.set_xlabel(f"{x} test loss (nats/token)")
     ax.set_ylabel(f"{y} test loss (nats/token)")
-    ax.set_title("Test loss by arm, mean ± std over seeds (lower-left is better)")
+    ax.set_title("Test loss by arm, mean ± sample std over seeds (lower-left is better)")
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize="small")
