@@ -378,3 +378,29 @@ def test_globs_and_a_dataset_directory_as_inputs(tmp_path, data):
         ExperimentConfig(
             curated=[data["curated"]], corpus=[missing], heldout=[f"t={data['target']}"]
         ).check_inputs()
+
+
+@pytest.mark.slow
+def test_an_experiment_on_latex_heavy_text_writes_its_report(tmp_path):
+    """Math text reaches plot labels and titles (fluctuating tokens, selection analyses): `$`,
+    `$$`, `\\frac`, `%`, `_`, `^` and unbalanced `$` are shown, never parsed as mathtext."""
+    rng = random.Random(1)
+    bits = ["$x_1$", "$$", "\\frac{a}{b}", "%", "_", "^", "$", "$a^2 + b_3$", "\\alpha", "{", "}"]
+    words = [f"w{i}" for i in range(30)]
+
+    def doc() -> str:
+        return " ".join(rng.choice(bits + words) for _ in range(120))
+
+    files = {
+        name: write_jsonl(tmp_path / f"{name}.jsonl", [doc() for _ in range(n)])
+        for name, n in (("curated", 20), ("corpus", 60), ("target", 20), ("general", 20))
+    }
+    data = {**files, "base": files["corpus"]}
+    out = tmp_path / "run"
+    config = write_config(tmp_path / "c.yaml", data, out, arms="clm,slm", seeds=[0],
+                          decontam_threshold=1.0)  # fmt: skip
+    run = rho("experiment", "--config", config, cache=tmp_path / "cache")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "Traceback" not in run.stderr
+    assert (out / "report.md").stat().st_size > 1000
+    assert list((out / "stages" / "analyses").rglob("*.png"))
