@@ -388,8 +388,8 @@ def test_an_experiment_on_latex_heavy_text_writes_its_report(tmp_path):
     bits = ["$x_1$", "$$", "\\frac{a}{b}", "%", "_", "^", "$", "$a^2 + b_3$", "\\alpha", "{", "}"]
     words = [f"w{i}" for i in range(30)]
 
-    def doc() -> str:
-        return " ".join(rng.choice(bits + words) for _ in range(120))
+    def doc() -> str:  # math marks dense enough that every token's context holds several
+        return " ".join(rng.choice(bits * 4 + words) for _ in range(120))
 
     files = {
         name: write_jsonl(tmp_path / f"{name}.jsonl", [doc() for _ in range(n)])
@@ -397,8 +397,8 @@ def test_an_experiment_on_latex_heavy_text_writes_its_report(tmp_path):
     }
     data = {**files, "base": files["corpus"]}
     out = tmp_path / "run"
-    config = write_config(tmp_path / "c.yaml", data, out, arms="clm,slm", seeds=[0],
-                          decontam_threshold=1.0)  # fmt: skip
+    config = write_config(tmp_path / "c.yaml", data, out, arms="clm,slm", seeds=[0], evals=3,
+                          dynamics_checkpoints=3, decontam_threshold=1.0)  # fmt: skip
     run = rho("experiment", "--config", config, cache=tmp_path / "cache")
     assert run.returncode == 0, run.stderr[-3000:]
     assert "Traceback" not in run.stderr
