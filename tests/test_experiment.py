@@ -404,3 +404,24 @@ def test_an_experiment_on_latex_heavy_text_writes_its_report(tmp_path):
     assert "Traceback" not in run.stderr
     assert (out / "report.md").stat().st_size > 1000
     assert list((out / "stages" / "analyses").rglob("*.png"))
+
+
+@pytest.mark.slow
+def test_a_proxy_reference_is_charged_at_its_own_size(tmp_path, data):
+    """`reference_base`: the references start from their own pretrained preset (cached like the
+    base); SLM's overhead charges the proxy's pretraining, training and scoring at its size."""
+    out = tmp_path / "run"
+    config = write_config(tmp_path / "c.yaml", data, out, arms="clm,slm,reference", seeds=[0],
+                          base="1m", reference_base="tiny", analyze=False)  # fmt: skip
+    run = rho("experiment", "--config", config, cache=tmp_path / "cache")
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    proxy, (reference,), (clm,) = (results["proxy"], results["runs"]["reference"],
+                                   results["runs"]["clm"])  # fmt: skip
+    assert proxy["n_params"] == reference["n_params"] < clm["n_params"]
+    scored = results["overhead"]["slm"]["tokens_scored"]
+    charged = proxy["flops_train"] + reference["flops_train"] + 2 * reference["n_params"] * scored
+    assert results["overhead"]["slm"]["flops"] == pytest.approx(charged)
+    assert results["overhead"]["slm"]["what"].startswith("proxy pretraining")
+    assert len(list((tmp_path / "cache" / "stages").glob("base-*"))) == 2  # base and proxy
+    assert "smaller proxy, `tiny`" in (out / "report.md").read_text()

@@ -69,6 +69,8 @@ CHANGES = {
     "base_data": (["other"], EVERY),
     "base_tokens": (1000, AFTER_BASE),
     "from_scratch": (True, AFTER_BASE),
+    # a proxy for the references: a new stage, and everything that reads the references
+    "reference_base": ("1m", {"proxy"} | REFERENCE_SIDE | USES_SCORES | {"analyses"}),
     "tokenizer": ("some/tokenizer", EVERY),
     "vocab": (512, EVERY),
     "arms": ("clm,slm", set()),
@@ -173,3 +175,15 @@ def test_paired_test_by_hand():
     assert d["t"] == pytest.approx(-4.0) and d["se"] == pytest.approx(1 / 3)
     assert d["p"] == pytest.approx(0.0572, abs=1e-4) and d["supported"] is False
     assert d["critical"] == pytest.approx(4.303, abs=1e-3)
+
+
+def test_a_proxy_reference_is_pretrained_once_and_shared(files):
+    cfg = dataclasses.replace(base_config(files), reference_base="1m", base="5m")
+    stages = plan(cfg, inputs_key(cfg))
+    assert stages["proxy"].cached and stages["proxy"].name.startswith("base-")
+    assert stages["proxy"].key != stages["base"].key
+    assert all("proxy" in stages[f"reference-seed{r}"].after for r in (0, 1))
+    assert "proxy" not in stages["clm-seed0"].after  # the learner still starts from the base
+    longer = dataclasses.replace(cfg, base_tokens=999)
+    after = plan(longer, inputs_key(longer))
+    assert after["proxy"].key != stages["proxy"].key  # it is pretrained like the base

@@ -27,7 +27,7 @@ def stage_key(**parts) -> str:
 @dataclass(frozen=True)
 class Stage:
     name: str
-    kind: str  # data | mix | base | reference | score | prune | arm | analyses
+    kind: str  # data | mix | base | proxy | reference | score | prune | arm | analyses
     key: str
     after: tuple[str, ...] = ()  # the stages whose results it reads
     arm: str | None = None
@@ -67,6 +67,15 @@ def plan(cfg: ExperimentConfig, inputs: dict) -> dict[str, Stage]:
     else:  # a given model (by name) or a fresh preset: nothing to pretrain
         add("base", "base", "base", base=cfg.base)
     base = ("data", "base")
+    start = base  # where the references start: the base, or a proxy of their own
+    if cfg.reference_base is not None:
+        if cfg.reference_base in PRESETS and not cfg.from_scratch:
+            key = add("proxy", "proxy", "proxy", after=("data",)).key
+            stages["proxy"] = Stage(f"base-{key}", "proxy", key, ("data",), cached=True)
+        else:  # a given model or a fresh preset
+            key = stage_key(stage="proxy", base=cfg.reference_base, scratch=cfg.from_scratch)
+            stages["proxy"] = Stage("proxy", "proxy", key)
+        start = ("data", "proxy")
 
     # Which references each use needs: scores for the seeds of arms that read them, pruning
     # for the seeds of pruned arms (nothing is scored or pruned that no arm reads).
@@ -78,7 +87,7 @@ def plan(cfg: ExperimentConfig, inputs: dict) -> dict[str, Stage]:
             pruned |= refs if "prune" in ARMS[name].overhead else set()
     references = cfg.reference_seeds_used if "reference" in arms else sorted(scored)
     for r in references:
-        add(f"reference-seed{r}", "reference", "reference", after=base, seed=r)
+        add(f"reference-seed{r}", "reference", "reference", after=start, seed=r)
         if r in scored:
             add(f"score-ref{r}", "score", "score", after=(f"reference-seed{r}",), seed=r)
         if r in pruned:

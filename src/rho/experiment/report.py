@@ -85,9 +85,20 @@ def setting_lines(results: dict) -> list[str]:
             f"{cfg['seq_len']} tokens, {warmup} of them warm-up, then a cosine decay "
             "(AdamW)."
         )
+    if "proxy" in results:
+        p = results["proxy"]
+        lines.append(
+            f"The references start from a smaller proxy, `{cfg['reference_base']}` "
+            f"({p['n_params']:,} parameters), pretrained here like the base ({p['train_tokens']:,}"
+            f" tokens, {p['steps']} steps); its pretraining is charged to the arms that read "
+            "the references' scores."
+        )
+    elif cfg["reference_base"]:
+        lines.append(f"The references start from `{cfg['reference_base']}`.")
     if "reference" in runs or any(ARMS[a].uses_reference for a in runs):
         lines.append(
-            f"The reference is the same start fine-tuned on the curated data "
+            f"The reference is {'that' if cfg['reference_base'] else 'the same'} start "
+            "fine-tuned on the curated data "
             f"({tokens['curated']:,} tokens, {cfg['ref_epochs']} epochs), seeds "
             f"{cfg['reference_seeds'] or cfg['seeds'][:1]}."
         )

@@ -91,12 +91,13 @@ class Runner:
                     stage.name,
                     stage.key,
                     partial(build, stage),
-                    "base (pretrained, cached)",
+                    f"{key} (pretrained, cached)",
                     shared=True,
                 )
                 self.stages.seconds[key] = cached.seconds[stage.name]
-            elif stage.kind == "base":
-                self.results[key] = {"run": self.cfg.base}  # a given model or a fresh preset
+            elif stage.kind in ("base", "proxy"):  # a given model or a fresh preset
+                self.results[key] = {"run": self.cfg.base if key == "base" else
+                                     self.cfg.reference_base}  # fmt: skip
             else:
                 self.results[key] = self.stages.run(stage.name, stage.key, partial(build, stage))
         results = self.collect()
@@ -138,6 +139,15 @@ class Runner:
             lr=v.base_learning_rate,
         )
 
+    def build_proxy(self, stage: Stage, directory: Path) -> dict:
+        """The reference's own smaller start, pretrained like the base."""
+        v = self.cfg.view("proxy")
+        tokens = v.base_tokens or self.data["tokens"]["base"]
+        return self.train(directory, "proxy", label="proxy", init=v.reference_base,
+                          tokens=self.data["stores"]["base"], selection=PLAIN,
+                          steps=self.steps(tokens, v), seed=BASE_SEED,
+                          lr=v.base_learning_rate)  # fmt: skip
+
     def build_reference(self, stage: Stage, directory: Path) -> dict:
         v = self.cfg.view("reference")
         steps = self.steps(int(v.ref_epochs * self.data["tokens"]["curated"]), v)
@@ -145,7 +155,7 @@ class Runner:
             directory,
             "reference",
             label=stage.name,
-            init=self.results["base"]["run"],
+            init=self.results["proxy" if "proxy" in self.plan else "base"]["run"],
             tokens=self.data["stores"]["curated"],
             selection=PLAIN,
             steps=steps,
@@ -253,10 +263,11 @@ class Runner:
         }
         if "mix" in self.results:
             results["data"]["mix"] = self.results["mix"]
-        if self.plan["base"].cached:
-            base = self.results["base"]
-            keep = ("steps", "warmup_steps", "train_tokens", "flops_train", "n_params")
-            results["base"] = {"seed": BASE_SEED, **{k: base[k] for k in keep if k in base}}
+        keep = ("steps", "warmup_steps", "train_tokens", "flops_train", "n_params")
+        for name in ("base", "proxy"):
+            if name in self.plan and self.plan[name].cached:
+                run = self.results[name]
+                results[name] = {"seed": BASE_SEED, **{k: run[k] for k in keep if k in run}}
         results["summary"] = summarise(results)
         return results
 
@@ -264,8 +275,12 @@ class Runner:
         """What each arm is charged before its training, by its registry entry: the training of
         the reference its seed pairs with, the scoring of the corpus by it (2·N_ref FLOPs per
         token scored) and the pruning; mean over the references its seeds used. The base is
-        shared by every arm and left out."""
+        shared by every arm and left out; a proxy pretrained here for the references is
+        charged to every arm that reads them."""
         out = {}
+        proxy = self.plan.get("proxy")
+        proxy_flops = self.results["proxy"]["flops_train"] if proxy and proxy.cached else 0.0
+        proxy_seconds = self.stages.seconds.get("proxy", 0.0) if proxy_flops else 0.0
         for name, seeds in runs.items():
             arm = ARMS[name]
             if not arm.overhead:
@@ -285,9 +300,10 @@ class Runner:
                 "prune": "pruning",
             }
             out[name] = {
-                "flops": float(np.mean(flops)),
-                "seconds": float(np.mean(seconds)),
-                "what": " + ".join(what[p] for p in arm.overhead),
+                "flops": float(np.mean(flops)) + proxy_flops,
+                "seconds": float(np.mean(seconds)) + proxy_seconds,
+                "what": ("proxy pretraining + " if proxy_flops else "")
+                + " + ".join(what[p] for p in arm.overhead),
                 "tokens_scored": self.results[f"score-ref{seeds[0]['reference_seed']}"]["tokens"],
             }
         return out

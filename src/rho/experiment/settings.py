@@ -22,8 +22,8 @@ from rho.experiment.arms import ARMS, CORE_ARMS, NAMES
 from rho.models import PRESETS
 from rho.select import check_ratio
 
-STAGES = ("data", "mix", "base", "reference", "score", "prune", "arms", "analyses")
-TRAINING = ("base", "reference", "arms")  # every training run evaluates on this schedule
+STAGES = ("data", "mix", "base", "proxy", "reference", "score", "prune", "arms", "analyses")
+TRAINING = ("base", "proxy", "reference", "arms")  # every training run's schedule
 
 
 _DECLARED: list[tuple[str, ...]] = []  # the stages of each option(), in field order
@@ -76,10 +76,18 @@ class ExperimentConfig:
         stages=("data",),
         help="text to pretrain a preset base on (the paper's setting)",
     )
-    base_tokens: int = option(0, stages=("base",), help="base pretraining budget (tokens)")
+    base_tokens: int = option(0, stages=("base", "proxy"), help="base pretraining budget (tokens)")
+    reference_base: str | None = option(
+        None,
+        stages=("proxy",),
+        help="the reference's own start, smaller than --base (a proxy): a preset (pretrained "
+        "here on --base_data like the base, cached) or a model directory with the data's "
+        "tokenizer; its pretraining, training and scoring are charged at its own size "
+        "(default: the base itself)",
+    )
     from_scratch: bool = option(
         False,
-        stages=("base",),
+        stages=("base", "proxy"),
         help="no base: every arm and the reference start from a fresh preset",
     )
     tokenizer: str | None = option(
@@ -117,7 +125,7 @@ class ExperimentConfig:
     )
     batch_size: int = option(16, stages=TRAINING, help="windows per optimizer step")
     learning_rate: float = option(1e-3, stages=("reference", "arms"), help="arms and reference")
-    base_learning_rate: float = option(3e-3, stages=("base",), help="base pretraining")
+    base_learning_rate: float = option(3e-3, stages=("base", "proxy"), help="base pretraining")
     evals: int = option(8, stages=TRAINING, help="validation evaluations per run")
     eval_windows: int = option(
         48,
@@ -200,8 +208,10 @@ class ExperimentConfig:
         unknown = {a.strip() for a in self.seeded_arms.split(",") if a.strip()} - set(ARMS)
         if unknown:
             raise UserError(f"--seeded_arms: unknown arm {sorted(unknown)[0]!r}")
-        if self.from_scratch and self.base not in PRESETS:
-            raise UserError(f"--from_scratch needs a preset --base ({', '.join(PRESETS)})")
+        for name in ("base", "reference_base"):
+            value = getattr(self, name)
+            if self.from_scratch and value is not None and value not in PRESETS:
+                raise UserError(f"--from_scratch needs a preset --{name} ({', '.join(PRESETS)})")
 
     def check_inputs(self) -> None:
         """The data exists (checked when the run starts, not when a config is only parsed);
