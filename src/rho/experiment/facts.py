@@ -55,6 +55,7 @@ def summarise(results: dict) -> dict:
         "paired_arms": [arm for arm in runs if shares_order(runs, arm, BASELINE)],
         "reference_pairs": reference_pairs(runs, axes),
         "uncovered_variance": uncovered_variance(results),
+        "frontier": frontier(compute, runs),
         "alpha": ALPHA,
         "read_per_trained": read_per_trained(runs),
     }
@@ -127,3 +128,28 @@ def uncovered_variance(results: dict) -> list[str]:
         fixed.append("one reference model (its seed is fixed)")
     fixed.append("one model size and one schedule")
     return fixed
+
+
+MIX = "clm-mix"  # the cheapest line to beat: curated data mixed in, no overhead
+
+
+def frontier(compute: dict, runs: dict) -> dict:
+    """Per arm, its one-off total FLOPs to reach the target (overhead + training) as a ratio to
+    clm's whole run, and whether it is below clm's run on every seed and below the curated
+    mix's one-off total (Welch's or the paired test on the per-seed totals); ``best``: the arm
+    with the least one-off FLOPs to the target among those that reach it on every seed."""
+    rows, mix = {}, compute.get(MIX, {}).get("flops_total") or {}
+    for arm, row in compute.items():
+        total = row["flops_total"]
+        ratio = None if total is None else total["ratio_one_off"]
+        entry = {"ratio_one_off": ratio, "below_clm": None, "against_mix": None}
+        if ratio is not None:
+            entry["below_clm"] = max(ratio["values"]) < 1.0
+            if arm != MIX and mix.get("one_off") is not None:
+                d = difference(total["one_off"]["values"], mix["one_off"]["values"],
+                               paired=shares_order(runs, arm, MIX))  # fmt: skip
+                entry["against_mix"] = d
+        rows[arm] = entry
+    reached = {arm: e["ratio_one_off"]["mean"] for arm, e in rows.items() if e["ratio_one_off"]}
+    best = min(reached, key=reached.get) if reached else None
+    return {"arms": rows, "best": best, "best_ratio": reached.get(best)}

@@ -90,3 +90,38 @@ def plot_curves(runs: dict, path: str | Path, axis: str = "target") -> None:
         ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
+
+
+@plain_text
+def plot_frontier(
+    runs: dict, overhead: dict, target: float, path: str | Path, axis: str = "target"
+) -> None:
+    """The compute frontier: validation loss on ``axis`` against one-off total FLOPs (the arm's
+    overhead, then its training), per arm the mean over seeds as a line and min–max as a band;
+    the target as a dashed line. clm and clm-mix are the lines to beat."""
+    fig, ax = _figure(7.5, 4.8)
+    for arm, seeds in runs.items():
+        curves = []
+        extra = float(overhead.get(arm, {}).get("flops", 0.0))
+        for run in seeds:
+            curve = run.get("curve", {})
+            if axis in curve and curve.get("flops"):
+                flops = np.asarray(curve["flops"], dtype=np.float64) + extra
+                curves.append((flops, np.asarray(curve[axis], dtype=np.float64)))
+        if not curves:
+            continue
+        flops, mean, low, high = _mean_band(curves)
+        style = "-" if arm in ("clm", "clm-mix") else "--"
+        width = 2.2 if arm in ("clm", "clm-mix") else 1.2
+        (line,) = ax.plot(flops, mean, style, lw=width, marker="o", ms=2.5,
+                          label=f"{arm} ({_seeds(len(curves))})")  # fmt: skip
+        if len(curves) > 1:
+            ax.fill_between(flops, low, high, color=line.get_color(), alpha=0.15, lw=0)
+    ax.axhline(target, color="0.3", linestyle=":", lw=1, label=f"target {target:.4f}")
+    ax.set_xlabel("one-off total FLOPs (overhead + training)")
+    ax.set_ylabel(f"{axis} validation loss (nats/token)")
+    ax.set_title("Compute frontier: lower-left is better; clm and clm-mix are the lines to beat")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)

@@ -11,12 +11,14 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from rho.experiment.arms import ARMS
-from rho.experiment.figures import plot_axes, plot_curves
+from rho.experiment.figures import plot_axes, plot_curves, plot_frontier
+from rho.experiment.stats import verdict
 from rho.experiment.tables import (
     against_markdown,
     compute_markdown,
     loss_markdown,
     pairs_markdown,
+    pm,
     seconds,
     winners_markdown,
 )
@@ -39,6 +41,8 @@ def write_report(results: dict, out: Path, title: str) -> str:
     """Write report.md and the plots into ``out``; print and return the summary."""
     axes, summary = results["data"]["axes"], results["summary"]
     plot_curves(results["runs"], out / "curves.png", axis=axes[0])
+    plot_frontier(results["runs"], results["overhead"], summary["target"]["loss"],
+                  out / "frontier.png", axis=axes[0])  # fmt: skip
     if len(axes) > 1:
         plot_axes(summary["losses"], out / "axes.png", x=axes[0], y=axes[1])
     text = "\n".join(report_lines(results, title))
@@ -194,6 +198,7 @@ def report_lines(results: dict, title: str) -> list[str]:
         compute_markdown(summary["compute"], summary["read_per_trained"]),
         "",
     ]
+    lines += frontier_lines(summary["frontier"])
     lines += analyses_lines(results.get("analyses") or {})
     lines += [
         "## Why these numbers differ from the paper's",
@@ -213,6 +218,32 @@ def report_lines(results: dict, title: str) -> list[str]:
 def params(runs: dict) -> str:
     counts = sorted({r["n_params"] for seeds in runs.values() for r in seeds if "n_params" in r})
     return " and ".join(f"{n:,}" for n in counts) or "unknown"
+
+
+def frontier_lines(frontier: dict) -> list[str]:
+    """Whether each arm's one-off total beats clm's run and the curated mix's."""
+    lines = [
+        "## The compute frontier",
+        "",
+        "![validation loss against one-off total FLOPs](frontier.png)",
+        "",
+        "| arm | one-off FLOPs to the target (× clm's run) | below clm's run on every seed | "
+        "against the curated mix |",
+        "|---|---|---|---|",
+    ]
+    for arm, e in frontier["arms"].items():
+        ratio = e["ratio_one_off"]
+        if ratio is None:
+            lines.append(f"| {arm} | not reached on every seed | n/a | n/a |")
+            continue
+        below = "yes" if e["below_clm"] else "no"
+        mix = e["against_mix"]
+        versus = "—" if mix is None else f"{mix['delta']:+.3g} FLOPs: {verdict(mix)}"
+        lines.append(f"| {arm} | {pm(ratio, '.3g', '×')} | {below} | {versus} |")
+    if frontier["best"] is not None:
+        lines += ["", f"Least one-off FLOPs to the target: {frontier['best']}, at "
+                  f"{frontier['best_ratio']:.3g}× clm's run."]  # fmt: skip
+    return [*lines, ""]
 
 
 def target_sentence(target: dict, whole: bool) -> str:

@@ -22,7 +22,7 @@ def _num(x: float | None, spec: str = ".4g") -> str:
     return "n/a" if x is None else format(x, spec)
 
 
-def _pm(s: dict | None, spec: str = ".4g", unit: str = "") -> str:
+def pm(s: dict | None, spec: str = ".4g", unit: str = "") -> str:
     """Mean ± sample std of a spread (just the mean for one value; "not reached" for None)."""
     if s is None:
         return "not reached"
@@ -72,8 +72,8 @@ def _total_cells(total: dict | None, spec: str, ratio, n_amortise: int, baseline
     if total is None:
         return ["n/a"] * (2 + n_amortise)
     return [
-        _pm(total["one_off"], spec) + ratio(total["ratio_one_off"]),
-        *[_pm(a["ratio"], ".3g", "×") for a in total["amortised"]],
+        pm(total["one_off"], spec) + ratio(total["ratio_one_off"]),
+        *[pm(a["ratio"], ".3g", "×") for a in total["amortised"]],
         _break_even(total["break_even"], baseline),
     ]
 
@@ -91,7 +91,7 @@ def compute_markdown(compute_table: dict, read_per_trained: dict | None = None) 
     runs_n = [a["runs"] for a in (first["flops_total"] or {"amortised": []})["amortised"]]
 
     def ratio(s):
-        return "" if s is None else f" ({_pm(s, '.3g', '×')})"
+        return "" if s is None else f" ({pm(s, '.3g', '×')})"
 
     head = [
         "arm",
@@ -116,9 +116,9 @@ def compute_markdown(compute_table: dict, read_per_trained: dict | None = None) 
         cells = [
             arm,
             f"{row['reached']}/{row['seeds']}",
-            _pm(row["tokens"]) + ratio(row["ratio"]["tokens"]),
+            pm(row["tokens"]) + ratio(row["ratio"]["tokens"]),
             f"{ARMS[arm].data} tokens" if arm in ARMS else "",
-            _pm(row["flops_train"], ".3g") + ratio(row["ratio"]["flops_train"]),
+            pm(row["flops_train"], ".3g") + ratio(row["ratio"]["flops_train"]),
             _num(row["overhead"]["flops"], ".3g"),
         ]
         cells += _total_cells(t, ".3g", ratio, len(runs_n), arm == base)
@@ -137,7 +137,7 @@ def compute_markdown(compute_table: dict, read_per_trained: dict | None = None) 
         t = row["seconds_total"]
         cells = [
             arm,
-            _pm(row["seconds_train"], "s") + ratio(row["ratio"]["seconds_train"]),
+            pm(row["seconds_train"], "s") + ratio(row["ratio"]["seconds_train"]),
             seconds(row["overhead"]["seconds"]),
         ]
         cells += _total_cells(t, "s", ratio, len(runs_n), arm == base)
@@ -175,11 +175,11 @@ def _lead(rank: dict, spec: str, unit: str = "") -> str:
     """The bracket after a winner: its value vs the runner-up's, and whether the lead is
     supported by the spread over seeds (its test named)."""
     unit = f" {unit}" if unit else ""
-    value = f"{_pm(rank['value'], spec)}{unit}"
+    value = f"{pm(rank['value'], spec)}{unit}"
     if rank["runner_up"] is None:
         return f"({value}; no other arm to compare)"
     d = rank["difference"]
-    runner = f"{_pm(rank['runner_up_value'], spec)}{unit}"
+    runner = f"{pm(rank['runner_up_value'], spec)}{unit}"
     return (
         f"({value} vs {runner} for {rank['runner_up']}, the runner-up; the difference, "
         f"{format(d['delta'], spec)}, is {verdict(d)})"
