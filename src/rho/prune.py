@@ -4,7 +4,9 @@ Each unit (a document, or a training window) is scored by a statistic of its tok
 the mean of base − reference loss (the CoLoR-Filter score: how much better the reference, trained
 on the target distribution, predicts the unit than a base model does) when base-model losses are
 given, else the mean reference loss (lower = more like the target distribution). The best
-``keep`` fraction of units survives.
+``keep`` fraction of units survives. ``--by prototype`` needs no losses: units are embedded with a
+model (rho.embed), clustered, optionally deduplicated, and kept by their distance to the nearest
+centroid (rho.prototype: D4, SemDeDup).
 
 Alignment: pruning windows keeps every surviving window whole and in order, so the new stream's
 windows are exactly the old ones and their reference losses carry over unchanged. Pruning
@@ -21,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rho import distributed as dist
 from rho.errors import UserError
 from rho.files import building, check_not_input, mark_output, output_lock, write_json_atomic
 from rho.loss_writer import loss_store_meta, write_loss_store
@@ -31,7 +34,7 @@ from rho.store import LossStore, TokenStore, window_bounds, write_token_store
 
 UNITS = ("document", "window")
 PRUNED_KIND = "rho.Pruned"  # out/: tokens/, ref_losses/, prune.json
-BYS = ("excess", "reference")
+BYS = ("excess", "reference", "prototype")
 
 
 def unit_bounds(tokens: TokenStore, unit: str, seq_len: int) -> np.ndarray:
@@ -112,7 +115,7 @@ def dropped_report(tokens: TokenStore, bounds: np.ndarray, kept: np.ndarray) -> 
 
 def prune_store(
     tokens: str | Path | TokenStore,
-    losses: str | Path | LossStore,
+    losses: str | Path | LossStore | None,
     out: str | Path,
     *,
     keep: float = 0.5,
@@ -122,31 +125,57 @@ def prune_store(
     ref_model: str | Path | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    prototype: dict | None = None,
 ) -> dict:
     """Keep the best ``keep`` fraction of units; write ``out/tokens`` (TokenStore) and
-    ``out/ref_losses`` (LossStore, carried over for windows or re-scored for documents)."""
+    ``out/ref_losses`` (LossStore, carried over for windows or re-scored for documents).
+    ``by="prototype"`` takes ``prototype``: embed_model (required), embeddings, seq_len,
+    batch_size, clusters, keep_from, dedup, seed, device (see ``cli``); ``losses`` is optional
+    then (given, their seq_len is the windows' and they are carried over)."""
     if unit not in UNITS:
         raise UserError(f"--unit must be one of {', '.join(UNITS)}")
     if by not in BYS:
         raise UserError(f"--by must be one of {', '.join(BYS)}")
     if by == "excess" and base_losses is None:
         raise UserError("--by excess needs --base-losses (a base model's LossStore)")
+    if by != "prototype" and losses is None:
+        raise UserError(f"--by {by} needs --losses (the reference LossStore)")
+    if by == "prototype" and base_losses is not None:
+        raise UserError("--base-losses is for --by excess, not --by prototype")
     tokens = tokens if isinstance(tokens, TokenStore) else TokenStore(tokens)
-    losses = losses if isinstance(losses, LossStore) else LossStore(losses)
-    losses.check_matches(tokens)
-    seq_len = losses.seq_len
+    if losses is not None:
+        losses = losses if isinstance(losses, LossStore) else LossStore(losses)
+        losses.check_matches(tokens)
+    opts = dict(prototype or {})
+    seq_len = losses.seq_len if losses is not None else opts.get("seq_len")
+    if losses is not None and opts.get("seq_len") not in (None, seq_len):
+        raise UserError(f"--seq-len {opts['seq_len']} differs from the losses' seq_len {seq_len}")
     base = None
     if by == "excess":
         base = base_losses if isinstance(base_losses, LossStore) else LossStore(base_losses)
         base.check_matches(tokens, seq_len)
     out = Path(out)
-    inputs = [tokens.path, losses.path, None if base is None else base.path, ref_model]
+    inputs = [tokens.path, None if losses is None else losses.path]
+    inputs += [None if base is None else base.path, ref_model, opts.get("embed_model")]
     check_not_input(out, [p for p in inputs if p and Path(p).exists()])
     check_output_path(out)
     if (out.exists() or out.is_symlink()) and not overwrite:
         raise UserError(f"{out} already exists (pass --overwrite to replace it)")
+    if by == "prototype":
+        from rho.prototype import embed_and_select
+
+        kept, extra = embed_and_select(tokens, unit, seq_len, keep, opts, out, inputs)
+        if dist.rank() != 0:
+            return {}  # the other ranks helped embed; rank 0 clusters and writes
+        seq_len = seq_len or extra["embeddings"]["seq_len"]
+        bounds = unit_bounds(tokens, unit, seq_len)
     with output_lock(out):
-        report = _prune(tokens, losses, base, out, keep, unit, by, overwrite)
+        if by == "prototype":
+            report = dropped_report(tokens, bounds, kept)
+            report.update(unit=unit, by=by, keep=keep, seq_len=seq_len, **extra)
+            _write_pruned(tokens, losses, out, bounds, kept, report, overwrite)
+        else:
+            report = _prune(tokens, losses, base, out, keep, unit, by, overwrite)
         if unit == "document" and ref_model is not None:
             score_store(ref_model, out / "tokens", out / "ref_losses", seq_len, progress=progress)
     if unit == "document" and ref_model is None and progress:
@@ -159,18 +188,24 @@ def prune_store(
 
 
 def _prune(tokens, losses, base, out: Path, keep, unit, by, overwrite) -> dict:
-    """Score the units, keep the best, write out/tokens, out/ref_losses (windows) and
-    out/prune.json into place at once."""
+    """Score the units by their losses, keep the best, and write the output."""
     seq_len = losses.seq_len
     bounds = unit_bounds(tokens, unit, seq_len)
     scores = unit_scores(
         np.asarray(losses.ref_loss, np.float64), bounds, None if base is None else base.ref_loss
     )
     kept = keep_top(scores, keep)
-    spans = bounds[kept]
     report = dropped_report(tokens, bounds, kept)
     report.update(unit=unit, by=by, keep=keep, seq_len=seq_len)
+    _write_pruned(tokens, losses, out, bounds, kept, report, overwrite)
+    return report
 
+
+def _write_pruned(tokens, losses, out: Path, bounds, kept, report: dict, overwrite) -> None:
+    """Write out/tokens, out/ref_losses (windows, when there are losses) and out/prune.json
+    into place at once."""
+    unit = report["unit"]
+    spans = bounds[kept]
     new_tokens = _gather(tokens.tokens, spans)
     lengths = spans[:, 1] - spans[:, 0]
     # Windows may cut documents: then each kept window is one "document" of the new store.
@@ -194,11 +229,10 @@ def _prune(tokens, losses, base, out: Path, keep, unit, by, overwrite) -> dict:
             sources=[{"path": str(tokens.path), "pruned": {k: report[k] for k in ("unit", "by")}}],
         )
         pruned = TokenStore(tmp / "tokens")
-        if unit == "window":
+        if unit == "window" and losses is not None:
             _write_carried_losses(tmp / "ref_losses", pruned, losses, spans)
         write_json_atomic(tmp / "prune.json", report)
         mark_output(tmp, PRUNED_KIND)
-    return report
 
 
 def _write_carried_losses(path: Path, pruned: TokenStore, losses: LossStore, spans) -> None:
@@ -221,7 +255,9 @@ def cli(argv: list[str]) -> int:
         prog="rho prune", description="Drop the least useful documents or windows before training."
     )
     parser.add_argument("--tokens", required=True, help="TokenStore to prune")
-    parser.add_argument("--losses", required=True, help="its reference LossStore")
+    parser.add_argument(
+        "--losses", help="its reference LossStore (required except for --by prototype)"
+    )
     parser.add_argument("--base-losses", help="a base model's LossStore (for --by excess)")
     parser.add_argument("--keep", type=float, default=0.5, help="fraction of units kept")
     parser.add_argument("--unit", default="document", choices=UNITS)
@@ -230,23 +266,80 @@ def cli(argv: list[str]) -> int:
         default=None,
         choices=BYS,
         help="excess: mean base − reference (CoLoR-Filter); reference: lowest mean reference "
-        "loss (default: excess when --base-losses is given)",
+        "loss; prototype: distance of the unit's embedding to its k-means centroid (D4) "
+        "(default: excess when --base-losses is given, else reference)",
     )
     parser.add_argument("--ref-model", help="reference model to re-score pruned documents")
     parser.add_argument("--out", required=True, help="output directory (tokens/, ref_losses/)")
     parser.add_argument("--overwrite", action="store_true")
+    proto = parser.add_argument_group("--by prototype (embeddings, k-means with faiss, SemDeDup)")
+    proto.add_argument(
+        "--embed-model",
+        help="causal LM whose last hidden state, mean-pooled over a unit's tokens, embeds it",
+    )
+    proto.add_argument(
+        "--embeddings",
+        help="embedding store to write, resume or reuse (default: beside --tokens, named by "
+        "unit, seq_len and model hash)",
+    )
+    proto.add_argument(
+        "--seq-len",
+        type=int,
+        help="window length for --unit window (default: the losses'); for documents, the most "
+        "tokens embedded: longer documents are truncated (default: the model's positions)",
+    )
+    proto.add_argument("--batch-size", type=int, default=16, help="units per forward pass")
+    proto.add_argument(
+        "--clusters", type=int, help="k of k-means (default: round(sqrt(units)), at least 2)"
+    )
+    proto.add_argument(
+        "--keep-from",
+        default="hard",
+        choices=("hard", "easy"),
+        help="hard: keep the units farthest from their centroid (abundant data); easy: nearest",
+    )
+    proto.add_argument(
+        "--dedup",
+        type=float,
+        help="SemDeDup first: inside each cluster drop a unit whose cosine similarity to an "
+        "earlier one is at least this, in (0, 1] (e.g. 0.95)",
+    )
+    proto.add_argument("--seed", type=int, default=0, help="k-means seed")
+    proto.add_argument("--device", help="cpu, cuda, cuda:1 ... for embedding (default: best)")
     args = parser.parse_args(argv)
     by = args.by or ("excess" if args.base_losses else "reference")
-    report = prune_store(
-        args.tokens,
-        args.losses,
-        args.out,
-        keep=args.keep,
-        unit=args.unit,
-        by=by,
-        base_losses=args.base_losses,
-        ref_model=args.ref_model,
-        overwrite=args.overwrite,
-    )
-    print(json.dumps(report, indent=2))
+    names = ("embed_model", "embeddings", "seq_len", "clusters", "dedup", "device")
+    given = [n for n in names if getattr(args, n) is not None]
+    if by != "prototype" and given:
+        raise UserError(f"--{given[0].replace('_', '-')} is an option of --by prototype")
+    prototype = None
+    if by == "prototype":
+        from rho.options import parse_device
+
+        prototype = {
+            "embed_model": args.embed_model,
+            "embeddings": args.embeddings,
+            "seq_len": args.seq_len,
+            "batch_size": args.batch_size,
+            "k": args.clusters,
+            "keep_from": args.keep_from,
+            "dedup": args.dedup,
+            "seed": args.seed,
+            "device": parse_device(args.device) if args.device else None,
+        }
+    with dist.process_group_closed():
+        report = prune_store(
+            args.tokens,
+            args.losses,
+            args.out,
+            keep=args.keep,
+            unit=args.unit,
+            by=by,
+            base_losses=args.base_losses,
+            ref_model=args.ref_model,
+            overwrite=args.overwrite,
+            prototype=prototype,
+        )
+    if report:
+        print(json.dumps(report, indent=2))
     return 0
