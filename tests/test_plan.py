@@ -5,6 +5,7 @@ table written here by hand (not derived from the code under test)."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
@@ -187,3 +188,15 @@ def test_a_proxy_reference_is_pretrained_once_and_shared(files):
     longer = dataclasses.replace(cfg, base_tokens=999)
     after = plan(longer, inputs_key(longer))
     assert after["proxy"].key != stages["proxy"].key  # it is pretrained like the base
+
+
+def test_the_same_files_elsewhere_change_no_key(files, tmp_path):
+    """Files count by content: the demo writes its files into each --out, and the cached base
+    must be found again from another run directory."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    moved = {}
+    for name, path in files.items():
+        moved[name] = str(elsewhere / f"{name}.jsonl")
+        Path(moved[name]).write_bytes(Path(path).read_bytes())
+    assert planned(base_config(moved)) == planned(base_config(files))

@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass
 
 from rho.experiment.arms import ARMS
-from rho.experiment.settings import ExperimentConfig
+from rho.experiment.settings import FILE_FIELDS, ExperimentConfig
 from rho.models import PRESETS
 
 
@@ -47,9 +47,12 @@ def plan(cfg: ExperimentConfig, inputs: dict) -> dict[str, Stage]:
     stages: dict[str, Stage] = {}
 
     def add(name, kind, stage, after=(), extra_reads=(), **identity) -> Stage:
+        fields = cfg.fields_read(stage, extra_reads)
+        if stage == "data":  # files count by content (``inputs``), not by where they lie
+            fields = {k: v for k, v in fields.items() if k not in FILE_FIELDS}
         key = stage_key(
             stage=kind,
-            fields=cfg.fields_read(stage, extra_reads),
+            fields=fields,
             after=[stages[a].key for a in after],
             **{k: v for k, v in identity.items() if k != "cached"},
         )

@@ -24,6 +24,7 @@ from rho.select import check_ratio
 
 STAGES = ("data", "mix", "base", "proxy", "reference", "score", "prune", "arms", "analyses")
 TRAINING = ("base", "proxy", "reference", "arms")  # every training run's schedule
+FILE_FIELDS = ("curated", "corpus", "heldout", "base_data")  # keyed by content, not path
 
 
 _DECLARED: list[tuple[str, ...]] = []  # the stages of each option(), in field order
