@@ -209,6 +209,27 @@ def test_kill_9_mid_embedding_resumes_to_identical_embeddings(tmp_path, token_st
     assert json.loads((tmp_path / "out" / "prune.json").read_text())["units"] == n_batches
 
 
+@pytest.mark.slow
+def test_torchrun_two_ranks_embed_and_prune_like_one_process(tmp_path, planted):
+    store, model, _ = planted
+    args = ["prune", "--by", "prototype", "--tokens", str(store.path), "--embed-model", str(model)]
+    args += ["--unit", "window", "--seq-len", "16", "--batch-size", "4", "--device", "cpu"]
+    one = run_rho(*args, "--embeddings", tmp_path / "e1", "--out", tmp_path / "o1")
+    assert one.returncode == 0, one.stderr[-2000:]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    cmd += ["-m", "rho", *args, "--embeddings", str(tmp_path / "e2"), "--out", str(tmp_path / "o2")]
+    two = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=SUBPROCESS_ENV)
+    assert two.returncode == 0, two.stderr[-3000:]
+    for one_path, two_path in (("e1", "e2"), ("o1/tokens", "o2/tokens")):
+        for name in ("embeddings.npy",) if one_path == "e1" else ("tokens.npy", "doc_offsets.npy"):
+            same = (tmp_path / one_path / name).read_bytes()
+            assert same == (tmp_path / two_path / name).read_bytes(), name
+    report_one = json.loads((tmp_path / "o1" / "prune.json").read_text())
+    report_two = json.loads((tmp_path / "o2" / "prune.json").read_text())
+    report_two["embeddings"]["path"] = report_one["embeddings"]["path"]
+    assert report_one == report_two
+
+
 def empty_store(tmp_path, token_store) -> TokenStore:
     import shutil
 

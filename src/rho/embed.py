@@ -196,7 +196,7 @@ class RowFile:
     """Writes rows into embeddings.npy at their offsets with pwrite (each rank its own bytes)."""
 
     def __init__(self, path: Path, hidden: int):
-        array = np.load(path, mmap_mode="r")
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
         self.offset, self.row_bytes = array.offset, 2 * hidden
         del array
         self.path = path
@@ -268,6 +268,9 @@ def embed_units(
     model_hash = model_fingerprint(model)
     out = Path(out) if out is not None else default_path(tokens, unit, seq_len, model_hash)
     check_not_input(out, [tokens.path, *inputs], "--embeddings")
+    from rho.options import check_output_path  # beside a read-only store: one line
+
+    check_output_path(out, "--embeddings")
     meta = {
         "format": EMBEDDINGS,
         "version": FORMAT_VERSION,

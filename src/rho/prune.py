@@ -302,7 +302,8 @@ def cli(argv: list[str]) -> int:
         "--dedup",
         type=float,
         help="SemDeDup first: inside each cluster drop a unit whose cosine similarity to an "
-        "earlier one is at least this, in (0, 1] (e.g. 0.95)",
+        "earlier one is at least this, in (0, 1] (e.g. 0.95); --keep stays a fraction of all "
+        "units (fewer are kept if fewer survive)",
     )
     proto.add_argument("--seed", type=int, default=0, help="k-means seed")
     proto.add_argument("--device", help="cpu, cuda, cuda:1 ... for embedding (default: best)")
