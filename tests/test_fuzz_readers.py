@@ -88,8 +88,9 @@ def mutated(base: dict, draw_key, value, delete: bool) -> dict:
     return meta
 
 
-def clean_or_user_error(fn, *args):
-    """Call a reader: its result, or None when it raised a one-line UserError."""
+def check_clean_or_one_line(fn, *args):
+    """Call a reader: its result, or None when it raised a one-line UserError; any other
+    exception (a traceback for the user) fails the test."""
     try:
         return fn(*args)
     except UserError as err:
@@ -115,7 +116,7 @@ corpus_lines = st.lists(
 def test_corpus_jsonl_lines(lines):
     path = SCRATCH / "corpus.jsonl"
     path.write_bytes(b"\n".join(as_bytes(line.replace("\n", " ")) for line in lines))
-    docs = clean_or_user_error(lambda: list(read_documents(Source(path))))
+    docs = check_clean_or_one_line(lambda: list(read_documents(Source(path))))
     for doc in docs or []:
         doc.text.encode("utf-8")  # no lone surrogate reaches the tokenizer
         assert doc.domain is None or isinstance(doc.domain, str)
@@ -127,7 +128,7 @@ def test_corpus_jsonl_lines(lines):
 def test_corpus_txt_files(text):
     path = SCRATCH / "doc.txt"
     path.write_bytes(as_bytes(text))
-    docs = clean_or_user_error(lambda: list(read_documents(Source(path))))
+    docs = check_clean_or_one_line(lambda: list(read_documents(Source(path))))
     for doc in docs or []:
         doc.text.encode("utf-8")
 
@@ -161,9 +162,9 @@ def test_token_store_meta(fuzz_stores):
     @given(meta=_meta_cases(base) | json_values)
     def run(meta):
         (tokens.path / "meta.json").write_bytes(as_bytes(dumps(meta)))
-        store = clean_or_user_error(TokenStore, tokens.path)
+        store = check_clean_or_one_line(TokenStore, tokens.path)
         if store is not None:
-            clean_or_user_error(describe, tokens.path)
+            check_clean_or_one_line(describe, tokens.path)
 
     try:
         run()
@@ -179,12 +180,12 @@ def test_loss_store_meta(fuzz_stores):
     @given(meta=_meta_cases(base) | json_values)
     def run(meta):
         (losses / "meta.json").write_bytes(as_bytes(dumps(meta)))
-        store = clean_or_user_error(LossStore, losses)
+        store = check_clean_or_one_line(LossStore, losses)
         if store is not None:
             assert isinstance(store.complete, bool) and store.seq_len >= 2
-            clean_or_user_error(store.check_matches, tokens, store.seq_len)
-            clean_or_user_error(describe, losses)
-        clean_or_user_error(read_meta, losses)
+            check_clean_or_one_line(store.check_matches, tokens, store.seq_len)
+            check_clean_or_one_line(describe, losses)
+        check_clean_or_one_line(read_meta, losses)
 
     try:
         run()
@@ -225,9 +226,9 @@ def test_eval_json_compare(record):
     run = SCRATCH / "eval-run"
     run.mkdir(exist_ok=True)
     (run / "eval.json").write_bytes(as_bytes(dumps(record)))
-    table = clean_or_user_error(compare_runs, [run, run / "eval.json"])
+    table = check_clean_or_one_line(compare_runs, [run, run / "eval.json"])
     assert table is None or table.startswith("| metric |")
-    loaded = clean_or_user_error(load_eval, run)
+    loaded = check_clean_or_one_line(load_eval, run)
     if loaded is not None:
         render_markdown(loaded)
 
@@ -249,7 +250,7 @@ task_lines = st.lists(
 def test_task_files(lines):
     path = SCRATCH / "task.jsonl"
     path.write_bytes(b"\n".join(as_bytes(line.replace("\n", " ")) for line in lines))
-    items = clean_or_user_error(read_task_file, path)
+    items = check_clean_or_one_line(read_task_file, path)
     if items is not None:
         prompt = build_prompt(items[:-1], items[-1]["question"])
         prompt.encode("utf-8")
@@ -289,9 +290,9 @@ yaml_docs = (
 def test_experiment_yaml(text):
     path = SCRATCH / "config.yaml"
     path.write_bytes(as_bytes(text))
-    values = clean_or_user_error(load_yaml, path)
+    values = check_clean_or_one_line(load_yaml, path)
     if values is not None:
-        config = clean_or_user_error(lambda: ExperimentConfig(**values))
+        config = check_clean_or_one_line(lambda: ExperimentConfig(**values))
         if config is not None:
             json.dumps(config.as_dict(), sort_keys=True)  # what a stage key hashes
 
@@ -304,7 +305,7 @@ def test_experiment_yaml(text):
 def test_run_files(text):
     path = SCRATCH / "rho_options.json"
     path.write_bytes(as_bytes(text))
-    clean_or_user_error(read_json, path)
+    check_clean_or_one_line(read_json, path)
     assert isinstance(read_jsonl(path), list)
 
 
