@@ -2,8 +2,9 @@
 split each into validation and test, choose the tokenizer, and tokenize every split.
 
 Writes into the stage directory: ``heldout/NAME-{validation,test}.jsonl`` and
-``stores/{corpus,curated,base,mix,NAME-validation,NAME-test}``; returns the paths and the
-decontamination statistics.
+``stores/{corpus,curated,base,NAME-validation,NAME-test}``; returns the paths, the
+decontamination statistics and how much of the base's text is in the corpus. The clm-mix
+corpus is its own stage (``build_mix``), so changing ``mix_share`` redoes only the mix.
 """
 
 from __future__ import annotations

@@ -1,14 +1,13 @@
-"""The honest summary of a multi-arm, multi-seed experiment: pure functions from per-run results
-(plain, JSON-ready dicts) to the tables a sceptical reviewer asks for, and their Markdown.
+"""The arithmetic of a multi-arm, multi-seed experiment: pure functions from per-run results
+(plain, JSON-ready dicts) to the tables a sceptical reviewer asks for.
 
-This module owns: the spread over seeds of every headline number (``spread``), the test-loss
-table per arm and held-out axis (``loss_table``), whether a difference between two arms is
-supported by that spread (``difference``), the compute needed to reach the baseline's final
-validation loss — tokens, training FLOPs and wall time, one-off and amortised over runs that
-reuse an arm's overhead (reference training and scoring), with the break-even number of runs
-(``compute_table``) — which arm wins on each axis, SLM or not (``winners``), and the Markdown of
-all three (``loss_markdown``, ``compute_markdown``, ``winners_markdown``). Figures live in
-``rho.experiment.figures``.
+This module owns: the test-loss table per arm and held-out axis (``loss_table``), the compute
+needed to reach a target validation loss — tokens, training FLOPs and wall time, one-off and
+amortised over runs that reuse an arm's overhead (reference training and scoring), with the
+break-even number of runs (``compute_table``) — and which arm wins on each axis, SLM or not
+(``winners``). The spread over seeds and the tests of a difference are ``rho.experiment.stats``;
+the verdict stored in results.json is ``rho.experiment.facts``; Markdown is
+``rho.experiment.tables`` and figures ``rho.experiment.figures``.
 
 Input schema::
 
