@@ -6,11 +6,14 @@ import contextlib
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from rho.experiment.report import PAPER
 
 WORDS = (
     "the a cat dog sat ran on under mat tree bird sang while far away and then it was "
@@ -103,3 +106,45 @@ def model_dir(tmp_path_factory, token_store) -> Path:
     path = tmp_path_factory.mktemp("models") / "tiny"
     build_model("tiny", token_store.vocab_size, seed=1).save_pretrained(path)
     return path
+
+
+# --- every figure of an experiment report is recorded in its results.json ----------------------
+
+NUMBER = re.compile(r"(?<![\w.])[-+]?\d[\d,]*(?:\.\d+)?(?:e[-+]?\d+)?%?")
+
+
+def numbers_in(value) -> list[float]:
+    if isinstance(value, bool) or value is None:
+        return []
+    if isinstance(value, int | float):
+        return [float(value)]
+    if isinstance(value, dict):
+        return [x for v in value.values() for x in numbers_in(v)]
+    if isinstance(value, list):
+        return [x for v in value for x in numbers_in(v)]
+    return []
+
+
+def recorded(text: str, values: list[float]) -> bool:
+    """Is the printed number ``text`` some recorded value at the precision it was printed?"""
+    percent = text.endswith("%")
+    body = text.rstrip("%").replace(",", "")
+    mantissa, _, exponent = body.partition("e")
+    x = float(body)
+    decimals = len(mantissa.partition(".")[2])
+    step = 10.0 ** (-decimals) * 10.0 ** int(exponent or 0)
+    if not decimals and not exponent and mantissa.strip("+-") != "0":
+        step *= 10 ** (len(mantissa) - len(mantissa.rstrip("0")))  # 120 may be 2 sig. figures
+    scales = (100.0, 1.0) if percent else (1.0,)  # a percent is recorded as 0.342 or as 34.2
+    tolerance = step / 2 + 1e-9 * abs(x)
+    return any(abs(v * scale - x) <= tolerance for v in values for scale in scales)
+
+
+def assert_traceable(report: str, results: dict) -> None:
+    """Every number in report.md is a value in results.json, as printed (the paper's quoted
+    figures and fixed phrases aside)."""
+    for constant in (*PAPER.values(), "13-grams", "Figure 3", "Figures 6, 8", "Figure 13"):
+        report = report.replace(constant, "")
+    values = numbers_in(results)
+    missing = [m.group() for m in NUMBER.finditer(report) if not recorded(m.group(), values)]
+    assert not missing, f"numbers in report.md not in results.json: {missing[:20]}"

@@ -7,6 +7,7 @@ from html.parser import HTMLParser
 import matplotlib.image
 import numpy as np
 import pytest
+from conftest import assert_traceable
 
 from rho.experiment.analyses import selection_rates
 from rho.experiment.summary import tokens_to_reach
@@ -69,6 +70,7 @@ def test_quick_demo_end_to_end(tmp_path):
     assert 0.0 <= results["analyses"]["selection"]["selection_rate_noise"] <= 1.0
     assert results["data"]["decontamination"]["math"]["before"]["documents"] > 0
     report = (out / "report.md").read_text()
+    assert_traceable(report, results)
     for text in ("rho demo --quick", "curves.png", "axes.png", "selected.html",
                  "Decontamination", "Token-loss dynamics"):  # fmt: skip
         assert text in report, text
