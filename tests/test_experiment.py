@@ -117,6 +117,12 @@ def test_every_arm_on_two_axes_from_a_config(tmp_path, data):
     overhead = results["overhead"]
     assert overhead["slm"]["flops"] == overhead["pruned-clm"]["flops"] > 0
     assert "clm" not in overhead and "slm-random" not in overhead
+    # Prototype pruning is charged its embedding only; with SLM, the reference's costs too.
+    assert overhead["proto-clm"]["what"] == "embedding the corpus"
+    embedding = overhead["proto-clm"]["flops"]
+    assert embedding > 0 and overhead["proto-slm"]["flops"] == pytest.approx(
+        overhead["slm"]["flops"] + embedding
+    )
     # Decontamination dropped the held-out document copied into the corpus.
     target = results["data"]["decontamination"]["target"]
     assert target["documents_dropped"] >= 1 and target["after"]["shared_fraction"] == 0.0

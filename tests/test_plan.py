@@ -50,13 +50,16 @@ EVERY = {
     "data", "mix", "base", "reference-seed0", "score-ref0", "prune-ref0", "reference-seed1",
     "score-ref1", "clm-seed0", "clm-seed1", "slm-seed0", "slm-seed1",
     "slm-random-seed0", "clm-mix-seed0", "pruned-clm-seed0", "pruned-slm-seed0",
-    "rholoss-seed0", "rholoss+token-seed0", "analyses",
+    "rholoss-seed0", "rholoss+token-seed0", "analyses", "embed", "proto", "proto-ref0",
+    "proto-clm-seed0", "proto-slm-seed0",
 }  # fmt: skip
 AFTER_BASE = EVERY - {"data", "mix"}
 ARM_RUNS = {s for s in EVERY if s.endswith(("seed0", "seed1")) and not s.startswith("reference")}
-REFERENCE_SIDE = {s for s in EVERY if s.startswith(("reference", "score", "prune"))}
+REFERENCE_SIDE = {s for s in EVERY if s.startswith(("reference", "score", "prune", "proto-ref"))}
 USES_SCORES = {"slm-seed0", "slm-seed1", "pruned-clm-seed0", "pruned-slm-seed0",
-               "rholoss-seed0", "rholoss+token-seed0"}  # fmt: skip
+               "rholoss-seed0", "rholoss+token-seed0", "proto-slm-seed0"}  # fmt: skip
+PROTO = {"proto", "proto-ref0", "proto-clm-seed0", "proto-slm-seed0"}
+EMBEDDED = {"embed", "proto", "proto-clm-seed0"}  # what the references' start embeds
 
 # field -> (a new value, the stages a rerun must redo). New stages count as redone; a stage that
 # disappears is not. "other" is another file. The pruned arms run seed 0 only, so only reference
@@ -71,7 +74,7 @@ CHANGES = {
     "base_tokens": (1000, AFTER_BASE),
     "from_scratch": (True, AFTER_BASE),
     # a proxy for the references: a new stage, and everything that reads the references
-    "reference_base": ("1m", {"proxy"} | REFERENCE_SIDE | USES_SCORES | {"analyses"}),
+    "reference_base": ("1m", {"proxy"} | REFERENCE_SIDE | USES_SCORES | EMBEDDED | {"analyses"}),
     "tokenizer": ("some/tokenizer", EVERY),
     "vocab": (512, EVERY),
     "arms": ("clm,slm", set()),
@@ -88,15 +91,19 @@ CHANGES = {
             "slm-random-seed0",
             "pruned-slm-seed0",
             "rholoss+token-seed0",
+            "proto-slm-seed0",
             "analyses",
         },
-    ),  # fmt: skip
+    ),
     "mix_share": (0.3, {"mix", "clm-mix-seed0"}),
     "prune_keep": (0.25, {"prune-ref0", "pruned-clm-seed0", "pruned-slm-seed0"}),
     "candidate_factor": (8, {"rholoss-seed0", "rholoss+token-seed0"}),
+    "proto_keep": (0.25, PROTO),
+    "proto_from": ("easy", PROTO),
+    "proto_dedup": (0.9, PROTO),
     "seq_len": (128, AFTER_BASE),
     "batch_size": (8, AFTER_BASE),
-    "learning_rate": (5e-4, AFTER_BASE - {"base"}),
+    "learning_rate": (5e-4, AFTER_BASE - {"base", "embed", "proto"}),
     "base_learning_rate": (1e-3, AFTER_BASE),
     "evals": (4, AFTER_BASE),
     "eval_windows": (0, AFTER_BASE),
@@ -161,8 +168,8 @@ def test_adding_an_arm_is_one_registry_entry(files, monkeypatch):
 
 def test_every_arm_is_complete():
     for arm in ARMS.values():
-        assert arm.data in ("corpus", "mix", "pruned", "curated"), arm.name
-        assert set(arm.overhead) <= {"reference", "score", "prune"}, arm.name
+        assert arm.data in ("corpus", "mix", "pruned", "proto", "curated"), arm.name
+        assert set(arm.overhead) <= {"reference", "score", "prune", "embed"}, arm.name
         assert set(arm.reads) <= set(STAGES_OF), arm.name
         text = arm.text({"ratio": 0.6, "prune_keep": 0.5, "candidate_factor": 4}, 0.2)
         assert text and "{" not in text, arm.name

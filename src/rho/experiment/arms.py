@@ -22,13 +22,13 @@ class Arm:
     selection: str = "none"
     # How tokens or windows are scored (rho.select): excess, random, ...
     score: str = "excess"
-    # The windows it trains on: corpus | mix (corpus + curated) | pruned | curated.
+    # The windows it trains on: corpus | mix (corpus + curated) | pruned | proto | curated.
     data: str = "corpus"
     # ExperimentConfig fields its training reads beyond the shared schedule.
     reads: tuple[str, ...] = ()
     # What it saves per optimizer step compared with plain training.
     saves: str = "nothing (plain training)"
-    # One-off stages charged to it before training: reference (training), score, prune.
+    # One-off stages charged to it before training: reference (training), score, prune, embed.
     overhead: tuple[str, ...] = ()
     # Its window order is the corpus's order for the seed (clm's), so seeds pair across arms.
     corpus_order: bool = False
@@ -52,6 +52,8 @@ class Arm:
             share=mix_share,
             keep=cfg["prune_keep"],
             factor=cfg["candidate_factor"],
+            proto_keep=cfg.get("proto_keep", 0.5),
+            proto_from={"hard": "farthest", "easy": "nearest"}[cfg.get("proto_from", "hard")],
         )
 
 
@@ -109,6 +111,24 @@ ARMS: dict[str, Arm] = {
             reads=("ratio", "prune_keep"),
             saves="whole windows (offline) and tokens in the loss",
             overhead=(*_SCORED, "prune"),
+        ),
+        Arm(
+            "proto-clm",
+            "CLM on the {proto_keep:.0%} of corpus windows {proto_from} from their k-means "
+            "centroid (embedded by the references' start; Sorscher et al., D4)",
+            data="proto",
+            reads=("proto_keep", "proto_from", "proto_dedup"),
+            saves="whole windows (offline), no reference",
+            overhead=("embed",),
+        ),
+        Arm(
+            "proto-slm",
+            "SLM on those prototype-pruned windows",
+            selection="token",
+            data="proto",
+            reads=("ratio", "proto_keep", "proto_from", "proto_dedup"),
+            saves="whole windows (offline) and tokens in the loss",
+            overhead=(*_SCORED, "embed"),
         ),
         Arm(
             "rholoss",

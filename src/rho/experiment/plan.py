@@ -27,7 +27,7 @@ def stage_key(**parts) -> str:
 @dataclass(frozen=True)
 class Stage:
     name: str
-    kind: str  # data | mix | base | proxy | reference | score | prune | arm | analyses
+    kind: str  # data | mix | base | proxy | reference | score | prune | embed | proto | arm | ...
     key: str
     after: tuple[str, ...] = ()  # the stages whose results it reads
     arm: str | None = None
@@ -39,6 +39,11 @@ class Stage:
 
 def pretrains_base(cfg: ExperimentConfig) -> bool:
     return cfg.base in PRESETS and not cfg.from_scratch
+
+
+def proto_stage(reference_seed: int | None) -> str:
+    """The prototype-pruned corpus's stage: with a reference's losses carried over, or none."""
+    return "proto" if reference_seed is None else f"proto-ref{reference_seed}"
 
 
 def plan(cfg: ExperimentConfig, inputs: dict) -> dict[str, Stage]:
@@ -96,6 +101,19 @@ def plan(cfg: ExperimentConfig, inputs: dict) -> dict[str, Stage]:
         if r in pruned:
             add(f"prune-ref{r}", "prune", "prune", after=(f"score-ref{r}",), seed=r)
 
+    # Prototype pruning: embed the corpus once with the references' start, then choose the
+    # windows (with a reference's losses carried over for an arm that also reads them).
+    proto_arms = [a for a in arms if ARMS[a].data == "proto"]
+    if proto_arms:
+        add("embed", "embed", "embed", after=start)
+    for name in proto_arms:
+        for seed in cfg.seeds_of(name):
+            ref = cfg.reference_for(seed) if ARMS[name].uses_reference else None
+            proto = proto_stage(ref)
+            if proto not in stages:
+                after = ("embed",) if ref is None else ("embed", f"score-ref{ref}")
+                add(proto, "proto", "proto", after=after, seed=ref)
+
     first = cfg.seeds[0]
     for name in arms:
         arm = ARMS[name]
@@ -106,7 +124,9 @@ def plan(cfg: ExperimentConfig, inputs: dict) -> dict[str, Stage]:
             ref = cfg.reference_for(seed) if arm.uses_reference else None
             if arm.data == "mix":
                 after.append("mix")
-            if ref is not None:
+            if arm.data == "proto":
+                after.append(proto_stage(ref))
+            elif ref is not None:
                 after.append(f"prune-ref{ref}" if arm.data == "pruned" else f"score-ref{ref}")
             save = seed == first and name in ("clm", "slm")  # checkpoints for the analyses
             add(

@@ -22,10 +22,12 @@ from transformers.utils import logging as hf_logging
 from rho.analysis.dynamics_report import run_dynamics
 from rho.analysis.html_report import run_html
 from rho.analysis.selection_report import run_selection
+from rho.embed import embed_units
+from rho.errors import UserError
 from rho.experiment.analyses import selection_rates, selection_sample
 from rho.experiment.arms import ARMS
 from rho.experiment.facts import summarise
-from rho.experiment.plan import Stage, plan
+from rho.experiment.plan import Stage, plan, proto_stage
 from rho.experiment.prepare import build_mix, inputs_key, prepare
 from rho.experiment.report import write_report
 from rho.experiment.settings import ExperimentConfig
@@ -38,6 +40,7 @@ from rho.files import (
     read_json,
     write_json_atomic,
 )
+from rho.models import PRESETS, count_parameters, load_model
 from rho.options import SelectionArguments
 from rho.prune import prune_store
 from rho.runs import run_checkpoints
@@ -190,6 +193,43 @@ class Runner:
             "losses": str(directory / "pruned" / "ref_losses"),
         }
 
+    def build_embed(self, stage: Stage, directory: Path) -> dict:
+        """Every corpus window embedded (mean of the last hidden state) by the references'
+        start: the learner's base, or the proxy."""
+        v = self.cfg.view("embed")
+        model_dir = self.results["proxy" if "proxy" in self.plan else "base"]["run"]
+        if model_dir in PRESETS:
+            raise UserError("the prototype arms embed with a trained model: not with "
+                            "--from_scratch (give a model --base or --reference_base)")  # fmt: skip
+        corpus = TokenStore(self.data["stores"]["corpus"])
+        model = load_model(model_dir)
+        embed_units(model, model_dir, corpus, "window", v.seq_len, directory / "embeddings")
+        return {
+            "embeddings": str(directory / "embeddings"),
+            "model": model_dir,
+            "n_params": count_parameters(model),
+            "tokens": corpus.n_tokens,  # the windows partition the stream: every token once
+        }
+
+    def build_proto(self, stage: Stage, directory: Path) -> dict:
+        v = self.cfg.view("proto")
+        corpus = TokenStore(self.data["stores"]["corpus"])
+        losses = None
+        if stage.seed is not None:
+            losses = self.results[f"score-ref{stage.seed}"]["losses"]
+        embedded = self.results["embed"]
+        options = {"embed_model": embedded["model"], "embeddings": embedded["embeddings"],
+                   "seq_len": v.seq_len, "keep_from": v.proto_from,
+                   "dedup": v.proto_dedup or None, "seed": 0}  # fmt: skip
+        report = prune_store(corpus, losses, directory / "pruned", keep=v.proto_keep,
+                             unit="window", by="prototype", progress=False,
+                             prototype=options)  # fmt: skip
+        pruned = directory / "pruned"
+        return {"tokens": str(pruned / "tokens"),
+                "losses": None if losses is None else str(pruned / "ref_losses"),
+                "dropped_by_dedup": report.get("dropped_by_dedup"),
+                "clusters": report.get("clusters")}  # fmt: skip
+
     def build_arm(self, stage: Stage, directory: Path) -> dict:
         arm = ARMS[stage.arm]
         v = self.cfg.view("arms", arm.reads)
@@ -200,6 +240,9 @@ class Runner:
             losses = self.results[f"score-ref{stage.reference_seed}"]["losses"]
         if arm.data == "pruned":
             pruned = self.results[f"prune-ref{stage.reference_seed}"]
+            tokens, losses = pruned["tokens"], pruned["losses"]
+        if arm.data == "proto":
+            pruned = self.results[proto_stage(stage.reference_seed)]
             tokens, losses = pruned["tokens"], pruned["losses"]
         corpus_tokens = self.data["tokens"]["corpus"]
         return self.train(
@@ -281,31 +324,37 @@ class Runner:
         proxy = self.plan.get("proxy")
         proxy_flops = self.results["proxy"]["flops_train"] if proxy and proxy.cached else 0.0
         proxy_seconds = self.stages.seconds.get("proxy", 0.0) if proxy_flops else 0.0
+        what = {"reference": "reference training", "score": "scoring the corpus",
+                "prune": "pruning", "embed": "embedding the corpus"}  # fmt: skip
         for name, seeds in runs.items():
             arm = ARMS[name]
             if not arm.overhead:
                 continue
             flops, seconds = [], []
             for run in seeds:
-                r = run["reference_seed"]
-                ref, scored = self.results[f"reference-seed{r}"], self.results[f"score-ref{r}"]
-                flops.append(ref["flops_train"] + 2 * ref["n_params"] * scored["tokens"])
-                parts = [f"reference-seed{r}", f"score-ref{r}"]
+                f, parts, r = 0.0, [], run["reference_seed"]
+                if arm.uses_reference:
+                    ref, scored = self.results[f"reference-seed{r}"], self.results[f"score-ref{r}"]
+                    f += proxy_flops + ref["flops_train"] + 2 * ref["n_params"] * scored["tokens"]
+                    parts += [f"reference-seed{r}", f"score-ref{r}"]
                 if "prune" in arm.overhead:
                     parts.append(f"prune-ref{r}")
-                seconds.append(sum(self.stages.seconds.get(p, 0.0) for p in parts))
-            what = {
-                "reference": "reference training",
-                "score": "scoring the corpus",
-                "prune": "pruning",
-            }
+                if "embed" in arm.overhead:
+                    embedded = self.results["embed"]
+                    f += 2 * embedded["n_params"] * embedded["tokens"]
+                    parts += ["embed", proto_stage(r)]
+                flops.append(f)
+                own = sum(self.stages.seconds.get(p, 0.0) for p in parts)
+                seconds.append(own + (proxy_seconds if arm.uses_reference else 0.0))
             out[name] = {
-                "flops": float(np.mean(flops)) + proxy_flops,
-                "seconds": float(np.mean(seconds)) + proxy_seconds,
-                "what": ("proxy pretraining + " if proxy_flops else "")
+                "flops": float(np.mean(flops)),
+                "seconds": float(np.mean(seconds)),
+                "what": ("proxy pretraining + " if proxy_flops and arm.uses_reference else "")
                 + " + ".join(what[p] for p in arm.overhead),
-                "tokens_scored": self.results[f"score-ref{seeds[0]['reference_seed']}"]["tokens"],
             }
+            if arm.uses_reference:
+                first = seeds[0]["reference_seed"]
+                out[name]["tokens_scored"] = self.results[f"score-ref{first}"]["tokens"]
         return out
 
 

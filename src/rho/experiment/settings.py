@@ -22,7 +22,8 @@ from rho.experiment.arms import ARMS, CORE_ARMS, NAMES
 from rho.models import PRESETS
 from rho.select import check_ratio
 
-STAGES = ("data", "mix", "base", "proxy", "reference", "score", "prune", "arms", "analyses")
+STAGES = ("data", "mix", "base", "proxy", "reference", "score", "prune", "embed", "proto", "arms",
+          "analyses")  # fmt: skip
 TRAINING = ("base", "proxy", "reference", "arms")  # every training run's schedule
 FILE_FIELDS = ("curated", "corpus", "heldout", "base_data")  # keyed by content, not path
 
@@ -120,9 +121,26 @@ class ExperimentConfig:
         0.2, stages=("mix",), help="clm-mix: share of curated tokens in the mixed corpus"
     )
     prune_keep: float = option(0.5, stages=("prune",), help="pruned arms: windows kept")
+    proto_keep: float = option(
+        0.5, stages=("proto",), help="prototype arms: share of corpus windows kept"
+    )
+    proto_from: str = option(
+        "hard",
+        stages=("proto",),
+        help="prototype arms: keep the windows farthest from (hard) or nearest to (easy) their "
+        "k-means centroid (Sorscher et al.: hard when data is abundant, easy when scarce)",
+    )
+    proto_dedup: float = option(
+        0.0,
+        stages=("proto",),
+        help="prototype arms: drop near-duplicates above this cosine similarity inside a "
+        "cluster first (SemDeDup; 0: off)",
+    )
     candidate_factor: int = option(4, stages=(), help="RHO-LOSS: candidates per window")
     seq_len: int = option(
-        256, stages=(*TRAINING, "score", "analyses"), help="window length (tokens)"
+        256,
+        stages=(*TRAINING, "score", "embed", "proto", "analyses"),
+        help="window length (tokens)",
     )
     batch_size: int = option(16, stages=TRAINING, help="windows per optimizer step")
     learning_rate: float = option(1e-3, stages=("reference", "arms"), help="arms and reference")
@@ -186,6 +204,11 @@ class ExperimentConfig:
         check_ratio(self.ratio, "--ratio")
         check_ratio(self.mix_share, "--mix_share")
         check_ratio(self.prune_keep, "--prune_keep")
+        check_ratio(self.proto_keep, "--proto_keep")
+        if self.proto_from not in ("hard", "easy"):
+            raise UserError(f"--proto_from must be hard or easy, got {self.proto_from!r}")
+        if not 0.0 <= self.proto_dedup <= 1.0:
+            raise UserError("--proto_dedup must be in [0, 1] (0: off)")
         check_ratio(self.validation_fraction, "--validation_fraction")
         if self.validation_fraction >= 1.0:
             raise UserError("--validation_fraction must leave a test set (< 1)")
