@@ -19,12 +19,9 @@ import numpy as np
 from tqdm.auto import tqdm
 from transformers.utils import logging as hf_logging
 
-from rho.analysis.dynamics_report import run_dynamics
-from rho.analysis.html_report import run_html
-from rho.analysis.selection_report import run_selection
 from rho.embed import embed_units
 from rho.errors import UserError
-from rho.experiment.analyses import selection_rates, selection_sample
+from rho.experiment.analyses import analyse
 from rho.experiment.arms import ARMS
 from rho.experiment.facts import summarise
 from rho.experiment.plan import Stage, plan, proto_stage
@@ -37,13 +34,11 @@ from rho.files import (
     check_replaceable,
     mark_output,
     output_lock,
-    read_json,
     write_json_atomic,
 )
 from rho.models import PRESETS, count_parameters, load_model
 from rho.options import SelectionArguments
 from rho.prune import prune_store
-from rho.runs import run_checkpoints
 from rho.score import score_store
 from rho.store import TokenStore
 
@@ -356,52 +351,3 @@ class Runner:
                 first = seeds[0]["reference_seed"]
                 out[name]["tokens_scored"] = self.results[f"score-ref{first}"]["tokens"]
         return out
-
-
-def analyse(
-    cfg, results: dict, data: dict, out: Path, directory: Path, first: int, slm_losses: str | None
-) -> dict:
-    """Token-loss dynamics over CLM checkpoints (the paper's Figure 3 setting: ordinary
-    continual pretraining) on the target test set; SLM's selection (Figures 6, 8) and the
-    highlighted corpus (Figure 13). ``cfg`` is the analyses' view of the config."""
-    stores, axes = data["stores"], data["axes"]
-    clm = Path(results[f"clm-seed{first}"]["run"])
-    checkpoints = [p for _, p in run_checkpoints(clm)]
-    spaced = np.unique(np.linspace(0, len(checkpoints) - 1, cfg.dynamics_checkpoints).round())
-    dynamics = run_dynamics(
-        [checkpoints[int(i)] for i in spaced],
-        TokenStore(stores[f"{axes[0]}-test"]),
-        directory / "dynamics",
-        seq_len=cfg.seq_len,
-        progress=False,
-    )
-    recorded = read_json(directory / "dynamics" / "dynamics.json")
-    result = {
-        "dynamics": dynamics["table"],
-        "dynamics_checkpoints": len(recorded["checkpoints"]),
-        "dynamics_threshold": recorded["threshold"],
-        "dynamics_mean_loss": [float(m) for m in recorded["all_tokens_mean_loss"]],
-    }
-    if result["dynamics_mean_loss"]:
-        result["dynamics_loss_fall"] = (
-            result["dynamics_mean_loss"][0] - result["dynamics_mean_loss"][-1]
-        )
-    if slm_losses is not None:
-        slm_stage = results[f"slm-seed{first}"]
-        slm = Path(slm_stage["run"])
-        selection = run_selection([slm, clm], None, None, directory / "selection", windows=64)
-        corpus = TokenStore(stores["corpus"])
-        sample = selection_sample(selection, corpus, cfg.seq_len)
-        result["selection"] = selection_rates(sample, corpus.domain_names)
-        run_html(
-            corpus.path,
-            slm_losses,
-            out / "selected.html",
-            model=str(slm),
-            ratio=cfg.ratio,
-            passages=12,
-            passage_tokens=160,
-            overwrite=True,
-            title=f"The tokens SLM (seed {first}) selects",
-        )
-    return result
