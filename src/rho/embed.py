@@ -34,11 +34,10 @@ from rho.files import (
     hash_arrays,
     mark_output,
     output_lock,
-    read_json,
     save_npy_atomic,
     write_json_atomic,
 )
-from rho.loss_writer import done_batches, progress_file
+from rho.loss_writer import done_batches, existing_run, progress_file
 from rho.models import model_fingerprint
 from rho.schema import Count, Hash, Name, Strict
 from rho.store import FORMAT_VERSION, TokenStore, read_store_meta, reserve_disk_space
@@ -163,16 +162,11 @@ def load_rows(path: Path, meta: dict) -> np.ndarray:
 def create_or_resume(out: Path, meta: dict, overwrite: bool) -> dict:
     """Create an empty store atomically, or validate an unfinished one of the same settings to
     resume (a finished one is reused); returns its meta. Rank 0, holding the store's lock."""
-    if (out.exists() or out.is_symlink()) and not overwrite:
-        old = read_json(out / "meta.json") if (out / "meta.json").is_file() else {}
-        if old.get("format") != EMBEDDINGS:
-            raise UserError(f"{out} exists and is not an embedding store: choose another path")
-        changed = [k for k in RESUME_KEYS if old.get(k) != meta.get(k)]
-        if changed:
-            raise UserError(
-                f"{out} holds embeddings of another run ({', '.join(changed)} differ): remove it "
-                "or choose another --embeddings"
-            )
+    old = None
+    if not overwrite:
+        old = existing_run(out, EMBEDDINGS, "an embedding store", meta, RESUME_KEYS, "embeddings",
+                           "remove it or choose another --embeddings")  # fmt: skip
+    if old is not None:
         EmbeddingStore(out, complete=False)  # validated, truncation included
         return old
     meta = {**meta, "run_id": secrets.token_hex(8)}

@@ -67,19 +67,32 @@ def loss_store_meta(tokens: TokenStore, seq_len: int, batch_size: int, **extra) 
     }
 
 
+def existing_run(
+    out: Path, kind: str, name: str, meta: dict, keys, what: str, hint: str
+) -> dict | None:
+    """The meta of a store already at ``out`` that a writer of ``kind`` may resume (its ``keys``
+    equal ``meta``'s), or None when there is none; anything else is a one-line refusal naming
+    the store (``name``), ``what`` it holds and the ``hint`` past it. Shared by every resumable
+    writer (LossStore, embeddings)."""
+    if not (out.exists() or out.is_symlink()):
+        return None
+    old = read_json(out / "meta.json") if (out / "meta.json").is_file() else {}
+    if old.get("format") != kind:
+        raise UserError(f"{out} exists and is not {name} ({hint})")
+    changed = [k for k in keys if old.get(k) != meta.get(k)]
+    if changed:
+        raise UserError(f"{out} holds {what} of another run ({', '.join(changed)} differ): {hint}")
+    return old
+
+
 def create_or_resume(tokens: TokenStore, out: Path, meta: dict, overwrite: bool) -> dict:
     """Create an empty store atomically, or validate an unfinished one of the same run settings
     to resume; returns the store's meta. (Rank 0 only, holding the store's lock.)"""
-    if (out.exists() or out.is_symlink()) and not overwrite:
-        old = read_json(out / "meta.json") if (out / "meta.json").is_file() else {}
-        if old.get("format") != LOSS_STORE:
-            raise UserError(f"{out} exists and is not a LossStore (pass --overwrite to replace it)")
-        changed = [k for k in RESUME_KEYS if old.get(k) != meta.get(k)]
-        if changed:
-            raise UserError(
-                f"{out} holds losses from a different run ({', '.join(changed)} differ): "
-                "pass --overwrite to replace it"
-            )
+    old = None
+    if not overwrite:
+        old = existing_run(out, LOSS_STORE, "a LossStore", meta, RESUME_KEYS, "losses",
+                           "pass --overwrite to replace it")  # fmt: skip
+    if old is not None:
         load_npy(out / "ref_loss.npy", tokens.n_tokens, ("float16",))  # truncated or corrupted
         if not old.get("complete") and "run_id" not in old:
             old["run_id"] = secrets.token_hex(8)  # a store from before run ids: start afresh

@@ -24,7 +24,6 @@ class Stages:
     def __init__(self, root: Path, log: Callable[[str], None] = tqdm.write):
         self.root, self.log = Path(root), log
         self.seconds: dict[str, float] = {}
-        self.keys: dict[str, str] = {}
 
     def path(self, name: str) -> Path:
         return self.root / "stages" / name
@@ -49,7 +48,6 @@ class Stages:
         stage (a cache entry other run directories use too) is built under a lock that a second
         process waits on; it then finds the record and skips. The record is written last, so a
         half-built stage is never trusted."""
-        self.keys[name] = key
         if not shared:
             return self._run(name, key, build, title)
         with output_lock(self.path(name), wait=True):
