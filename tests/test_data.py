@@ -85,7 +85,7 @@ def test_collator_pads_a_partial_last_window(stores):
 def test_collator_without_reference_losses(stores):
     tokens, _, _ = stores
     batch = WindowCollator(SEQ)([WindowDataset(tokens, SEQ)[0]])
-    assert set(batch) == {"input_ids", "labels"}
+    assert set(batch) == {"input_ids", "labels", "input_length"}
 
 
 def test_dataset_refuses_a_loss_store_of_another_seq_len(stores):

@@ -6,8 +6,8 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rho.loss import slm_loss, stats_from_sums, token_losses
-from rho.select import n_keep, select_topk, token_scores, valid_mask
+from rho.loss import slm_loss, stats_from_sums, token_entropy, token_losses
+from rho.select import n_keep, rank_average, select_topk, token_scores, valid_mask
 
 
 def logits_with_losses(losses):
@@ -60,6 +60,35 @@ def test_bf16_logits_give_float32_losses_and_bf16_grads():
 def test_token_losses_shape_mismatch():
     with pytest.raises(ValueError, match="vocab"):
         token_losses(torch.zeros(2, 3, 5), torch.zeros(2, 4, dtype=torch.long))
+
+
+# --- token_entropy ------------------------------------------------------------------------------
+
+
+def test_token_entropy_hand_computed():
+    logits = torch.tensor(
+        [[[0.0, 0.0, 0.0], [0.0, math.log(2.0), 0.0], [0.0, 0.0, -math.inf], [50.0, 0.0, 0.0]]]
+    )
+    got = token_entropy(logits)
+    assert got.shape == (1, 4) and got.dtype == torch.float32
+    assert got[0, 0].item() == pytest.approx(math.log(3.0))  # uniform over 3
+    # p = (1/4, 1/2, 1/4): H = 2 * (1/4) log 4 + (1/2) log 2 = 1.5 log 2
+    assert got[0, 1].item() == pytest.approx(1.5 * math.log(2.0))
+    assert got[0, 2].item() == pytest.approx(math.log(2.0))  # a banned token adds 0, not NaN
+    assert got[0, 3].item() == pytest.approx(0.0, abs=1e-6)  # certain
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 10_000])
+def test_token_entropy_equals_the_definition_in_any_chunks(chunk):
+    torch.manual_seed(0)
+    logits = torch.randn(3, 5, 11) * 3
+    log_p = torch.log_softmax(logits.double(), -1)
+    expected = -(log_p.exp() * log_p).sum(-1).float()
+    torch.testing.assert_close(token_entropy(logits, chunk_tokens=chunk), expected)
+    bf16 = token_entropy(logits.bfloat16(), chunk_tokens=chunk)
+    assert bf16.dtype == torch.float32
+    with pytest.raises(ValueError, match="chunk_tokens"):
+        token_entropy(logits, chunk_tokens=0)
 
 
 # --- select_topk --------------------------------------------------------------------------------
@@ -184,6 +213,74 @@ def test_scores_hand_computed(score, expected):
     assert out.loss.item() == pytest.approx(sum(chosen) / len(chosen), rel=1e-5)
 
 
+ENTROPY = [0.2, 3.0, 0.4, 0.1]
+
+
+def test_entropy_scores_hand_computed():
+    logits, targets = logits_with_losses([LEARNER])
+    ref, ent = torch.tensor([REF]), torch.tensor([ENTROPY])
+    # reference-entropy keeps the lowest entropies: 0.1 (token 3) and 0.2 (token 0)
+    out = slm_loss(logits, targets, ref, ratio=0.5, score="reference-entropy", ref_entropy=ent)
+    assert out.selected[0].tolist() == [True, False, False, True]
+    assert out.loss.item() == pytest.approx((1.0 + 4.0) / 2, rel=1e-5)
+    # reference+entropy: ranks (0 = worst) by -reference [2, 3, 1, 0] and by -entropy
+    # [2, 0, 1, 3]; their means [2, 1.5, 1, 1.5] / 3 = [2/3, 1/2, 1/3, 1/2]
+    keys = token_scores("reference+entropy", torch.tensor(LEARNER), torch.tensor(REF),
+                        ref_entropy=torch.tensor(ENTROPY))  # fmt: skip
+    expected = torch.tensor([[-0.9, -0.2], [-0.1, -3.0], [-2.5, -0.4], [-3.2, -0.1]])
+    torch.testing.assert_close(keys, expected)
+    ranks = rank_average(keys, torch.ones(4, dtype=torch.bool))
+    assert ranks.tolist() == pytest.approx([2 / 3, 1 / 2, 1 / 3, 1 / 2])
+    # k = 1: token 0, kept by neither score alone at this ratio (reference: token 1; entropy: 3)
+    both = slm_loss(logits, targets, ref, ratio=0.25, score="reference+entropy", ref_entropy=ent)
+    assert both.selected[0].tolist() == [True, False, False, False]
+    alone = [slm_loss(logits, targets, ref, ratio=0.25, score=s, ref_entropy=ent).selected
+             for s in ("reference", "reference-entropy")]  # fmt: skip
+    assert [a[0].tolist() for a in alone] == [[False, True, False, False], [False] * 3 + [True]]
+    # k = 2: token 0, then the tie at 1/2 between tokens 1 and 3 goes to the earlier one
+    two = slm_loss(logits, targets, ref, ratio=0.5, score="reference+entropy", ref_entropy=ent)
+    assert two.selected[0].tolist() == [True, True, False, False]
+
+
+def test_rank_average_ties_and_invalid_positions_by_hand():
+    keys = torch.tensor([[1.0], [1.0], [0.0], [9.0]])
+    valid = torch.tensor([True, True, True, False])
+    # among the valid: 0 has rank 0; the two 1s share ranks 1 and 2 -> 1.5; scaled by n - 1 = 2
+    got = rank_average(keys, valid)
+    assert got[:3].tolist() == [0.75, 0.75, 0.0] and math.isnan(got[3].item())
+    # sequence scope: each row its own population
+    rows = torch.tensor([[[0.0, 5.0], [1.0, 4.0]], [[7.0, 0.0], [3.0, 1.0]]])
+    both = torch.ones(2, 2, dtype=torch.bool)
+    assert rank_average(rows, both, "sequence").tolist() == [[0.5, 0.5], [0.5, 0.5]]
+    # batch: first keys 0, 1, 7, 3 rank 0, 1, 3, 2; second keys 5, 4, 0, 1 rank 3, 2, 0, 1
+    expected = torch.tensor([[(0 + 3) / 6, (1 + 2) / 6], [(3 + 0) / 6, (2 + 1) / 6]])
+    torch.testing.assert_close(rank_average(rows, both, "batch"), expected.double())
+    assert rank_average(torch.ones(1, 0, 2), torch.ones(1, 0, dtype=torch.bool)).numel() == 0
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    rows=st.integers(1, 4),
+    cols=st.integers(1, 10),
+    ratio=st.floats(0.01, 1.0),
+    scope=st.sampled_from(["batch", "sequence"]),
+    seed=st.integers(0, 10_000),
+)
+def test_property_rank_average_of_one_key_selects_like_the_key(rows, cols, ratio, scope, seed):
+    """One key's rank is monotone in it (ties kept), so selecting by it or by its rank is the
+    same; and for sequence scope the ranks of a row do not depend on the other rows."""
+    g = torch.Generator().manual_seed(seed)
+    scores = torch.randint(-3, 4, (rows, cols), generator=g).float()  # many ties
+    valid = torch.rand(rows, cols, generator=g) > 0.3
+    by_key = select_topk(scores, valid, ratio, scope)
+    assert torch.equal(select_topk(scores[..., None], valid, ratio, scope), by_key)
+    if scope == "sequence" and rows > 1:
+        keys = torch.stack([scores, -scores.roll(1, -1)], -1)
+        whole = rank_average(keys, valid, "sequence")
+        first = rank_average(keys[:1], valid[:1], "sequence")
+        torch.testing.assert_close(whole[:1], first, equal_nan=True)
+
+
 def test_excess_is_learner_minus_reference():
     got = token_scores("excess", torch.tensor(LEARNER), torch.tensor(REF))
     torch.testing.assert_close(got, torch.tensor([0.1, 1.9, 0.5, 0.8]))
@@ -302,6 +399,8 @@ def test_valid_mask():
     ref = torch.tensor([0.1, 0.2, float("nan"), 0.4])
     assert valid_mask(targets).tolist() == [True, False, True, True]
     assert valid_mask(targets, ref).tolist() == [True, False, False, True]
+    entropy = torch.tensor([float("nan"), 0.2, 0.3, 0.4])
+    assert valid_mask(targets, ref, ref_entropy=entropy).tolist() == [False, False, False, True]
 
 
 @pytest.mark.parametrize(
@@ -313,6 +412,9 @@ def test_valid_mask():
         ({"scope": "doc"}, "unknown scope"),
         ({"ref_loss": None}, "needs ref_loss"),
         ({"ref_loss": None, "score": "reference"}, "needs ref_loss"),
+        ({"score": "reference-entropy"}, "rho score --entropy"),
+        ({"score": "reference+entropy"}, "needs the reference's entropy"),
+        ({"ref_entropy": torch.zeros(1, 3)}, "ref_entropy .* must have the shape"),
         ({"ref_loss": torch.zeros(1, 3)}, "shape"),
     ],
 )

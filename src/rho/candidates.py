@@ -19,12 +19,11 @@ from contextlib import AbstractContextManager
 import torch
 
 from rho import distributed as dist
+from rho.data import NOT_MODEL_INPUTS
 from rho.loss import token_losses
 from rho.options import SelectionArguments
 from rho.select import top_windows, window_scores
 from rho.windows import IGNORE, to_model, to_store
-
-MODEL_INPUTS_EXCLUDE = ("labels", "ref_loss")
 
 
 def forward_losses(
@@ -37,7 +36,7 @@ def forward_losses(
     """Per-target losses of ``model`` on ``batch`` (model alignment): forward only, in eval mode,
     under the training autocast, ``chunk`` rows at a time (no more memory than a training
     forward)."""
-    inputs = {k: v for k, v in batch.items() if k not in MODEL_INPUTS_EXCLUDE}
+    inputs = {k: v for k, v in batch.items() if k not in NOT_MODEL_INPUTS}
     parts, was_training = [], model.training
     model.eval()
     try:

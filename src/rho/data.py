@@ -1,8 +1,13 @@
-"""Training windows: TokenStore (+ LossStore) -> {"input_ids", "labels", "ref_loss"} batches.
+"""Training windows: TokenStore (+ LossStore) -> {"input_ids", "labels", "input_length",
+"ref_loss", "ref_entropy"} batches.
 
 The windows are the alignment rule's (store.py), so ``ref_loss[t]`` is the reference loss of
-``input_ids[t]`` given the window before it. Every batch is padded to ``seq_len`` (labels -100,
-ref_loss NaN) so batches on every rank have one shape and can be ranked together.
+``input_ids[t]`` given the window before it (``ref_entropy[t]`` the entropy of the distribution
+that predicted it). Every batch is padded to ``seq_len`` (labels -100, reference values NaN) so
+batches on every rank have one shape and can be ranked together. Of a TokenStore with a loss
+mask (instruction data), the tokens that carry no loss (prompts; rho.store.loss_positions) get
+label -100 here, so no loss, selection or count ever sees them; ``input_length`` still counts
+them as input (the compute they cost).
 """
 
 from __future__ import annotations
@@ -16,7 +21,9 @@ from torch.utils.data import Dataset
 from rho.errors import UserError
 from rho.store import LossStore, TokenStore
 
-BATCH_BYTES_PER_TOKEN = 8 + 8 + 4  # input_ids and labels (int64), ref_loss (float32)
+BATCH_BYTES_PER_TOKEN = 8 + 8 + 4 + 4  # input_ids, labels (int64), ref_loss, ref_entropy
+# Batch entries the model's forward does not take.
+NOT_MODEL_INPUTS = ("labels", "ref_loss", "ref_entropy", "input_length")
 
 
 def available_memory() -> int | None:
@@ -45,29 +52,48 @@ def check_fits_memory(n_bytes: int, what: str) -> None:
 
 
 class WindowDataset(Dataset):
-    """Window ``i`` of a TokenStore, with its reference losses when a LossStore is given."""
+    """Window ``i`` of a TokenStore, with its reference losses when a LossStore is given (and
+    their entropies with ``entropy``), and which tokens carry loss when the store has a loss
+    mask."""
 
-    def __init__(self, tokens: TokenStore, seq_len: int, losses: LossStore | None = None):
+    def __init__(
+        self,
+        tokens: TokenStore,
+        seq_len: int,
+        losses: LossStore | None = None,
+        entropy: bool = False,
+    ):
         if losses is not None:
             losses.check_matches(tokens, seq_len)
+        if entropy:
+            if losses is None:
+                raise ValueError("entropy comes from a LossStore: give losses")
+            losses.require_entropy("ranking tokens by the reference's entropy")
         # A window is padded to seq_len; its float32 logits are the least a forward allocates.
         per_token = tokens.vocab_size * 4 + BATCH_BYTES_PER_TOKEN
         check_fits_memory(seq_len * per_token, f"seq_len {seq_len:,}")
         self.tokens, self.seq_len, self.losses = tokens, seq_len, losses
+        self.entropy = entropy
 
     def __len__(self) -> int:
         return self.tokens.n_windows(self.seq_len)
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
         item = {"input_ids": self.tokens.window(index, self.seq_len)}
+        carries_loss = self.tokens.window_loss_positions(index, self.seq_len)
+        if carries_loss is not None:
+            item["loss_mask"] = carries_loss
         if self.losses is not None:
             item["ref_loss"] = self.losses.window(index)
+        if self.entropy:
+            item["ref_entropy"] = self.losses.window_entropy(index)
         return item
 
 
 class WindowCollator:
     """Stack windows into tensors, padding each to ``seq_len``; labels are the input ids
-    (the trainer shifts them), -100 on padding."""
+    (the trainer shifts them), -100 on padding and on tokens a loss mask leaves out;
+    ``input_length``: each row's tokens before padding."""
 
     def __init__(self, seq_len: int, pad_id: int = 0):
         self.seq_len, self.pad_id = seq_len, pad_id
@@ -77,14 +103,19 @@ class WindowCollator:
         check_fits_memory(n * length * BATCH_BYTES_PER_TOKEN, f"a batch of {n} x {length:,} tokens")
         input_ids = torch.full((n, length), self.pad_id, dtype=torch.long)
         labels = torch.full((n, length), -100, dtype=torch.long)
+        input_length = torch.zeros(n, dtype=torch.long)
         for row, item in enumerate(items):
             ids = torch.as_tensor(np.asarray(item["input_ids"]), dtype=torch.long)
             input_ids[row, : len(ids)] = ids
+            if "loss_mask" in item:  # no label where no loss is taken
+                ids = torch.where(torch.as_tensor(np.asarray(item["loss_mask"])), ids, -100)
             labels[row, : len(ids)] = ids
-        batch = {"input_ids": input_ids, "labels": labels}
-        if "ref_loss" in items[0]:
-            ref = torch.full((n, length), float("nan"))
-            for row, item in enumerate(items):
-                ref[row, : len(item["ref_loss"])] = torch.as_tensor(item["ref_loss"])
-            batch["ref_loss"] = ref
+            input_length[row] = len(ids)
+        batch = {"input_ids": input_ids, "labels": labels, "input_length": input_length}
+        for key in ("ref_loss", "ref_entropy"):
+            if key in items[0]:
+                values = torch.full((n, length), float("nan"))
+                for row, item in enumerate(items):
+                    values[row, : len(item[key])] = torch.as_tensor(item[key])
+                batch[key] = values
         return batch

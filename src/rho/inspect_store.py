@@ -21,6 +21,11 @@ from rho.store import (
 )
 
 
+def count_true(mask: np.ndarray) -> int:
+    """True entries of a memory-mapped bool array, read in chunks."""
+    return sum(int(np.count_nonzero(mask[i : i + CHUNK])) for i in range(0, len(mask), CHUNK))
+
+
 def describe(path: str | Path, verify: bool = False) -> str:
     """A short human summary of a TokenStore or LossStore."""
     path = Path(path)
@@ -48,11 +53,16 @@ def describe(path: str | Path, verify: bool = False) -> str:
             share = ", ".join(f"{name} {c / store.n_tokens:.0%}" for name, c in pairs)
             lines.append(f"  domains (share of tokens): {share}")
         if store.noise_mask is not None:
-            marked = sum(
-                int(np.count_nonzero(store.noise_mask[i : i + CHUNK]))
-                for i in range(0, store.n_tokens, CHUNK)
-            )
+            marked = count_true(store.noise_mask)
             lines.append(f"  noise mask: {marked / store.n_tokens:.1%} of tokens marked noise")
+        if store.loss_mask is not None:
+            carried = count_true(store.loss_mask)
+            lines.append(
+                f"  loss mask: yes, {carried:,} response tokens ({carried / store.n_tokens:.1%}) "
+                "carry loss; prompts carry none"
+            )
+        else:
+            lines.append("  loss mask: no (every token carries loss)")
         for source in store.meta.get("sources", [])[:5]:
             domain = f" (domain {source['domain']})" if source.get("domain") else ""
             lines.append(f"  source {source.get('path')}{domain}")
@@ -70,16 +80,33 @@ def describe(path: str | Path, verify: bool = False) -> str:
             f"  token hash {store.token_hash[:12]}, "
             f"model hash {str(store.meta.get('model_hash'))[:12]}",
         ]
+        masked_out = int(store.meta.get("n_masked_out", 0))
+        also = f" and {masked_out:,} prompt tokens" if masked_out else ""
         if stats["scored"]:
             lines.append(
                 f"  loss mean {stats['mean']:.3f}, p5/p50/p95 "
                 f"{stats['p5']:.2f}/{stats['p50']:.2f}/{stats['p95']:.2f} "
-                f"(nats/token; NaN at the {n_windows(n, store.seq_len):,} window starts)"
+                f"(nats/token; NaN at the {n_windows(n, store.seq_len):,} window starts{also})"
             )
-        if store.complete:
-            state = "yes" + (" (loss hash verified)" if verify else "")
+        if store.has_entropy:
+            ent = loss_summary(store.ref_entropy, store.seq_len)
+            lines.append(
+                f"  entropy: yes, mean {ent['mean']:.3f}, p5/p50/p95 "
+                f"{ent['p5']:.2f}/{ent['p50']:.2f}/{ent['p95']:.2f} (nats, the reference's "
+                "next-token distribution)"
+            )
         else:
-            state = f"no ({stats['missing']:,} tokens not scored yet: rerun `rho score`)"
+            lines.append("  entropy: no (`rho score --entropy` stores it)")
+        if store.meta.get("loss_mask"):
+            lines.append("  loss mask: yes, only the response tokens were scored")
+        else:
+            lines.append("  loss mask: no")
+        if store.complete:
+            hashes = "loss and entropy hashes" if store.has_entropy else "loss hash"
+            state = "yes" + (f" ({hashes} verified)" if verify else "")
+        else:
+            missing = stats["missing"] - masked_out
+            state = f"no ({missing:,} tokens not scored yet: rerun `rho score`)"
         lines.append(f"  complete: {state}")
     else:
         raise UserError(f"{path} is neither a TokenStore nor a LossStore")

@@ -1,9 +1,11 @@
 """The selective loss: pure torch, no I/O.
 
-Convention: inputs are already aligned. ``logits[b, t]`` predicts ``targets[b, t]`` and
-``ref_loss[b, t]`` is the reference model's loss on that same target. ``targets == ignore_index``
-marks padding or ignored positions and a NaN in ``ref_loss`` marks a position the reference could
-not score: neither is ever selected or counted.
+Convention: inputs are already aligned. ``logits[b, t]`` predicts ``targets[b, t]``,
+``ref_loss[b, t]`` is the reference model's loss on that same target and ``ref_entropy[b, t]`` the
+entropy of the reference's distribution that predicts it. ``targets == ignore_index`` marks
+padding or ignored positions (prompt tokens of instruction data too) and a NaN in ``ref_loss`` or
+``ref_entropy`` marks a position the reference could not score: neither is ever selected or
+counted.
 """
 
 from __future__ import annotations
@@ -15,9 +17,9 @@ import torch
 
 from rho.select import (
     SCOPES,
-    SCORES,
     check_choice,
     check_ratio,
+    check_score_inputs,
     select_topk,
     token_scores,
     valid_mask,
@@ -94,6 +96,28 @@ def token_losses(
     flat = logits.reshape(-1, logits.shape[-1])
     losses = _ChunkedCrossEntropy.apply(flat, targets.reshape(-1), ignore_index, chunk_tokens)
     return losses.view(targets.shape)
+
+
+@torch.no_grad()
+def token_entropy(logits: torch.Tensor, chunk_tokens: int | None = None) -> torch.Tensor:
+    """Entropy (nats) of the next-token distribution at every position, float32, shape of
+    ``logits`` without the vocab dim: H = logsumexp(z) − Σ softmax(z)·z. No gradient: it is a
+    reference's statistic. Chunked like ``token_losses``, so only one chunk of rows is ever
+    upcast to float32."""
+    if chunk_tokens is None:
+        chunk_tokens = default_chunk_tokens(logits)
+    if chunk_tokens < 1:
+        raise ValueError(f"chunk_tokens must be positive, got {chunk_tokens}")
+    flat = logits.reshape(-1, logits.shape[-1])
+    out = torch.empty(flat.shape[0], dtype=torch.float32, device=logits.device)
+    for start in range(0, flat.shape[0], chunk_tokens):
+        block = flat[start : start + chunk_tokens].float()
+        lse = torch.logsumexp(block, dim=-1)
+        probs = torch.exp(block - lse[:, None])
+        # where: a -inf logit (a banned token) has probability 0 and adds 0, not 0·(-inf) = NaN
+        expected = torch.where(probs > 0, probs * block, 0.0).sum(-1)
+        out[start : start + chunk_tokens] = lse - expected
+    return out.view(logits.shape[:-1])
 
 
 STAT_KEYS = ("n_valid", "n_selected", "sum_all", "sum_selected", "sum_excess", "n_excess")
@@ -186,11 +210,13 @@ def slm_loss(
     normalizer: float | torch.Tensor | None = None,
     select: Callable[..., torch.Tensor] | None = None,
     chunk_tokens: int | None = None,
+    ref_entropy: torch.Tensor | None = None,
 ) -> SLMResult:
     """Selective Language Modeling loss (Rho-1): mean learner loss over the top-``ratio`` tokens.
 
-    Tokens are ranked by ``score`` (detached) within each ``scope`` unit; only the selected tokens'
-    losses carry gradient. ``ratio=1.0`` equals mean cross-entropy over valid tokens.
+    Tokens are ranked by ``score`` (detached; see ``rho.select``) within each ``scope`` unit; only
+    the selected tokens' losses carry gradient. ``ratio=1.0`` equals mean cross-entropy over valid
+    tokens. ``reference-entropy`` and ``reference+entropy`` need ``ref_entropy``.
 
     Adapters may pass ``normalizer`` (the number of tokens selected over a whole optimizer step,
     for gradient accumulation and many ranks) and ``select`` (a drop-in for ``select_topk``, e.g.
@@ -198,22 +224,22 @@ def slm_loss(
     """
     if targets.dim() < 1:
         raise ValueError("targets must have at least one dimension")
-    if ref_loss is not None and ref_loss.shape != targets.shape:
-        raise ValueError(
-            f"ref_loss {tuple(ref_loss.shape)} must have the shape of "
-            f"targets {tuple(targets.shape)}"
-        )
+    for name, ref in (("ref_loss", ref_loss), ("ref_entropy", ref_entropy)):
+        if ref is not None and ref.shape != targets.shape:
+            raise ValueError(
+                f"{name} {tuple(ref.shape)} must have the shape of targets {tuple(targets.shape)}"
+            )
     check_ratio(ratio)
     check_choice(scope, SCOPES, "scope")
-    check_choice(score, SCORES, "score")
-    if score in ("excess", "reference") and ref_loss is None:
-        raise ValueError(f"score {score!r} needs ref_loss (reference-model losses)")
+    check_score_inputs(score, ref_loss, ref_entropy)
     if ref_loss is not None:
         ref_loss = ref_loss.to(device=targets.device)
+    if ref_entropy is not None:
+        ref_entropy = ref_entropy.to(device=targets.device)
 
     token_loss = token_losses(logits, targets, ignore_index, chunk_tokens)
-    valid = valid_mask(targets, ref_loss, ignore_index)
-    scores = token_scores(score, token_loss, ref_loss, generator)
+    valid = valid_mask(targets, ref_loss, ignore_index, ref_entropy)
+    scores = token_scores(score, token_loss, ref_loss, generator, ref_entropy)
     selected = (select or select_topk)(scores, valid, ratio, scope)
     loss = selective_mean(token_loss, selected, normalizer)
     sums = selection_sums(token_loss, selected, valid, ref_loss)

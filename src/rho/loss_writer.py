@@ -1,11 +1,12 @@
-"""The one writer of LossStores: create, resume, write losses, record progress, finish; and write
-a whole LossStore at once (pruning carries losses over).
+"""The one writer of LossStores: create, resume, write losses (and entropies), record progress,
+finish; and write a whole LossStore at once (pruning carries losses over).
 
-A store being scored holds ``ref_loss.npy`` (NaN where not yet scored), ``meta.json`` with
+A store being scored holds ``ref_loss.npy`` (NaN where not yet scored), with ``--entropy``
+``ref_entropy.npy`` beside it (written by the same batches), ``meta.json`` with
 ``complete: false`` and a ``run_id``, and ``progress/rank{R}-of-{W}-{run_id}.npy``: which fixed
-batches of windows each rank has finished. Losses reach the disk (fsync) before their batches
+batches of windows each rank has finished. Values reach the disk (fsync) before their batches
 are recorded, and only records of the store's own ``run_id`` count, so a store is marked
-complete only when every batch was written into this very file by this run or a resumed one.
+complete only when every batch was written into these very files by this run or a resumed one.
 Writers hold the store's lock (rho.files.output_lock) for the whole run.
 """
 
@@ -19,41 +20,83 @@ import numpy as np
 
 from rho.errors import UserError
 from rho.files import building, hash_arrays, read_json, save_npy_atomic, write_json_atomic
-from rho.store import FORMAT_VERSION, LOSS_STORE, TokenStore, load_npy, loss_summary
+from rho.store import (
+    FORMAT_VERSION,
+    LOSS_STORE,
+    TokenStore,
+    load_npy,
+    loss_summary,
+    window_starts,
+)
 
-RESUME_KEYS = ("token_hash", "seq_len", "model_hash", "score_dtype")
+RESUME_KEYS = ("token_hash", "seq_len", "model_hash", "score_dtype", "has_entropy")
+RESUME_DEFAULTS = {"has_entropy": False}  # a store from before entropy holds none
+ENTROPY_FILE = "ref_entropy.npy"
 # A reference whose loss is NaN or infinite on more than a tenth of the tokens that should have
 # one (every token but the window starts) is broken (NaN weights, fp16 overflow): refused.
 MIN_FINITE_FRACTION = 0.9
 CHUNK = 1 << 24
 
 
-def finite_fraction(ref_loss: np.ndarray, seq_len: int) -> float:
-    """The share of finite losses among the positions that should have one (not window starts),
-    read in chunks."""
+def _chunks(n_tokens: int, seq_len: int):
+    """[start, end) chunks of about CHUNK tokens, each starting at a window start."""
+    step = max(1, CHUNK // seq_len) * seq_len
+    for start in range(0, n_tokens, step):
+        yield start, min(start + step, n_tokens)
+
+
+def _should_be_scored(start: int, end: int, seq_len: int, tokens: TokenStore | None):
+    """Positions of [start, end) that get a value: all but window starts, and with a loss mask
+    only the tokens that carry loss (rho.store.loss_positions)."""
+    should = ~window_starts(end - start, seq_len)
+    mask = None if tokens is None else tokens.loss_positions(start, end, seq_len)
+    return should if mask is None else should & mask
+
+
+def finite_fraction(values: np.ndarray, seq_len: int, tokens: TokenStore | None = None) -> float:
+    """The share of finite values among the positions that should have one (not window starts;
+    of a masked TokenStore, only its loss positions), read in chunks."""
     finite, expected = 0, 0
-    for start in range(0, len(ref_loss), CHUNK):
-        block = np.isfinite(np.asarray(ref_loss[start : start + CHUNK]))
-        starts = np.arange(-start % seq_len, len(block), seq_len)
-        finite += int(block.sum()) - int(block[starts].sum())
-        expected += len(block) - len(starts)
+    for start, end in _chunks(len(values), seq_len):
+        should = _should_be_scored(start, end, seq_len, tokens)
+        finite += int((np.isfinite(np.asarray(values[start:end])) & should).sum())
+        expected += int(should.sum())
     return finite / expected if expected else 1.0
 
 
-def check_mostly_finite(ref_loss: np.ndarray, seq_len: int, what: str) -> None:
-    """Refuse reference losses that are mostly NaN (see MIN_FINITE_FRACTION) in one line."""
-    share = finite_fraction(ref_loss, seq_len)
+def n_masked_out(tokens: TokenStore, seq_len: int) -> int:
+    """Positions besides window starts that a loss mask leaves unscored (NaN by design)."""
+    total = 0
+    for start, end in _chunks(tokens.n_tokens, seq_len):
+        total += int((~window_starts(end - start, seq_len)).sum())
+        total -= int(_should_be_scored(start, end, seq_len, tokens).sum())
+    return total
+
+
+def check_mostly_finite(
+    values: np.ndarray,
+    seq_len: int,
+    what: str,
+    tokens: TokenStore | None = None,
+    kind: str = "losses",
+) -> None:
+    """Refuse reference values that are mostly NaN (see MIN_FINITE_FRACTION) in one line. Give
+    the ``tokens`` they score so that tokens a loss mask leaves out are not counted."""
+    share = finite_fraction(values, seq_len, tokens)
     if share < MIN_FINITE_FRACTION:
         raise UserError(
-            f"{what}: only {share:.1%} of the reference losses are finite (rho needs at least "
+            f"{what}: only {share:.1%} of the reference {kind} are finite (rho needs at least "
             f"{MIN_FINITE_FRACTION:.0%}): the reference model gives NaN or inf (broken weights, "
             "float16 overflow?)"
         )
 
 
-def loss_store_meta(tokens: TokenStore, seq_len: int, batch_size: int, **extra) -> dict:
-    """meta.json of a new LossStore of ``tokens`` (unfinished until ``finish``)."""
-    return {
+def loss_store_meta(
+    tokens: TokenStore, seq_len: int, batch_size: int, entropy: bool = False, **extra
+) -> dict:
+    """meta.json of a new LossStore of ``tokens`` (unfinished until ``finish``); ``entropy``:
+    it also holds the reference's entropies."""
+    meta = {
         "format": LOSS_STORE,
         "version": FORMAT_VERSION,
         "n_tokens": tokens.n_tokens,
@@ -63,23 +106,36 @@ def loss_store_meta(tokens: TokenStore, seq_len: int, batch_size: int, **extra) 
         "tokenizer_hash": tokens.meta.get("tokenizer_hash"),
         "dtype": "float16",
         "complete": False,
+        "has_entropy": bool(entropy),
         **extra,
     }
+    if tokens.loss_mask is not None:
+        meta.update(loss_mask=True, n_masked_out=n_masked_out(tokens, seq_len))
+    return meta
 
 
 def existing_run(
-    out: Path, kind: str, name: str, meta: dict, keys, what: str, hint: str
+    out: Path,
+    kind: str,
+    name: str,
+    meta: dict,
+    keys,
+    what: str,
+    hint: str,
+    defaults: dict | None = None,
 ) -> dict | None:
     """The meta of a store already at ``out`` that a writer of ``kind`` may resume (its ``keys``
-    equal ``meta``'s), or None when there is none; anything else is a one-line refusal naming
-    the store (``name``), ``what`` it holds and the ``hint`` past it. Shared by every resumable
-    writer (LossStore, embeddings)."""
+    equal ``meta``'s; a key an older store lacks counts as its value in ``defaults``), or None
+    when there is none; anything else is a one-line refusal naming the store (``name``),
+    ``what`` it holds and the ``hint`` past it. Shared by every resumable writer (LossStore,
+    embeddings)."""
     if not (out.exists() or out.is_symlink()):
         return None
     old = read_json(out / "meta.json") if (out / "meta.json").is_file() else {}
     if old.get("format") != kind:
         raise UserError(f"{out} exists and is not {name} ({hint})")
-    changed = [k for k in keys if old.get(k) != meta.get(k)]
+    defaults = defaults or {}
+    changed = [k for k in keys if old.get(k, defaults.get(k)) != meta.get(k)]
     if changed:
         raise UserError(f"{out} holds {what} of another run ({', '.join(changed)} differ): {hint}")
     return old
@@ -91,9 +147,10 @@ def create_or_resume(tokens: TokenStore, out: Path, meta: dict, overwrite: bool)
     old = None
     if not overwrite:
         old = existing_run(out, LOSS_STORE, "a LossStore", meta, RESUME_KEYS, "losses",
-                           "pass --overwrite to replace it")  # fmt: skip
+                           "pass --overwrite to replace it", RESUME_DEFAULTS)  # fmt: skip
     if old is not None:
-        load_npy(out / "ref_loss.npy", tokens.n_tokens, ("float16",))  # truncated or corrupted
+        for name in value_files(old):  # truncated or corrupted
+            load_npy(out / name, tokens.n_tokens, ("float16",))
         if not old.get("complete") and "run_id" not in old:
             old["run_id"] = secrets.token_hex(8)  # a store from before run ids: start afresh
             write_json_atomic(out / "meta.json", old)
@@ -102,13 +159,19 @@ def create_or_resume(tokens: TokenStore, out: Path, meta: dict, overwrite: bool)
     with building(out, overwrite, LOSS_STORE) as tmp:
         from rho.store import allocate_npy  # disk reserved up front: a full disk is one line
 
-        losses = allocate_npy(tmp / "ref_loss.npy", tokens.n_tokens, np.float16)
-        losses[:] = np.nan
-        losses.flush()
-        del losses
+        for name in value_files(meta):
+            values = allocate_npy(tmp / name, tokens.n_tokens, np.float16)
+            values[:] = np.nan
+            values.flush()
+            del values
         (tmp / "progress").mkdir()
         write_json_atomic(tmp / "meta.json", meta)
     return meta
+
+
+def value_files(meta: dict) -> list[str]:
+    """The per-token arrays of a LossStore with this meta, in the order writers pass them."""
+    return ["ref_loss.npy", *([ENTROPY_FILE] if meta.get("has_entropy") else [])]
 
 
 def progress_file(out: Path, meta: dict, rank: int, world: int) -> Path:
@@ -129,49 +192,66 @@ def done_batches(out: Path, meta: dict, n_batches: int) -> np.ndarray:
 
 
 class LossFile:
-    """Writes window losses into ref_loss.npy at their offsets with pwrite: each rank touches only
-    its own bytes, which stays right even when ranks on several nodes share a network filesystem
-    (a shared mmap would write back whole pages)."""
+    """Writes window values into a store's float16 arrays (ref_loss.npy, and ref_entropy.npy when
+    given) at their offsets with pwrite: each rank touches only its own bytes, which stays right
+    even when ranks on several nodes share a network filesystem (a shared mmap would write back
+    whole pages)."""
 
-    def __init__(self, path: Path):
-        array = np.load(path, mmap_mode="r")
-        if array.dtype.str != "<f2":
-            raise UserError(f"{path} is not little-endian float16 (corrupted)")
-        self.offset = array.offset  # bytes of .npy header before the data
-        del array
-        self.path = path
-        self.fd = os.open(path, os.O_RDWR)
+    def __init__(self, *paths: Path):
+        self.paths, self.offsets, self.fds = list(paths), [], []
+        for path in self.paths:
+            array = np.load(path, mmap_mode="r")
+            if array.dtype.str != "<f2":
+                raise UserError(f"{path} is not little-endian float16 (corrupted)")
+            self.offsets.append(array.offset)  # bytes of .npy header before the data
+            del array
+        self.fds = [os.open(path, os.O_RDWR) for path in self.paths]
 
-    def write(self, first: int, values: np.ndarray) -> None:
-        data = np.ascontiguousarray(values, dtype="<f2").tobytes()
-        written = os.pwrite(self.fd, data, self.offset + 2 * first)
-        if written != len(data):
-            raise OSError(f"short write to ref_loss.npy ({written} of {len(data)} bytes)")
+    def write(self, first: int, *values: np.ndarray) -> None:
+        """One array of values per file, in the order of the paths."""
+        for path, fd, offset, array in zip(self.paths, self.fds, self.offsets, values, strict=True):
+            data = np.ascontiguousarray(array, dtype="<f2").tobytes()
+            written = os.pwrite(fd, data, offset + 2 * first)
+            if written != len(data):
+                raise OSError(f"short write to {path.name} ({written} of {len(data)} bytes)")
 
     def record(self, progress: Path, done: np.ndarray) -> None:
-        """Losses reach the disk, then the batches are recorded as done; if the file was
+        """Values reach the disk, then the batches are recorded as done; if a file was
         replaced under us (it must not be: writers hold the lock), nothing is recorded."""
-        os.fsync(self.fd)
-        if os.fstat(self.fd).st_ino != os.stat(self.path).st_ino:
-            raise UserError(f"{self.path} was replaced by another process while being scored")
+        for path, fd in zip(self.paths, self.fds, strict=True):
+            os.fsync(fd)
+            if os.fstat(fd).st_ino != os.stat(path).st_ino:
+                raise UserError(f"{path} was replaced by another process while being scored")
         save_npy_atomic(progress, done)
 
     def close(self) -> None:
-        os.close(self.fd)
+        for fd in self.fds:
+            os.close(fd)
 
 
-def finish(out: Path, meta: dict, n_tokens: int, n_batches: int) -> dict:
-    """Mark the store complete (with its mean loss and loss hash) once every batch of this run is
-    recorded; remove the progress records. Returns the final meta."""
+def finish(
+    out: Path, meta: dict, n_tokens: int, n_batches: int, tokens: TokenStore | None = None
+) -> dict:
+    """Mark the store complete (with its mean loss and loss hash, and mean entropy and entropy
+    hash) once every batch of this run is recorded; remove the progress records. Returns the
+    final meta. ``tokens``: the scored TokenStore, whose loss mask the finite check follows."""
     if not done_batches(out, meta, n_batches).all():
         raise RuntimeError(f"{out}: some batches were not scored; rerun to finish")
     ref_loss = load_npy(out / "ref_loss.npy", n_tokens, ("float16",))
-    check_mostly_finite(ref_loss, meta["seq_len"], str(out))  # not marked complete if not
+    seq_len = meta["seq_len"]
+    check_mostly_finite(ref_loss, seq_len, str(out), tokens)  # not marked complete if not
+    entropy = None
+    if meta.get("has_entropy"):
+        entropy = load_npy(out / ENTROPY_FILE, n_tokens, ("float16",))
+        check_mostly_finite(entropy, seq_len, str(out), tokens, "entropies")
     meta = {k: v for k, v in meta.items() if k != "run_id"}  # a finished store is run-free
     meta["complete"] = True
-    meta.update(mean_loss=loss_summary(ref_loss, meta["seq_len"])["mean"])
+    meta.update(mean_loss=loss_summary(ref_loss, seq_len)["mean"])
     meta.update(loss_hash=hash_arrays(ref_loss))
-    del ref_loss
+    if entropy is not None:
+        meta.update(mean_entropy=loss_summary(entropy, seq_len)["mean"])
+        meta.update(entropy_hash=hash_arrays(entropy))
+    del ref_loss, entropy
     write_json_atomic(out / "meta.json", meta)
     for file in (out / "progress").glob("*"):
         file.unlink(missing_ok=True)
@@ -179,16 +259,27 @@ def finish(out: Path, meta: dict, n_tokens: int, n_batches: int) -> dict:
     return meta
 
 
-def write_loss_store(path: Path, tokens: TokenStore, ref_loss: np.ndarray, meta: dict) -> None:
-    """A complete LossStore at once from losses in memory (e.g. carried over by pruning);
-    ``meta`` from ``loss_store_meta``. Atomic like every output."""
-    ref_loss = np.asarray(ref_loss, dtype=np.float16)
-    if len(ref_loss) != tokens.n_tokens:
-        raise ValueError(f"{len(ref_loss)} losses for {tokens.n_tokens} tokens")
+def write_loss_store(
+    path: Path,
+    tokens: TokenStore,
+    ref_loss: np.ndarray,
+    meta: dict,
+    ref_entropy: np.ndarray | None = None,
+) -> None:
+    """A complete LossStore at once from losses (and entropies) in memory (e.g. carried over by
+    pruning); ``meta`` from ``loss_store_meta``. Atomic like every output."""
+    arrays = {"ref_loss.npy": ref_loss}
+    if ref_entropy is not None:
+        arrays[ENTROPY_FILE] = ref_entropy
+    meta = {**meta, "complete": True, "has_entropy": ref_entropy is not None}
     with building(path, False, LOSS_STORE) as tmp:
-        np.save(tmp / "ref_loss.npy", ref_loss)
-        meta = {**meta, "complete": True, "loss_hash": hash_arrays(ref_loss)}
-        meta["mean_loss"] = loss_summary(ref_loss, meta["seq_len"])["mean"]
+        for (name, values), what in zip(arrays.items(), ("loss", "entropy"), strict=False):
+            values = np.asarray(values, dtype=np.float16)
+            if len(values) != tokens.n_tokens:
+                raise ValueError(f"{len(values)} {name} values for {tokens.n_tokens} tokens")
+            np.save(tmp / name, values)
+            meta[f"{what}_hash"] = hash_arrays(values)
+            meta[f"mean_{what}"] = loss_summary(values, meta["seq_len"])["mean"]
         write_json_atomic(tmp / "meta.json", meta)
 
 

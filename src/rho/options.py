@@ -11,7 +11,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rho.errors import UserError
-from rho.select import SCOPES, SCORES, check_choice, check_ratio
+from rho.select import (
+    ENTROPY_SCORES,
+    REFERENCE_SCORES,
+    SCOPES,
+    SCORES,
+    check_choice,
+    check_ratio,
+)
 
 SELECTIONS = ("none", "token", "sample", "sample+token")
 DEFAULT_SEQ_LEN = 256
@@ -31,7 +38,12 @@ class SelectionArguments:
     ratio: float = field(default=0.6, metadata={"help": "fraction of tokens kept (paper: 0.6)"})
     score: str = field(
         default="excess",
-        metadata={"help": "excess (learner - reference), learner, reference or random"},
+        metadata={
+            "help": "excess (learner - reference loss), learner, reference (lowest reference "
+            "loss), random, reference-entropy (lowest reference entropy: the tokens the "
+            "reference is surest of) or reference+entropy (rank average of reference loss and "
+            "entropy); the entropy scores need a LossStore from `rho score --entropy`"
+        },
     )
     scope: str = field(
         default="batch",
@@ -57,6 +69,11 @@ class SelectionArguments:
             raise UserError("--ratio_warmup_steps must be >= 0")
         if self.candidate_factor < 1:
             raise UserError(f"--candidate_factor must be >= 1, got {self.candidate_factor}")
+        if self.selects_windows and self.score in ENTROPY_SCORES:
+            raise UserError(
+                f"--score {self.score} ranks tokens, not windows: use it with --selection token "
+                "(or rho prune --by for whole windows)"
+            )
 
     @property
     def selects_windows(self) -> bool:
@@ -70,7 +87,12 @@ class SelectionArguments:
 
     @property
     def needs_reference(self) -> bool:
-        return self.selection != "none" and self.score in ("excess", "reference")
+        return self.selection != "none" and self.score in REFERENCE_SCORES
+
+    @property
+    def needs_entropy(self) -> bool:
+        """The score ranks by the reference's entropy (a LossStore scored with --entropy)."""
+        return self.selection != "none" and self.score in ENTROPY_SCORES
 
     def ratio_at(self, step: int) -> float:
         """The kept fraction at an optimizer step: 1.0 falling linearly to ``ratio``."""

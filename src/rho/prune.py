@@ -1,12 +1,14 @@
 """`rho prune`: offline data pruning, whole documents or windows dropped before training.
 
-Each unit (a document, or a training window) is scored by a statistic of its tokens' losses:
-the mean of base − reference loss (the CoLoR-Filter score: how much better the reference, trained
-on the target distribution, predicts the unit than a base model does) when base-model losses are
-given, else the mean reference loss (lower = more like the target distribution). The best
-``keep`` fraction of units survives. ``--by prototype`` needs no losses: units are embedded with a
-model (rho.embed), clustered, optionally deduplicated, and kept by their distance to the nearest
-centroid (rho.prototype: D4, SemDeDup).
+Each unit (a document, or a training window) is scored by the mean over its tokens of a token
+score (rho.select.token_scores): base − reference loss (``excess``, the CoLoR-Filter score: how
+much better the reference, trained on the target distribution, predicts the unit than a base
+model does), the reference loss (``reference``, lower = more like the target distribution), the
+reference's entropy (``reference-entropy``, lower = the reference is surer), or the rank average
+of the reference's loss and entropy (``reference+entropy``, ranks over every scored token of the
+store). The best ``keep`` fraction of units survives. ``--by prototype`` needs no losses: units
+are embedded with a model (rho.embed), clustered, optionally deduplicated, and kept by their
+distance to the nearest centroid (rho.prototype: D4, SemDeDup).
 
 Alignment: pruning windows keeps every surviving window whole and in order, so the new stream's
 windows are exactly the old ones and their reference losses carry over unchanged. Pruning
@@ -22,6 +24,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from rho import distributed as dist
 from rho.errors import UserError
@@ -29,12 +32,12 @@ from rho.files import building, check_not_input, mark_output, output_lock, write
 from rho.loss_writer import loss_store_meta, write_loss_store
 from rho.options import check_output_path
 from rho.score import score_store
-from rho.select import check_ratio, n_keep
+from rho.select import ENTROPY_SCORES, check_ratio, n_keep, rank_average, token_scores
 from rho.store import LossStore, TokenStore, window_bounds, write_token_store
 
 UNITS = ("document", "window")
 PRUNED_KIND = "rho.Pruned"  # out/: tokens/, ref_losses/, prune.json
-BYS = ("excess", "reference", "prototype")
+BYS = ("excess", "reference", "reference-entropy", "reference+entropy", "prototype")
 
 
 def unit_bounds(tokens: TokenStore, unit: str, seq_len: int) -> np.ndarray:
@@ -58,11 +61,27 @@ def unit_means(values: np.ndarray, bounds: np.ndarray) -> np.ndarray:
         return np.where(n > 0, (sums[end] - sums[start]) / np.maximum(n, 1), np.nan)
 
 
-def unit_scores(ref_loss: np.ndarray, bounds: np.ndarray, base_loss: np.ndarray | None = None):
-    """Higher = keep first: mean(base − ref) with base losses, else −mean(ref)."""
-    if base_loss is not None:
-        return unit_means(np.asarray(base_loss, np.float64) - ref_loss, bounds)
-    return -unit_means(ref_loss, bounds)
+def unit_scores(
+    ref_loss: np.ndarray,
+    bounds: np.ndarray,
+    base_loss: np.ndarray | None = None,
+    *,
+    by: str | None = None,
+    entropy: np.ndarray | None = None,
+) -> np.ndarray:
+    """Higher = keep first: the mean over each unit's scored tokens of the token score ``by``
+    (rho.select; default ``excess`` with base losses, else ``reference``): mean(base − ref),
+    −mean(ref), −mean(entropy), or the mean of each token's rank average of reference loss and
+    entropy over the whole store."""
+    by = by or ("excess" if base_loss is not None else "reference")
+    ref = torch.as_tensor(np.asarray(ref_loss, dtype=np.float64))
+    base = None if base_loss is None else torch.as_tensor(np.asarray(base_loss, np.float64))
+    ent = None if entropy is None else torch.as_tensor(np.asarray(entropy, dtype=np.float64))
+    learner = base if base is not None else ref  # only "excess" reads it (base − reference)
+    scores = token_scores(by, learner, ref, None, ent)
+    if by == "reference+entropy":  # every scored token of the store is one population
+        scores = rank_average(scores, ~(torch.isnan(ref) | torch.isnan(ent)))
+    return unit_means(scores.double().numpy(), bounds)
 
 
 def keep_top(scores: np.ndarray, keep: float) -> np.ndarray:
@@ -138,6 +157,8 @@ def prune_store(
         raise UserError(f"--by must be one of {', '.join(BYS)}")
     if by == "excess" and base_losses is None:
         raise UserError("--by excess needs --base-losses (a base model's LossStore)")
+    if base_losses is not None and by not in ("excess", "prototype"):
+        raise UserError(f"--base-losses is for --by excess, not --by {by}")
     if by != "prototype" and losses is None:
         raise UserError(f"--by {by} needs --losses (the reference LossStore)")
     if by == "prototype" and base_losses is not None:
@@ -146,6 +167,8 @@ def prune_store(
     if losses is not None:
         losses = losses if isinstance(losses, LossStore) else LossStore(losses)
         losses.check_matches(tokens)
+        if by in ENTROPY_SCORES:
+            losses.require_entropy(f"--by {by}")
     opts = dict(prototype or {})
     seq_len = losses.seq_len if losses is not None else opts.get("seq_len")
     if losses is not None and opts.get("seq_len") not in (None, seq_len):
@@ -192,7 +215,11 @@ def _prune(tokens, losses, base, out: Path, keep, unit, by, overwrite) -> dict:
     seq_len = losses.seq_len
     bounds = unit_bounds(tokens, unit, seq_len)
     scores = unit_scores(
-        np.asarray(losses.ref_loss, np.float64), bounds, None if base is None else base.ref_loss
+        losses.ref_loss,
+        bounds,
+        None if base is None else base.ref_loss,
+        by=by,
+        entropy=losses.ref_entropy if by in ENTROPY_SCORES else None,
     )
     kept = keep_top(scores, keep)
     report = dropped_report(tokens, bounds, kept)
@@ -215,6 +242,11 @@ def _write_pruned(tokens, losses, out: Path, bounds, kept, report: dict, overwri
     else:
         domains = tokens.token_domains()
         doc_domains = None if domains is None else domains[spans[:, 0]]
+    loss_mask = tokens.loss_mask
+    if unit == "window" and loss_mask is not None:
+        # each kept window becomes a document of its own: what carried loss in it is now the mask
+        # (the tail of a conversation begun in an earlier window carried none, and must not)
+        loss_mask = tokens.loss_positions(0, tokens.n_tokens, report["seq_len"])
     with building(out, overwrite, PRUNED_KIND) as tmp:
         write_token_store(
             tmp / "tokens",
@@ -226,6 +258,7 @@ def _write_pruned(tokens, losses, out: Path, bounds, kept, report: dict, overwri
             doc_domains=doc_domains,
             domain_names=tokens.domain_names or None,
             noise_mask=_gather(tokens.noise_mask, spans),
+            loss_mask=_gather(loss_mask, spans),
             sources=[{"path": str(tokens.path), "pruned": {k: report[k] for k in ("unit", "by")}}],
         )
         pruned = TokenStore(tmp / "tokens")
@@ -236,8 +269,9 @@ def _write_pruned(tokens, losses, out: Path, bounds, kept, report: dict, overwri
 
 
 def _write_carried_losses(path: Path, pruned: TokenStore, losses: LossStore, spans) -> None:
-    """Kept whole windows keep their losses: same windows, same contexts, same numbers.
-    (``path`` lies inside the temporary output directory, so this write is atomic too.)"""
+    """Kept whole windows keep their losses (and entropies): same windows, same contexts, same
+    numbers. (``path`` lies inside the temporary output directory, so this write is atomic
+    too.)"""
     meta = loss_store_meta(
         pruned,
         losses.seq_len,
@@ -247,7 +281,8 @@ def _write_carried_losses(path: Path, pruned: TokenStore, losses: LossStore, spa
         score_dtype=losses.meta.get("score_dtype"),
         carried_from=str(losses.path),
     )
-    write_loss_store(path, pruned, _gather(losses.ref_loss, spans), meta)
+    entropy = _gather(losses.ref_entropy, spans)
+    write_loss_store(path, pruned, _gather(losses.ref_loss, spans), meta, entropy)
 
 
 def cli(argv: list[str]) -> int:
@@ -266,7 +301,9 @@ def cli(argv: list[str]) -> int:
         default=None,
         choices=BYS,
         help="excess: mean base − reference (CoLoR-Filter); reference: lowest mean reference "
-        "loss; prototype: distance of the unit's embedding to its k-means centroid (D4) "
+        "loss; reference-entropy: lowest mean reference entropy; reference+entropy: best mean "
+        "rank average of reference loss and entropy (both need --losses from `rho score "
+        "--entropy`); prototype: distance of the unit's embedding to its k-means centroid (D4) "
         "(default: excess when --base-losses is given, else reference)",
     )
     parser.add_argument("--ref-model", help="reference model to re-score pruned documents")

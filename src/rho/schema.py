@@ -306,6 +306,7 @@ class TokenStoreMeta(Strict):
     dtype: Literal["uint16", "uint32"] | None = None
     domains: Annotated[list[Name], Field(max_length=1 << 15)] = []
     has_noise_mask: bool = False
+    has_loss_mask: bool = False  # loss_mask.npy (instruction data: 1 = response token)
     max_token_id: Count = 0
     sources: list[SourceEntry] = []
 
@@ -332,6 +333,12 @@ class LossStoreMeta(Strict):
     run_id: Annotated[str, Field(pattern=r"^[0-9a-f]{1,64}$")] | None = None  # in file names
     mean_loss: Number = None
     loss_hash: Hash | None = None
+    # Added with `rho score --entropy` and loss masks; a store written before reads as neither.
+    has_entropy: bool = False  # ref_entropy.npy beside ref_loss.npy
+    mean_entropy: Number = None
+    entropy_hash: Hash | None = None
+    loss_mask: bool = False  # only the TokenStore's loss-carrying tokens were scored
+    n_masked_out: Count = 0  # positions besides window starts left NaN by the loss mask
 
 
 class Metrics(Strict):
@@ -377,6 +384,20 @@ class TaskItem(Strict):
 
     question: Scalar
     answer: Scalar
+
+
+class ChatMessage(Strict):
+    """One message of a conversation (TRL's conversational format); other keys are ignored."""
+
+    role: Annotated[str, Field(min_length=1, max_length=64)]
+    content: str
+
+
+class ChatRecord(Strict):
+    """One line of `rho tokenize --format messages`."""
+
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    domain: Name | None = None
 
 
 Position = Annotated[int, Field(ge=0, le=MAX_COUNT)]

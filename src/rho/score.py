@@ -1,4 +1,7 @@
-"""Model x TokenStore -> LossStore: every token's reference loss, computed once, offline.
+"""Model x TokenStore -> LossStore: every token's reference loss (and, with ``--entropy``, the
+entropy of the reference's next-token distribution, from the same forward pass), computed once,
+offline. Of a TokenStore with a loss mask (instruction data) only the tokens that carry loss are
+scored (rho.store.loss_positions); every other value is NaN.
 
 Windows are scored in fixed batches (batch b holds windows [b*B, (b+1)*B); the last, partial
 window is a batch of its own), so a batch's losses do not depend on which process scored it or
@@ -77,9 +80,11 @@ def score_store(
     progress: bool = True,
     trust_remote_code: bool = False,
     allow_missing_weights: bool = False,
+    entropy: bool = False,
 ) -> LossStore:
     """Score every token of ``tokens`` with ``model`` (a path, hub name or loaded model) into a
-    LossStore at ``out``. Reruns resume; under torchrun the ranks share the batches.
+    LossStore at ``out``. Reruns resume; under torchrun the ranks share the batches. ``entropy``:
+    also store the reference's next-token entropy of every token (``ref_entropy.npy``).
 
     ``dtype``: float32, bfloat16 or float16; default float32 for a path, or the loaded model's
     own dtype. A loaded model is moved to ``device`` and put in eval mode. A model directory
@@ -105,6 +110,7 @@ def score_store(
         seq_len,
         batch_size,
         model=model_name,
+        entropy=entropy,
         model_hash=model_fingerprint(model),
         score_dtype=dtype,
     )
@@ -128,7 +134,9 @@ def score_store(
         scored = int(dist.all_reduce_sum(torch.tensor([scored], device=device)).item())
         finished = {}
         _on_rank0(
-            lambda: finished.update(loss_writer.finish(out, meta, tokens.n_tokens, len(batches))),
+            lambda: finished.update(
+                loss_writer.finish(out, meta, tokens.n_tokens, len(batches), tokens)
+            ),
             device,
         )  # finish refuses mostly-NaN losses: every rank raises, none waits at the barrier
         if dist.rank() == 0 and progress:
@@ -169,15 +177,21 @@ def _score_batches(model, tokens, out: Path, meta: dict, batches, device, progre
         unit_scale=True,
         disable=True if not progress or dist.rank() else None,  # None: on a terminal only
     )
-    losses = loss_writer.LossFile(out / "ref_loss.npy")
+    seq_len, entropy = meta["seq_len"], bool(meta.get("has_entropy"))
+    losses = loss_writer.LossFile(*(out / name for name in loss_writer.value_files(meta)))
     start = last_save = time.perf_counter()
     try:
         mine = [batches[b] for b in todo]
-        stream = iter_window_losses(model, tokens.tokens, meta["seq_len"], mine, device)
+        stream = iter_window_losses(model, tokens.tokens, seq_len, mine, device, entropy)
         for b, (batch, values) in zip(todo, stream, strict=True):
-            losses.write(batch.start * meta["seq_len"], values.reshape(-1))
+            first = batch.start * seq_len
+            rows = values.reshape(2 if entropy else 1, -1)
+            keep = tokens.loss_positions(first, first + rows.shape[1], seq_len)
+            if keep is not None:  # instruction data: prompt tokens get no score
+                rows[:, ~keep] = np.nan
+            losses.write(first, *rows)
             my_done[b] = True
-            bar.update(values.size)
+            bar.update(rows.shape[1])
             if time.perf_counter() - last_save >= SAVE_EVERY_S:
                 losses.record(record_file, my_done)
                 last_save = time.perf_counter()
@@ -207,6 +221,12 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: best)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    parser.add_argument(
+        "--entropy",
+        action="store_true",
+        help="also store the entropy of the reference's next-token distribution for every token "
+        "(ref_entropy.npy; needed by --score reference-entropy and reference+entropy)",
+    )
     parser.add_argument("--trust-remote-code", action="store_true", help="allow model code")
     parser.add_argument(
         "--allow-missing-weights",

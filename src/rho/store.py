@@ -4,10 +4,16 @@
 A TokenStore is a directory: ``tokens.npy`` (uint16/uint32, documents packed one after another,
 each ending with EOS), ``doc_offsets.npy`` (int64, n_docs + 1 starts), optional
 ``doc_domains.npy`` (per-document domain index into ``meta["domains"]``), optional
-``noise_mask.npy`` (per-token ground truth), ``tokenizer/`` and ``meta.json``.
+``noise_mask.npy`` (per-token ground truth), optional ``loss_mask.npy`` (instruction data, one
+conversation per document: True = a response token, the only kind that carries loss; part of
+the content hash, so the LossStores of a masked store are tied to its mask), ``tokenizer/`` and
+``meta.json``.
 
-A LossStore is a directory: ``ref_loss.npy`` (float16, one loss per token), ``meta.json`` and,
-while scoring is unfinished, ``progress/`` (which batches of windows are done).
+A LossStore is a directory: ``ref_loss.npy`` (float16, one loss per token), optional
+``ref_entropy.npy`` (float16, the entropy of the reference's next-token distribution that
+predicts each token: same alignment, same windows, written by the same runs; ``has_entropy`` in
+``meta.json``), ``meta.json`` and, while scoring is unfinished, ``progress/`` (which batches of
+windows are done).
 
 Every large array is opened with ``mmap_mode="r"``; every write goes to a temporary name first and
 is renamed into place, so a crash never leaves a half-written store that looks whole.
@@ -64,6 +70,28 @@ def window_starts(n_tokens: int, seq_len: int) -> np.ndarray:
     mask = np.zeros(n_tokens, dtype=bool)
     mask[::seq_len] = True
     return mask
+
+
+# Instruction data (a TokenStore with a loss mask, one conversation per document): a token carries
+# loss, and is scored, only where the mask marks it AND its conversation starts inside its window.
+# The tail of a conversation that began in an earlier window carries none there: its prompt is
+# not in the window's context, and a response is not learnt without its prompt. Every reference
+# loss and entropy outside these positions is NaN.
+
+
+def loss_positions(
+    loss_mask: np.ndarray, doc_offsets: np.ndarray, start: int, end: int, seq_len: int
+) -> np.ndarray:
+    """Bool per token of [start, end), ``start`` a window start: the tokens that carry loss under
+    the rule above."""
+    if start % seq_len:
+        raise ValueError(f"{start} is not a window start for seq_len {seq_len}")
+    positions = np.arange(start, end)
+    window_first = np.arange(start, end, seq_len)
+    # the first conversation start at or after each window's start (doc_offsets ends at n_tokens)
+    first_doc = np.asarray(doc_offsets)[np.searchsorted(doc_offsets, window_first)]
+    in_tail = positions < first_doc[(positions - start) // seq_len]
+    return np.asarray(loss_mask[start:end], dtype=bool) & ~in_tail
 
 
 # --- Reading stores ------------------------------------------------------------------------
@@ -185,6 +213,9 @@ class TokenStore:
             )
         self.doc_domains = self._optional("doc_domains.npy", self.n_docs, ("int16",))
         self.noise_mask = self._optional("noise_mask.npy", self.n_tokens, ("bool",))
+        self.loss_mask = None
+        if self.meta.get("has_loss_mask"):  # part of the content hash: never optional once there
+            self.loss_mask = load_npy(self.path / "loss_mask.npy", self.n_tokens, ("bool",))
         self._max_token_id: int | None = None
 
     def _optional(self, name: str, length: int, dtypes: tuple[str, ...]) -> np.ndarray | None:
@@ -235,6 +266,15 @@ class TokenStore:
     def n_windows(self, seq_len: int) -> int:
         return n_windows(self.n_tokens, seq_len)
 
+    def loss_positions(self, start: int, end: int, seq_len: int) -> np.ndarray | None:
+        """Which tokens of [start, end) carry loss (``loss_positions``); None without a mask."""
+        if self.loss_mask is None:
+            return None
+        return loss_positions(self.loss_mask, self.doc_offsets, start, end, seq_len)
+
+    def window_loss_positions(self, index: int, seq_len: int) -> np.ndarray | None:
+        return self.loss_positions(*window_bounds(index, seq_len, self.n_tokens), seq_len)
+
     def window(self, index: int, seq_len: int) -> np.ndarray:
         start, end = window_bounds(index, seq_len, self.n_tokens)
         return np.asarray(self.tokens[start:end], dtype=np.int64)
@@ -247,7 +287,7 @@ class TokenStore:
 
     def verify(self) -> None:
         """Recompute the content hash (reads every token): catches corrupted bytes."""
-        if hash_arrays(self.tokens, self.doc_offsets) != self.content_hash:
+        if content_hash(self.tokens, self.doc_offsets, self.loss_mask) != self.content_hash:
             raise UserError(f"{self.path}: tokens do not match their content hash (corrupted)")
         if np.any(np.diff(self.doc_offsets) < 1):
             raise UserError(f"{self.path}/doc_offsets.npy is not increasing (corrupted)")
@@ -256,6 +296,15 @@ class TokenStore:
             raise UserError(
                 f"{self.path}: token id {top} is outside the vocabulary of {self.vocab_size}"
             )
+
+
+def content_hash(
+    tokens: np.ndarray, doc_offsets: np.ndarray, loss_mask: np.ndarray | None = None
+) -> str:
+    """A TokenStore's identity: its tokens and documents, and its loss mask when it has one
+    (what a LossStore of it scored depends on the mask)."""
+    masks = () if loss_mask is None else (loss_mask,)
+    return hash_arrays(tokens, doc_offsets, *masks)
 
 
 def write_token_store(
@@ -269,10 +318,12 @@ def write_token_store(
     doc_domains: np.ndarray | None = None,
     domain_names: list[str] | None = None,
     noise_mask: np.ndarray | None = None,
+    loss_mask: np.ndarray | None = None,
     sources: list[dict] | None = None,
     overwrite: bool = False,
 ) -> TokenStore:
-    """Write a TokenStore atomically (into a temporary directory, then renamed into place)."""
+    """Write a TokenStore atomically (into a temporary directory, then renamed into place).
+    ``loss_mask``: per token, True where the token carries loss (a response token)."""
     path = Path(path)
     tokens = np.asarray(tokens)
     if len(tokens) == 0:
@@ -289,6 +340,11 @@ def write_token_store(
             np.save(tmp / "doc_domains.npy", np.asarray(doc_domains, dtype=np.int16))
         if noise_mask is not None:
             np.save(tmp / "noise_mask.npy", np.asarray(noise_mask, dtype=bool))
+        if loss_mask is not None:
+            loss_mask = np.asarray(loss_mask, dtype=bool)
+            if len(loss_mask) != len(tokens):
+                raise ValueError(f"{len(loss_mask)} loss-mask entries for {len(tokens)} tokens")
+            np.save(tmp / "loss_mask.npy", loss_mask)
         shutil.copytree(tokenizer_dir, tmp / "tokenizer")
         meta = {
             "format": TOKEN_STORE,
@@ -298,10 +354,11 @@ def write_token_store(
             "vocab_size": int(vocab_size),
             "eos_id": int(eos_id),
             "dtype": tokens.dtype.name,
-            "content_hash": hash_arrays(tokens, doc_offsets),
+            "content_hash": content_hash(tokens, doc_offsets, loss_mask),
             "tokenizer_hash": tokenizer_hash(tmp / "tokenizer"),
             "domains": list(domain_names or []),
             "has_noise_mask": noise_mask is not None,
+            "has_loss_mask": loss_mask is not None,
             "max_token_id": top,
             "sources": sources or [],
         }
@@ -321,12 +378,25 @@ class LossStore:
         self.path = Path(path)
         self.meta = read_loss_meta(self.path)
         self.ref_loss = load_npy(self.path / "ref_loss.npy", self.meta["n_tokens"], ("float16",))
+        self.ref_entropy = None
+        if self.has_entropy:
+            file = self.path / "ref_entropy.npy"
+            self.ref_entropy = load_npy(file, self.meta["n_tokens"], ("float16",))
         if tokens is not None:
             self.check_matches(tokens, seq_len)
 
     seq_len = property(lambda self: int(self.meta["seq_len"]))
     complete = property(lambda self: self.meta.get("complete") is True)
     token_hash = property(lambda self: self.meta["token_hash"])
+    has_entropy = property(lambda self: self.meta.get("has_entropy") is True)
+
+    def require_entropy(self, what: str) -> None:
+        """Readers that rank by entropy refuse a store without it, in one line."""
+        if not self.has_entropy:
+            raise UserError(
+                f"{what} needs the reference's entropy, but {self.path} holds losses only: "
+                "score it with `rho score --entropy`"
+            )
 
     def check_matches(self, tokens: TokenStore, seq_len: int | None = None) -> None:
         """The contract: same tokens, same windows, finished. Anything else is a clear error."""
@@ -346,13 +416,21 @@ class LossStore:
         start, end = window_bounds(index, self.seq_len, len(self.ref_loss))
         return np.asarray(self.ref_loss[start:end], dtype=np.float32)
 
+    def window_entropy(self, index: int) -> np.ndarray:
+        self.require_entropy("reading entropies")
+        start, end = window_bounds(index, self.seq_len, len(self.ref_entropy))
+        return np.asarray(self.ref_entropy[start:end], dtype=np.float32)
+
     def verify(self) -> None:
-        """Recompute the hash of the losses (reads them all): catches corrupted bytes."""
+        """Recompute the hash of the losses and entropies (reads them all): catches corrupted
+        bytes."""
         expected = self.meta.get("loss_hash")
         if expected is None:
             raise UserError(f"{self.path}: no loss hash to verify against (unfinished store?)")
         if hash_arrays(self.ref_loss) != expected:
             raise UserError(f"{self.path}: losses do not match their hash (corrupted)")
+        if self.has_entropy and hash_arrays(self.ref_entropy) != self.meta.get("entropy_hash"):
+            raise UserError(f"{self.path}: entropies do not match their hash (corrupted)")
 
 
 def loss_summary(values: np.ndarray, seq_len: int) -> dict:

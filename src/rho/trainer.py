@@ -23,6 +23,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from rho import distributed as dist
 from rho.candidates import choose_windows
+from rho.data import NOT_MODEL_INPUTS
 from rho.errors import UserError
 from rho.files import remove_path
 from rho.loss import STAT_KEYS, selective_mean, slm_loss, stats_from_sums, token_losses
@@ -94,6 +95,12 @@ class SelectiveTrainer(Trainer):
             raise UserError(
                 f"score {self.selection.score!r} needs reference losses: give --ref_losses "
                 "(a LossStore) or --ref_model (online)"
+            )
+        if self.selection.needs_entropy and not getattr(self.train_dataset, "entropy", False):
+            raise UserError(
+                f"score {self.selection.score!r} needs the reference's entropy: give --ref_losses "
+                "a LossStore scored with `rho score --entropy` (an online --ref_model gives "
+                "losses only)"
             )
         if ref_model is not None:
             check_not_same_model(self.model, ref_model)
@@ -172,6 +179,8 @@ class SelectiveTrainer(Trainer):
         valid = to_model(batch["labels"], IGNORE)[:, :-1] != IGNORE
         if self.selection.needs_reference and "ref_loss" in batch:
             valid = valid & ~torch.isnan(to_model(batch["ref_loss"], float("nan"))[:, :-1])
+        if self.selection.needs_entropy:  # as slm_loss's valid_mask: the counts must agree
+            valid = valid & ~torch.isnan(to_model(batch["ref_entropy"], float("nan"))[:, :-1])
         return valid
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
@@ -199,7 +208,11 @@ class SelectiveTrainer(Trainer):
             units = torch.cat(sizes)
         else:  # rows are units of their own: count here
             units = torch.stack([count_kept(s, ratio, self.keep_rule) for s in sizes]).sum()[None]
-        seen = sum((b["labels"] != IGNORE).sum() for b in batches)  # non-padding input tokens
+        # non-padding input tokens (prompt tokens of instruction data too: they cost compute)
+        seen = sum(
+            b["input_length"].sum() if "input_length" in b else (b["labels"] != IGNORE).sum()
+            for b in batches
+        )
         if self.ref_model is not None and not self.selection.selects_windows:
             scored[1] = float(seen)  # compute_loss runs the online reference on them
         rows = sum(b["input_ids"].shape[0] for b in batches)
@@ -225,6 +238,13 @@ class SelectiveTrainer(Trainer):
 
     # --- the loss -----------------------------------------------------------------------------
 
+    def _reference_entropy(self, inputs: dict) -> torch.Tensor | None:
+        """Reference entropies aligned with the targets (model alignment), or None if not
+        needed (they come from the LossStore only)."""
+        if not self.selection.needs_entropy:
+            return None
+        return to_model(inputs["ref_entropy"], float("nan"))
+
     def _reference_losses(self, inputs: dict, targets: torch.Tensor) -> torch.Tensor | None:
         """Reference losses aligned with ``targets`` (model alignment), or None if not needed."""
         if not self.selection.needs_reference:
@@ -238,9 +258,12 @@ class SelectiveTrainer(Trainer):
         return ref.clone()  # a normal tensor again, outside inference mode
 
     def _world_select(self, scores, valid, ratio, scope):
-        """Rank this micro-batch together with the same micro-batch on every other rank."""
-        both, mine = dist.gather_rows(torch.stack([scores.float(), valid.float()], dim=-1))
-        selected = select_topk(both[..., 0], both[..., 1].bool(), ratio, scope, self.keep_rule)
+        """Rank this micro-batch together with the same micro-batch on every other rank (scores
+        of several keys, e.g. reference+entropy, travel whole: their ranks are taken after)."""
+        keys = scores.float().reshape(*valid.shape, -1)
+        both, mine = dist.gather_rows(torch.cat([keys, valid.float()[..., None]], dim=-1))
+        gathered = both[..., :-1] if scores.dim() > valid.dim() else both[..., 0]
+        selected = select_topk(gathered, both[..., -1].bool(), ratio, scope, self.keep_rule)
         return selected[mine]  # one gather
 
     def _next_micro(self) -> tuple[int, int]:
@@ -262,7 +285,7 @@ class SelectiveTrainer(Trainer):
         )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        model_inputs = {k: v for k, v in inputs.items() if k not in ("labels", "ref_loss")}
+        model_inputs = {k: v for k, v in inputs.items() if k not in NOT_MODEL_INPUTS}
         outputs = model(**model_inputs)
         # Shift the labels, not the logits: the targets end in an ignored column, so the
         # (B, T, V) logits are used whole (slicing them would copy them in forward and backward).
@@ -287,6 +310,7 @@ class SelectiveTrainer(Trainer):
             # DDP averages gradients over ranks; scale so the sum over ranks is the step's mean.
             normalizer=None if num_items_in_batch is None else num_items_in_batch / world,
             select=self._world_select if token_mode and batch_scope else local_select,
+            ref_entropy=self._reference_entropy(inputs) if token_mode else None,
         )
         if os.environ.get(DUMP_ENV):
             name = f"micro{self._micro[1]}-rank{dist.rank()}"

@@ -84,9 +84,26 @@ def build_trainer(
             f"--selection {selection.selection} with --score {selection.score} needs "
             "--ref_losses or --ref_model"
         )
+    if selection.needs_entropy:
+        if losses is None:
+            raise UserError(
+                f"--score {selection.score} needs --ref_losses: a LossStore scored with "
+                "`rho score --entropy` (an online --ref_model gives losses only)"
+            )
+        losses.require_entropy(f"--score {selection.score}")
     if losses is not None and selection.needs_reference:
-        check_mostly_finite(losses.ref_loss, losses.seq_len, str(losses.path))
-    train_set = WindowDataset(tokens, seq_len, losses if selection.needs_reference else None)
+        losses.check_matches(tokens, seq_len)  # before reading it against the tokens' mask
+        check_mostly_finite(losses.ref_loss, losses.seq_len, str(losses.path), tokens)
+        if selection.needs_entropy:
+            check_mostly_finite(
+                losses.ref_entropy, losses.seq_len, str(losses.path), tokens, "entropies"
+            )
+    train_set = WindowDataset(
+        tokens,
+        seq_len,
+        losses if selection.needs_reference else None,
+        entropy=selection.needs_entropy,
+    )
     eval_set = None
     if data.eval_tokens:
         eval_store = TokenStore(data.eval_tokens)

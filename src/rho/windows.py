@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from rho.errors import UserError
-from rho.loss import token_losses
+from rho.loss import token_entropy, token_losses
 from rho.store import n_windows, window_bounds
 
 IGNORE = -100  # the ignored target id (Hugging Face's and torch's convention)
@@ -43,6 +43,16 @@ def window_losses(model, ids: torch.Tensor) -> torch.Tensor:
     logits = model(input_ids=ids, use_cache=False).logits  # no KV cache: nothing is generated
     # Shifting the targets, not slicing the logits, keeps the logits whole (a slice is a copy).
     return to_store(token_losses(logits, to_model(ids, IGNORE)))
+
+
+@torch.inference_mode()
+def window_losses_and_entropies(model, ids: torch.Tensor) -> torch.Tensor:
+    """(B, L) token ids -> (2, B, L) float32: the losses of ``window_losses`` and, from the same
+    forward pass, the entropy of the distribution that predicted each token (store alignment:
+    NaN at position 0; both chunked, so memory stays near the logits' own)."""
+    logits = model(input_ids=ids, use_cache=False).logits
+    losses = to_store(token_losses(logits, to_model(ids, IGNORE)))
+    return torch.stack([losses, to_store(token_entropy(logits))])
 
 
 def batch_windows(n_tokens: int, seq_len: int, batch_size: int) -> list[range]:
@@ -72,12 +82,15 @@ def iter_window_losses(
     seq_len: int,
     batches: Iterable[Sequence[int]],
     device: torch.device,
+    entropy: bool = False,
 ) -> Iterator[tuple[Sequence[int], np.ndarray]]:
     """Run ``model`` over each batch of windows of the token array: yields (batch, its
-    (len(batch), L) float32 losses in the store's alignment). Used by score, eval and analyze."""
+    (len(batch), L) float32 losses in the store's alignment; with ``entropy``, (2, len(batch), L):
+    losses and entropies). Used by score, eval and analyze."""
     for batch in batches:
         ids = torch.from_numpy(window_ids(tokens, seq_len, batch)).to(device)
-        yield batch, window_losses(model, ids).float().cpu().numpy()
+        run = window_losses_and_entropies if entropy else window_losses
+        yield batch, run(model, ids).float().cpu().numpy()
 
 
 def losses_of_windows(model, ids: np.ndarray, batch_size: int, device) -> np.ndarray:
