@@ -1,6 +1,6 @@
 """`rho tokenize`: documents (rho.corpus) -> TokenStore: train or load a tokenizer, encode
 (long documents in pieces, optionally in worker processes), pack tokens with EOS after each
-document."""
+document. ``--format messages`` (chat conversations with a loss mask) is rho.chat's stage."""
 
 from __future__ import annotations
 
@@ -220,10 +220,12 @@ def tokenize_corpus(
     workers: int = 1,
     overwrite: bool = False,
     progress: bool = True,
+    format: str = "text",
 ) -> TokenStore:
     """Tokenize corpus files into a TokenStore at ``out``. Exactly one of ``tokenizer`` (an HF
     tokenizer dir or name) and ``train_vocab`` (train a byte-level BPE of that size) is needed.
-    ``workers`` > 1 encodes batches of documents in that many processes (same store)."""
+    ``workers`` > 1 encodes batches of documents in that many processes (same store).
+    ``format="messages"``: chat conversations with a loss mask (rho.chat)."""
     out = Path(out)
     if (tokenizer is None) == (train_vocab is None):
         raise UserError("give exactly one of --tokenizer and --train-tokenizer")
@@ -241,7 +243,16 @@ def tokenize_corpus(
         raise UserError(f"{out} already exists (pass --overwrite to replace it)")
     if overwrite:
         check_replaceable(out, TOKEN_STORE)
-    if next(iter_documents(sources, text_field), None) is None:  # before any costly work
+    # The one dispatch point between plain documents and chat conversations (rho.chat).
+    if format == "messages":
+        from rho import chat
+
+        stage, first = chat.tokenize_conversations, chat.first_conversation(sources)
+    elif format == "text":
+        stage, first = _tokenize, next(iter_documents(sources, text_field), None)
+    else:
+        raise UserError(f"--format must be text or messages, got {format!r}")
+    if first is None:  # before any costly work
         raise UserError("the corpus is empty: no non-blank document in the inputs")
     out.parent.mkdir(parents=True, exist_ok=True)
     with output_lock(out):
@@ -252,7 +263,7 @@ def tokenize_corpus(
         prefix = f".{out.name}.tmp-{os.getpid()}-work-"
         work = Path(tempfile.mkdtemp(dir=out.parent, prefix=prefix))
         try:
-            return _tokenize(
+            return stage(
                 sources, out, work, tokenizer, train_vocab, text_field, workers, overwrite, progress
             )
         finally:
@@ -346,6 +357,15 @@ def cli(argv: list[str]) -> int:
         help="domain label: once for all inputs, or once per input",
     )
     parser.add_argument("--text-field", default="text", help="jsonl/parquet text field")
+    parser.add_argument(
+        "--format",
+        default="text",
+        choices=("text", "messages"),
+        help="text: documents; messages: chat JSONL, one {'messages': [{'role', 'content'}, "
+        "...]} per line (TRL's conversational format), rendered with the tokenizer's chat "
+        "template (or '<role>: content' lines without one), with a loss mask: only assistant "
+        "turns carry loss",
+    )
     parser.add_argument(
         "--workers", type=int, default=1, help="processes that encode documents (default 1)"
     )
