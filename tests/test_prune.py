@@ -27,6 +27,20 @@ def test_unit_scores_reference_and_colorfilter():
     assert unit_scores(ref, bounds, base).tolist() == [4.0, 1.0]  # base − reference
 
 
+def test_unit_scores_by_entropy_hand_computed():
+    ref = np.array([NAN, 1.0, 2.0, NAN, 3.0, 4.0])
+    ent = np.array([NAN, 0.1, 0.2, NAN, 1.5, 0.5])
+    bounds = np.array([[0, 3], [3, 6]])
+    got = unit_scores(ref, bounds, by="reference-entropy", entropy=ent)
+    assert got.tolist() == pytest.approx([-0.15, -1.0])  # lower mean entropy first
+    # Ranks over the store's 4 scored tokens (0 = worst): by -reference 3, 2, 1, 0; by -entropy
+    # 3, 2, 0, 1; means 3, 2, 0.5, 0.5, scaled by n - 1 = 3; unit means 5/6 and 1/6.
+    got = unit_scores(ref, bounds, by="reference+entropy", entropy=ent)
+    assert got.tolist() == pytest.approx([5 / 6, 1 / 6])
+    with pytest.raises(UserError, match="rho score --entropy"):
+        unit_scores(ref, bounds, by="reference-entropy")
+
+
 def test_keep_top_exact_count_nan_last_ties_by_position():
     scores = np.array([1.0, NAN, 3.0, 3.0, 0.0])
     assert keep_top(scores, 0.4).tolist() == [False, False, True, True, False]
@@ -63,7 +77,10 @@ def stores(tmp_path):
     loss_dir = tmp_path / "losses"
     loss_dir.mkdir()
     np.save(loss_dir / "ref_loss.npy", ref.astype(np.float16))
-    meta = loss_store_meta(store, 4, 2, model="hand", model_hash="h", score_dtype="float32")
+    entropy = np.repeat([3.0, 0.5, 2.0, 1.0], 5)
+    entropy[::4] = NAN
+    np.save(loss_dir / "ref_entropy.npy", entropy.astype(np.float16))
+    meta = loss_store_meta(store, 4, 2, True, model="hand", model_hash="h", score_dtype="float32")
     meta["complete"] = True
     write_json_atomic(loss_dir / "meta.json", meta)
     return store, LossStore(loss_dir, store, 4), tmp_path
@@ -84,6 +101,29 @@ def test_prune_windows_keeps_chosen_windows_and_their_losses(stores):
     assert np.isnan(new_losses.ref_loss[::4]).all()  # window starts still NaN: aligned
     assert report["units_kept"] == 2 and report["tokens_kept"] == 8
     assert json.loads((tmp / "out" / "prune.json").read_text())["unit"] == "window"
+
+
+def test_prune_windows_by_entropy_keeps_the_surest_and_carries_entropies(stores):
+    store, losses, tmp = stores
+    prune_store(store, losses, tmp / "out", keep=0.4, unit="window", by="reference-entropy")
+    # Windows' mean entropies (window starts excluded): 3, 0.5, (0.5 + 2 + 2) / 3, (2 + 2 + 1) / 3,
+    # 1: the 0.5 and 1 ones (windows 1 and 4) survive.
+    new = TokenStore(tmp / "out" / "tokens")
+    carried = LossStore(tmp / "out" / "ref_losses", new, 4)
+    assert np.array_equal(
+        np.asarray(new.tokens), np.asarray(store.tokens)[[*range(4, 8), *range(16, 20)]]
+    )
+    assert carried.has_entropy
+    expected = np.concatenate([losses.ref_entropy[4:8], losses.ref_entropy[16:20]])
+    assert np.array_equal(np.asarray(carried.ref_entropy), expected, equal_nan=True)
+    carried.verify()
+    # reference+entropy ranks the 15 scored tokens of the store (0 = worst, ties share): by
+    # -reference the documents' tokens rank 9, 5.5, 12.5, 1.5; by -entropy 1, 12.5, 4.5, 8.5;
+    # means 5, 9, 8.5, 5; windows 5, 9, (9 + 8.5 + 8.5) / 3, (8.5 + 8.5 + 5) / 3, 5: 1 and 2 win
+    report = prune_store(store, losses, tmp / "o2", keep=0.4, unit="window", by="reference+entropy")
+    assert report["by"] == "reference+entropy" and report["units_kept"] == 2
+    both = TokenStore(tmp / "o2" / "tokens")
+    assert np.array_equal(np.asarray(both.tokens), np.asarray(store.tokens)[4:12])
 
 
 def test_prune_documents_reports_domains_and_noise(stores, capsys):
