@@ -257,3 +257,37 @@ def test_training_selects_by_the_reference_entropy(
         np.testing.assert_array_equal(dump["selected"], expected)
     if score == "reference-entropy":  # the kept tokens are the surer ones
         assert expected.sum() == math.ceil(0.4 * 4 * (SEQ - 1) - 1e-9)
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_rank_reference_entropy_like_one(
+    tmp_path, token_store, entropy_store
+):
+    """reference+entropy ranks within the unit: under torchrun with scope=batch the keys of every
+    rank are gathered before their ranks are taken, so 2 ranks x 2 rows select like 1 x 4."""
+    from test_trainer import two_ranks_and_one_process
+
+    steps = 3
+    common = [
+        "train", "--tokens", token_store.path, "--ref_losses", entropy_store.path,
+        "--preset", "tiny", "--score", "reference+entropy", "--scope", "batch", "--use_cpu",
+        "--report_to", "none", "--save_strategy", "no", "--max_steps", str(steps),
+        "--logging_steps", "1", "--seed", "0", "--disable_tqdm", "true",
+    ]  # fmt: skip
+    two_ranks_and_one_process(common, tmp_path)
+    per_rank_topk = False
+    for step in range(steps):
+        ranks = [np.load(tmp_path / "dump2" / f"step{step:05d}-micro0-rank{r}.npz") for r in (0, 1)]
+        single = np.load(tmp_path / "dump1" / f"step{step:05d}-micro0-rank0.npz")
+        np.testing.assert_array_equal(
+            np.concatenate([r["input_ids"] for r in ranks]), single["input_ids"]
+        )
+        np.testing.assert_array_equal(
+            np.concatenate([r["selected"] for r in ranks]), single["selected"]
+        )
+        expected = expected_selection(single, token_store, entropy_store, "reference+entropy", 0.6)
+        np.testing.assert_array_equal(single["selected"], expected)
+        per_rank_topk |= any(
+            r["selected"].sum() != math.ceil(0.6 * 2 * (SEQ - 1) - 1e-9) for r in ranks
+        )
+    assert per_rank_topk, "the ranks never selected differently from a per-rank selection"
