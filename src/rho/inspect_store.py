@@ -81,7 +81,7 @@ def describe(path: str | Path, verify: bool = False) -> str:
             f"model hash {str(store.meta.get('model_hash'))[:12]}",
         ]
         masked_out = int(store.meta.get("n_masked_out", 0))
-        also = f" and {masked_out:,} prompt tokens" if masked_out else ""
+        also = f" and the {masked_out:,} that carry no loss" if masked_out else ""
         if stats["scored"]:
             lines.append(
                 f"  loss mean {stats['mean']:.3f}, p5/p50/p95 "
@@ -98,7 +98,10 @@ def describe(path: str | Path, verify: bool = False) -> str:
         else:
             lines.append("  entropy: no (`rho score --entropy` stores it)")
         if store.meta.get("loss_mask"):
-            lines.append("  loss mask: yes, only the response tokens were scored")
+            lines.append(
+                f"  loss mask: yes, only the {stats['scored']:,} tokens that carry loss were "
+                "scored (response tokens of conversations that start in their window)"
+            )
         else:
             lines.append("  loss mask: no")
         if store.complete:
