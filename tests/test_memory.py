@@ -1,4 +1,5 @@
-"""The loss step's float32 working set grows with the chunk, not with batch × sequence × vocabulary.
+"""The loss step's (and the reference entropy's) float32 working set grows with the chunk, not with
+batch × sequence × vocabulary.
 
 A TorchDispatchMode sees every tensor that aten ops create, in forward and in backward: it records
 the largest float32 tensor and the peak of live float32 bytes (each owned storage counted from
@@ -8,6 +9,7 @@ in test_gpu.py measures the allocator's real peak.
 
 from __future__ import annotations
 
+import math
 import tempfile
 import weakref
 
@@ -17,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from rho.loss import token_losses
+from rho.loss import token_entropy, token_losses
 
 V = 512  # vocabulary
 CHUNK = 16  # rows per chunk: CHUNK × V is far below every N × V below
@@ -101,6 +103,30 @@ def test_same_losses_whatever_the_chunk():
     _, whole, _ = measure(256, chunk=256)
     torch.testing.assert_close(small, whole, rtol=0, atol=1e-6)
     assert (small[targets == -100] == 0).all()
+
+
+def test_entropy_working_set_is_bounded_by_the_chunk():
+    torch.manual_seed(0)
+    n_tokens = 2048
+    logits = (3 * torch.randn(n_tokens // 8, 8, V)).bfloat16()
+    with Float32Tracker() as tracker:
+        entropy = token_entropy(logits, chunk_tokens=CHUNK)
+    assert tracker.largest == CHUNK * V  # never a whole (N, V) float32 copy
+    # Live float32 bytes: the chunk's copy and its probabilities, plus O(N) vectors; N × V × 4
+    # bytes would be 8 times the bound.
+    assert tracker.peak <= 3 * CHUNK * V * 4 + 8 * 4 * n_tokens < n_tokens * V * 4
+    log_p = torch.log_softmax(logits.double(), -1)
+    expected = -(log_p.exp() * log_p).sum(-1).float()
+    torch.testing.assert_close(entropy, expected, rtol=1e-4, atol=1e-4)  # float32 arithmetic
+
+
+def test_entropy_never_changes_float32_logits_in_place():
+    """It edits its own float32 copy of each chunk; float32 logits must not be that copy."""
+    logits = torch.randn(4, 6, V)
+    logits[0, 0, :3] = -math.inf
+    before = logits.clone()
+    token_entropy(logits, chunk_tokens=CHUNK)
+    assert torch.equal(logits, before)
 
 
 # --- the trainer hands the loss bf16 logits under --bf16 ---------------------------------------

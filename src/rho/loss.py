@@ -10,6 +10,7 @@ counted.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -111,11 +112,14 @@ def token_entropy(logits: torch.Tensor, chunk_tokens: int | None = None) -> torc
     flat = logits.reshape(-1, logits.shape[-1])
     out = torch.empty(flat.shape[0], dtype=torch.float32, device=logits.device)
     for start in range(0, flat.shape[0], chunk_tokens):
-        block = flat[start : start + chunk_tokens].float()
+        # our own copy even of float32 logits: it is changed in place below
+        block = flat[start : start + chunk_tokens].to(torch.float32, copy=True)
         lse = torch.logsumexp(block, dim=-1)
-        probs = torch.exp(block - lse[:, None])
-        # where: a -inf logit (a banned token) has probability 0 and adds 0, not 0·(-inf) = NaN
-        expected = torch.where(probs > 0, probs * block, 0.0).sum(-1)
+        probs = block.sub(lse[:, None]).exp_()
+        # a -inf logit (a banned token) has probability 0 and must add 0, not 0·(-inf) = NaN
+        block.nan_to_num_(nan=math.nan, posinf=math.inf, neginf=0.0)
+        # softmax(z)·z as one dot product per row: no third chunk-sized tensor
+        expected = torch.bmm(probs[:, None, :], block[:, :, None]).view(-1)
         out[start : start + chunk_tokens] = lse - expected
     return out.view(logits.shape[:-1])
 
