@@ -61,7 +61,8 @@ def test_quick_demo_end_to_end(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     assert "test loss (math, general)" in run.stdout + run.stderr
     results = json.loads((out / "results.json").read_text())
-    assert list(results["runs"]) == ["clm", "slm", "slm-random", "clm-mix", "reference", "proto-clm"]
+    arms = ["clm", "slm", "slm-random", "clm-mix", "reference", "proto-clm"]
+    assert list(results["runs"]) == arms
     assert [r["seed"] for r in results["runs"]["clm"]] == [0, 1, 2]
     assert [r["seed"] for r in results["runs"]["slm"]] == [0, 1, 2]
     for arm, runs in results["runs"].items():

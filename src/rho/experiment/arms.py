@@ -68,10 +68,11 @@ class Arm:
             keep=cfg["prune_keep"],
             factor=cfg["candidate_factor"],
             proto_keep=cfg.get("proto_keep", 0.5),
-            proto_from={"hard": "farthest from", "easy": "nearest to"}[cfg.get("proto_from", "hard")],
+            proto_from=SIDES[cfg.get("proto_from", "hard")],
         )
 
 
+SIDES = {"hard": "farthest from", "easy": "nearest to"}  # prototype pruning's --proto_from
 _SCORED = ("reference", "score")
 ARMS: dict[str, Arm] = {
     arm.name: arm

@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from rho.corpora import demo_path
+from rho.errors import UserError
 from rho.experiment.prepare import in_validation
 from rho.experiment.runner import EXPERIMENT_KIND, run_experiment
-from rho.errors import UserError
 from rho.experiment.settings import load_yaml, parse_config
 from rho.files import check_replaceable, mark_output, write_text_atomic
 
@@ -70,8 +70,9 @@ def demo_files(directory: Path, quick: bool, seed: int = 0, setting: str = "pape
 
     math_held: list[str] = []
     if setting == "scarce":
+        salt = "math-heldout"
         math_held = [line for line in corpus if clean_math(line)
-                     and in_validation(json.loads(line)["text"], MATH_HELDOUT, "math-heldout")]  # fmt: skip
+                     and in_validation(json.loads(line)["text"], MATH_HELDOUT, salt)]  # fmt: skip
 
     def write(name: str, rows: list[str]) -> str:
         return str(write_text_atomic(directory / f"{name}.jsonl", "".join(rows)))

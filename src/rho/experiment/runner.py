@@ -148,7 +148,8 @@ class Runner:
 
     def budget_windows(self, view) -> int:
         """The windows one arm trains on: its token budget in whole windows."""
-        return self.steps(view.train_tokens or self.data["tokens"]["corpus"], view) * view.batch_size
+        tokens = view.train_tokens or self.data["tokens"]["corpus"]
+        return self.steps(tokens, view) * view.batch_size
 
     def build_reference(self, stage: Stage, directory: Path) -> dict:
         v = self.cfg.view("reference")
