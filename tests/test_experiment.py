@@ -399,3 +399,32 @@ def test_a_proxy_reference_is_charged_at_its_own_size(tmp_path, data):
     assert results["overhead"]["slm-proxy"]["what"].startswith("proxy pretraining")
     assert len(list((tmp_path / "cache" / "stages").glob("base-*"))) == 2  # base and proxy
     assert "smaller proxy, `tiny`" in (out / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_self_reference_arms_need_no_curated_data(tmp_path, data):
+    """No curated files: slm-self and slm-entropy read a self-reference (the base trained one
+    pass on a seeded share of the corpus's windows), which stores the entropy too; an arm that
+    needs curated data is refused in one line."""
+    out = tmp_path / "run"
+    config = write_config(tmp_path / "c.yaml", data, out, arms="clm,slm-self,slm-entropy",
+                          seeds=[0], analyze=False, self_reference=0.25)  # fmt: skip
+    text = json.loads(config.read_text())
+    config.write_text(json.dumps({**text, "curated": []}))
+    run = rho("experiment", "--config", config, cache=tmp_path / "cache")
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert "curated" not in results["data"]["tokens"]
+    ref = results["references"]["self-ref-seed0"]
+    assert ref["source"] == "self"
+    corpus_windows = results["data"]["tokens"]["corpus"] // results["config"]["seq_len"]
+    assert ref["train_tokens"] <= round(0.25 * corpus_windows) * results["config"]["seq_len"]
+    assert results["runs"]["slm-entropy"][0]["reference_seed"] == 0
+    scored = out / "stages" / "score-self0-draw-x1-seed0" / "ref_losses"
+    assert (scored / "ref_entropy.npy").exists()
+    assert results["overhead"]["slm-entropy"] == results["overhead"]["slm-self"]
+    report = (out / "report.md").read_text()
+    assert "self-references (no curated data)" in report
+    assert_traceable(report, results)
+    refused = rho("experiment", "--config", config, "--arms", "clm,slm", cache=tmp_path / "cache")
+    assert refused.returncode == 2 and "--arms slm needs --curated" in refused.stderr

@@ -53,13 +53,17 @@ SCORES = {"score-ref0-draw-x1-seed0", "score-ref1-draw-x1-seed1", "score-ref0-dr
           "score-ref0-draw-x4-seed0", "prune-ref0-draw-x2-seed0"}  # fmt: skip
 USES_SCORES = {"slm-seed0", "slm-seed1", "slm-mix-seed0", "pruned-clm-seed0", "pruned-slm-seed0",
                "rholoss-seed0", "rholoss+token-seed0", "proto-slm-seed0"}  # fmt: skip
-ARM_RUNS = USES_SCORES | {"clm-seed0", "clm-seed1", "slm-random-seed0", "clm-mix-seed0",
-                          "proto-clm-seed0"}  # fmt: skip
+# The self-reference arms: the base trained on a sample of the corpus scores their windows.
+SELF_ARMS = {"slm-self-seed0", "slm-entropy-seed0"}
+SELF = {"self-sample-seed0", "self-ref-seed0", "score-self0-draw-x1-seed0"} | SELF_ARMS
+ARM_RUNS = USES_SCORES | SELF_ARMS | {"clm-seed0", "clm-seed1", "slm-random-seed0",
+                                      "clm-mix-seed0", "proto-clm-seed0"}  # fmt: skip
 PROTO = {"proto-draw-x2-seed0", "score-ref0-proto-draw-x2-seed0", "proto-clm-seed0",
          "proto-slm-seed0"}  # fmt: skip
 EVERY = ({"data", "mix", "base", "embed-draw-x2-seed0", "analyses"} | DRAWS | REFERENCES | SCORES
-         | ARM_RUNS | PROTO)  # fmt: skip
-AFTER_BASE = EVERY - {"data", "mix"} - DRAWS  # the draws read the data, not the base
+         | ARM_RUNS | PROTO | SELF)  # fmt: skip
+# the draws and the self-reference's sample read the data, not the base
+AFTER_BASE = EVERY - {"data", "mix", "self-sample-seed0"} - DRAWS
 MIXED = {"draw-mix-x1-seed0", "clm-mix-seed0", "score-ref0-draw-mix-x1-seed0", "slm-mix-seed0"}
 
 # field -> (a new value, the stages a rerun must redo). New stages count as redone; a stage that
@@ -83,14 +87,15 @@ CHANGES = {
     "seeds": ([0, 2], {"clm-seed2", "slm-seed2", "draw-x1-seed2", "score-ref1-draw-x1-seed2"}),
     "seeded_arms": ("clm,slm,slm-random", {"slm-random-seed1"}),
     "reference_seeds": ([0, 2], {"reference-seed2", "score-ref2-draw-x1-seed1", "slm-seed1"}),
-    "train_tokens": (4096, EVERY - {"data", "mix", "base"}),
+    "train_tokens": (4096, EVERY - {"data", "mix", "base", "self-sample-seed0", "self-ref-seed0"}),
     # the scoring references are no longer the reference arm's runs: both redone
     "ref_tokens": (3000, {"ref-seed0", "ref-seed1"} | REFERENCES | SCORES | USES_SCORES
                    | {"analyses"}),  # fmt: skip
     "curated_tokens": (5000, EVERY),
+    "self_reference": (0.2, SELF),
     "ratio": (0.5, {"slm-seed0", "slm-seed1", "slm-random-seed0", "slm-mix-seed0",
                     "pruned-slm-seed0", "rholoss+token-seed0", "proto-slm-seed0",
-                    "analyses"}),  # fmt: skip
+                    "analyses"} | SELF_ARMS),  # fmt: skip
     "mix_share": (0.3, {"mix"} | MIXED),
     # the pruned arms draw 4 budgets (rholoss's draw, already scored) and prune it
     "prune_keep": (0.25, {"prune-ref0-draw-x4-seed0", "pruned-clm-seed0", "pruned-slm-seed0"}),
@@ -103,8 +108,9 @@ CHANGES = {
     "proto_dedup": (0.9, PROTO),
     "embed_layer": (0, {"embed-draw-x2-seed0"} | PROTO),
     "seq_len": (128, EVERY - {"data", "mix"}),
-    "batch_size": (8, EVERY - {"data", "mix"}),
-    "learning_rate": (5e-4, REFERENCES | SCORES | ARM_RUNS | {"analyses"}),
+    "batch_size": (8, EVERY - {"data", "mix", "self-sample-seed0"}),
+    "learning_rate": (5e-4, REFERENCES | SCORES | ARM_RUNS | SELF - {"self-sample-seed0"}
+                      | {"analyses"}),  # fmt: skip
     "base_learning_rate": (1e-3, AFTER_BASE),
     "evals": (4, AFTER_BASE),
     "eval_windows": (0, AFTER_BASE),

@@ -33,8 +33,19 @@ class Arm:
     overhead: tuple[str, ...] = ()
     # Its window order is the corpus's order for the seed (clm's), so seeds pair across arms.
     corpus_order: bool = False
-    # Its reference starts from the proxy (--reference_base), not from the learner's base.
-    proxy: bool = False
+    # The reference whose scores it reads: base (the base fine-tuned on the curated data),
+    # proxy (the smaller --reference_base fine-tuned on it) or self (the base trained on a
+    # sample of the corpus itself: no curated data).
+    reference: str = "base"
+
+    @property
+    def proxy(self) -> bool:
+        return self.uses_reference and self.reference == "proxy"
+
+    @property
+    def needs_curated(self) -> bool:
+        """It reads the curated data: in its windows, or through its reference."""
+        return self.data in ("mix", "curated") or (self.uses_reference and self.reference != "self")
 
     @property
     def uses_reference(self) -> bool:
@@ -69,6 +80,7 @@ class Arm:
             factor=cfg["candidate_factor"],
             proto_keep=cfg.get("proto_keep", 0.5),
             proto_from=SIDES[cfg.get("proto_from", "hard")],
+            self_share=cfg.get("self_reference", 0.1),
         )
 
 
@@ -128,7 +140,30 @@ ARMS: dict[str, Arm] = {
             saves="tokens in the loss",
             overhead=_SCORED,
             corpus_order=True,
-            proxy=True,
+            reference="proxy",
+        ),
+        Arm(
+            "slm-self",
+            "SLM without curated data: excess loss against a self-reference (the base trained "
+            "on {self_share:.0%} of the corpus's windows; Rho-1's self-reference)",
+            selection="token",
+            reads=("ratio",),
+            saves="tokens in the loss",
+            overhead=_SCORED,
+            corpus_order=True,
+            reference="self",
+        ),
+        Arm(
+            "slm-entropy",
+            "SLM on the tokens the self-reference is most certain about (lowest next-token "
+            "entropy)",
+            selection="token",
+            score="reference-entropy",
+            reads=("ratio",),
+            saves="tokens in the loss",
+            overhead=_SCORED,
+            corpus_order=True,
+            reference="self",
         ),
         Arm(
             "pruned-clm",

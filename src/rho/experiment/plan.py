@@ -33,7 +33,7 @@ def stage_key(**parts) -> str:
 @dataclass(frozen=True)
 class Stage:
     name: str
-    kind: str  # data | mix | base | proxy | reference | draw | score | prune | embed | proto | ...
+    kind: str  # data | mix | base | proxy | sample | reference | draw | score | prune | embed | ...
     key: str
     after: tuple[str, ...] = ()  # the stages whose results it reads
     arm: str | None = None
@@ -42,7 +42,8 @@ class Stage:
     save: bool = False  # keep checkpoints (for the analyses)
     cached: bool = False  # lives in the shared cache (the pretrained base)
     pool: float | None = None  # a draw's size, in budgets of windows
-    source: str | None = None  # a draw's: corpus | mix; a reference's start: base | proxy
+    source: str | None = None  # a draw's: corpus | mix; a reference's: base | proxy | self
+    entropy: bool = False  # a score stage also stores the reference's entropy
     windows: str | None = None  # the stage whose windows it reads (scores, prunes, trains on)
     scores: str | None = None  # the stage whose reference losses it reads
     charges: tuple[str, ...] = ()  # one-off stages charged to an arm seed
@@ -59,8 +60,8 @@ def shares_reference_runs(cfg: ExperimentConfig) -> bool:
 
 
 def reference_name(cfg: ExperimentConfig, source: str, seed: int) -> str:
-    if source == "proxy":
-        return f"proxy-ref-seed{seed}"
+    if source in ("proxy", "self"):
+        return f"{source}-ref-seed{seed}"
     return f"reference-seed{seed}" if shares_reference_runs(cfg) else f"ref-seed{seed}"
 
 
@@ -106,9 +107,15 @@ def plan(cfg: ExperimentConfig, inputs: dict) -> dict[str, Stage]:
             stages["proxy"] = Stage("proxy", "proxy", key)
 
     def reference(source: str, r: int) -> str:
+        """A scoring reference: the base (or the proxy) fine-tuned on the curated data, or the
+        base trained on a seeded sample of the corpus (self)."""
         start = ("data", "proxy") if source == "proxy" else base
+        if source == "self":
+            sample = add(f"self-sample-seed{r}", "sample", "sample", after=("data",), seed=r)
+            start = (*base, sample.name)
         name = reference_name(cfg, source, r)
-        return add(name, "reference", "reference", after=start, seed=r, source=source).name
+        fields = "self-reference" if source == "self" else "reference"
+        return add(name, "reference", fields, after=start, seed=r, source=source).name
 
     if "reference" in arms and shares_reference_runs(cfg):
         for r in cfg.reference_seeds_used:
@@ -122,9 +129,11 @@ def plan(cfg: ExperimentConfig, inputs: dict) -> dict[str, Stage]:
         return add(name, "draw", "draw", after=after, seed=seed, pool=pool, source=source).name
 
     def score(ref: str, windows: str) -> str:
-        who = "proxy" if stages[ref].source == "proxy" else "ref"
+        source = stages[ref].source
+        who = {"base": "ref", "proxy": "proxy", "self": "self"}[source]
         name = f"score-{who}{stages[ref].seed}-{windows}"
-        return add(name, "score", "score", after=(ref, windows),
+        # A self-reference's scores hold its next-token entropy too (slm-entropy reads it).
+        return add(name, "score", "score", after=(ref, windows), entropy=source == "self",
                    links={"windows": windows}).name  # fmt: skip
 
     def pipeline(arm: Arm, seed: int) -> tuple[str, str | None, list[str]]:
@@ -133,7 +142,7 @@ def plan(cfg: ExperimentConfig, inputs: dict) -> dict[str, Stage]:
         scores, charges = None, []
         ref = None
         if arm.uses_reference:
-            ref = reference("proxy" if arm.proxy else "base", cfg.reference_for(seed))
+            ref = reference(arm.reference, cfg.reference_for(seed))
             charges += [ref] + (["proxy"] if arm.proxy and stages["proxy"].cached else [])
         if arm.data == "pruned":
             scored = score(ref, windows)

@@ -114,9 +114,11 @@ def prepare(cfg, directory: Path) -> dict:
         return str(tokenize_corpus(files, stores / name, tokenizer=tok, progress=False).path)
 
     curated = cfg.curated
-    if cfg.curated_tokens:
+    if cfg.curated_tokens and curated:
         curated = [str(curated_sample(curated, tok, cfg.curated_tokens, directory / "curated"))]
-    paths = {"corpus": str(corpus.path), "curated": store("curated", curated)}
+    paths = {"corpus": str(corpus.path)}
+    if curated:  # the self-reference arms need none
+        paths["curated"] = store("curated", curated)
     if cfg.base_data:
         paths["base"] = store("base", cfg.base_data)
     for name, splits in split_files.items():

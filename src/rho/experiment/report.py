@@ -124,22 +124,28 @@ def reference_lines(results: dict) -> list[str]:
             f" tokens, {p['steps']} steps); its pretraining is charged to the arms that read "
             "their scores."
         )
-    for source in ("base", "proxy"):
+    for source in ("base", "proxy", "self"):
         mine = {n: r for n, r in refs.items() if r["source"] == source}
         if not mine:
             continue
-        one = next(iter(mine.values()))
+        one, seeds = next(iter(mine.values())), [r["seed"] for r in mine.values()]
+        trained = f"for {one['steps']} steps ({one['train_tokens']:,} tokens), seeds {seeds}"
+        if source == "self":
+            lines.append(
+                f"The self-references (no curated data) are the base trained on a seeded "
+                f"{cfg['self_reference']:.0%} of the corpus's windows, one pass, {trained}; "
+                "those windows stay in the corpus, where the arms may draw them too. They "
+                "score the drawn windows' loss and next-token entropy."
+            )
+            continue
         start = "the base" if source == "base" else "the proxy"
+        shared = source == "base" and "reference" in results["runs"] and all(
+            n.startswith("reference-") for n in mine
+        )
         lines.append(
             f"The {'proxy ' if source == 'proxy' else ''}scoring references are {start} "
             f"fine-tuned on the curated data ({results['data']['tokens']['curated']:,} tokens) "
-            f"for {one['steps']} steps ({one['train_tokens']:,} tokens), seeds "
-            f"{[r['seed'] for r in mine.values()]}"
-            + (
-                "; the reference arm's runs are these references."
-                if source == "base" and "reference" in results["runs"] and
-                all(n.startswith("reference-") for n in mine) else "."
-            )  # fmt: skip
+            f"{trained}" + ("; the reference arm's runs are these references." if shared else ".")
         )
     return lines
 

@@ -46,6 +46,7 @@ EXPERIMENT_KIND = "rho.Experiment"
 CACHE_ENV = "RHO_CACHE"  # where pretrained bases are cached (default ~/.cache/rho)
 PLAIN = SelectionArguments(selection="none")
 BASE_SEED = 0  # the base is one model, pretrained once
+SELF_SAMPLE = 10_000  # a self-reference's sample: seed + this, apart from the arms' draw seeds
 
 
 def cache_dir() -> Path:
@@ -151,15 +152,31 @@ class Runner:
         tokens = view.train_tokens or self.data["tokens"]["corpus"]
         return self.steps(tokens, view) * view.batch_size
 
+    def build_sample(self, stage: Stage, directory: Path) -> dict:
+        """A self-reference's training windows: a seeded share of the corpus's (another
+        permutation than the arms' draws: its windows may be drawn by them too)."""
+        v = self.cfg.view("sample")
+        corpus = TokenStore(self.data["stores"]["corpus"])
+        n = max(1, round(v.self_reference * (corpus.n_tokens // v.seq_len)))
+        return draw_windows(corpus, v.seq_len, n, SELF_SAMPLE + stage.seed, directory / "sample")
+
     def build_reference(self, stage: Stage, directory: Path) -> dict:
-        v = self.cfg.view("reference")
-        tokens = v.ref_tokens or v.train_tokens or self.data["tokens"]["corpus"]
+        """Curated references train for --ref_tokens (0: the arms' budget); a self-reference
+        one pass over its sample."""
+        if stage.source == "self":
+            v = self.cfg.view("self-reference")
+            sample = self.results[f"self-sample-seed{stage.seed}"]
+            data, tokens = sample["tokens"], sample["windows"] * v.seq_len
+        else:
+            v = self.cfg.view("reference")
+            data = self.data["stores"]["curated"]
+            tokens = v.ref_tokens or v.train_tokens or self.data["tokens"]["corpus"]
         return self.train(
             directory,
             "reference",
             label=stage.name,
             init=self.results["proxy" if stage.source == "proxy" else "base"]["run"],
-            tokens=self.data["stores"]["curated"],
+            tokens=data,
             selection=PLAIN,
             steps=self.steps(tokens, v),
             seed=stage.seed,
@@ -179,9 +196,8 @@ class Runner:
         v = self.cfg.view("score")
         reference = self.results[stage.after[0]]
         store = TokenStore(self.results[stage.windows]["tokens"])
-        scored = score_store(
-            reference["run"], store, directory / "ref_losses", v.seq_len, progress=False
-        )
+        scored = score_store(reference["run"], store, directory / "ref_losses", v.seq_len,
+                             progress=False, entropy=stage.entropy)  # fmt: skip
         return {"losses": str(scored.path), "store": str(store.path),
                 "scored_tokens": store.n_tokens, "n_params": reference["n_params"]}  # fmt: skip
 

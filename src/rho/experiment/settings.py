@@ -22,9 +22,10 @@ from rho.experiment.arms import ARMS, CORE_ARMS, NAMES
 from rho.models import PRESETS
 from rho.select import check_ratio
 
-STAGES = ("data", "mix", "base", "proxy", "reference", "draw", "score", "prune", "embed", "proto",
-          "arms", "analyses")  # fmt: skip
-TRAINING = ("base", "proxy", "reference", "arms")  # every training run's schedule
+STAGES = ("data", "mix", "base", "proxy", "sample", "reference", "self-reference", "draw", "score",
+          "prune", "embed", "proto", "arms", "analyses")  # fmt: skip
+# every training run's schedule
+TRAINING = ("base", "proxy", "reference", "self-reference", "arms")
 FILE_FIELDS = ("curated", "corpus", "heldout", "base_data")  # keyed by content, not path
 
 
@@ -127,6 +128,13 @@ class ExperimentConfig:
         help="the scoring reference's training budget on the curated data, in tokens (0: the "
         "arms' budget; then the reference arm's runs are the scoring references)",
     )
+    self_reference: float = option(
+        0.1,
+        stages=("sample",),
+        help="the self-reference arms (slm-self, slm-entropy): the share of the corpus's "
+        "windows (a seeded sample, which stays in the corpus) the base is trained on, one pass, "
+        "to score the corpus without curated data",
+    )
     curated_tokens: int = option(
         0,
         stages=("data",),
@@ -162,13 +170,15 @@ class ExperimentConfig:
     candidate_factor: int = option(4, stages=(), help="RHO-LOSS: candidates per window")
     seq_len: int = option(
         256,
-        stages=(*TRAINING, "draw", "score", "embed", "proto", "analyses"),
+        stages=(*TRAINING, "sample", "draw", "score", "embed", "proto", "analyses"),
         help="window length (tokens)",
     )
     batch_size: int = option(
         16, stages=(*TRAINING, "draw"), help="windows per optimizer step"
     )
-    learning_rate: float = option(1e-3, stages=("reference", "arms"), help="arms and reference")
+    learning_rate: float = option(
+        1e-3, stages=("reference", "self-reference", "arms"), help="arms and references"
+    )
     base_learning_rate: float = option(3e-3, stages=("base", "proxy"), help="base pretraining")
     evals: int = option(8, stages=TRAINING, help="validation evaluations per run")
     eval_windows: int = option(
@@ -236,6 +246,7 @@ class ExperimentConfig:
         check_ratio(self.mix_share, "--mix_share")
         check_ratio(self.prune_keep, "--prune_keep")
         check_ratio(self.proto_keep, "--proto_keep")
+        check_ratio(self.self_reference, "--self_reference")
         if self.proto_from not in ("hard", "easy"):
             raise UserError(f"--proto_from must be hard or easy, got {self.proto_from!r}")
         if not 0.0 <= self.proto_dedup <= 1.0:
@@ -274,8 +285,13 @@ class ExperimentConfig:
     def check_inputs(self) -> None:
         """The data exists (checked when the run starts, not when a config is only parsed);
         globs in the file lists are expanded here, in sorted order."""
-        if not self.curated or not self.corpus or not self.heldout:
-            raise UserError("give --curated, --corpus and at least one --heldout NAME=FILE")
+        if not self.corpus or not self.heldout:
+            raise UserError("give --corpus and at least one --heldout NAME=FILE")
+        curated = [a for a in self.arm_list if ARMS[a].needs_curated]
+        if curated and not self.curated:
+            raise UserError(f"--arms {curated[0]} needs --curated (the target's curated data); "
+                            "without it, run clm, slm-random, proto-clm and the self-reference "
+                            "arms (slm-self, slm-entropy)")  # fmt: skip
         self.curated, self.corpus, self.base_data = (
             expand(self.curated),
             expand(self.corpus),
