@@ -124,7 +124,7 @@ def plan(cfg: ExperimentConfig, inputs: dict) -> dict[str, Stage]:
     def draw(arm: Arm, seed: int) -> str:
         source = "mix" if arm.data == "mix" else "corpus"
         pool = arm.pool(cfg)
-        name = f"draw{'-mix' if source == 'mix' else ''}-x{pool:g}-seed{seed}"
+        name = f"draw{'-mix' if source == 'mix' else ''}-x{pool:.3g}-seed{seed}"
         after = ("data", "mix") if source == "mix" else ("data",)
         return add(name, "draw", "draw", after=after, seed=seed, pool=pool, source=source).name
 
