@@ -61,7 +61,8 @@ def test_quick_demo_end_to_end(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     assert "test loss (math, general)" in run.stdout + run.stderr
     results = json.loads((out / "results.json").read_text())
-    assert list(results["runs"]) == ["clm", "slm", "slm-random", "clm-mix", "reference"]
+    arms = ["clm", "slm", "slm-random", "clm-mix", "reference", "proto-clm"]
+    assert list(results["runs"]) == arms
     assert [r["seed"] for r in results["runs"]["clm"]] == [0, 1, 2]
     assert [r["seed"] for r in results["runs"]["slm"]] == [0, 1, 2]
     for arm, runs in results["runs"].items():
@@ -93,3 +94,32 @@ def test_quick_demo_end_to_end(tmp_path):
     )
     assert refused.returncode == 2 and "rho did not make" in refused.stderr
     assert (foreign / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.slow
+def test_the_scarce_setting(tmp_path):
+    """`rho demo --setting scarce --quick`: the curated data at most 1/20 of an arm's budget,
+    the reference arm and the mix trained for that whole budget (repeating it), cheaper scoring
+    references, and a third axis of the corpus's own held-out math documents."""
+    out = tmp_path / "scarce"
+    env = {**os.environ, "RHO_CACHE": str(tmp_path / "cache")}
+    command = [sys.executable, "-m", "rho", "demo", "--setting", "scarce", "--quick",
+               "--seeds", "0", "--reference_seeds", "0", "--analyze", "false",
+               "--out", str(out)]  # fmt: skip
+    run = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    config, tokens = results["config"], results["data"]["tokens"]
+    assert 0 < tokens["curated"] <= config["train_tokens"] // 20
+    assert results["data"]["axes"] == ["math", "math-corpus", "general"]
+    runs = results["runs"]
+    assert runs["reference"][0]["steps"] == runs["clm"][0]["steps"]  # the same budget, in steps
+    scoring = results["references"]["ref-seed0"]
+    assert scoring["train_tokens"] < runs["reference"][0]["train_tokens"]
+    assert results["data"]["mix"]["repeats"] > 1
+    held = (out / "demo-data" / "math-corpus-heldout.jsonl").read_text().splitlines()
+    corpus = (out / "demo-data" / "corpus.jsonl").read_text()
+    assert held and not any(line in corpus for line in held)  # never trained on
+    report = (out / "report.md").read_text()
+    assert "rho demo --setting scarce --quick" in report
+    assert_traceable(report, results)

@@ -70,7 +70,6 @@ def write_config(path: Path, data: dict, out: Path, **extra) -> Path:
         "train_tokens": 1024,
         "evals": 2,
         "eval_windows": 4,
-        "ref_epochs": 1.0,
         "seeds": [0, 1],
         "dynamics_checkpoints": 2,
         **extra,
@@ -92,7 +91,8 @@ def rho(*args, cache: Path, timeout=600) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_every_arm_on_two_axes_from_a_config(tmp_path, data):
     out = tmp_path / "run"
-    config = write_config(tmp_path / "config.yaml", data, out, arms="all", reference_seeds=[0, 1])
+    config = write_config(tmp_path / "config.yaml", data, out, arms="all", reference_seeds=[0, 1],
+                          reference_base="tiny")  # fmt: skip
     run = rho("experiment", "--config", config, cache=tmp_path / "cache")
     assert run.returncode == 0, run.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
@@ -115,14 +115,23 @@ def test_every_arm_on_two_axes_from_a_config(tmp_path, data):
     assert rho_run["candidate_windows"] == factor * rho_run["windows_trained"]
     assert rho_run["flops_candidates"] > 0
     overhead = results["overhead"]
-    assert overhead["slm"]["flops"] == overhead["pruned-clm"]["flops"] > 0
-    assert "clm" not in overhead and "slm-random" not in overhead
+    assert "clm" not in overhead and "slm-random" not in overhead and "reference" not in overhead
+    # Only the drawn windows are scored: SLM its budget, the pruned arms the 1/keep budgets
+    # they choose from, RHO-LOSS its candidates.
+    budget = results["config"]["train_tokens"]
+    scored = {arm: overhead[arm]["tokens_scored"] for arm in ("slm", "pruned-clm", "rholoss")}
+    assert scored == {"slm": budget, "pruned-clm": 2 * budget, "rholoss": factor * budget}
+    reference_flops = results["references"]["reference-seed0"]["flops_train"]
+    n_ref = results["references"]["reference-seed0"]["n_params"]
+    assert overhead["pruned-clm"]["flops"] == pytest.approx(reference_flops + 4 * n_ref * budget)
     # Prototype pruning is charged its embedding only; with SLM, the reference's costs too.
-    assert overhead["proto-clm"]["what"] == "embedding the corpus"
+    assert overhead["proto-clm"]["what"] == "embedding the drawn windows + clustering"
     embedding = overhead["proto-clm"]["flops"]
+    proto_scored = overhead["proto-slm"]["tokens_scored"]  # the kept windows only
     assert embedding > 0 and overhead["proto-slm"]["flops"] == pytest.approx(
-        overhead["slm"]["flops"] + embedding
+        reference_flops + embedding + 2 * n_ref * proto_scored
     )
+    assert proto_scored < 2 * budget
     # Decontamination dropped the held-out document copied into the corpus.
     target = results["data"]["decontamination"]["target"]
     assert target["documents_dropped"] >= 1 and target["after"]["shared_fraction"] == 0.0
@@ -178,7 +187,7 @@ def test_killed_mid_arm_resumes_without_redoing_finished_stages(tmp_path, data):
     proc.wait()
     assert not (arm / "stage.json").exists(), "the arm finished before it was killed"
     finished = {p.parent.name: p.stat().st_mtime_ns for p in out.glob("stages/*/stage.json")}
-    assert "clm-seed0" in finished and "score-ref0" in finished
+    assert "clm-seed0" in finished and "score-ref0-draw-x1-seed0" in finished
     rerun = rho("experiment", "--config", config, cache=cache)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     for name, mtime in finished.items():  # not redone
@@ -376,17 +385,46 @@ def test_a_proxy_reference_is_charged_at_its_own_size(tmp_path, data):
     """`reference_base`: the references start from their own pretrained preset (cached like the
     base); SLM's overhead charges the proxy's pretraining, training and scoring at its size."""
     out = tmp_path / "run"
-    config = write_config(tmp_path / "c.yaml", data, out, arms="clm,slm,reference", seeds=[0],
+    config = write_config(tmp_path / "c.yaml", data, out, arms="clm,slm-proxy", seeds=[0],
                           base="1m", reference_base="tiny", analyze=False)  # fmt: skip
     run = rho("experiment", "--config", config, cache=tmp_path / "cache")
     assert run.returncode == 0, run.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
-    proxy, (reference,), (clm,) = (results["proxy"], results["runs"]["reference"],
-                                   results["runs"]["clm"])  # fmt: skip
+    proxy, reference = results["proxy"], results["references"]["proxy-ref-seed0"]
+    (clm,) = results["runs"]["clm"]
     assert proxy["n_params"] == reference["n_params"] < clm["n_params"]
-    scored = results["overhead"]["slm"]["tokens_scored"]
+    scored = results["overhead"]["slm-proxy"]["tokens_scored"]
     charged = proxy["flops_train"] + reference["flops_train"] + 2 * reference["n_params"] * scored
-    assert results["overhead"]["slm"]["flops"] == pytest.approx(charged)
-    assert results["overhead"]["slm"]["what"].startswith("proxy pretraining")
+    assert results["overhead"]["slm-proxy"]["flops"] == pytest.approx(charged)
+    assert results["overhead"]["slm-proxy"]["what"].startswith("proxy pretraining")
     assert len(list((tmp_path / "cache" / "stages").glob("base-*"))) == 2  # base and proxy
     assert "smaller proxy, `tiny`" in (out / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_self_reference_arms_need_no_curated_data(tmp_path, data):
+    """No curated files: slm-self and slm-entropy read a self-reference (the base trained one
+    pass on a seeded share of the corpus's windows), which stores the entropy too; an arm that
+    needs curated data is refused in one line."""
+    out = tmp_path / "run"
+    config = write_config(tmp_path / "c.yaml", data, out, arms="clm,slm-self,slm-entropy",
+                          seeds=[0], analyze=False, self_reference=0.25)  # fmt: skip
+    text = json.loads(config.read_text())
+    config.write_text(json.dumps({**text, "curated": []}))
+    run = rho("experiment", "--config", config, cache=tmp_path / "cache")
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert "curated" not in results["data"]["tokens"]
+    ref = results["references"]["self-ref-seed0"]
+    assert ref["source"] == "self"
+    corpus_windows = results["data"]["tokens"]["corpus"] // results["config"]["seq_len"]
+    assert ref["train_tokens"] <= round(0.25 * corpus_windows) * results["config"]["seq_len"]
+    assert results["runs"]["slm-entropy"][0]["reference_seed"] == 0
+    scored = out / "stages" / "score-self0-draw-x1-seed0" / "ref_losses"
+    assert (scored / "ref_entropy.npy").exists()
+    assert results["overhead"]["slm-entropy"] == results["overhead"]["slm-self"]
+    report = (out / "report.md").read_text()
+    assert "self-references (no curated data)" in report
+    assert_traceable(report, results)
+    refused = rho("experiment", "--config", config, "--arms", "clm,slm", cache=tmp_path / "cache")
+    assert refused.returncode == 2 and "--arms slm needs --curated" in refused.stderr

@@ -341,8 +341,8 @@ def test_yaml_values_of_the_wrong_type_are_refused(tmp_path, text, message):
 
 def test_yaml_numbers_written_as_text_still_work(tmp_path):
     config = tmp_path / "c.yaml"
-    config.write_text("learning_rate: 1e-3\nref_epochs: 2\nseeds: [0, 1]\n")
-    assert load_yaml(config) == {"learning_rate": 1e-3, "ref_epochs": 2.0, "seeds": [0, 1]}
+    config.write_text("learning_rate: 1e-3\nratio: 1\nseeds: [0, 1]\n")
+    assert load_yaml(config) == {"learning_rate": 1e-3, "ratio": 1.0, "seeds": [0, 1]}
 
 
 @pytest.mark.parametrize("text", HOSTILE_TEXT[:3])

@@ -46,24 +46,29 @@ def planned(cfg: ExperimentConfig) -> dict[str, str]:
     return {name: stage.key for name, stage in plan(cfg, inputs_key(cfg)).items()}
 
 
-EVERY = {
-    "data", "mix", "base", "reference-seed0", "score-ref0", "prune-ref0", "reference-seed1",
-    "score-ref1", "clm-seed0", "clm-seed1", "slm-seed0", "slm-seed1",
-    "slm-random-seed0", "clm-mix-seed0", "pruned-clm-seed0", "pruned-slm-seed0",
-    "rholoss-seed0", "rholoss+token-seed0", "analyses", "embed", "proto", "proto-ref0",
-    "proto-clm-seed0", "proto-slm-seed0",
-}  # fmt: skip
-AFTER_BASE = EVERY - {"data", "mix"}
-ARM_RUNS = {s for s in EVERY if s.endswith(("seed0", "seed1")) and not s.startswith("reference")}
-REFERENCE_SIDE = {s for s in EVERY if s.startswith(("reference", "score", "prune", "proto-ref"))}
-USES_SCORES = {"slm-seed0", "slm-seed1", "pruned-clm-seed0", "pruned-slm-seed0",
+DRAWS = {"draw-x1-seed0", "draw-x1-seed1", "draw-mix-x1-seed0", "draw-x2-seed0", "draw-x4-seed0"}
+REFERENCES = {"reference-seed0", "reference-seed1"}  # the reference arm's runs score too
+SCORES = {"score-ref0-draw-x1-seed0", "score-ref1-draw-x1-seed1", "score-ref0-draw-mix-x1-seed0",
+          "score-ref0-draw-x2-seed0", "score-ref0-proto-draw-x2-seed0",
+          "score-ref0-draw-x4-seed0", "prune-ref0-draw-x2-seed0"}  # fmt: skip
+USES_SCORES = {"slm-seed0", "slm-seed1", "slm-mix-seed0", "pruned-clm-seed0", "pruned-slm-seed0",
                "rholoss-seed0", "rholoss+token-seed0", "proto-slm-seed0"}  # fmt: skip
-PROTO = {"proto", "proto-ref0", "proto-clm-seed0", "proto-slm-seed0"}
-EMBEDDED = {"embed", "proto", "proto-clm-seed0"}  # what the references' start embeds
+# The self-reference arms: the base trained on a sample of the corpus scores their windows.
+SELF_ARMS = {"slm-self-seed0", "slm-entropy-seed0"}
+SELF = {"self-sample-seed0", "self-ref-seed0", "score-self0-draw-x1-seed0"} | SELF_ARMS
+ARM_RUNS = USES_SCORES | SELF_ARMS | {"clm-seed0", "clm-seed1", "slm-random-seed0",
+                                      "clm-mix-seed0", "proto-clm-seed0"}  # fmt: skip
+PROTO = {"proto-draw-x2-seed0", "score-ref0-proto-draw-x2-seed0", "proto-clm-seed0",
+         "proto-slm-seed0"}  # fmt: skip
+EVERY = ({"data", "mix", "base", "embed-draw-x2-seed0", "analyses"} | DRAWS | REFERENCES | SCORES
+         | ARM_RUNS | PROTO | SELF)  # fmt: skip
+# the draws and the self-reference's sample read the data, not the base
+AFTER_BASE = EVERY - {"data", "mix", "self-sample-seed0"} - DRAWS
+MIXED = {"draw-mix-x1-seed0", "clm-mix-seed0", "score-ref0-draw-mix-x1-seed0", "slm-mix-seed0"}
 
 # field -> (a new value, the stages a rerun must redo). New stages count as redone; a stage that
-# disappears is not. "other" is another file. The pruned arms run seed 0 only, so only reference
-# 0's scores are pruned.
+# disappears is not. "other" is another file. The arms other than clm and slm run seed 0 only,
+# so only reference 0 scores their draws.
 CHANGES = {
     "curated": (["other"], EVERY),
     "corpus": (["other"], EVERY),
@@ -73,37 +78,39 @@ CHANGES = {
     "base_data": (["other"], EVERY),
     "base_tokens": (1000, AFTER_BASE),
     "from_scratch": (True, AFTER_BASE),
-    # a proxy for the references: a new stage, and everything that reads the references
-    "reference_base": ("1m", {"proxy"} | REFERENCE_SIDE | USES_SCORES | EMBEDDED | {"analyses"}),
+    # a proxy: "all" now holds slm-proxy, with the proxy, its reference and its scores
+    "reference_base": ("1m", {"proxy", "proxy-ref-seed0", "score-proxy0-draw-x1-seed0",
+                              "slm-proxy-seed0"}),  # fmt: skip
     "tokenizer": ("some/tokenizer", EVERY),
     "vocab": (512, EVERY),
     "arms": ("clm,slm", set()),
-    "seeds": ([0, 2], {"clm-seed2", "slm-seed2"}),
+    "seeds": ([0, 2], {"clm-seed2", "slm-seed2", "draw-x1-seed2", "score-ref1-draw-x1-seed2"}),
     "seeded_arms": ("clm,slm,slm-random", {"slm-random-seed1"}),
-    "reference_seeds": ([0, 2], {"reference-seed2", "score-ref2", "slm-seed1"}),
-    "train_tokens": (4096, ARM_RUNS | {"analyses"}),
-    "ref_epochs": (3.0, REFERENCE_SIDE | USES_SCORES | {"analyses"}),
-    "ratio": (
-        0.5,
-        {
-            "slm-seed0",
-            "slm-seed1",
-            "slm-random-seed0",
-            "pruned-slm-seed0",
-            "rholoss+token-seed0",
-            "proto-slm-seed0",
-            "analyses",
-        },
-    ),
-    "mix_share": (0.3, {"mix", "clm-mix-seed0"}),
-    "prune_keep": (0.25, {"prune-ref0", "pruned-clm-seed0", "pruned-slm-seed0"}),
-    "candidate_factor": (8, {"rholoss-seed0", "rholoss+token-seed0"}),
-    "proto_keep": (0.25, PROTO),
+    "reference_seeds": ([0, 2], {"reference-seed2", "score-ref2-draw-x1-seed1", "slm-seed1"}),
+    "train_tokens": (4096, EVERY - {"data", "mix", "base", "self-sample-seed0", "self-ref-seed0"}),
+    # the scoring references are no longer the reference arm's runs: both redone
+    "ref_tokens": (3000, {"ref-seed0", "ref-seed1"} | REFERENCES | SCORES | USES_SCORES
+                   | {"analyses"}),  # fmt: skip
+    "curated_tokens": (5000, EVERY),
+    "self_reference": (0.2, SELF),
+    "ratio": (0.5, {"slm-seed0", "slm-seed1", "slm-random-seed0", "slm-mix-seed0",
+                    "pruned-slm-seed0", "rholoss+token-seed0", "proto-slm-seed0",
+                    "analyses"} | SELF_ARMS),  # fmt: skip
+    "mix_share": (0.3, {"mix"} | MIXED),
+    # the pruned arms draw 4 budgets (rholoss's draw, already scored) and prune it
+    "prune_keep": (0.25, {"prune-ref0-draw-x4-seed0", "pruned-clm-seed0", "pruned-slm-seed0"}),
+    "candidate_factor": (8, {"draw-x8-seed0", "score-ref0-draw-x8-seed0", "rholoss-seed0",
+                             "rholoss+token-seed0"}),  # fmt: skip
+    "proto_keep": (0.25, {"embed-draw-x4-seed0", "proto-draw-x4-seed0",
+                          "score-ref0-proto-draw-x4-seed0", "proto-clm-seed0",
+                          "proto-slm-seed0"}),  # fmt: skip
     "proto_from": ("easy", PROTO),
     "proto_dedup": (0.9, PROTO),
-    "seq_len": (128, AFTER_BASE),
-    "batch_size": (8, AFTER_BASE),
-    "learning_rate": (5e-4, AFTER_BASE - {"base", "embed", "proto"}),
+    "embed_layer": (0, {"embed-draw-x2-seed0"} | PROTO),
+    "seq_len": (128, EVERY - {"data", "mix"}),
+    "batch_size": (8, EVERY - {"data", "mix", "self-sample-seed0"}),
+    "learning_rate": (5e-4, REFERENCES | SCORES | ARM_RUNS | SELF - {"self-sample-seed0"}
+                      | {"analyses"}),  # fmt: skip
     "base_learning_rate": (1e-3, AFTER_BASE),
     "evals": (4, AFTER_BASE),
     "eval_windows": (0, AFTER_BASE),
@@ -111,6 +118,7 @@ CHANGES = {
     "decontam_threshold": (0.1, EVERY),
     "dynamics_checkpoints": (3, {"analyses"}),
     "analyze": (False, set()),
+    "choices": ("picked by hand", set()),
 }
 
 
@@ -162,7 +170,8 @@ def test_adding_an_arm_is_one_registry_entry(files, monkeypatch):
     cfg = dataclasses.replace(base_config(files), arms="clm,slm-half")
     stages = plan(cfg, inputs_key(cfg))
     assert stages["slm-half-seed0"].reference_seed == 0
-    assert "score-ref0" in stages["slm-half-seed0"].after
+    assert stages["slm-half-seed0"].scores == "score-ref0-draw-x1-seed0"
+    assert stages["slm-half-seed0"].charges == ("reference-seed0", "score-ref0-draw-x1-seed0")
     assert half.selection_arguments(cfg).selection == "token"
 
 
@@ -190,8 +199,13 @@ def test_a_proxy_reference_is_pretrained_once_and_shared(files):
     stages = plan(cfg, inputs_key(cfg))
     assert stages["proxy"].cached and stages["proxy"].name.startswith("base-")
     assert stages["proxy"].key != stages["base"].key
-    assert all("proxy" in stages[f"reference-seed{r}"].after for r in (0, 1))
+    assert stages["proxy-ref-seed0"].after == ("data", "proxy")  # slm-proxy's reference
+    assert stages["reference-seed0"].after == ("data", "base")  # slm's: the learner's size
     assert "proxy" not in stages["clm-seed0"].after  # the learner still starts from the base
+    proxy_arm = stages["slm-proxy-seed0"]
+    assert proxy_arm.scores == "score-proxy0-draw-x1-seed0"
+    assert proxy_arm.charges == ("proxy-ref-seed0", "proxy", "score-proxy0-draw-x1-seed0")
+    assert proxy_arm.windows == stages["slm-seed0"].windows  # the same drawn windows
     longer = dataclasses.replace(cfg, base_tokens=999)
     after = plan(longer, inputs_key(longer))
     assert after["proxy"].key != stages["proxy"].key  # it is pretrained like the base
@@ -207,3 +221,25 @@ def test_the_same_files_elsewhere_change_no_key(files, tmp_path):
         moved[name] = str(elsewhere / f"{name}.jsonl")
         Path(moved[name]).write_bytes(Path(path).read_bytes())
     assert planned(base_config(moved)) == planned(base_config(files))
+
+
+def test_a_draw_is_whole_windows_and_a_larger_draw_holds_a_smaller(token_store, tmp_path):
+    from rho.experiment.prepare import draw_windows
+    from rho.store import TokenStore
+
+    store, seq = token_store, 16
+    small = draw_windows(store, seq, 5, seed=3, out=tmp_path / "small")
+    large = draw_windows(store, seq, 10, seed=3, out=tmp_path / "large")
+    other = draw_windows(store, seq, 5, seed=4, out=tmp_path / "other")
+    assert small["of"] == store.n_tokens // seq and small["windows"] == 5
+
+    def windows(result):
+        drawn = TokenStore(result["tokens"])
+        assert drawn.n_tokens == result["windows"] * seq  # whole windows only
+        return {tuple(drawn.window(i, seq)) for i in range(drawn.n_windows(seq))}
+
+    every = {tuple(store.window(i, seq)) for i in range(store.n_tokens // seq)}
+    assert windows(small) <= windows(large) <= every
+    assert windows(small) != windows(other)  # the seed draws
+    everything = draw_windows(store, seq, 10**9, seed=0, out=tmp_path / "all")
+    assert everything["windows"] == everything["of"]  # a draw larger than the source: all of it

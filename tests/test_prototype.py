@@ -26,11 +26,28 @@ from rho.store import TokenStore
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def direct_mean_pool(model, ids: np.ndarray) -> np.ndarray:
+def direct_mean_pool(model, ids: np.ndarray, layer: int = -1) -> np.ndarray:
     with torch.no_grad():
         ids = torch.from_numpy(ids.astype(np.int64))[None]
         out = model(input_ids=ids, output_hidden_states=True)
-    return out.hidden_states[-1][0].float().mean(0).numpy()
+    return out.hidden_states[layer][0].float().mean(0).numpy()
+
+
+@pytest.mark.parametrize("layer", [0, 1])
+def test_an_earlier_layer_embeds_like_its_hidden_state(tmp_path, token_store, model_dir, layer):
+    """--embed-layer: layer 0 is the input token embeddings (looked up, no forward pass), k the
+    k-th layer's output; a store of another layer is never reused for it."""
+    model = load_model(model_dir)
+    store = embed_units(model, "tiny", token_store, "window", 40, tmp_path / "e", layer=layer)
+    n = token_store.n_tokens
+    spans = [(s, min(s + 40, n)) for s in range(0, n, 40)]
+    direct = np.stack([direct_mean_pool(model, token_store.tokens[a:b], layer) for a, b in spans])
+    np.testing.assert_allclose(np.asarray(store.embeddings, np.float32), direct, atol=1e-3)
+    assert store.meta["layer"] == layer
+    with pytest.raises(UserError, match="another layer"):
+        embed_units(model, "tiny", token_store, "window", 40, tmp_path / "e", layer=-1)
+    with pytest.raises(UserError, match="hidden states 0..2"):
+        embed_units(model, "tiny", token_store, "window", 40, tmp_path / "x", layer=3)
 
 
 def doc_spans(store: TokenStore) -> list[tuple[int, int]]:

@@ -61,6 +61,7 @@ class EmbeddingsMeta(Strict):
     token_hash: Hash
     model: Name | None = None
     model_hash: Hash
+    layer: Annotated[int, Field(ge=-(1 << 10), le=1 << 10)] = -1
     dtype: Literal["float16"] = "float16"
     complete: bool = False
     run_id: Annotated[str, Field(pattern=r"^[0-9a-f]{1,64}$")] | None = None
@@ -96,10 +97,18 @@ def batch_ids(tokens: TokenStore, unit: str, seq_len: int, batch: range):
 
 
 @torch.inference_mode()
-def mean_last_hidden(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(B, L) ids and mask -> (B, hidden) float32 mean of the last hidden state over the mask."""
-    out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False)
-    hidden = out.hidden_states[-1].float()
+def mean_last_hidden(
+    model, ids: torch.Tensor, mask: torch.Tensor, layer: int = -1
+) -> torch.Tensor:
+    """(B, L) ids and mask -> (B, hidden) float32 mean over the mask of one hidden state: the
+    last (-1), or ``layer`` of the model's hidden states (0: the input token embeddings, a
+    lookup with no forward pass)."""
+    if layer == 0:
+        hidden = model.get_input_embeddings()(ids).float()
+    else:
+        out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True,
+                    use_cache=False)  # fmt: skip
+        hidden = out.hidden_states[layer].float()
     weights = mask.to(hidden.dtype).unsqueeze(-1)
     return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
 
@@ -120,9 +129,12 @@ def embedding_seq_len(model, unit: str, seq_len: int | None) -> int:
     return limit
 
 
-def default_path(tokens: TokenStore, unit: str, seq_len: int, model_hash: str) -> Path:
+def default_path(
+    tokens: TokenStore, unit: str, seq_len: int, model_hash: str, layer: int = -1
+) -> Path:
     """Beside the TokenStore, named by what makes the embeddings (a rerun finds them)."""
     name = f"{tokens.path.name}.embeddings-{unit}{seq_len}-{model_hash[:12]}"
+    name += "" if layer == -1 else f"-layer{layer}"
     return tokens.path.parent / name
 
 
@@ -167,6 +179,9 @@ def create_or_resume(out: Path, meta: dict, overwrite: bool) -> dict:
         old = existing_run(out, EMBEDDINGS, "an embedding store", meta, RESUME_KEYS, "embeddings",
                            "remove it or choose another --embeddings")  # fmt: skip
     if old is not None:
+        if old.get("layer", -1) != meta["layer"]:  # stores from before layers held the last
+            raise UserError(f"{out} holds embeddings of another layer ({old.get('layer', -1)}):"
+                            " remove it or choose another --embeddings")  # fmt: skip
         EmbeddingStore(out, complete=False)  # validated, truncation included
         return old
     meta = {**meta, "run_id": secrets.token_hex(8)}
@@ -242,6 +257,7 @@ def embed_units(
     device: torch.device | None = None,
     overwrite: bool = False,
     inputs: tuple = (),
+    layer: int = -1,
 ) -> EmbeddingStore:
     """Embed every unit of ``tokens`` with ``model`` (loaded) into an embedding store at
     ``out`` (default: beside the TokenStore); reruns resume, a finished store is reused, and
@@ -252,6 +268,10 @@ def embed_units(
         raise UserError(f"--unit must be one of {', '.join(UNITS)}")
     if batch_size < 1:
         raise UserError(f"--batch-size must be positive, got {batch_size}")
+    depth = getattr(model.config, "num_hidden_layers", None)
+    if depth is not None and not -(depth + 1) <= layer <= depth:
+        raise UserError(f"--embed-layer {layer}: the embedding model has hidden states 0..{depth}"
+                        f" (or -1 for the last)")  # fmt: skip
     device = device or torch.device("cpu")
     tokens.check_model_vocab(model, "the embedding model")
     seq_len = embedding_seq_len(model, unit, seq_len)
@@ -260,7 +280,7 @@ def embed_units(
         raise UserError(f"{tokens.path} holds no {unit}s to embed (empty store)")
     model.to(device).eval()
     model_hash = model_fingerprint(model)
-    out = Path(out) if out is not None else default_path(tokens, unit, seq_len, model_hash)
+    out = Path(out) if out is not None else default_path(tokens, unit, seq_len, model_hash, layer)
     check_not_input(out, [tokens.path, *inputs], "--embeddings")
     from rho.options import check_output_path  # beside a read-only store: one line
 
@@ -276,6 +296,7 @@ def embed_units(
         "token_hash": tokens.content_hash,
         "model": model_name,
         "model_hash": model_hash,
+        "layer": int(layer),
         "dtype": "float16",
         "complete": False,
     }
@@ -306,7 +327,7 @@ def _embed_batches(model, tokens, out: Path, meta: dict, batches, device) -> Non
     try:
         for b in np.flatnonzero(mine & ~done).tolist():
             ids, mask = batch_ids(tokens, meta["unit"], meta["seq_len"], batches[b])
-            pooled = mean_last_hidden(model, ids.to(device), mask.to(device))
+            pooled = mean_last_hidden(model, ids.to(device), mask.to(device), meta["layer"])
             rows.write(batches[b].start, pooled.cpu().numpy())
             my_done[b] = True
             if time.perf_counter() - last_save >= SAVE_EVERY_S:

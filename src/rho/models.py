@@ -19,6 +19,7 @@ from rho.errors import UserError
 PRESETS: dict[str, dict] = {
     # name: LlamaConfig fields (hidden, layers, heads, MLP width)
     "tiny": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64),
+    "300k": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=192),
     "1m": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=384),
     "5m": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=8, intermediate_size=768),
     "20m": dict(

@@ -173,6 +173,7 @@ def embed_and_select(tokens, unit: str, seq_len: int | None, keep: float, opts: 
         batch_size=opts.get("batch_size", 16),
         device=device,
         inputs=tuple(p for p in inputs if p),
+        layer=opts.get("layer", -1),
     )
     if out.resolve() in (store.path.resolve(), *store.path.resolve().parents):
         raise UserError(f"--out {out} would hold the embeddings {store.path}: choose another")
@@ -191,5 +192,6 @@ def embed_and_select(tokens, unit: str, seq_len: int | None, keep: float, opts: 
         "model": str(embed_model),
         "model_hash": store.meta["model_hash"],
         "seq_len": store.meta["seq_len"],
+        "layer": store.meta.get("layer", -1),
     }
     return kept, report

@@ -228,6 +228,18 @@ def _prune(tokens, losses, base, out: Path, keep, unit, by, overwrite) -> dict:
     return report
 
 
+def write_windows(tokens: TokenStore, out: str | Path, windows: np.ndarray, seq_len: int,
+                  report: dict) -> None:  # fmt: skip
+    """Write the given whole windows of ``tokens`` (kept in stream order) as ``out/tokens``:
+    a store whose windows are exactly those (each one a document), with ``report`` in
+    ``out/prune.json``."""
+    bounds = unit_bounds(tokens, "window", seq_len)
+    kept = np.zeros(len(bounds), dtype=bool)
+    kept[np.asarray(windows, dtype=np.int64)] = True
+    report = {"unit": "window", **report, "seq_len": seq_len}
+    _write_pruned(tokens, None, Path(out), bounds, kept, report, overwrite=False)
+
+
 def _write_pruned(tokens, losses, out: Path, bounds, kept, report: dict, overwrite) -> None:
     """Write out/tokens, out/ref_losses (windows, when there are losses) and out/prune.json
     into place at once."""
@@ -315,6 +327,12 @@ def cli(argv: list[str]) -> int:
         help="causal LM whose last hidden state, mean-pooled over a unit's tokens, embeds it",
     )
     proto.add_argument(
+        "--embed-layer",
+        type=int,
+        help="which hidden state embeds a unit: -1 the last (default), 0 the input token "
+        "embeddings (a lookup: no forward pass), k the k-th layer's output",
+    )
+    proto.add_argument(
         "--embeddings",
         help="embedding store to write, resume or reuse (default: beside --tokens, named by "
         "unit, seq_len and model hash)",
@@ -346,7 +364,7 @@ def cli(argv: list[str]) -> int:
     proto.add_argument("--device", help="cpu, cuda, cuda:1 ... for embedding (default: best)")
     args = parser.parse_args(argv)
     by = args.by or ("excess" if args.base_losses else "reference")
-    names = ("embed_model", "embeddings", "seq_len", "clusters", "dedup", "device")
+    names = ("embed_model", "embed_layer", "embeddings", "seq_len", "clusters", "dedup", "device")
     given = [n for n in names if getattr(args, n) is not None]
     if by != "prototype" and given:
         raise UserError(f"--{given[0].replace('_', '-')} is an option of --by prototype")
@@ -356,6 +374,7 @@ def cli(argv: list[str]) -> int:
 
         prototype = {
             "embed_model": args.embed_model,
+            "layer": -1 if args.embed_layer is None else args.embed_layer,
             "embeddings": args.embeddings,
             "seq_len": args.seq_len,
             "batch_size": args.batch_size,

@@ -57,11 +57,12 @@ def selection_rates(sample: dict, domain_names: list[str]) -> dict:
 
 
 def analyse(
-    cfg, results: dict, data: dict, out: Path, directory: Path, first: int, slm_losses: str | None
+    cfg, results: dict, data: dict, out: Path, directory: Path, first: int, slm_data: dict | None
 ) -> dict:
     """Token-loss dynamics over CLM checkpoints (the paper's Figure 3 setting: ordinary
     continual pretraining) on the target test set; SLM's selection (Figures 6, 8) and the
-    highlighted corpus (Figure 13). ``cfg`` is the analyses' view of the config."""
+    highlighted corpus (Figure 13) on the windows SLM trained on (``slm_data``: their store
+    and reference losses). ``cfg`` is the analyses' view of the config."""
     stores, axes = data["stores"], data["axes"]
     clm = Path(results[f"clm-seed{first}"]["run"])
     checkpoints = [p for _, p in run_checkpoints(clm)]
@@ -84,16 +85,16 @@ def analyse(
         result["dynamics_loss_fall"] = (
             result["dynamics_mean_loss"][0] - result["dynamics_mean_loss"][-1]
         )
-    if slm_losses is not None:
+    if slm_data is not None:
         slm_stage = results[f"slm-seed{first}"]
         slm = Path(slm_stage["run"])
         selection = run_selection([slm, clm], None, None, directory / "selection", windows=64)
-        corpus = TokenStore(stores["corpus"])
+        corpus = TokenStore(slm_data["tokens"])
         sample = selection_sample(selection, corpus, cfg.seq_len)
         result["selection"] = selection_rates(sample, corpus.domain_names)
         run_html(
             corpus.path,
-            slm_losses,
+            slm_data["losses"],
             out / "selected.html",
             model=str(slm),
             ratio=cfg.ratio,

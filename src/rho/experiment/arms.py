@@ -28,15 +28,41 @@ class Arm:
     reads: tuple[str, ...] = ()
     # What it saves per optimizer step compared with plain training.
     saves: str = "nothing (plain training)"
-    # One-off stages charged to it before training: reference (training), score, prune, embed.
+    # One-off stages charged to it before training: reference (training), score, prune, embed
+    # (the plan names the exact stages: rho.experiment.plan).
     overhead: tuple[str, ...] = ()
     # Its window order is the corpus's order for the seed (clm's), so seeds pair across arms.
     corpus_order: bool = False
+    # The reference whose scores it reads: base (the base fine-tuned on the curated data),
+    # proxy (the smaller --reference_base fine-tuned on it) or self (the base trained on a
+    # sample of the corpus itself: no curated data).
+    reference: str = "base"
+
+    @property
+    def proxy(self) -> bool:
+        return self.uses_reference and self.reference == "proxy"
+
+    @property
+    def needs_curated(self) -> bool:
+        """It reads the curated data: in its windows, or through its reference."""
+        return self.data in ("mix", "curated") or (self.uses_reference and self.reference != "self")
 
     @property
     def uses_reference(self) -> bool:
         """It reads a reference's scores (and so pairs with a reference seed)."""
         return "score" in self.overhead
+
+    def pool(self, cfg) -> float:
+        """How many budgets of windows it draws from its source (the windows it scores, embeds
+        or reads): pruned arms draw 1/keep budgets and keep a budget; RHO-LOSS reads
+        candidate_factor windows per window trained; every other arm draws one budget."""
+        if self.data == "pruned":
+            return 1.0 / cfg.prune_keep
+        if self.data == "proto":
+            return 1.0 / cfg.proto_keep
+        if self.selection.startswith("sample"):
+            return float(cfg.candidate_factor)
+        return 1.0
 
     def selection_arguments(self, cfg) -> SelectionArguments:
         kw = {}
@@ -53,10 +79,12 @@ class Arm:
             keep=cfg["prune_keep"],
             factor=cfg["candidate_factor"],
             proto_keep=cfg.get("proto_keep", 0.5),
-            proto_from={"hard": "farthest", "easy": "nearest"}[cfg.get("proto_from", "hard")],
+            proto_from=SIDES[cfg.get("proto_from", "hard")],
+            self_share=cfg.get("self_reference", 0.1),
         )
 
 
+SIDES = {"hard": "farthest from", "easy": "nearest to"}  # prototype pruning's --proto_from
 _SCORED = ("reference", "score")
 ARMS: dict[str, Arm] = {
     arm.name: arm
@@ -95,11 +123,53 @@ ARMS: dict[str, Arm] = {
             data="curated",
         ),
         Arm(
+            "slm-mix",
+            "SLM on the curated mix: selection on top of the cheapest baseline",
+            selection="token",
+            data="mix",
+            reads=("ratio",),
+            saves="tokens in the loss",
+            overhead=_SCORED,
+        ),
+        Arm(
+            "slm-proxy",
+            "SLM scored by a proxy reference (the smaller --reference_base, fine-tuned on the "
+            "curated data)",
+            selection="token",
+            reads=("ratio",),
+            saves="tokens in the loss",
+            overhead=_SCORED,
+            corpus_order=True,
+            reference="proxy",
+        ),
+        Arm(
+            "slm-self",
+            "SLM without curated data: excess loss against a self-reference (the base trained "
+            "on {self_share:.0%} of the corpus's windows; Rho-1's self-reference)",
+            selection="token",
+            reads=("ratio",),
+            saves="tokens in the loss",
+            overhead=_SCORED,
+            corpus_order=True,
+            reference="self",
+        ),
+        Arm(
+            "slm-entropy",
+            "SLM on the tokens the self-reference is most certain about (lowest next-token "
+            "entropy)",
+            selection="token",
+            score="reference-entropy",
+            reads=("ratio",),
+            saves="tokens in the loss",
+            overhead=_SCORED,
+            corpus_order=True,
+            reference="self",
+        ),
+        Arm(
             "pruned-clm",
-            "CLM on the {keep:.0%} of corpus windows with the lowest reference "
+            "CLM on the {keep:.0%} of drawn corpus windows with the lowest reference "
             "loss (offline pruning)",
             data="pruned",
-            reads=("prune_keep",),
             saves="whole windows (offline)",
             overhead=(*_SCORED, "prune"),
         ),
@@ -108,16 +178,15 @@ ARMS: dict[str, Arm] = {
             "SLM on those pruned windows",
             selection="token",
             data="pruned",
-            reads=("ratio", "prune_keep"),
+            reads=("ratio",),
             saves="whole windows (offline) and tokens in the loss",
             overhead=(*_SCORED, "prune"),
         ),
         Arm(
             "proto-clm",
-            "CLM on the {proto_keep:.0%} of corpus windows {proto_from} from their k-means "
-            "centroid (embedded by the references' start; Sorscher et al., D4)",
+            "CLM on the {proto_keep:.0%} of drawn corpus windows {proto_from} their k-means "
+            "centroid, embedded by the base (Sorscher et al., D4); no reference",
             data="proto",
-            reads=("proto_keep", "proto_from", "proto_dedup"),
             saves="whole windows (offline), no reference",
             overhead=("embed",),
         ),
@@ -126,7 +195,7 @@ ARMS: dict[str, Arm] = {
             "SLM on those prototype-pruned windows",
             selection="token",
             data="proto",
-            reads=("ratio", "proto_keep", "proto_from", "proto_dedup"),
+            reads=("ratio",),
             saves="whole windows (offline) and tokens in the loss",
             overhead=(*_SCORED, "embed"),
         ),

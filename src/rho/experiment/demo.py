@@ -1,11 +1,16 @@
-"""`rho demo`: `rho experiment` with a shipped config (demo.yaml; quick.yaml on top for
-``--quick``) on files derived from the shipped demo data:
+"""`rho demo`: `rho experiment` with a shipped config (demo.yaml; a setting's file on top for
+``--setting``; quick.yaml on top for ``--quick``) on files derived from the shipped demo data:
 
 - ``general-heldout``: a fixed share of the corpus's general-text documents (by a hash of the
   text), never trained on: the general axis;
 - ``base``: the corpus's other general-text documents, which pretrain the base model;
 - ``corpus``: the corpus without the held-out documents; ``curated`` and the math ``heldout``
   as shipped (``--quick``: a seeded fraction of every file).
+
+``--setting scarce`` (scarce.yaml): the curated data cut to 1/20 of each arm's budget, as in the
+paper (0.5B curated tokens for 15B trained), and a third axis, ``math-corpus``: a share of the
+corpus's own math documents (those without injected noise) held out, target-domain text that
+the curated set stands for without being it.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from rho.corpora import demo_path
+from rho.errors import UserError
 from rho.experiment.prepare import in_validation
 from rho.experiment.runner import EXPERIMENT_KIND, run_experiment
 from rho.experiment.settings import load_yaml, parse_config
@@ -24,17 +30,26 @@ from rho.files import check_replaceable, mark_output, write_text_atomic
 
 HERE = Path(__file__).resolve().parent
 GENERAL_HELDOUT = 0.1  # share of the general-text documents held out
+MATH_HELDOUT = 0.1  # --setting scarce: share of the corpus's clean math documents held out
 QUICK_FRACTION = 0.1
+SETTINGS = ("paper", "scarce")  # paper: demo.yaml alone; else demo.yaml then SETTING.yaml
+SCARCE = 20  # --setting scarce: the curated data is 1/SCARCE of each arm's budget
 
 
-def demo_defaults(quick: bool) -> dict:
+def demo_defaults(quick: bool, setting: str = "paper") -> dict:
+    if setting not in SETTINGS:
+        raise UserError(f"--setting must be one of {', '.join(SETTINGS)}, got {setting!r}")
     values = load_yaml(HERE / "demo.yaml")
+    if setting != "paper":
+        values.update(load_yaml(HERE / f"{setting}.yaml"))
     if quick:
         values.update(load_yaml(HERE / "quick.yaml"))
+    if setting == "scarce":  # at any scale
+        values["curated_tokens"] = values["train_tokens"] // SCARCE
     return values
 
 
-def demo_files(directory: Path, quick: bool, seed: int = 0) -> dict:
+def demo_files(directory: Path, quick: bool, seed: int = 0, setting: str = "paper") -> dict:
     """Write the demo's derived files (deterministic) and return the config's data fields."""
 
     def lines(split: str) -> list[str]:
@@ -53,32 +68,60 @@ def demo_files(directory: Path, quick: bool, seed: int = 0) -> dict:
         line for line in general if in_validation(json.loads(line)["text"], GENERAL_HELDOUT, salt)
     }
 
+    math_held: list[str] = []
+    if setting == "scarce":
+        salt = "math-heldout"
+        math_held = [line for line in corpus if clean_math(line)
+                     and in_validation(json.loads(line)["text"], MATH_HELDOUT, salt)]  # fmt: skip
+
     def write(name: str, rows: list[str]) -> str:
         return str(write_text_atomic(directory / f"{name}.jsonl", "".join(rows)))
 
+    dropped = held | set(math_held)
+    heldout = [f"math={write('math-heldout', lines('heldout'))}"]
+    if math_held:
+        heldout.append(f"math-corpus={write('math-corpus-heldout', math_held)}")
+    heldout.append(f"general={write('general-heldout', sorted(held, key=corpus.index))}")
     return {
-        "corpus": [write("corpus", [line for line in corpus if line not in held])],
+        "corpus": [write("corpus", [line for line in corpus if line not in dropped])],
         "base_data": [write("base", [line for line in general if line not in held])],
         "curated": [write("curated", lines("curated"))],
-        "heldout": [f"math={write('math-heldout', lines('heldout'))}",
-                    f"general={write('general-heldout', sorted(held, key=corpus.index))}"],
-    }  # fmt: skip
+        "heldout": heldout,
+    }
+
+
+def clean_math(line: str) -> bool:
+    """A corpus math document without injected noise."""
+    record = json.loads(line)
+    return record.get("domain") == "math" and not record.get("noise_spans")
 
 
 def demo_cli(argv: list[str]) -> int:
     quick = "--quick" in argv
-    defaults = demo_defaults(quick) | {"out": "rho-demo"}
+    setting = setting_of(argv)
+    defaults = demo_defaults(quick, setting) | {"out": "rho-demo"}
     cfg, _ = parse_config(argv, defaults, prog="rho demo")  # every option checked here
     out = Path(cfg.out)
     check_replaceable(out, EXPERIMENT_KIND)  # before anything is written into it
     out.mkdir(parents=True, exist_ok=True)
     mark_output(out, EXPERIMENT_KIND)
-    files = demo_files(out / "demo-data", quick)
+    files = demo_files(out / "demo-data", quick, setting=setting)
     for key, value in files.items():
         setattr(cfg, key, value)
-    title = "rho demo" + (" --quick" if quick else "")
+    title = "rho demo" + (f" --setting {setting}" if setting != "paper" else "")
+    title += " --quick" if quick else ""
     run_experiment(cfg, title)
     return 0
+
+
+def setting_of(argv: list[str]) -> str:
+    """--setting NAME (or --setting=NAME); the paper's by default."""
+    for i, arg in enumerate(argv):
+        if arg == "--setting" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--setting="):
+            return arg.split("=", 1)[1]
+    return "paper"
 
 
 def experiment_cli(argv: list[str]) -> int:

@@ -13,12 +13,15 @@ import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
+
 from rho.corpus import expand_inputs, iter_documents
 from rho.errors import UserError
 from rho.experiment.decontam import NgramIndex, decontaminate, read_texts
 from rho.experiment.settings import heldout_sets
 from rho.files import hash_dir, sha256_file, write_text_atomic
 from rho.models import PRESETS
+from rho.prune import write_windows
 from rho.store import TokenStore
 from rho.tokenize import load_tokenizer, tokenize_corpus
 
@@ -110,7 +113,12 @@ def prepare(cfg, directory: Path) -> dict:
     def store(name: str, files: list[str]) -> str:
         return str(tokenize_corpus(files, stores / name, tokenizer=tok, progress=False).path)
 
-    paths = {"corpus": str(corpus.path), "curated": store("curated", cfg.curated)}
+    curated = cfg.curated
+    if cfg.curated_tokens and curated:
+        curated = [str(curated_sample(curated, tok, cfg.curated_tokens, directory / "curated"))]
+    paths = {"corpus": str(corpus.path)}
+    if curated:  # the self-reference arms need none
+        paths["curated"] = store("curated", curated)
     if cfg.base_data:
         paths["base"] = store("base", cfg.base_data)
     for name, splits in split_files.items():
@@ -118,12 +126,32 @@ def prepare(cfg, directory: Path) -> dict:
             paths[f"{name}-{split}"] = store(f"{name}-{split}", [file])
     return {
         "stores": paths,
-        "files": {"corpus": list(cfg.corpus), "curated": list(cfg.curated)},
+        "files": {"corpus": list(cfg.corpus), "curated": list(curated)},
         "axes": list(split_files),
         "decontamination": decontam,
         "base_overlap": overlap,
         "tokens": {k: TokenStore(p).n_tokens for k, p in paths.items()},
     }
+
+
+def curated_sample(files: list[str], tokenizer: str, budget: int, directory: Path) -> Path:
+    """At most ``budget`` tokens of the curated files: whole documents in a seeded order (at
+    least one), written as one jsonl file."""
+    texts = [t for f in files for t in texts_of(f) if t.strip()]
+    lengths = [len(ids) for ids in load_tokenizer(tokenizer)(texts)["input_ids"]]
+    order = np.random.default_rng(0).permutation(len(texts))
+    used = np.cumsum([lengths[i] + 1 for i in order])  # + the end-of-document token
+    take = max(1, int(np.searchsorted(used, budget, side="right")))
+    return write_docs(directory / "curated-sample.jsonl", [texts[i] for i in sorted(order[:take])])
+
+
+def draw_windows(store: TokenStore, seq_len: int, n: int, seed: int, out: Path) -> dict:
+    """``n`` whole windows of ``store`` drawn by ``seed``: the first n of one permutation (a
+    larger draw holds a smaller one), written in stream order under ``out``."""
+    full = store.n_tokens // seq_len
+    chosen = np.sort(np.random.default_rng(seed).permutation(full)[: min(n, full)])
+    write_windows(store, out, chosen, seq_len, {"by": "draw", "seed": seed, "of": full})
+    return {"tokens": str(out / "tokens"), "losses": None, "windows": len(chosen), "of": full}
 
 
 def base_overlap(base: list[str], corpus: list[str]) -> dict:

@@ -89,34 +89,19 @@ def setting_lines(results: dict) -> list[str]:
             f"{cfg['seq_len']} tokens, {warmup} of them warm-up, then a cosine decay "
             "(AdamW)."
         )
-    if "proxy" in results:
-        p = results["proxy"]
-        lines.append(
-            f"The references start from a smaller proxy, `{cfg['reference_base']}` "
-            f"({p['n_params']:,} parameters), pretrained here like the base ({p['train_tokens']:,}"
-            f" tokens, {p['steps']} steps); its pretraining is charged to the arms that read "
-            "the references' scores."
-        )
-    elif cfg["reference_base"]:
-        lines.append(f"The references start from `{cfg['reference_base']}`.")
-    if "reference" in runs or any(ARMS[a].uses_reference for a in runs):
-        lines.append(
-            f"The reference is {'that' if cfg['reference_base'] else 'the same'} start "
-            "fine-tuned on the curated data "
-            f"({tokens['curated']:,} tokens, {cfg['ref_epochs']} epochs), seeds "
-            f"{cfg['reference_seeds'] or cfg['seeds'][:1]}."
-        )
+    lines += reference_lines(results)
     shared = [a for a in runs if ARMS[a].corpus_order]
-    own = {a: ARMS[a].data for a in runs if not ARMS[a].corpus_order}
+    own = {a: ARMS[a].data for a in runs if not ARMS[a].corpus_order and a != "reference"}
     order = (
-        f"For a given seed, {_names(shared)} read the corpus's windows in the same order "
+        f"For a given seed, {_names(shared)} train on the same drawn windows in the same order "
         "(their seeds pair)"
     )
     if own:
         order += "; " + "; ".join(
-            f"{a} draws its own order from the {kind} windows" for a, kind in own.items()
+            f"{a} draws its own from the {kind} windows" for a, kind in own.items()
         )
     lines.append(order + f". Corpus: {tokens['corpus']:,} tokens.")
+    lines += draw_lines(results)
     seeded = [a for a, seeds in runs.items() if len(seeds) > 1 and a != "reference"]
     lines.append(
         f"Seeds {cfg['seeds']} for {_names(seeded) or 'no arm'}; the first seed for the other arms."
@@ -126,6 +111,65 @@ def setting_lines(results: dict) -> list[str]:
         pairing = ", ".join(f"seed {r['seed']} with reference {r['reference_seed']}" for r in rows)
         lines.append(f"{arm} pairs {pairing}: its spread includes the reference's.")
     return [" ".join(lines), ""]
+
+
+def reference_lines(results: dict) -> list[str]:
+    """Which references score the corpus, from what start, on how much curated data."""
+    cfg, refs, lines = results["config"], results.get("references", {}), []
+    if "proxy" in results:
+        p = results["proxy"]
+        lines.append(
+            f"The proxy arms' references start from a smaller proxy, `{cfg['reference_base']}` "
+            f"({p['n_params']:,} parameters), pretrained here like the base ({p['train_tokens']:,}"
+            f" tokens, {p['steps']} steps); its pretraining is charged to the arms that read "
+            "their scores."
+        )
+    for source in ("base", "proxy", "self"):
+        mine = {n: r for n, r in refs.items() if r["source"] == source}
+        if not mine:
+            continue
+        one, seeds = next(iter(mine.values())), [r["seed"] for r in mine.values()]
+        trained = f"for {one['steps']} steps ({one['train_tokens']:,} tokens), seeds {seeds}"
+        if source == "self":
+            lines.append(
+                f"The self-references (no curated data) are the base trained on a seeded "
+                f"{cfg['self_reference']:.0%} of the corpus's windows, one pass, {trained}; "
+                "those windows stay in the corpus, where the arms may draw them too. They "
+                "score the drawn windows' loss and next-token entropy."
+            )
+            continue
+        start = "the base" if source == "base" else "the proxy"
+        shared = source == "base" and "reference" in results["runs"] and all(
+            n.startswith("reference-") for n in mine
+        )
+        lines.append(
+            f"The {'proxy ' if source == 'proxy' else ''}scoring references are {start} "
+            f"fine-tuned on the curated data ({results['data']['tokens']['curated']:,} tokens) "
+            f"{trained}" + ("; the reference arm's runs are these references." if shared else ".")
+        )
+    return lines
+
+
+def draw_lines(results: dict) -> list[str]:
+    """What each arm seed drew, and so what was scored or embedded (nothing else is)."""
+    draws = results.get("draws", {})
+    if not draws:
+        return []
+    sizes = sorted({(d["pool"], d["windows"], d["of"], d["source"]) for d in draws.values()})
+    parts = [f"{pool:g}× the budget ({windows:,} of the {of:,} whole {source} windows)"
+             for pool, windows, of, source in sizes]  # fmt: skip
+    scored = {a: o["tokens_scored"] for a, o in results["overhead"].items() if "tokens_scored" in o}
+    text = (
+        "Each arm seed trains on windows drawn for it by its seed: "
+        + "; ".join(parts)
+        + ". Only drawn windows are scored or embedded, so each arm is charged for what it "
+        "reads, not for the whole corpus"
+    )
+    if scored:
+        text += " (tokens scored per seed: " + ", ".join(
+            f"{a} {t:,.0f}" for a, t in scored.items()
+        ) + ")"
+    return [text + "."]
 
 
 def splits_lines(results: dict) -> list[str]:
@@ -145,7 +189,8 @@ def splits_lines(results: dict) -> list[str]:
         f"every evaluation) and the target of the compute table, {target['what']}. Test: the "
         "final losses below, computed once per run on the whole set. Nothing in this run chose "
         "a setting: they are the config's (results.json, `config`), not tuned on the test "
-        "sets or on the validation sets by this run.",
+        "sets or on the validation sets by this run."
+        + (f" How the config's were chosen: {cfg['choices']}" if cfg.get("choices") else ""),
         "",
     ]
 

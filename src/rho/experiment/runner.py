@@ -24,8 +24,8 @@ from rho.errors import UserError
 from rho.experiment.analyses import analyse
 from rho.experiment.arms import ARMS
 from rho.experiment.facts import summarise
-from rho.experiment.plan import Stage, plan, proto_stage
-from rho.experiment.prepare import build_mix, inputs_key, prepare
+from rho.experiment.plan import Stage, plan
+from rho.experiment.prepare import build_mix, draw_windows, inputs_key, prepare
 from rho.experiment.report import write_report
 from rho.experiment.settings import ExperimentConfig
 from rho.experiment.stages import Stages
@@ -46,6 +46,7 @@ EXPERIMENT_KIND = "rho.Experiment"
 CACHE_ENV = "RHO_CACHE"  # where pretrained bases are cached (default ~/.cache/rho)
 PLAIN = SelectionArguments(selection="none")
 BASE_SEED = 0  # the base is one model, pretrained once
+SELF_SAMPLE = 10_000  # a self-reference's sample: seed + this, apart from the arms' draw seeds
 
 
 def cache_dir() -> Path:
@@ -146,100 +147,112 @@ class Runner:
                           steps=self.steps(tokens, v), seed=BASE_SEED,
                           lr=v.base_learning_rate)  # fmt: skip
 
+    def budget_windows(self, view) -> int:
+        """The windows one arm trains on: its token budget in whole windows."""
+        tokens = view.train_tokens or self.data["tokens"]["corpus"]
+        return self.steps(tokens, view) * view.batch_size
+
+    def build_sample(self, stage: Stage, directory: Path) -> dict:
+        """A self-reference's training windows: a seeded share of the corpus's (another
+        permutation than the arms' draws: its windows may be drawn by them too)."""
+        v = self.cfg.view("sample")
+        corpus = TokenStore(self.data["stores"]["corpus"])
+        n = max(1, round(v.self_reference * (corpus.n_tokens // v.seq_len)))
+        return draw_windows(corpus, v.seq_len, n, SELF_SAMPLE + stage.seed, directory / "sample")
+
     def build_reference(self, stage: Stage, directory: Path) -> dict:
-        v = self.cfg.view("reference")
-        steps = self.steps(int(v.ref_epochs * self.data["tokens"]["curated"]), v)
+        """Curated references train for --ref_tokens (0: the arms' budget); a self-reference
+        one pass over its sample."""
+        if stage.source == "self":
+            v = self.cfg.view("self-reference")
+            sample = self.results[f"self-sample-seed{stage.seed}"]
+            data, tokens = sample["tokens"], sample["windows"] * v.seq_len
+        else:
+            v = self.cfg.view("reference")
+            data = self.data["stores"]["curated"]
+            tokens = v.ref_tokens or v.train_tokens or self.data["tokens"]["corpus"]
         return self.train(
             directory,
             "reference",
             label=stage.name,
-            init=self.results["proxy" if "proxy" in self.plan else "base"]["run"],
-            tokens=self.data["stores"]["curated"],
+            init=self.results["proxy" if stage.source == "proxy" else "base"]["run"],
+            tokens=data,
             selection=PLAIN,
-            steps=steps,
+            steps=self.steps(tokens, v),
             seed=stage.seed,
             lr=v.learning_rate,
         )
 
+    def build_draw(self, stage: Stage, directory: Path) -> dict:
+        """``pool`` budgets of whole windows of the source, drawn by the seed (the first n of
+        one permutation, so a larger pool holds a smaller one), kept in source order."""
+        v = self.cfg.view("draw")
+        source = TokenStore(self.results["mix"]["store"] if stage.source == "mix"
+                            else self.data["stores"]["corpus"])  # fmt: skip
+        return draw_windows(source, v.seq_len, round(stage.pool * self.budget_windows(v)),
+                            stage.seed, directory / "drawn")  # fmt: skip
+
     def build_score(self, stage: Stage, directory: Path) -> dict:
         v = self.cfg.view("score")
-        reference = self.results[f"reference-seed{stage.seed}"]
-        corpus = TokenStore(self.data["stores"]["corpus"])
-        scored = score_store(
-            reference["run"], corpus, directory / "ref_losses", v.seq_len, progress=False
-        )
-        return {"losses": str(scored.path), "tokens": corpus.n_tokens}
+        reference = self.results[stage.after[0]]
+        store = TokenStore(self.results[stage.windows]["tokens"])
+        scored = score_store(reference["run"], store, directory / "ref_losses", v.seq_len,
+                             progress=False, **({"entropy": True} if stage.entropy else {}))  # fmt: skip
+        return {"losses": str(scored.path), "store": str(store.path),
+                "scored_tokens": store.n_tokens, "n_params": reference["n_params"]}  # fmt: skip
 
     def build_prune(self, stage: Stage, directory: Path) -> dict:
         v = self.cfg.view("prune")
-        corpus = TokenStore(self.data["stores"]["corpus"])
-        scored = self.results[f"score-ref{stage.seed}"]["losses"]
-        prune_store(
-            corpus,
-            scored,
-            directory / "pruned",
-            keep=v.prune_keep,
-            unit="window",
-            by="reference",
-            progress=False,
-        )
+        scored = self.results[stage.windows]
+        report = prune_store(scored["store"], scored["losses"], directory / "pruned",
+                             keep=v.prune_keep, unit="window", by="reference",
+                             progress=False)  # fmt: skip
         return {
             "tokens": str(directory / "pruned" / "tokens"),
             "losses": str(directory / "pruned" / "ref_losses"),
+            "windows": report["units_kept"],
         }
 
     def build_embed(self, stage: Stage, directory: Path) -> dict:
-        """Every corpus window embedded (mean of the last hidden state) by the references'
-        start: the learner's base, or the proxy."""
+        """The drawn windows embedded by the base: the mean of a hidden state."""
         v = self.cfg.view("embed")
-        model_dir = self.results["proxy" if "proxy" in self.plan else "base"]["run"]
+        model_dir = self.results["base"]["run"]
         if model_dir in PRESETS:
             raise UserError("the prototype arms embed with a trained model: not with "
-                            "--from_scratch (give a model --base or --reference_base)")  # fmt: skip
-        corpus = TokenStore(self.data["stores"]["corpus"])
+                            "--from_scratch (give a model --base)")  # fmt: skip
+        store = TokenStore(self.results[stage.windows]["tokens"])
         model = load_model(model_dir)
-        embed_units(model, model_dir, corpus, "window", v.seq_len, directory / "embeddings")
-        return {
-            "embeddings": str(directory / "embeddings"),
-            "model": model_dir,
-            "n_params": count_parameters(model),
-            "tokens": corpus.n_tokens,  # the windows partition the stream: every token once
-        }
+        embed_units(model, model_dir, store, "window", v.seq_len, directory / "embeddings",
+                    layer=v.embed_layer)  # fmt: skip
+        # A forward pass costs 2·N per token; the input embeddings are a lookup.
+        flops = 0.0 if v.embed_layer == 0 else 2.0 * count_parameters(model) * store.n_tokens
+        return {"embeddings": str(directory / "embeddings"), "model": model_dir,
+                "layer": v.embed_layer, "embedded_tokens": store.n_tokens,
+                "flops": flops}  # fmt: skip
 
     def build_proto(self, stage: Stage, directory: Path) -> dict:
         v = self.cfg.view("proto")
-        corpus = TokenStore(self.data["stores"]["corpus"])
-        losses = None
-        if stage.seed is not None:
-            losses = self.results[f"score-ref{stage.seed}"]["losses"]
-        embedded = self.results["embed"]
+        store = TokenStore(self.results[stage.windows]["tokens"])
+        embedded = self.results[stage.after[0]]
         options = {"embed_model": embedded["model"], "embeddings": embedded["embeddings"],
-                   "seq_len": v.seq_len, "keep_from": v.proto_from,
+                   "layer": embedded["layer"], "seq_len": v.seq_len, "keep_from": v.proto_from,
                    "dedup": v.proto_dedup or None, "seed": 0}  # fmt: skip
-        report = prune_store(corpus, losses, directory / "pruned", keep=v.proto_keep,
+        report = prune_store(store, None, directory / "pruned", keep=v.proto_keep,
                              unit="window", by="prototype", progress=False,
                              prototype=options)  # fmt: skip
-        pruned = directory / "pruned"
-        return {"tokens": str(pruned / "tokens"),
-                "losses": None if losses is None else str(pruned / "ref_losses"),
+        return {"tokens": str(directory / "pruned" / "tokens"), "losses": None,
+                "windows": report["units_kept"],
                 "dropped_by_dedup": report.get("dropped_by_dedup"),
                 "clusters": report.get("clusters")}  # fmt: skip
 
     def build_arm(self, stage: Stage, directory: Path) -> dict:
         arm = ARMS[stage.arm]
         v = self.cfg.view("arms", arm.reads)
-        tokens, losses = self.data["stores"]["corpus"], None
-        if arm.data == "mix":
-            tokens = self.results["mix"]["store"]
-        if stage.reference_seed is not None:
-            losses = self.results[f"score-ref{stage.reference_seed}"]["losses"]
-        if arm.data == "pruned":
-            pruned = self.results[f"prune-ref{stage.reference_seed}"]
-            tokens, losses = pruned["tokens"], pruned["losses"]
-        if arm.data == "proto":
-            pruned = self.results[proto_stage(stage.reference_seed)]
-            tokens, losses = pruned["tokens"], pruned["losses"]
-        corpus_tokens = self.data["tokens"]["corpus"]
+        if arm.data == "curated":
+            tokens, losses = self.data["stores"]["curated"], None
+        else:
+            tokens = self.results[stage.windows]["tokens"]
+            losses = self.results[stage.scores]["losses"] if stage.scores else None
         return self.train(
             directory,
             "arms",
@@ -248,7 +261,7 @@ class Runner:
             init=self.results["base"]["run"],
             tokens=tokens,
             selection=arm.selection_arguments(v),
-            steps=self.steps(v.train_tokens or corpus_tokens, v),
+            steps=self.steps(v.train_tokens or self.data["tokens"]["corpus"], v),
             seed=stage.seed,
             lr=v.learning_rate,
             ref_losses=losses,
@@ -258,38 +271,26 @@ class Runner:
     def build_analyses(self, stage: Stage, directory: Path) -> dict:
         first = self.cfg.seeds[0]
         slm = self.plan.get(f"slm-seed{first}")
-        losses = None if slm is None else self.results[f"score-ref{slm.reference_seed}"]["losses"]
-        return analyse(
-            self.cfg.view("analyses"),
-            self.results,
-            self.data,
-            self.out,
-            directory,
-            first=first,
-            slm_losses=losses,
-        )
+        data = None
+        if slm is not None:
+            data = {"tokens": self.results[slm.windows]["tokens"],
+                    "losses": self.results[slm.scores]["losses"]}  # fmt: skip
+        return analyse(self.cfg.view("analyses"), self.results, self.data, self.out, directory,
+                       first=first, slm_data=data)  # fmt: skip
 
     # ------------------------------------------------------------------ results
     def collect(self) -> dict:
         cfg, data = self.cfg, self.data
         runs: dict[str, list[dict]] = {}
         for name in cfg.arm_list:
-            if ARMS[name].data == "curated":
-                runs[name] = [
-                    {**self.results[f"reference-seed{r}"], "seed": r}
-                    for r in cfg.reference_seeds_used
-                ]
-                continue
             runs[name] = []
             for seed in cfg.seeds_of(name):
                 stage = self.plan[f"{name}-seed{seed}"]
-                runs[name].append(
-                    {
-                        **self.results[stage.name],
-                        "seed": seed,
-                        "reference_seed": stage.reference_seed,
-                    }
-                )
+                run = {**self.results[stage.name], "seed": seed,
+                       "reference_seed": stage.reference_seed}  # fmt: skip
+                if stage.windows:
+                    run["windows"] = stage.windows
+                runs[name].append(run)
         results = {
             "config": cfg.as_dict(),
             "data": {k: data[k] for k in ("axes", "decontamination", "tokens", "base_overlap")},
@@ -301,6 +302,17 @@ class Runner:
         }
         if "mix" in self.results:
             results["data"]["mix"] = self.results["mix"]
+        keep_ref = ("steps", "train_tokens", "n_params", "flops_train")
+        results["references"] = {
+            name: {"seed": s.seed, "source": s.source,
+                   **{k: self.results[name][k] for k in keep_ref}}
+            for name, s in self.plan.items() if s.kind == "reference"
+        }  # fmt: skip
+        results["draws"] = {
+            name: {"pool": s.pool, "source": s.source, "seed": s.seed,
+                   **{k: self.results[name][k] for k in ("windows", "of")}}
+            for name, s in self.plan.items() if s.kind == "draw"
+        }  # fmt: skip
         keep = ("steps", "warmup_steps", "train_tokens", "flops_train", "n_params")
         for name in ("base", "proxy"):
             if name in self.plan and self.plan[name].cached:
@@ -309,45 +321,41 @@ class Runner:
         results["summary"] = summarise(results)
         return results
 
+    WHAT = {"proxy": "proxy pretraining", "reference": "reference training",
+            "score": "scoring the drawn windows", "prune": "pruning",
+            "embed": "embedding the drawn windows", "proto": "clustering"}  # fmt: skip
+
     def overheads(self, runs: dict) -> dict:
-        """What each arm is charged before its training, by its registry entry: the training of
-        the reference its seed pairs with, the scoring of the corpus by it (2·N_ref FLOPs per
-        token scored) and the pruning; mean over the references its seeds used. The base is
-        shared by every arm and left out; a proxy pretrained here for the references is
-        charged to every arm that reads them."""
+        """What each arm is charged before its training: the plan's charges of each of its
+        seeds (the reference it pairs with, and its pretraining when it is a proxy; 2·N_ref
+        FLOPs per token scored; the embedding; pruning and clustering in seconds), the mean
+        over its seeds. The base is shared by every arm and left out."""
         out = {}
-        proxy = self.plan.get("proxy")
-        proxy_flops = self.results["proxy"]["flops_train"] if proxy and proxy.cached else 0.0
-        proxy_seconds = self.stages.seconds.get("proxy", 0.0) if proxy_flops else 0.0
-        what = {"reference": "reference training", "score": "scoring the corpus",
-                "prune": "pruning", "embed": "embedding the corpus"}  # fmt: skip
         for name, seeds in runs.items():
-            arm = ARMS[name]
-            if not arm.overhead:
-                continue
-            flops, seconds = [], []
+            flops, seconds, scored, kinds = [], [], [], []
             for run in seeds:
-                f, parts, r = 0.0, [], run["reference_seed"]
-                if arm.uses_reference:
-                    ref, scored = self.results[f"reference-seed{r}"], self.results[f"score-ref{r}"]
-                    f += proxy_flops + ref["flops_train"] + 2 * ref["n_params"] * scored["tokens"]
-                    parts += [f"reference-seed{r}", f"score-ref{r}"]
-                if "prune" in arm.overhead:
-                    parts.append(f"prune-ref{r}")
-                if "embed" in arm.overhead:
-                    embedded = self.results["embed"]
-                    f += 2 * embedded["n_params"] * embedded["tokens"]
-                    parts += ["embed", proto_stage(r)]
+                charges = self.plan[f"{name}-seed{run['seed']}"].charges
+                f = tokens = 0.0
+                for key in charges:
+                    kind, result = self.plan[key].kind, self.results[key]
+                    if kind in ("reference", "proxy"):
+                        f += result["flops_train"]
+                    elif kind == "score":
+                        f += 2.0 * result["n_params"] * result["scored_tokens"]
+                        tokens += result["scored_tokens"]
+                    elif kind == "embed":
+                        f += result["flops"]
+                    kinds += [kind] if kind not in kinds else []
                 flops.append(f)
-                own = sum(self.stages.seconds.get(p, 0.0) for p in parts)
-                seconds.append(own + (proxy_seconds if arm.uses_reference else 0.0))
+                scored.append(tokens)
+                seconds.append(sum(self.stages.seconds.get(key, 0.0) for key in charges))
+            if not kinds:
+                continue
             out[name] = {
                 "flops": float(np.mean(flops)),
                 "seconds": float(np.mean(seconds)),
-                "what": ("proxy pretraining + " if proxy_flops and arm.uses_reference else "")
-                + " + ".join(what[p] for p in arm.overhead),
+                "what": " + ".join(self.WHAT[k] for k in self.WHAT if k in kinds),
             }
-            if arm.uses_reference:
-                first = seeds[0]["reference_seed"]
-                out[name]["tokens_scored"] = self.results[f"score-ref{first}"]["tokens"]
+            if "score" in kinds:
+                out[name]["tokens_scored"] = float(np.mean(scored))
         return out

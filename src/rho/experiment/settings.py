@@ -22,9 +22,10 @@ from rho.experiment.arms import ARMS, CORE_ARMS, NAMES
 from rho.models import PRESETS
 from rho.select import check_ratio
 
-STAGES = ("data", "mix", "base", "proxy", "reference", "score", "prune", "embed", "proto", "arms",
-          "analyses")  # fmt: skip
-TRAINING = ("base", "proxy", "reference", "arms")  # every training run's schedule
+STAGES = ("data", "mix", "base", "proxy", "sample", "reference", "self-reference", "draw", "score",
+          "prune", "embed", "proto", "arms", "analyses")  # fmt: skip
+# every training run's schedule
+TRAINING = ("base", "proxy", "reference", "self-reference", "arms")
 FILE_FIELDS = ("curated", "corpus", "heldout", "base_data")  # keyed by content, not path
 
 
@@ -82,10 +83,9 @@ class ExperimentConfig:
     reference_base: str | None = option(
         None,
         stages=("proxy",),
-        help="the reference's own start, smaller than --base (a proxy): a preset (pretrained "
-        "here on --base_data like the base, cached) or a model directory with the data's "
-        "tokenizer; its pretraining, training and scoring are charged at its own size "
-        "(default: the base itself)",
+        help="the proxy arms' (slm-proxy) reference start, smaller than --base: a preset "
+        "(pretrained here on --base_data like the base, cached) or a model directory with the "
+        "data's tokenizer; its pretraining, training and scoring are charged at its own size",
     )
     from_scratch: bool = option(
         False,
@@ -99,14 +99,19 @@ class ExperimentConfig:
     )
     vocab: int = option(2048, stages=("data",), help="vocabulary of a trained tokenizer")
     arms: str = option(
-        ",".join(CORE_ARMS), stages=(), help=f"comma list of {', '.join(NAMES)}; or all"
+        ",".join(CORE_ARMS),
+        stages=(),
+        help=f"comma list of {', '.join(NAMES)}; or all (the proxy arms only with "
+        "--reference_base)",
     )
     seeds: list[int] = option(
         factory=lambda: [0, 1, 2],
         stages=(),
         help="seeds (data order) of the --seeded_arms; other arms use the first",
     )
-    seeded_arms: str = option("clm,slm", stages=(), help="arms run over every seed (comma list)")
+    seeded_arms: str = option(
+        "clm,slm", stages=(), help="arms run over every seed (comma list, or all)"
+    )
     reference_seeds: list[int] = option(
         factory=list,
         stages=(),
@@ -114,8 +119,28 @@ class ExperimentConfig:
         "arms using reference scores pair seed i with reference "
         "i (cycling), so their spread includes the reference's",
     )
-    train_tokens: int = option(0, stages=("arms",), help="per-arm budget (0: one pass)")
-    ref_epochs: float = option(2.0, stages=("reference",), help="reference: epochs on curated")
+    train_tokens: int = option(
+        0, stages=("arms", "draw", "reference"), help="per-arm budget (0: one pass)"
+    )
+    ref_tokens: int = option(
+        0,
+        stages=("reference",),
+        help="the scoring reference's training budget on the curated data, in tokens (0: the "
+        "arms' budget; then the reference arm's runs are the scoring references)",
+    )
+    self_reference: float = option(
+        0.1,
+        stages=("sample",),
+        help="the self-reference arms (slm-self, slm-entropy): the share of the corpus's "
+        "windows (a seeded sample, which stays in the corpus) the base is trained on, one pass, "
+        "to score the corpus without curated data",
+    )
+    curated_tokens: int = option(
+        0,
+        stages=("data",),
+        help="use at most this many tokens of the curated files: a seeded sample of whole "
+        "documents (the curated-scarce regime; 0: all of them)",
+    )
     ratio: float = option(0.6, stages=("analyses",), help="SLM: fraction of tokens kept")
     mix_share: float = option(
         0.2, stages=("mix",), help="clm-mix: share of curated tokens in the mixed corpus"
@@ -136,14 +161,24 @@ class ExperimentConfig:
         help="prototype arms: drop near-duplicates above this cosine similarity inside a "
         "cluster first (SemDeDup; 0: off)",
     )
+    embed_layer: int = option(
+        -1,
+        stages=("embed",),
+        help="prototype arms: the base's hidden state that embeds a window (-1: the last; 0: "
+        "the input token embeddings, a lookup with no forward pass)",
+    )
     candidate_factor: int = option(4, stages=(), help="RHO-LOSS: candidates per window")
     seq_len: int = option(
         256,
-        stages=(*TRAINING, "score", "embed", "proto", "analyses"),
+        stages=(*TRAINING, "sample", "draw", "score", "embed", "proto", "analyses"),
         help="window length (tokens)",
     )
-    batch_size: int = option(16, stages=TRAINING, help="windows per optimizer step")
-    learning_rate: float = option(1e-3, stages=("reference", "arms"), help="arms and reference")
+    batch_size: int = option(
+        16, stages=(*TRAINING, "draw"), help="windows per optimizer step"
+    )
+    learning_rate: float = option(
+        1e-3, stages=("reference", "self-reference", "arms"), help="arms and references"
+    )
     base_learning_rate: float = option(3e-3, stages=("base", "proxy"), help="base pretraining")
     evals: int = option(8, stages=TRAINING, help="validation evaluations per run")
     eval_windows: int = option(
@@ -163,6 +198,12 @@ class ExperimentConfig:
         5, stages=("analyses",), help="CLM checkpoints scored for token-loss dynamics"
     )
     analyze: bool = option(True, stages=(), help="selection analyses and HTML")
+    choices: str = option(
+        "",
+        stages=(),
+        help="how the config's settings were chosen, for the report (default: the report says "
+        "nothing in the run chose them)",
+    )
 
     def __post_init__(self):
         self.check()
@@ -171,8 +212,8 @@ class ExperimentConfig:
     def arm_list(self) -> tuple[str, ...]:
         names = [a.strip() for a in self.arms.split(",") if a.strip()]
         registry = tuple(ARMS)  # read now: an arm registered later counts
-        if names == ["all"]:
-            return registry
+        if names == ["all"]:  # the proxy arms when there is a proxy
+            return tuple(a for a in registry if self.reference_base or not ARMS[a].proxy)
         unknown = [a for a in names if a not in ARMS]
         if unknown:
             raise UserError(f"unknown arm {unknown[0]!r}; choose from {', '.join(ARMS)} or all")
@@ -184,7 +225,7 @@ class ExperimentConfig:
         if arm == "reference":
             return self.reference_seeds_used
         seeded = {a.strip() for a in self.seeded_arms.split(",")}
-        return list(self.seeds) if arm in seeded else list(self.seeds[:1])
+        return list(self.seeds) if arm in seeded or "all" in seeded else list(self.seeds[:1])
 
     @property
     def reference_seeds_used(self) -> list[int]:
@@ -205,6 +246,7 @@ class ExperimentConfig:
         check_ratio(self.mix_share, "--mix_share")
         check_ratio(self.prune_keep, "--prune_keep")
         check_ratio(self.proto_keep, "--proto_keep")
+        check_ratio(self.self_reference, "--self_reference")
         if self.proto_from not in ("hard", "easy"):
             raise UserError(f"--proto_from must be hard or easy, got {self.proto_from!r}")
         if not 0.0 <= self.proto_dedup <= 1.0:
@@ -217,11 +259,14 @@ class ExperimentConfig:
         for name in ("seq_len", "batch_size", "evals", "candidate_factor"):
             if getattr(self, name) < (2 if name == "seq_len" else 1):
                 raise UserError(f"--{name} must be positive, got {getattr(self, name)}")
-        for name in ("train_tokens", "base_tokens", "vocab", "eval_windows"):
+        for name in ("train_tokens", "base_tokens", "vocab", "eval_windows", "ref_tokens"):
             if getattr(self, name) < 0:
                 raise UserError(f"--{name} must be >= 0")
-        if self.ref_epochs <= 0:
-            raise UserError("--ref_epochs must be positive")
+        if self.ref_tokens < 0 or self.curated_tokens < 0:
+            raise UserError("--ref_tokens and --curated_tokens must be >= 0")
+        proxied = [a for a in self.arm_list if ARMS[a].proxy]
+        if proxied and self.reference_base is None:
+            raise UserError(f"--arms {proxied[0]} needs --reference_base (the proxy's start)")
         if self.dynamics_checkpoints < 2:
             raise UserError("--dynamics_checkpoints must be at least 2")
         for name in ("seeds", "reference_seeds"):
@@ -229,7 +274,7 @@ class ExperimentConfig:
             if (name == "seeds" and not seeds) or len(set(seeds)) != len(seeds):
                 raise UserError(f"--{name} must be distinct integers")
         self.arm_list  # noqa: B018 (validates)
-        unknown = {a.strip() for a in self.seeded_arms.split(",") if a.strip()} - set(ARMS)
+        unknown = {a.strip() for a in self.seeded_arms.split(",") if a.strip()} - {*ARMS, "all"}
         if unknown:
             raise UserError(f"--seeded_arms: unknown arm {sorted(unknown)[0]!r}")
         for name in ("base", "reference_base"):
@@ -240,8 +285,13 @@ class ExperimentConfig:
     def check_inputs(self) -> None:
         """The data exists (checked when the run starts, not when a config is only parsed);
         globs in the file lists are expanded here, in sorted order."""
-        if not self.curated or not self.corpus or not self.heldout:
-            raise UserError("give --curated, --corpus and at least one --heldout NAME=FILE")
+        if not self.corpus or not self.heldout:
+            raise UserError("give --corpus and at least one --heldout NAME=FILE")
+        curated = [a for a in self.arm_list if ARMS[a].needs_curated]
+        if curated and not self.curated:
+            raise UserError(f"--arms {curated[0]} needs --curated (the target's curated data); "
+                            "without it, run clm, slm-random, proto-clm and the self-reference "
+                            "arms (slm-self, slm-entropy)")  # fmt: skip
         self.curated, self.corpus, self.base_data = (
             expand(self.curated),
             expand(self.corpus),
@@ -342,6 +392,9 @@ def parse_config(argv: list[str], defaults: dict | None = None, prog: str = "rho
     parser.add_argument("--config", default=None, help="YAML file of these options")
     if prog == "rho demo":
         parser.add_argument("--quick", action="store_true", help="smoke-test scale")
+        parser.add_argument("--setting", default="paper", choices=("paper", "scarce"),
+                            help="paper: demo.yaml; scarce: the curated data 1/20 of each "
+                            "arm's budget, and a math-corpus axis (scarce.yaml)")  # fmt: skip
     known, _ = parser.parse_known_args(argv)
     values = dict(defaults or {})
     if known.config:
