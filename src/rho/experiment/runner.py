@@ -197,7 +197,7 @@ class Runner:
         reference = self.results[stage.after[0]]
         store = TokenStore(self.results[stage.windows]["tokens"])
         scored = score_store(reference["run"], store, directory / "ref_losses", v.seq_len,
-                             progress=False, **({"entropy": True} if stage.entropy else {}))  # fmt: skip
+                             progress=False, entropy=stage.entropy)  # fmt: skip
         return {"losses": str(scored.path), "store": str(store.path),
                 "scored_tokens": store.n_tokens, "n_params": reference["n_params"]}  # fmt: skip
 
