@@ -91,7 +91,8 @@ def setting_lines(results: dict) -> list[str]:
         )
     lines += reference_lines(results)
     shared = [a for a in runs if ARMS[a].corpus_order]
-    own = {a: ARMS[a].data for a in runs if not ARMS[a].corpus_order and a != "reference"}
+    own = {a: "mix" if ARMS[a].data == "mix" else "corpus"
+           for a in runs if not ARMS[a].corpus_order and a != "reference"}  # fmt: skip
     order = (
         f"For a given seed, {_names(shared)} train on the same drawn windows in the same order "
         "(their seeds pair)"
@@ -103,8 +104,10 @@ def setting_lines(results: dict) -> list[str]:
     lines.append(order + f". Corpus: {tokens['corpus']:,} tokens.")
     lines += draw_lines(results)
     seeded = [a for a, seeds in runs.items() if len(seeds) > 1 and a != "reference"]
+    single = [a for a, seeds in runs.items() if len(seeds) == 1 and a != "reference"]
     lines.append(
-        f"Seeds {cfg['seeds']} for {_names(seeded) or 'no arm'}; the first seed for the other arms."
+        f"Seeds {cfg['seeds']} for {_names(seeded) or 'no arm'}"
+        + (f"; the first seed for {_names(single)}." if single else ".")
     )
     pairs = results["summary"]["reference_pairs"]
     for arm, rows in pairs.items():
@@ -156,7 +159,7 @@ def draw_lines(results: dict) -> list[str]:
     if not draws:
         return []
     sizes = sorted({(d["pool"], d["windows"], d["of"], d["source"]) for d in draws.values()})
-    parts = [f"{pool:g}× the budget ({windows:,} of the {of:,} whole {source} windows)"
+    parts = [f"{pool:.3g}× the budget ({windows:,} of the {of:,} whole {source} windows)"
              for pool, windows, of, source in sizes]  # fmt: skip
     scored = {a: o["tokens_scored"] for a, o in results["overhead"].items() if "tokens_scored" in o}
     text = (
@@ -188,9 +191,9 @@ def splits_lines(results: dict) -> list[str]:
         f"({cfg['validation_fraction']:.0%}) and test. Validation: the curves ({sample}, at "
         f"every evaluation) and the target of the compute table, {target['what']}. Test: the "
         "final losses below, computed once per run on the whole set. Nothing in this run chose "
-        "a setting: they are the config's (results.json, `config`), not tuned on the test "
-        "sets or on the validation sets by this run."
-        + (f" How the config's were chosen: {cfg['choices']}" if cfg.get("choices") else ""),
+        "a setting: they are the config's (results.json, `config`), "
+        + (f"chosen before it: {cfg['choices']}" if cfg.get("choices") else
+           "not tuned on the test sets or on the validation sets by this run."),  # fmt: skip
         "",
     ]
 
