@@ -23,6 +23,21 @@ from rho.windows import check_positions
 
 
 @dataclass
+class RhoTrainingArguments(TrainingArguments):
+    """transformers.TrainingArguments, with rho's default where it differs from the Trainer's."""
+
+    ddp_find_unused_parameters: bool | None = field(
+        default=False,
+        metadata={
+            "help": "find_unused_parameters of DistributedDataParallel. rho's default is False: "
+            "a causal LM uses every parameter in every step, and True (the Trainer's default) "
+            "costs an extra pass over the autograd graph each step. Pass true for a model that "
+            "leaves some parameters unused in a step (DDP then says so)"
+        },
+    )
+
+
+@dataclass
 class RunDirArguments:
     """What `rho train` may do to an existing --output_dir, and to an incomplete model."""
 
@@ -52,6 +67,28 @@ def check_output_dir(data: ModelDataArguments, output_dir: str) -> None:
         raise UserError(f"--output_dir {output_dir} is a file, not a directory")
 
 
+def check_sharding(args: TrainingArguments) -> None:
+    """--fsdp where accelerate cannot shard is refused: accelerate turns FSDP on only for GPUs
+    and other accelerators, so on the CPU the run would silently train as plain DDP."""
+    if args.fsdp and args.device.type in ("cpu", "mps"):
+        raise UserError(
+            f"--fsdp cannot shard on {args.device.type}: accelerate applies FSDP only on GPUs "
+            "(and other accelerators), so this run would train as plain DDP with every "
+            "parameter on every rank; drop --fsdp"
+        )
+
+
+def distributed_facts(trainer) -> dict:
+    """How a finished run was spread over processes (recorded in rho_options.json): the world
+    size, the wrapper around the model, and DDP's find_unused_parameters when it was DDP."""
+    wrapped = trainer.model_wrapped
+    return {
+        "world_size": trainer.args.world_size,
+        "wrapper": type(wrapped).__name__,
+        "find_unused_parameters": getattr(wrapped, "find_unused_parameters", None),
+    }
+
+
 def model_inputs(data: ModelDataArguments) -> list:
     """Every input of a run the run directory may not overlap."""
     model = data.model if data.model and Path(data.model).exists() else None
@@ -75,6 +112,7 @@ def build_trainer(
     from rho.options import check_training_arguments  # NaN rates, 0 accumulation steps ...
 
     check_training_arguments(args)
+    check_sharding(args)
     check_output_dir(data, args.output_dir)
     tokens = TokenStore(data.tokens)
     losses = LossStore(data.ref_losses) if data.ref_losses else None
@@ -155,6 +193,7 @@ def run_training(
         if rank0:  # every input checked: now make, clear or cut back the run directory
             prepare_run_dir(*where, commit=True)
         trainer.train(resume_from_checkpoint=resume)
+        trainer.rho_options["distributed"] = distributed_facts(trainer)
         trainer.save_model()
         if trainer.eval_dataset is not None:
             trainer.evaluate()
@@ -163,7 +202,7 @@ def run_training(
 
 def cli(argv: list[str]) -> int:
     parser = HfArgumentParser(
-        (ModelDataArguments, SelectionArguments, RunDirArguments, TrainingArguments)
+        (ModelDataArguments, SelectionArguments, RunDirArguments, RhoTrainingArguments)
     )
     parser.prog = "rho train"
     wants_help = "-h" in argv or "--help" in argv
