@@ -18,6 +18,7 @@ import fcntl
 import hashlib
 import json
 import math
+import mmap
 import os
 import shutil
 import tempfile
@@ -137,14 +138,38 @@ def sha256_file(path: str | Path, h=None) -> str:
     return h.hexdigest()
 
 
+def blocks(array: np.ndarray, size: int = 1 << 22) -> Iterator[np.ndarray]:
+    """The consecutive blocks of a 1-D array, as fresh arrays. A whole memory-mapped .npy is
+    read from its file, not through its map: a pass over a whole store then maps none of it
+    into the process, whose RSS stays flat at any store size (the kernel's page cache keeps the
+    pages, and reclaims them when it must)."""
+    whole_map = isinstance(array, np.memmap) and isinstance(array.base, mmap.mmap)
+    if not (whole_map and array.filename and array.ndim == 1 and array.flags.c_contiguous):
+        for start in range(0, len(array), size):
+            yield np.ascontiguousarray(array[start : start + size])
+        return
+    with open(array.filename, "rb") as f:
+        f.seek(array.offset)
+        for start in range(0, len(array), size):
+            yield np.fromfile(f, dtype=array.dtype, count=min(size, len(array) - start))
+
+
 def hash_arrays(*arrays: np.ndarray) -> str:
     h = hashlib.sha256()
     for array in arrays:
-        array = np.asarray(array)
+        array = array if isinstance(array, np.ndarray) else np.asarray(array)
         h.update(f"{array.dtype.str}{array.shape}".encode())
-        for start in range(0, len(array), 1 << 22):
-            h.update(np.ascontiguousarray(array[start : start + (1 << 22)]).tobytes())
+        for block in blocks(array):
+            h.update(block.tobytes())
     return h.hexdigest()
+
+
+def save_npy(path: str | Path, array: np.ndarray) -> None:
+    """``np.save`` of a 1-D array, block by block (a memory-mapped one through ``blocks``)."""
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, np.lib.format.header_data_from_array_1_0(array))
+        for block in blocks(array):
+            f.write(block.tobytes())
 
 
 def hash_dir(path: str | Path) -> str:

@@ -18,7 +18,14 @@ from pathlib import Path
 import numpy as np
 
 from rho.errors import UserError
-from rho.files import building, hash_arrays, read_json, save_npy_atomic, write_json_atomic
+from rho.files import (
+    blocks,
+    building,
+    hash_arrays,
+    read_json,
+    save_npy_atomic,
+    write_json_atomic,
+)
 from rho.store import FORMAT_VERSION, LOSS_STORE, TokenStore, load_npy, loss_summary
 
 RESUME_KEYS = ("token_hash", "seq_len", "model_hash", "score_dtype")
@@ -32,8 +39,8 @@ def finite_fraction(ref_loss: np.ndarray, seq_len: int) -> float:
     """The share of finite losses among the positions that should have one (not window starts),
     read in chunks."""
     finite, expected = 0, 0
-    for start in range(0, len(ref_loss), CHUNK):
-        block = np.isfinite(np.asarray(ref_loss[start : start + CHUNK]))
+    for start, values in zip(range(0, len(ref_loss), CHUNK), blocks(ref_loss, CHUNK), strict=True):
+        block = np.isfinite(values)
         starts = np.arange(-start % seq_len, len(block), seq_len)
         finite += int(block.sum()) - int(block[starts].sum())
         expected += len(block) - len(starts)
@@ -103,9 +110,13 @@ def create_or_resume(tokens: TokenStore, out: Path, meta: dict, overwrite: bool)
         from rho.store import allocate_npy  # disk reserved up front: a full disk is one line
 
         losses = allocate_npy(tmp / "ref_loss.npy", tokens.n_tokens, np.float16)
-        losses[:] = np.nan
-        losses.flush()
-        del losses
+        offset = losses.offset
+        del losses  # NaN written through the file: none of it stays mapped (RSS)
+        nan = np.full(min(CHUNK, tokens.n_tokens), np.nan, dtype="<f2").tobytes()
+        with open(tmp / "ref_loss.npy", "r+b") as f:
+            f.seek(offset)
+            for start in range(0, tokens.n_tokens, CHUNK):
+                f.write(nan[: 2 * min(CHUNK, tokens.n_tokens - start)])
         (tmp / "progress").mkdir()
         write_json_atomic(tmp / "meta.json", meta)
     return meta

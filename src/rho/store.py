@@ -26,10 +26,12 @@ from transformers import AutoTokenizer
 
 from rho.errors import UserError
 from rho.files import (
+    blocks,
     building,
     hash_arrays,
     hash_dir,
     one_line,
+    save_npy,
     sha256_file,
     write_json_atomic,
 )
@@ -164,7 +166,7 @@ CHUNK = 1 << 22  # entries read at a time by whole-array passes (hashes, statist
 
 
 def max_chunked(values: np.ndarray) -> int:
-    return max(int(values[s : s + CHUNK].max()) for s in range(0, len(values), CHUNK))
+    return max(int(block.max()) for block in blocks(values, CHUNK))
 
 
 class TokenStore:
@@ -274,7 +276,7 @@ def write_token_store(
 ) -> TokenStore:
     """Write a TokenStore atomically (into a temporary directory, then renamed into place)."""
     path = Path(path)
-    tokens = np.asarray(tokens)
+    tokens = tokens if isinstance(tokens, np.ndarray) else np.asarray(tokens)  # keep a memmap
     if len(tokens) == 0:
         raise UserError("the corpus is empty: no tokens to store")
     top = max_chunked(tokens)  # before the cast, which would wrap an id too big for its dtype
@@ -283,12 +285,14 @@ def write_token_store(
     tokens = tokens.astype(smallest_token_dtype(vocab_size), copy=False)
     doc_offsets = np.asarray(doc_offsets, dtype=np.int64)
     with building(path, overwrite, TOKEN_STORE) as tmp:
-        np.save(tmp / "tokens.npy", tokens)
+        save_npy(tmp / "tokens.npy", tokens)  # block by block: a memory-map stays unmapped
         np.save(tmp / "doc_offsets.npy", doc_offsets)
         if doc_domains is not None:
             np.save(tmp / "doc_domains.npy", np.asarray(doc_domains, dtype=np.int16))
         if noise_mask is not None:
-            np.save(tmp / "noise_mask.npy", np.asarray(noise_mask, dtype=bool))
+            if not (isinstance(noise_mask, np.ndarray) and noise_mask.dtype == bool):
+                noise_mask = np.asarray(noise_mask, dtype=bool)
+            save_npy(tmp / "noise_mask.npy", noise_mask)
         shutil.copytree(tokenizer_dir, tmp / "tokenizer")
         meta = {
             "format": TOKEN_STORE,
@@ -359,14 +363,16 @@ def loss_summary(values: np.ndarray, seq_len: int) -> dict:
     """Statistics of a loss array read in chunks (a big store never sits in memory at once):
     mean over scored tokens, how many tokens are still unscored (NaN away from a window start),
     and percentiles from an evenly strided sample of at most ~1M entries."""
-    total, count, missing = 0.0, 0, 0
-    for start in range(0, len(values), CHUNK):
-        block = np.asarray(values[start : start + CHUNK], dtype=np.float64)
+    step = max(1, len(values) // (1 << 20))  # the sample: every step-th entry
+    total, count, missing, sample = 0.0, 0, 0, [np.zeros(0, np.float32)]
+    for start, block in zip(range(0, len(values), CHUNK), blocks(values, CHUNK), strict=True):
+        sample.append(block[-start % step :: step].astype(np.float32))
+        block = block.astype(np.float64)
         nan = np.isnan(block)
         total, count = total + block[~nan].sum(), count + int((~nan).sum())
         at_starts = nan[np.arange(-start % seq_len, len(block), seq_len)].sum()
         missing += int(nan.sum() - at_starts)
-    sample = np.asarray(values[:: max(1, len(values) // (1 << 20))], dtype=np.float32)
+    sample = np.concatenate(sample)
     sample = sample[~np.isnan(sample)]
     q = np.percentile(sample, [5, 50, 95]).tolist() if len(sample) else [math.nan] * 3
     return {

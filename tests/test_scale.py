@@ -1,0 +1,117 @@
+"""A store's size does not show in a process's memory: every pass over a whole memory-mapped
+store (hashes, the largest id, the finite share of losses, statistics, copies, the NaN fill of a
+new LossStore) reads it from its file in blocks, so none of it stays mapped (bench/bench_scale.py
+measures the commands at 10M and 100M tokens; docs/SCALE.md)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from rho import loss_writer
+from rho.files import blocks, hash_arrays
+from rho.store import LossStore, TokenStore, loss_summary, max_chunked, write_token_store
+from rho.windows import batch_windows
+
+N = 24 << 20  # tokens: 48 MiB of uint16, 48 MiB of float16 losses
+MIB = 1 << 20
+
+
+def rss_file() -> int:
+    """Bytes of file-backed pages mapped into this process and resident (RssFile)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("RssFile:"):
+                return int(line.split()[1]) * 1024
+    pytest.skip("no RssFile in /proc/self/status")
+
+
+def grows(fn) -> int:
+    """The most file-backed memory ``fn`` held mapped at once beyond what was mapped before
+    (sampled every millisecond by a thread: a map dropped before returning counts too)."""
+    before, peak, done = rss_file(), [0], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], rss_file())
+            time.sleep(0.001)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        fn()
+    finally:
+        done.set()
+        sampler.join()
+    return max(peak[0], rss_file()) - before
+
+
+@pytest.fixture(scope="module")
+def big(tmp_path_factory, token_store):
+    root = tmp_path_factory.mktemp("big")
+    raw = np.lib.format.open_memmap(root / "raw.npy", "w+", np.uint16, (N,))
+    raw[:] = np.arange(N, dtype=np.uint64) % 397
+    raw.flush()
+    del raw
+    raw = np.load(root / "raw.npy", mmap_mode="r")
+    store = write_token_store(
+        root / "tokens", raw, [0, N], token_store.tokenizer_dir, vocab_size=400, eos_id=0
+    )
+    return root, store
+
+
+def test_a_pass_through_the_map_would_show_and_blocks_do_not(big):
+    """The measure works: the same pass through the map leaves the file resident."""
+    root, _ = big
+    tokens = np.load(root / "raw.npy", mmap_mode="r")
+    assert grows(lambda: [b.max() for b in blocks(tokens)]) < 4 * MIB
+    assert grows(lambda: [tokens[s : s + MIB].max() for s in range(0, N, MIB)]) > 40 * MIB
+
+
+def test_token_store_writes_and_checks_leave_nothing_mapped(big, tmp_path):
+    root, store = big
+    raw = np.load(root / "raw.npy", mmap_mode="r")
+    again = tmp_path / "again"
+    assert grows(lambda: write_token_store(again, raw, [0, N], store.tokenizer_dir,
+                                           vocab_size=400, eos_id=0)) < 8 * MIB  # fmt: skip
+    opened = TokenStore(again)
+    assert grows(lambda: opened.max_token_id) < 4 * MIB
+    assert opened.max_token_id == 396 == max_chunked(raw)
+    assert grows(opened.verify) < 4 * MIB
+    assert opened.content_hash == store.content_hash
+    assert (again / "tokens.npy").read_bytes() == (store.path / "tokens.npy").read_bytes()
+    np.save(tmp_path / "plain.npy", np.asarray(raw))  # numpy's own writer: the same bytes
+    assert (tmp_path / "plain.npy").read_bytes() == (store.path / "tokens.npy").read_bytes()
+
+
+def test_a_new_loss_store_and_its_checks_leave_nothing_mapped(big, tmp_path):
+    _, store = big
+    out, seq = tmp_path / "losses", 256
+    meta = loss_writer.loss_store_meta(store, seq, 16, model="m", model_hash="h")
+    assert grows(lambda: loss_writer.create_or_resume(store, out, meta, False)) < 4 * MIB
+    losses = np.load(out / "ref_loss.npy", mmap_mode="r")
+    assert np.isnan(losses[[0, N // 2, N - 1]]).all()
+    writer = loss_writer.LossFile(out / "ref_loss.npy")
+    for start in range(0, N, 1 << 22):  # "scores": 1.5 everywhere but the window starts
+        values = np.full(min(1 << 22, N - start), 1.5, dtype=np.float16)
+        values[-start % seq :: seq] = np.nan
+        writer.write(start, values)
+    meta = loss_writer.read_meta(out)
+    n_batches = len(batch_windows(N, seq, 16))
+    writer.record(loss_writer.progress_file(out, meta, 0, 1), np.ones(n_batches, dtype=bool))
+    writer.close()
+    finished = {}
+    assert grows(lambda: finished.update(loss_writer.finish(out, meta, N, n_batches))) < 4 * MIB
+    assert finished["complete"] and finished["mean_loss"] == 1.5
+    assert LossStore(out, store, seq).complete
+    losses = np.load(out / "ref_loss.npy", mmap_mode="r")
+    assert grows(lambda: loss_writer.check_mostly_finite(losses, seq, "x")) < 4 * MIB
+    summary = {}
+    assert grows(lambda: summary.update(loss_summary(losses, seq))) < 4 * MIB
+    assert summary["mean"] == 1.5 and summary["missing"] == 0 and summary["p50"] == 1.5
+    assert grows(lambda: hash_arrays(losses)) < 4 * MIB
+    assert hash_arrays(losses) == hash_arrays(np.asarray(losses))  # same bytes, either way
+    assert loss_writer.finite_fraction(losses, seq) == 1.0
