@@ -13,7 +13,14 @@ import pytest
 
 from rho import loss_writer
 from rho.files import blocks, hash_arrays
-from rho.store import LossStore, TokenStore, loss_summary, max_chunked, write_token_store
+from rho.store import (
+    LossStore,
+    TokenStore,
+    finite_fraction,
+    loss_summary,
+    max_chunked,
+    write_token_store,
+)
 from rho.windows import batch_windows
 
 N = 24 << 20  # tokens: 48 MiB of uint16, 48 MiB of float16 losses
@@ -106,6 +113,7 @@ def test_a_new_loss_store_and_its_checks_leave_nothing_mapped(big, tmp_path):
     finished = {}
     assert grows(lambda: finished.update(loss_writer.finish(out, meta, N, n_batches))) < 4 * MIB
     assert finished["complete"] and finished["mean_loss"] == 1.5
+    assert finished["finite_fraction"] == 1.0  # recorded: training reads no loss to check it
     assert LossStore(out, store, seq).complete
     losses = np.load(out / "ref_loss.npy", mmap_mode="r")
     assert grows(lambda: loss_writer.check_mostly_finite(losses, seq, "x")) < 4 * MIB
@@ -114,4 +122,24 @@ def test_a_new_loss_store_and_its_checks_leave_nothing_mapped(big, tmp_path):
     assert summary["mean"] == 1.5 and summary["missing"] == 0 and summary["p50"] == 1.5
     assert grows(lambda: hash_arrays(losses)) < 4 * MIB
     assert hash_arrays(losses) == hash_arrays(np.asarray(losses))  # same bytes, either way
-    assert loss_writer.finite_fraction(losses, seq) == 1.0
+    assert finite_fraction(losses, seq) == 1.0
+
+
+def test_training_trusts_the_recorded_finite_share(big, tmp_path):
+    """rho train checks a finished LossStore's finite share from its meta.json (no pass over
+    every loss at start-up): here the file is all NaN but the record says 1.0."""
+    import json
+
+    from rho.loss_writer import loss_store_meta, write_loss_store
+
+    _, store = big
+    out, seq = tmp_path / "losses", 256
+    write_loss_store(out, store, np.full(N, np.nan, np.float16), loss_store_meta(store, seq, 16))
+    assert LossStore(out).finite_fraction() == 0.0  # recorded by the writer
+    meta = json.loads((out / "meta.json").read_text())
+    (out / "meta.json").write_text(json.dumps({**meta, "finite_fraction": 1.0}))
+    assert grows(lambda: LossStore(out).finite_fraction()) < MIB
+    assert LossStore(out).finite_fraction() == 1.0
+    del meta["finite_fraction"]  # a store written before the record: read through once
+    (out / "meta.json").write_text(json.dumps(meta))
+    assert LossStore(out).finite_fraction() == 0.0

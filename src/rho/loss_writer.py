@@ -19,37 +19,37 @@ import numpy as np
 
 from rho.errors import UserError
 from rho.files import (
-    blocks,
     building,
     hash_arrays,
     read_json,
     save_npy_atomic,
     write_json_atomic,
 )
-from rho.store import FORMAT_VERSION, LOSS_STORE, TokenStore, load_npy, loss_summary
+from rho.store import (
+    FORMAT_VERSION,
+    LOSS_STORE,
+    TokenStore,
+    finite_fraction,
+    load_npy,
+    loss_summary,
+)
 
 RESUME_KEYS = ("token_hash", "seq_len", "model_hash", "score_dtype")
 # A reference whose loss is NaN or infinite on more than a tenth of the tokens that should have
 # one (every token but the window starts) is broken (NaN weights, fp16 overflow): refused.
 MIN_FINITE_FRACTION = 0.9
-CHUNK = 1 << 24
+CHUNK = 1 << 24  # losses written at a time (a new store's NaN fill)
 
 
-def finite_fraction(ref_loss: np.ndarray, seq_len: int) -> float:
-    """The share of finite losses among the positions that should have one (not window starts),
-    read in chunks."""
-    finite, expected = 0, 0
-    for start, values in zip(range(0, len(ref_loss), CHUNK), blocks(ref_loss, CHUNK), strict=True):
-        block = np.isfinite(values)
-        starts = np.arange(-start % seq_len, len(block), seq_len)
-        finite += int(block.sum()) - int(block[starts].sum())
-        expected += len(block) - len(starts)
-    return finite / expected if expected else 1.0
-
-
-def check_mostly_finite(ref_loss: np.ndarray, seq_len: int, what: str) -> None:
-    """Refuse reference losses that are mostly NaN (see MIN_FINITE_FRACTION) in one line."""
+def check_mostly_finite(ref_loss: np.ndarray, seq_len: int, what: str) -> float:
+    """Refuse reference losses that are mostly NaN (see MIN_FINITE_FRACTION) in one line;
+    returns their finite share (one pass over them)."""
     share = finite_fraction(ref_loss, seq_len)
+    check_finite_share(share, what)
+    return share
+
+
+def check_finite_share(share: float, what: str) -> None:
     if share < MIN_FINITE_FRACTION:
         raise UserError(
             f"{what}: only {share:.1%} of the reference losses are finite (rho needs at least "
@@ -177,9 +177,10 @@ def finish(out: Path, meta: dict, n_tokens: int, n_batches: int) -> dict:
     if not done_batches(out, meta, n_batches).all():
         raise RuntimeError(f"{out}: some batches were not scored; rerun to finish")
     ref_loss = load_npy(out / "ref_loss.npy", n_tokens, ("float16",))
-    check_mostly_finite(ref_loss, meta["seq_len"], str(out))  # not marked complete if not
+    share = check_mostly_finite(ref_loss, meta["seq_len"], str(out))  # else never complete
     meta = {k: v for k, v in meta.items() if k != "run_id"}  # a finished store is run-free
     meta["complete"] = True
+    meta["finite_fraction"] = share  # training checks it without reading every loss again
     meta.update(mean_loss=loss_summary(ref_loss, meta["seq_len"])["mean"])
     meta.update(loss_hash=hash_arrays(ref_loss))
     del ref_loss
@@ -200,6 +201,7 @@ def write_loss_store(path: Path, tokens: TokenStore, ref_loss: np.ndarray, meta:
         np.save(tmp / "ref_loss.npy", ref_loss)
         meta = {**meta, "complete": True, "loss_hash": hash_arrays(ref_loss)}
         meta["mean_loss"] = loss_summary(ref_loss, meta["seq_len"])["mean"]
+        meta["finite_fraction"] = finite_fraction(ref_loss, meta["seq_len"])
         write_json_atomic(tmp / "meta.json", meta)
 
 

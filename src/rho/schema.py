@@ -332,6 +332,7 @@ class LossStoreMeta(Strict):
     run_id: Annotated[str, Field(pattern=r"^[0-9a-f]{1,64}$")] | None = None  # in file names
     mean_loss: Number = None
     loss_hash: Hash | None = None
+    finite_fraction: Annotated[float, Field(ge=0, le=1)] | None = None
 
 
 class Metrics(Strict):

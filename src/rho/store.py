@@ -346,6 +346,13 @@ class LossStore:
         if not self.complete:
             raise UserError(f"{self.path} is unfinished: rerun `rho score` to complete it")
 
+    def finite_fraction(self) -> float:
+        """The share of finite losses where there should be one: recorded when the store was
+        finished, so a check costs nothing at any store size (a store without the record is
+        read through once)."""
+        recorded = self.meta.get("finite_fraction")
+        return recorded if recorded is not None else finite_fraction(self.ref_loss, self.seq_len)
+
     def window(self, index: int) -> np.ndarray:
         start, end = window_bounds(index, self.seq_len, len(self.ref_loss))
         return np.asarray(self.ref_loss[start:end], dtype=np.float32)
@@ -357,6 +364,18 @@ class LossStore:
             raise UserError(f"{self.path}: no loss hash to verify against (unfinished store?)")
         if hash_arrays(self.ref_loss) != expected:
             raise UserError(f"{self.path}: losses do not match their hash (corrupted)")
+
+
+def finite_fraction(ref_loss: np.ndarray, seq_len: int) -> float:
+    """The share of finite losses among the positions that should have one (not window starts),
+    read in blocks."""
+    finite, expected = 0, 0
+    for start, values in zip(range(0, len(ref_loss), CHUNK), blocks(ref_loss, CHUNK), strict=True):
+        block = np.isfinite(values)
+        starts = np.arange(-start % seq_len, len(block), seq_len)
+        finite += int(block.sum()) - int(block[starts].sum())
+        expected += len(block) - len(starts)
+    return finite / expected if expected else 1.0
 
 
 def loss_summary(values: np.ndarray, seq_len: int) -> dict:

@@ -13,7 +13,7 @@ from rho import distributed as dist
 from rho.data import WindowCollator, WindowDataset
 from rho.errors import UserError
 from rho.files import check_not_input, output_lock
-from rho.loss_writer import check_mostly_finite
+from rho.loss_writer import check_finite_share
 from rho.models import build_model, load_model
 from rho.options import DEFAULT_SEQ_LEN, ModelDataArguments, SelectionArguments
 from rho.runs import METRICS_FILE, prepare_run_dir
@@ -123,7 +123,7 @@ def build_trainer(
             "--ref_losses or --ref_model"
         )
     if losses is not None and selection.needs_reference:
-        check_mostly_finite(losses.ref_loss, losses.seq_len, str(losses.path))
+        check_finite_share(losses.finite_fraction(), str(losses.path))  # recorded: no pass
     train_set = WindowDataset(tokens, seq_len, losses if selection.needs_reference else None)
     eval_set = None
     if data.eval_tokens:
