@@ -21,7 +21,7 @@ from rho.store import (
     max_chunked,
     write_token_store,
 )
-from rho.windows import batch_windows
+from rho.windows import batch_windows, window_ids
 
 N = 24 << 20  # tokens: 48 MiB of uint16, 48 MiB of float16 losses
 MIB = 1 << 20
@@ -143,3 +143,27 @@ def test_training_trusts_the_recorded_finite_share(big, tmp_path):
     del meta["finite_fraction"]  # a store written before the record: read through once
     (out / "meta.json").write_text(json.dumps(meta))
     assert LossStore(out).finite_fraction() == 0.0
+
+
+def test_windows_read_all_over_a_store_leave_nothing_mapped(big, tmp_path):
+    """Training reads windows all over a store, scoring and eval reads batches through it:
+    read from the file, none of it stays mapped (through the map, each touch maps 64 KiB)."""
+    from rho.loss_writer import loss_store_meta, write_loss_store
+
+    _, store = big
+    seq = 256
+    losses = (np.arange(N) % 1000).astype(np.float16)
+    write_loss_store(tmp_path / "l", store, losses, loss_store_meta(store, seq, 16))
+    tokens, ref = TokenStore(store.path), LossStore(tmp_path / "l")
+    picks = np.random.default_rng(0).integers(0, N // seq, 2000).tolist()
+    assert grows(lambda: [tokens.window(w, seq) for w in picks]) < 4 * MIB
+    assert grows(lambda: [ref.window(w) for w in picks]) < 4 * MIB
+    batches = [range(b, b + 16) for b in range(0, N // seq, 16)]
+    assert grows(lambda: [window_ids(tokens.tokens, seq, b) for b in batches]) < 4 * MIB
+    assert grows(lambda: window_ids(tokens.tokens, seq, picks[:64])) < 4 * MIB
+    w = picks[0]
+    assert tokens.window(w, seq).tolist() == tokens.tokens[w * seq : (w + 1) * seq].tolist()
+    assert ref.window(w).tolist() == losses[w * seq : (w + 1) * seq].astype(np.float32).tolist()
+    through_map = [np.array(tokens.tokens[w * seq : (w + 1) * seq]) for w in picks]
+    assert grows(lambda: through_map.extend(  # the control: the measure would see it
+        np.array(ref.ref_loss[w * seq : (w + 1) * seq]) for w in picks)) > 20 * MIB  # fmt: skip

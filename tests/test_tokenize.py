@@ -480,3 +480,35 @@ def test_unwritable_output_directory_is_one_line(tmp_path, corpus):
             subprocess.run(["umount", str(locked)], check=True)
         else:
             locked.chmod(0o755)
+
+
+def test_a_damaged_part_is_redone_and_the_others_kept(tmp_path, monkeypatch, capsys, token_store):
+    corpus = write_jsonl(tmp_path / "c.jsonl", [{"text": t} for t in make_docs(60, seed=9)])
+    reference = tokenize([corpus], tmp_path / "ref", token_store.tokenizer_dir)
+    monkeypatch.setattr(token_parts, "CHUNK_BYTES", 1000)
+    real, calls = token_parts.write_part, {"n": 0}
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(token_parts, "write_part", interrupted)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        tokenize([corpus], out, token_store.tokenizer_dir)
+    monkeypatch.setattr(token_parts, "write_part", real)
+    parts = sorted(token_parts.parts_dir(out).glob("part-*"))
+    assert len(parts) == 4
+    (parts[1] / "tokens.bin").write_bytes(b"\0\0")  # its bytes lost after the rename
+    with pytest.raises(UserError, match="damaged .* rerun to redo it"):
+        tokenize([corpus], out, token_store.tokenizer_dir)
+    after = sorted(token_parts.parts_dir(out).glob("part-*"))  # the rerun made the rest
+    assert (
+        parts[1] not in after and len(after) > len(parts) and set(parts) - set(after) == {parts[1]}
+    )
+    capsys.readouterr()
+    store = tokenize_corpus([str(corpus)], out, tokenizer=token_store.tokenizer_dir)
+    assert f"{len(after)} of them kept from an interrupted run" in capsys.readouterr().out
+    assert store.content_hash == reference.content_hash

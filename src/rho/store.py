@@ -31,6 +31,7 @@ from rho.files import (
     hash_arrays,
     hash_dir,
     one_line,
+    read_slice,
     save_npy,
     sha256_file,
     write_json_atomic,
@@ -239,7 +240,7 @@ class TokenStore:
 
     def window(self, index: int, seq_len: int) -> np.ndarray:
         start, end = window_bounds(index, seq_len, self.n_tokens)
-        return np.asarray(self.tokens[start:end], dtype=np.int64)
+        return read_slice(self.tokens, start, end).astype(np.int64)
 
     def token_domains(self) -> np.ndarray | None:
         """Domain index of every token (int16), or None when the store has no domains."""
@@ -355,7 +356,7 @@ class LossStore:
 
     def window(self, index: int) -> np.ndarray:
         start, end = window_bounds(index, self.seq_len, len(self.ref_loss))
-        return np.asarray(self.ref_loss[start:end], dtype=np.float32)
+        return read_slice(self.ref_loss, start, end).astype(np.float32)
 
     def verify(self) -> None:
         """Recompute the hash of the losses (reads them all): catches corrupted bytes."""

@@ -323,6 +323,12 @@ def encode_slot_in_worker(args: tuple, threads: int) -> tuple[int, int, int]:
 # --- Assembly -------------------------------------------------------------------------------------
 
 
+class DamagedPart(UserError):
+    """A part whose files do not match its record; the other parts are kept for the rerun."""
+
+    bad_input = False
+
+
 @dataclass
 class Assembled:
     tokens: Path  # raw ids of every chunk, in order
@@ -357,7 +363,7 @@ def _read_part(path: Path, itemsize: int) -> tuple[dict, np.ndarray, np.ndarray]
         why = "its files do not match its record"
     if not ok:
         remove_path(path)
-        raise UserError(f"{path} was damaged ({why}) and is removed: rerun to redo it")
+        raise DamagedPart(f"{path} was damaged ({why}) and is removed: rerun to redo it")
     return info.model_dump(), lengths, codes
 
 
