@@ -216,6 +216,19 @@ def test_bad_messages_are_one_line(tmp_path, chat_store, capsys):
     )
 
 
+def test_messages_under_torchrun_are_refused_in_one_line(tmp_path, chat_store, capsys, monkeypatch):
+    """Chat conversations do not go through the parts torchrun ranks share: every rank refuses
+    (before any process group or output), none waits for the others."""
+    good = write_jsonl(tmp_path / "good.jsonl", conversations(3))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    args = ["tokenize", good, "--format", "messages", "--tokenizer", chat_store.tokenizer_dir]
+    assert main([str(a) for a in [*args, "--out", tmp_path / "o"]]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "without torchrun" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["good.jsonl"]
+
+
 # --- Scoring: only the tokens that carry loss ----------------------------------------------------
 
 
@@ -238,6 +251,14 @@ def test_scoring_a_masked_store_scores_only_the_loss_positions(chat_store, chat_
     # store was finished, not refused (the plain rule would see well under 90%).
     assert np.isfinite(np.asarray(chat_losses.ref_loss, dtype=np.float32)).mean() < 0.9
     assert chat_losses.complete and finite_fraction(chat_losses.ref_loss, SEQ, chat_store) == 1.0
+    # The shares recorded at finish (what rho train checks) follow the same rule, and a store
+    # without the record is read through with the mask of the tokens it scored.
+    assert chat_losses.meta["finite_fraction"] == chat_losses.meta["entropy_finite_fraction"] == 1
+    unrecorded = LossStore(chat_losses.path)
+    unrecorded.meta = {k: v for k, v in unrecorded.meta.items() if "finite" not in k}
+    assert unrecorded.finite_fraction(chat_store) == 1.0
+    assert unrecorded.finite_fraction(chat_store, "entropies") == 1.0
+    assert unrecorded.finite_fraction() < 0.9  # the plain rule: why the tokens must be given
     assert chat_losses.meta["loss_mask"] is True
     masked_out = int((~carries & ~window_starts(chat_store.n_tokens, SEQ)).sum())
     assert chat_losses.meta["n_masked_out"] == masked_out
@@ -354,3 +375,5 @@ def test_pruned_windows_keep_the_mask_they_trained_with(tmp_path, chat_store, ch
     scored = ~np.isnan(np.asarray(carried.ref_loss, dtype=np.float32))
     np.testing.assert_array_equal(scored, positions & ~window_starts(new.n_tokens, SEQ))
     assert carried.has_entropy and carried.meta["loss_mask"] is True
+    # recorded over the pruned store's loss positions: rho train accepts it as it is
+    assert carried.meta["finite_fraction"] == carried.meta["entropy_finite_fraction"] == 1.0

@@ -172,6 +172,29 @@ def test_a_store_without_entropy_is_refused_by_entropy_readers(
     assert not (tmp_path / "run").exists() and not (tmp_path / "pruned").exists()
 
 
+def test_training_checks_the_recorded_finite_shares(tmp_path, token_store, entropy_store, capsys):
+    """A finished store records the finite share of its losses and of its entropies; rho train
+    checks the records (no pass over the values at start-up): here the values are all finite
+    but the records say otherwise, and each is refused in one line."""
+    meta = entropy_store.meta
+    assert meta["finite_fraction"] == meta["entropy_finite_fraction"] == 1.0
+    base = ["train", "--tokens", token_store.path, "--preset", "tiny", "--use_cpu"]
+    base += ["--output_dir", tmp_path / "run"]
+    cases = [
+        ("entropy_finite_fraction", "reference-entropy", "50.0% of the reference entropies"),
+        ("finite_fraction", "reference+entropy", "50.0% of the reference losses"),
+        ("finite_fraction", "excess", "50.0% of the reference losses"),
+    ]
+    for i, (key, score, message) in enumerate(cases):
+        out = tmp_path / f"l{i}"
+        shutil.copytree(entropy_store.path, out)
+        (out / "meta.json").write_text(json.dumps({**meta, key: 0.5}))
+        assert main([str(a) for a in [*base, "--ref_losses", out, "--score", score]]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "run").exists()
+
+
 def test_entropy_scores_need_a_loss_store_and_token_selection(
     tmp_path, token_store, model_dir, capsys
 ):

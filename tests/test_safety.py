@@ -41,7 +41,7 @@ SEQ = 32
 # --- Helpers --------------------------------------------------------------------------------------
 
 
-def start(*args, cwd=None) -> subprocess.Popen:
+def start(*args, cwd=None, env: dict | None = None) -> subprocess.Popen:
     """`python -m rho ARGS` in its own session (so a timeout can stop all it started)."""
     return subprocess.Popen(
         [sys.executable, "-m", "rho", *map(str, args)],
@@ -49,7 +49,7 @@ def start(*args, cwd=None) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
         cwd=cwd,
-        env=SUBPROCESS_ENV,
+        env={**SUBPROCESS_ENV, **(env or {})},
         start_new_session=True,
     )
 
@@ -432,26 +432,25 @@ def big_corpus(path: Path, n_docs: int) -> Path:
 
 @pytest.mark.slow
 def test_killed_tokenize_leaves_scratch_the_next_run_removes(tmp_path, token_store):
+    """kill -9 while a part is half written (rho.token_parts' fault hook: the process kills
+    itself inside its third part, before the rename): the rerun drops the half part, keeps the
+    whole ones, and leaves only the store."""
+    from rho import token_parts
+
     corpus = big_corpus(tmp_path / "big.jsonl", 4000)
     out = tmp_path / "store"
     args = ("tokenize", corpus, "--out", out, "--tokenizer", token_store.tokenizer_dir)
-    proc = start(*args)
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            if any(tmp_path.glob(".store.tmp-*-work-*/tokens.raw")):
-                break  # encoding has begun
-            time.sleep(0.002)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        collect(proc)
-    assert proc.returncode == -signal.SIGKILL
-    (scratch,) = tmp_path.glob(f".store.tmp-{proc.pid}-work-*")
-    assert scratch.is_dir() and not out.exists()
+    chunks = {"RHO_TOKENIZE_CHUNK_BYTES": "20000"}  # many parts
+    proc = collect(start(*args, env={**chunks, token_parts.FAULT_ENV: "0:3"}))
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    parts = token_parts.parts_dir(out)
+    (scratch,) = parts.glob(".part-*")  # the half-written part
+    assert scratch.is_dir() and not out.exists() and len(list(parts.glob("part-*"))) == 2
 
-    (rerun,) = run_together(args)
+    rerun = collect(start(*args, env=chunks))
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert not scratch.exists()
+    assert "2 of them kept from an interrupted run" in rerun.stdout
+    assert not scratch.exists() and not parts.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.jsonl", "store"]
     assert TokenStore(out).n_docs == 4000
 
@@ -472,7 +471,10 @@ def test_long_document_in_pieces_equals_whole_encoding(tmp_path, monkeypatch, to
     records = [{"text": t, "noise_spans": s} for t, s in zip(texts, spans, strict=True)]
     corpus = write_jsonl(tmp_path / "c.jsonl", records)
 
-    monkeypatch.setattr(tokenize_mod, "PIECE_CHARS", 1000)
+    from rho import token_parts
+
+    pieces_of = token_parts.pieces_of  # what the encoder cuts documents with, in this process
+    monkeypatch.setattr(token_parts, "pieces_of", lambda text: pieces_of(text, 1000))
     store = tokenize_mod.tokenize_corpus(
         [str(corpus)], tmp_path / "s", tokenizer=token_store.tokenizer_dir, progress=False
     )

@@ -7,21 +7,25 @@ import json
 import os
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_docs, run_rho, write_jsonl
+from conftest import SUBPROCESS_ENV, make_docs, run_rho, write_jsonl
 
-from rho import tokenize as tok_mod
+import rho
+from rho import token_parts
 from rho.cli import main
 from rho.errors import UserError
 from rho.store import TokenStore
-from rho.tokenize import _token_noise, tokenize_corpus
+from rho.token_parts import token_noise
+from rho.tokenize import tokenize_corpus
 
 TEXTS = make_docs(12, seed=3)
 
 
-def tokenize(inputs, out, tokenizer, **kwargs) -> TokenStore:
+def tokenize(inputs, out, tokenizer=None, **kwargs) -> TokenStore:
     return tokenize_corpus(
         [str(i) for i in inputs], out, tokenizer=tokenizer, progress=False, **kwargs
     )
@@ -87,17 +91,190 @@ def test_loaded_tokenizer_reproduces_the_trained_store(tmp_path, corpus, token_s
     assert token_store.meta["sources"][0]["sha256"]  # provenance recorded
 
 
-def test_workers_give_an_identical_store(tmp_path, monkeypatch, corpus, token_store):
-    monkeypatch.setattr(tok_mod, "ENCODE_BATCH", 16)  # many batches in flight
-    extra = tmp_path / "extra.jsonl"
-    write_jsonl(extra, [{"text": t, "domain": "side"} for t in TEXTS])
-    args = [corpus, extra]
-    one = tokenize(args, tmp_path / "one", token_store.tokenizer_dir, workers=1)
-    two = tokenize(args, tmp_path / "two", token_store.tokenizer_dir, workers=2)
-    for name in ("tokens.npy", "doc_offsets.npy", "doc_domains.npy", "noise_mask.npy"):
-        assert (one.path / name).read_bytes() == (two.path / name).read_bytes(), name
-    assert one.meta == {**two.meta}
-    assert one.domain_names == ["default", "side"]
+def store_files(path) -> dict[str, bytes]:
+    """Every file of a store (tokenizer and meta.json included), by relative path."""
+    files = sorted(f for f in path.rglob("*") if f.is_file())
+    return {str(f.relative_to(path)): f.read_bytes() for f in files}
+
+
+def assert_same_store(a, b) -> None:
+    files_a, files_b = store_files(a), store_files(b)
+    assert sorted(files_a) == sorted(files_b)
+    for name, data in files_a.items():
+        assert data == files_b[name], name
+
+
+@pytest.fixture
+def mixed_corpus(tmp_path, corpus) -> list:
+    """The session corpus (noise spans now and then) and a file of documents with per-line
+    domains, some noisy: both kinds of side data a store carries."""
+    lines = [
+        {"text": t, "domain": ("math", "code")[i % 2]}
+        | ({"noise_spans": [[2, 9]]} if i % 3 == 0 else {})
+        for i, t in enumerate(make_docs(60, seed=5))
+    ]
+    return [corpus, write_jsonl(tmp_path / "extra.jsonl", lines)]
+
+
+def test_workers_and_chunks_give_an_identical_store(
+    tmp_path, monkeypatch, mixed_corpus, token_store
+):
+    tok = token_store.tokenizer_dir
+    one = tokenize(mixed_corpus, tmp_path / "one", tok)  # one chunk, one process
+    assert one.n_docs == 460 and one.domain_names == ["default", "math", "code"]
+    assert one.noise_mask is not None and one.noise_mask.any()
+    monkeypatch.setattr(token_parts, "CHUNK_BYTES", 2000)  # many chunks for each worker
+    three = tokenize(mixed_corpus, tmp_path / "three", tok, workers=3)
+    assert_same_store(one.path, three.path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["extra.jsonl", "one", "three"]
+
+
+def test_ids_are_the_hf_tokenizers_and_noise_spans_change_none(tmp_path, token_store):
+    """Each document's ids are what the HF tokenizer's __call__ gives it (rho reads the Rust
+    backend directly; documents with noise spans go through the path that also computes
+    offsets), and marking spans changes no id."""
+    texts = [*TEXTS, "a <|endoftext|> inside", "x" * (token_parts.PIECE_CHARS + 5000)]
+    plain = write_jsonl(tmp_path / "plain.jsonl", [{"text": t} for t in texts])
+    spans = [{"text": t, "noise_spans": [[0, 3]]} if i % 2 else {"text": t}
+             for i, t in enumerate(texts)]  # fmt: skip
+    noisy = write_jsonl(tmp_path / "noisy.jsonl", spans)
+    store = tokenize([plain], tmp_path / "p", token_store.tokenizer_dir)
+    marked = tokenize([noisy], tmp_path / "n", token_store.tokenizer_dir)
+    assert (store.path / "tokens.npy").read_bytes() == (marked.path / "tokens.npy").read_bytes()
+    assert store.noise_mask is None and marked.noise_mask[: store.doc_offsets[2]].any()
+    hf = store.tokenizer()
+    for i, text in enumerate(texts):
+        a, b = store.doc_offsets[i], store.doc_offsets[i + 1]
+        expected = [*hf(text, add_special_tokens=False)["input_ids"], store.eos_id]
+        assert store.tokens[a:b].tolist() == expected, i
+
+
+def test_interrupted_run_resumes_to_the_same_store(tmp_path, monkeypatch, mixed_corpus, capsys):
+    reference = tokenize_corpus([str(p) for p in mixed_corpus], tmp_path / "ref", train_vocab=300)
+    monkeypatch.setattr(token_parts, "CHUNK_BYTES", 3000)
+    real, calls = token_parts.write_part, {"n": 0}
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(token_parts, "write_part", interrupted)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        tokenize_corpus([str(p) for p in mixed_corpus], out, train_vocab=300)
+    assert not out.exists()  # nothing a later command could take for a store
+    assert len(list(token_parts.parts_dir(out).glob("part-*"))) == 3
+    monkeypatch.setattr(token_parts, "write_part", real)
+    capsys.readouterr()
+    resumed = tokenize_corpus([str(p) for p in mixed_corpus], out, train_vocab=300)
+    assert "3 of them kept from an interrupted run" in capsys.readouterr().out
+    assert_same_store(reference.path, resumed.path)  # the trained tokenizer was kept, too
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["extra.jsonl", "out", "ref"]
+
+
+def test_parts_of_other_inputs_are_never_reused(tmp_path, monkeypatch, token_store):
+    corpus = write_jsonl(tmp_path / "c.jsonl", [{"text": t} for t in make_docs(80, seed=1)])
+    monkeypatch.setattr(token_parts, "CHUNK_BYTES", 1000)
+    real = token_parts.write_part
+
+    def one_part_then_ctrl_c(*args, **kwargs):
+        real(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    out = tmp_path / "out"
+    monkeypatch.setattr(token_parts, "write_part", one_part_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        tokenize([corpus], out, token_store.tokenizer_dir)
+    assert len(list(token_parts.parts_dir(out).glob("part-*"))) == 1
+    monkeypatch.setattr(token_parts, "write_part", real)
+    write_jsonl(corpus, [{"text": t} for t in make_docs(80, seed=2)])  # the input changed
+    store = tokenize([corpus], out, token_store.tokenizer_dir)
+    fresh = tokenize([corpus], tmp_path / "fresh", token_store.tokenizer_dir)
+    assert store.content_hash == fresh.content_hash
+
+
+def test_a_slot_parses_only_its_own_chunks(tmp_path, token_store):
+    """Every slot reads every record but parses only those of its chunks: a broken line in
+    slot 1's chunk fails slot 1 alone (so ranks do not all parse the whole corpus)."""
+    from rho.corpus import expand_inputs
+    from rho.tokenize import _prepare
+
+    lines = [json.dumps({"text": t}) for t in make_docs(20, seed=4)]
+    lines[15] = "{broken"
+    (tmp_path / "c.jsonl").write_text("\n".join(lines) + "\n")
+    sources, out = expand_inputs([str(tmp_path / "c.jsonl")]), tmp_path / "out"
+    _prepare(sources, out, token_store.tokenizer_dir, None, "text")
+    parts = token_parts.parts_dir(out)
+    plan = {**token_parts.read_plan(parts), "chunk_bytes": 1}  # one record per chunk
+    assert token_parts.encode_slot(parts, sources, "text", plan, 0, 2) == (20, 10, 0)
+    with pytest.raises(UserError, match="c.jsonl:16: invalid JSON"):
+        token_parts.encode_slot(parts, sources, "text", plan, 1, 2)
+
+
+def test_a_bad_line_in_a_worker_is_one_line_and_leaves_nothing(
+    tmp_path, monkeypatch, capsys, token_store
+):
+    monkeypatch.setattr(token_parts, "CHUNK_BYTES", 1)  # one record per chunk
+    lines = [json.dumps({"text": t}) for t in make_docs(30, seed=8)]
+    lines[21] = '{"text": 5}'  # chunk 21: the second worker's
+    (tmp_path / "c.jsonl").write_text("\n".join(lines) + "\n")
+    err = tokenize_error(capsys, tmp_path, tmp_path / "c.jsonl", "--workers", "2",
+                         tokenizer=token_store.tokenizer_dir)  # fmt: skip
+    assert "c.jsonl:22: field 'text' is not a string" in err
+
+
+def torchrun_tokenize(*args, nproc: int = 2, env: dict | None = None):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
+    cmd += [str(nproc), "-m", "rho", "tokenize", *map(str, args)]
+    env = {**SUBPROCESS_ENV, "RHO_TOKENIZE_CHUNK_BYTES": "2500", **(env or {})}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_equal_one_process_even_after_a_killed_rank(
+    tmp_path, mixed_corpus, token_store
+):
+    tok = token_store.tokenizer_dir
+    one = tokenize(mixed_corpus, tmp_path / "one", tok)  # one process, one chunk
+    out = tmp_path / "two"
+    args = [*mixed_corpus, "--out", out, "--tokenizer", tok]
+    proc = torchrun_tokenize(*args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "chunks on 2 processes" in proc.stdout and "kept" not in proc.stdout
+    assert_same_store(one.path, out)
+
+    # Rank 1 kills itself (SIGKILL) while writing its third part; torchrun stops rank 0.
+    killed = tmp_path / "killed"
+    args = [*mixed_corpus, "--out", killed, "--tokenizer", tok]
+    proc = torchrun_tokenize(*args, env={token_parts.FAULT_ENV: "1:3"})
+    assert proc.returncode != 0 and "SIGKILL" in proc.stderr, proc.stderr[-3000:]
+    assert not killed.exists()  # nothing a later command could take for a store
+    assert run_rho("inspect", killed).returncode == 2
+    parts = token_parts.parts_dir(killed)
+    assert len(list(parts.glob("part-*"))) >= 2 and list(parts.glob(".part-*"))  # half a part
+    proc = torchrun_tokenize(*args)  # the rerun resumes
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "of them kept from an interrupted run" in proc.stdout
+    assert_same_store(one.path, killed)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["extra.jsonl", "killed", "one", "two"]
+
+
+@pytest.mark.slow
+def test_torchrun_bad_line_on_one_rank_is_one_line_on_each(tmp_path, token_store):
+    lines = [json.dumps({"text": t}) for t in make_docs(40, seed=6)]
+    lines[30] = "{oops"
+    (tmp_path / "c.jsonl").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    args = [tmp_path / "c.jsonl", "--out", out, "--tokenizer", token_store.tokenizer_dir]
+    proc = torchrun_tokenize(*args, env={"RHO_TOKENIZE_CHUNK_BYTES": "1"})
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("rho tokenize: ")]
+    assert "c.jsonl:31: invalid JSON" in errors[0] + errors[1], proc.stderr[-3000:]
+    assert "rank 0 failed" in errors[0] + errors[1]  # chunk 30 is rank 0's: rank 1 says so
+    assert str(Path(rho.__file__).parent) not in proc.stderr  # no traceback through rho
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.jsonl"]  # nothing to resume
 
 
 def test_uint32_tokens_for_a_big_vocabulary(tmp_path):
@@ -136,14 +313,15 @@ def test_domains_once_per_input_and_per_line(tmp_path, token_store):
 
 def test_token_noise_hand_checked():
     offsets = [(0, 3), (3, 4), (4, 9), (9, 10), (10, 10)]
-    assert _token_noise(offsets, [(5, 7)], 10).tolist() == [False, False, True, False, False]
-    assert _token_noise(offsets, [(3, 4)], 10).tolist() == [False, True, False, False, False]
-    assert _token_noise(offsets, [(2, 4)], 10).tolist() == [True, True, False, False, False]
-    assert _token_noise(offsets, [(4, 4), (9, 99)], 10).tolist() == [False] * 3 + [True, False]
-    assert _token_noise(offsets, [], 10).tolist() == [False] * 5
+    assert token_noise(offsets, [(5, 7)], 10).tolist() == [False, False, True, False, False]
+    assert token_noise(offsets, [(3, 4)], 10).tolist() == [False, True, False, False, False]
+    assert token_noise(offsets, [(2, 4)], 10).tolist() == [True, True, False, False, False]
+    assert token_noise(offsets, [(4, 4), (9, 99)], 10).tolist() == [False] * 3 + [True, False]
+    assert token_noise(offsets, [], 10).tolist() == [False] * 5
 
 
-def test_noise_mask_marks_exactly_the_tokens_in_spans(tmp_path, token_store):
+def test_noise_mask_marks_exactly_the_tokens_in_spans(tmp_path, monkeypatch, token_store):
+    monkeypatch.setattr(token_parts, "ENCODE_BATCH", 1)  # clean batches after noisy ones too
     docs = [
         {"text": "the cat sat on the mat"},  # before the first noisy document: all clean
         {"text": "the cat XXXXXX sat on the mat", "noise_spans": [[8, 14]]},
@@ -302,3 +480,35 @@ def test_unwritable_output_directory_is_one_line(tmp_path, corpus):
             subprocess.run(["umount", str(locked)], check=True)
         else:
             locked.chmod(0o755)
+
+
+def test_a_damaged_part_is_redone_and_the_others_kept(tmp_path, monkeypatch, capsys, token_store):
+    corpus = write_jsonl(tmp_path / "c.jsonl", [{"text": t} for t in make_docs(60, seed=9)])
+    reference = tokenize([corpus], tmp_path / "ref", token_store.tokenizer_dir)
+    monkeypatch.setattr(token_parts, "CHUNK_BYTES", 1000)
+    real, calls = token_parts.write_part, {"n": 0}
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(token_parts, "write_part", interrupted)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        tokenize([corpus], out, token_store.tokenizer_dir)
+    monkeypatch.setattr(token_parts, "write_part", real)
+    parts = sorted(token_parts.parts_dir(out).glob("part-*"))
+    assert len(parts) == 4
+    (parts[1] / "tokens.bin").write_bytes(b"\0\0")  # its bytes lost after the rename
+    with pytest.raises(UserError, match="damaged .* rerun to redo it"):
+        tokenize([corpus], out, token_store.tokenizer_dir)
+    after = sorted(token_parts.parts_dir(out).glob("part-*"))  # the rerun made the rest
+    assert (
+        parts[1] not in after and len(after) > len(parts) and set(parts) - set(after) == {parts[1]}
+    )
+    capsys.readouterr()
+    store = tokenize_corpus([str(corpus)], out, tokenizer=token_store.tokenizer_dir)
+    assert f"{len(after)} of them kept from an interrupted run" in capsys.readouterr().out
+    assert store.content_hash == reference.content_hash

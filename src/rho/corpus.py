@@ -10,8 +10,9 @@ import glob
 import gzip
 import os
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import pyarrow as pa
@@ -35,6 +36,10 @@ class Document:
 class Source:
     path: Path
     domain: str | None = None
+
+
+# One input record: its size in bytes, and a call that parses it into a Document (None: blank).
+Record = tuple[int, Callable[[], Document | None]]
 
 
 def expand_inputs(inputs: list[str], domains: list[str] | None = None) -> list[Source]:
@@ -96,25 +101,35 @@ def parse_record(raw: bytes, path: Path, number: int, text_field: str) -> tuple[
     return record, text
 
 
-def _read_jsonl(path: Path, text_field: str) -> Iterator[Document]:
+def _read_jsonl(path: Path, text_field: str, domain: str | None) -> Iterator[Record]:
     opener = gzip.open if path.name.endswith(".gz") else open
     try:
         with opener(path, "rb") as f:
             for number, raw in enumerate(f, 1):
-                if not raw.strip():
-                    continue
-                record, text = parse_record(raw, path, number, text_field)
-                domain = validate(DomainName, record.get("domain"), f"{path}:{number}", "domain")
-                spans = record.get("noise_spans")
-                if spans:  # a list of [start, end] pairs of non-negative integers
-                    why = f"{path}:{number}: 'noise_spans' must be a list of [start, end] pairs"
-                    spans = validate(NoiseSpans, spans, why, "noise_spans")
-                yield Document(text, domain, [(a, b) for a, b in spans or []])
+                if raw.strip():
+                    yield len(raw), partial(_jsonl_document, raw, path, number, text_field, domain)
     except (OSError, EOFError, zlib.error) as err:  # also a corrupted or truncated .gz
         raise UserError(f"{path}: cannot read ({one_line(err)})") from None
 
 
-def _read_table(path: Path, text_field: str) -> Iterator[Document]:
+def _jsonl_document(
+    raw: bytes, path: Path, number: int, text_field: str, domain: str | None
+) -> Document | None:
+    record, text = parse_record(raw, path, number, text_field)
+    line_domain = validate(DomainName, record.get("domain"), f"{path}:{number}", "domain")
+    spans = record.get("noise_spans")
+    if spans:  # a list of [start, end] pairs of non-negative integers
+        why = f"{path}:{number}: 'noise_spans' must be a list of [start, end] pairs"
+        spans = validate(NoiseSpans, spans, why, "noise_spans")
+    return _document(text, domain or line_domain, [(a, b) for a, b in spans or []])
+
+
+def _document(text: str, domain: str | None = None, spans=()) -> Document | None:
+    """A Document, or None for blank text (not a document)."""
+    return Document(text, domain, list(spans)) if text.strip() else None
+
+
+def _read_table(path: Path, text_field: str, domain: str | None) -> Iterator[Record]:
     """A parquet file, or a directory saved by HF datasets (first split if a DatasetDict)."""
     if path.is_dir():
         import datasets  # deferred: importing datasets costs ~1 s, and only dataset dirs need it
@@ -147,27 +162,43 @@ def _read_table(path: Path, text_field: str) -> Iterator[Document]:
                 if text is not None and not isinstance(text, str):
                     raise UserError(f"{path}: column {text_field!r} is not text")
                 if text is not None:
-                    yield Document(text)
+                    yield len(text), partial(_document, text, domain)
     except (OSError, pa.ArrowException) as err:  # a damaged file fails while reading batches
         raise UserError(f"{path}: cannot read ({one_line(err, 120)})") from None
 
 
-def read_documents(source: Source, text_field: str = "text") -> Iterator[Document]:
+def _read_txt(path: Path, domain: str | None) -> Document | None:
+    try:
+        return _document(_decode(path.read_bytes(), path), domain)
+    except OSError as err:
+        raise UserError(f"{path}: cannot read ({one_line(err)})") from None
+
+
+def read_records(source: Source, text_field: str = "text") -> Iterator[Record]:
+    """The records of one input, in order (a jsonl line, a table row, a text file), each with
+    its size in bytes and parsed only when called: a Document, or None when it holds none
+    (blank text). A process that shares a corpus with others reads every record but parses
+    only its own."""
     path, name = source.path, source.path.name
     if path.is_dir() or name.endswith(".parquet"):
-        docs = _read_table(path, text_field)
+        yield from _read_table(path, text_field, source.domain)
     elif name.endswith((".jsonl", ".jsonl.gz", ".json.gz", ".ndjson")):
-        docs = _read_jsonl(path, text_field)
+        yield from _read_jsonl(path, text_field, source.domain)
     elif name.endswith((".txt", ".md")):
-        try:
-            docs = iter([Document(_decode(path.read_bytes(), path))])
-        except OSError as err:
-            raise UserError(f"{path}: cannot read ({one_line(err)})") from None
+        yield path.stat().st_size, partial(_read_txt, path, source.domain)
     else:
         raise UserError(f"{path}: unsupported input (use .txt, .jsonl, .parquet or a dataset dir)")
-    for doc in docs:
-        if doc.text.strip():
-            doc.domain = source.domain or doc.domain
+
+
+def iter_records(sources: list[Source], text_field: str = "text") -> Iterator[Record]:
+    for source in sources:
+        yield from read_records(source, text_field)
+
+
+def read_documents(source: Source, text_field: str = "text") -> Iterator[Document]:
+    for _, parse in read_records(source, text_field):
+        doc = parse()
+        if doc is not None:
             yield doc
 
 

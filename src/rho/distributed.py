@@ -14,6 +14,8 @@ from contextlib import contextmanager
 import torch
 import torch.distributed as dist
 
+from rho.errors import UserError
+
 
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
@@ -85,3 +87,38 @@ def gather_rows(tensor: torch.Tensor) -> tuple[torch.Tensor, slice]:
     start = sum(counts[: rank()])
     whole = torch.cat([p[:c] for p, c in zip(parts, counts, strict=True)])
     return whole, slice(start, start + tensor.shape[0])
+
+
+class RankFailed(UserError):
+    """Another rank failed (its own error is printed by that rank). ``bad_input``: every failure
+    was a UserError (bad input, nothing worth resuming)."""
+
+    def __init__(self, message: str, bad_input: bool):
+        super().__init__(message)
+        self.bad_input = bad_input
+
+
+def checked(fn, *, everywhere: bool = False, device: torch.device | None = None):
+    """Run ``fn`` on rank 0 (or on every rank with ``everywhere``) and return its result (None
+    where it did not run). If it raises on any rank, every rank raises: that rank its own error,
+    the others ``RankFailed``, so no rank waits forever at the next collective for a rank that
+    has left."""
+    error, result = None, None
+    if everywhere or rank() == 0:
+        try:
+            result = fn()
+        except Exception as err:
+            error = err
+    if is_distributed():
+        flags = torch.zeros((world_size(), 2), device=device)  # per rank: failed, bad input
+        if error is not None:
+            flags[rank()] = torch.tensor([1.0, float(isinstance(error, UserError))])
+        flags = all_reduce_sum(flags).cpu()
+        failed = [r for r in range(world_size()) if flags[r, 0] > 0]
+        if failed and error is None:
+            names = ", ".join(map(str, failed))
+            bad_input = bool((flags[failed, 1] > 0).all())
+            raise RankFailed(f"rank {names} failed (its error is printed above)", bad_input)
+    if error is not None:
+        raise error
+    return result

@@ -262,8 +262,6 @@ def embed_units(
     """Embed every unit of ``tokens`` with ``model`` (loaded) into an embedding store at
     ``out`` (default: beside the TokenStore); reruns resume, a finished store is reused, and
     under torchrun the ranks share the batches. Every rank returns the finished store."""
-    from rho.score import _on_rank0  # rank 0 fails -> every rank raises, none waits
-
     if unit not in UNITS:
         raise UserError(f"--unit must be one of {', '.join(UNITS)}")
     if batch_size < 1:
@@ -301,7 +299,7 @@ def embed_units(
         "complete": False,
     }
     with output_lock(out) if dist.rank() == 0 else contextlib.nullcontext():
-        _on_rank0(lambda: create_or_resume(out, meta, overwrite), device)
+        dist.checked(lambda: create_or_resume(out, meta, overwrite), device=device)
         dist.barrier()
         meta = EmbeddingStore(out, complete=False).meta
         if not meta.get("complete"):
@@ -310,7 +308,7 @@ def embed_units(
             dist.barrier()
             if not done_batches(out, meta, len(batches)).all():
                 raise RuntimeError(f"{out}: some batches were not embedded; rerun to finish")
-            _on_rank0(lambda: finish(out, meta, len(batches)), device)
+            dist.checked(lambda: finish(out, meta, len(batches)), device=device)
             dist.barrier()
     return EmbeddingStore(out, tokens)
 

@@ -18,6 +18,7 @@ import fcntl
 import hashlib
 import json
 import math
+import mmap
 import os
 import shutil
 import tempfile
@@ -137,14 +138,64 @@ def sha256_file(path: str | Path, h=None) -> str:
     return h.hexdigest()
 
 
+# Stores are memory-mapped, but a process that reads a whole store (or random windows all over
+# one) through its map keeps every page it touched mapped, the kernel's fault-around adding 64 KiB
+# per touch: its RSS grows with the store. The readers below read such an array from its file
+# instead (the kernel's page cache keeps the pages, and reclaims them when it must).
+
+
+def _whole_map(array: np.ndarray) -> bool:
+    """A whole memory-mapped 1-D .npy (not a slice of one: a slice's ``offset`` is its
+    parent's)."""
+    return (
+        isinstance(array, np.memmap)
+        and isinstance(array.base, mmap.mmap)
+        and bool(array.filename)
+        and array.ndim == 1
+        and array.flags.c_contiguous
+    )
+
+
+def blocks(array: np.ndarray, size: int = 1 << 22) -> Iterator[np.ndarray]:
+    """The consecutive blocks of a 1-D array, as fresh arrays; a whole memory-mapped one is read
+    from its file, so a pass over a whole store leaves the process's RSS flat."""
+    if not _whole_map(array):
+        for start in range(0, len(array), size):
+            yield np.ascontiguousarray(array[start : start + size])
+        return
+    with open(array.filename, "rb") as f:
+        f.seek(array.offset)
+        for start in range(0, len(array), size):
+            yield np.fromfile(f, dtype=array.dtype, count=min(size, len(array) - start))
+
+
+def read_slice(array: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """``array[start:stop]`` (1-D, a step of 1) as a fresh array; from the file for a whole
+    memory-mapped one, so windows read all over a store leave the process's RSS flat."""
+    start, stop = max(0, start), min(stop, len(array))
+    if not _whole_map(array) or stop <= start:
+        return np.array(array[start:stop])
+    with open(array.filename, "rb") as f:
+        f.seek(array.offset + start * array.itemsize)
+        return np.fromfile(f, dtype=array.dtype, count=stop - start)
+
+
 def hash_arrays(*arrays: np.ndarray) -> str:
     h = hashlib.sha256()
     for array in arrays:
-        array = np.asarray(array)
+        array = array if isinstance(array, np.ndarray) else np.asarray(array)
         h.update(f"{array.dtype.str}{array.shape}".encode())
-        for start in range(0, len(array), 1 << 22):
-            h.update(np.ascontiguousarray(array[start : start + (1 << 22)]).tobytes())
+        for block in blocks(array):
+            h.update(block.tobytes())
     return h.hexdigest()
+
+
+def save_npy(path: str | Path, array: np.ndarray) -> None:
+    """``np.save`` of a 1-D array, block by block (a memory-mapped one through ``blocks``)."""
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, np.lib.format.header_data_from_array_1_0(array))
+        for block in blocks(array):
+            f.write(block.tobytes())
 
 
 def hash_dir(path: str | Path) -> str:

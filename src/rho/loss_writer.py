@@ -21,11 +21,15 @@ import numpy as np
 from rho.errors import UserError
 from rho.files import building, hash_arrays, read_json, save_npy_atomic, write_json_atomic
 from rho.store import (
+    FINITE_RECORDS,
     FORMAT_VERSION,
     LOSS_STORE,
     TokenStore,
+    finite_fraction,
     load_npy,
     loss_summary,
+    should_have_value,
+    window_chunk,
     window_starts,
 )
 
@@ -35,41 +39,16 @@ ENTROPY_FILE = "ref_entropy.npy"
 # A reference whose loss is NaN or infinite on more than a tenth of the tokens that should have
 # one (every token but the window starts) is broken (NaN weights, fp16 overflow): refused.
 MIN_FINITE_FRACTION = 0.9
-CHUNK = 1 << 24
-
-
-def _chunks(n_tokens: int, seq_len: int):
-    """[start, end) chunks of about CHUNK tokens, each starting at a window start."""
-    step = max(1, CHUNK // seq_len) * seq_len
-    for start in range(0, n_tokens, step):
-        yield start, min(start + step, n_tokens)
-
-
-def _should_be_scored(start: int, end: int, seq_len: int, tokens: TokenStore | None):
-    """Positions of [start, end) that get a value: all but window starts, and with a loss mask
-    only the tokens that carry loss (rho.store.loss_positions)."""
-    should = ~window_starts(end - start, seq_len)
-    mask = None if tokens is None else tokens.loss_positions(start, end, seq_len)
-    return should if mask is None else should & mask
-
-
-def finite_fraction(values: np.ndarray, seq_len: int, tokens: TokenStore | None = None) -> float:
-    """The share of finite values among the positions that should have one (not window starts;
-    of a masked TokenStore, only its loss positions), read in chunks."""
-    finite, expected = 0, 0
-    for start, end in _chunks(len(values), seq_len):
-        should = _should_be_scored(start, end, seq_len, tokens)
-        finite += int((np.isfinite(np.asarray(values[start:end])) & should).sum())
-        expected += int(should.sum())
-    return finite / expected if expected else 1.0
+CHUNK = 1 << 24  # losses written at a time (a new store's NaN fill)
 
 
 def n_masked_out(tokens: TokenStore, seq_len: int) -> int:
     """Positions besides window starts that a loss mask leaves unscored (NaN by design)."""
-    total = 0
-    for start, end in _chunks(tokens.n_tokens, seq_len):
+    total, step = 0, window_chunk(seq_len)
+    for start in range(0, tokens.n_tokens, step):
+        end = min(start + step, tokens.n_tokens)
         total += int((~window_starts(end - start, seq_len)).sum())
-        total -= int(_should_be_scored(start, end, seq_len, tokens).sum())
+        total -= int(should_have_value(start, end, seq_len, tokens).sum())
     return total
 
 
@@ -79,10 +58,17 @@ def check_mostly_finite(
     what: str,
     tokens: TokenStore | None = None,
     kind: str = "losses",
-) -> None:
-    """Refuse reference values that are mostly NaN (see MIN_FINITE_FRACTION) in one line. Give
-    the ``tokens`` they score so that tokens a loss mask leaves out are not counted."""
+) -> float:
+    """Refuse reference values that are mostly NaN (see MIN_FINITE_FRACTION) in one line;
+    returns their finite share (one pass over them, in blocks). Give the ``tokens`` they score
+    so that tokens a loss mask leaves out are not counted."""
     share = finite_fraction(values, seq_len, tokens)
+    check_finite_share(share, what, kind)
+    return share
+
+
+def check_finite_share(share: float, what: str, kind: str = "losses") -> None:
+    """Refuse a finite share (computed, or recorded by ``finish``) below MIN_FINITE_FRACTION."""
     if share < MIN_FINITE_FRACTION:
         raise UserError(
             f"{what}: only {share:.1%} of the reference {kind} are finite (rho needs at least "
@@ -159,14 +145,24 @@ def create_or_resume(tokens: TokenStore, out: Path, meta: dict, overwrite: bool)
     with building(out, overwrite, LOSS_STORE) as tmp:
         from rho.store import allocate_npy  # disk reserved up front: a full disk is one line
 
-        for name in value_files(meta):
+        for name in value_files(meta):  # losses, and entropies with --entropy
             values = allocate_npy(tmp / name, tokens.n_tokens, np.float16)
-            values[:] = np.nan
-            values.flush()
-            del values
+            offset = values.offset
+            del values  # NaN written through the file: none of it stays mapped (RSS)
+            fill_nan(tmp / name, offset, tokens.n_tokens)
         (tmp / "progress").mkdir()
         write_json_atomic(tmp / "meta.json", meta)
     return meta
+
+
+def fill_nan(path: Path, offset: int, n: int) -> None:
+    """NaN into the ``n`` float16 entries of a .npy whose data start at byte ``offset``,
+    written through the file in blocks of CHUNK (no memory map: nothing stays in the RSS)."""
+    nan = np.full(min(CHUNK, n), np.nan, dtype="<f2").tobytes()
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        for start in range(0, n, CHUNK):
+            f.write(nan[: 2 * min(CHUNK, n - start)])
 
 
 def value_files(meta: dict) -> list[str]:
@@ -239,13 +235,17 @@ def finish(
         raise RuntimeError(f"{out}: some batches were not scored; rerun to finish")
     ref_loss = load_npy(out / "ref_loss.npy", n_tokens, ("float16",))
     seq_len = meta["seq_len"]
-    check_mostly_finite(ref_loss, seq_len, str(out), tokens)  # not marked complete if not
-    entropy = None
+    share = check_mostly_finite(ref_loss, seq_len, str(out), tokens)  # else never complete
+    entropy, entropy_share = None, None
     if meta.get("has_entropy"):
         entropy = load_npy(out / ENTROPY_FILE, n_tokens, ("float16",))
-        check_mostly_finite(entropy, seq_len, str(out), tokens, "entropies")
+        entropy_share = check_mostly_finite(entropy, seq_len, str(out), tokens, "entropies")
     meta = {k: v for k, v in meta.items() if k != "run_id"}  # a finished store is run-free
     meta["complete"] = True
+    # recorded: training checks them without reading every value again (rho.store.LossStore)
+    meta[FINITE_RECORDS["losses"]] = share
+    if entropy_share is not None:
+        meta[FINITE_RECORDS["entropies"]] = entropy_share
     meta.update(mean_loss=loss_summary(ref_loss, seq_len)["mean"])
     meta.update(loss_hash=hash_arrays(ref_loss))
     if entropy is not None:
@@ -273,13 +273,16 @@ def write_loss_store(
         arrays[ENTROPY_FILE] = ref_entropy
     meta = {**meta, "complete": True, "has_entropy": ref_entropy is not None}
     with building(path, False, LOSS_STORE) as tmp:
-        for (name, values), what in zip(arrays.items(), ("loss", "entropy"), strict=False):
+        whats = (("loss", "losses"), ("entropy", "entropies"))
+        for (name, values), (what, kind) in zip(arrays.items(), whats, strict=False):
             values = np.asarray(values, dtype=np.float16)
             if len(values) != tokens.n_tokens:
                 raise ValueError(f"{len(values)} {name} values for {tokens.n_tokens} tokens")
             np.save(tmp / name, values)
             meta[f"{what}_hash"] = hash_arrays(values)
             meta[f"mean_{what}"] = loss_summary(values, meta["seq_len"])["mean"]
+            # the finite share, of the loss positions of a masked store (read by rho train)
+            meta[FINITE_RECORDS[kind]] = finite_fraction(values, meta["seq_len"], tokens)
         write_json_atomic(tmp / "meta.json", meta)
 
 

@@ -339,6 +339,10 @@ class LossStoreMeta(Strict):
     entropy_hash: Hash | None = None
     loss_mask: bool = False  # only the TokenStore's loss-carrying tokens were scored
     n_masked_out: Count = 0  # positions besides window starts left NaN by the loss mask
+    # The finite share of the values that should be there (of a masked store, its loss
+    # positions), recorded when finished; a store written before is read through once.
+    finite_fraction: Annotated[float, Field(ge=0, le=1)] | None = None
+    entropy_finite_fraction: Annotated[float, Field(ge=0, le=1)] | None = None
 
 
 class Metrics(Strict):

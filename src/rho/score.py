@@ -50,23 +50,6 @@ class ScoreSummary:
         )
 
 
-def _on_rank0(fn, device: torch.device):
-    """Run ``fn`` on rank 0 only. If it fails, every rank raises, so no rank waits forever at the
-    next barrier for a rank that has left."""
-    error = None
-    if dist.rank() == 0:
-        try:
-            fn()
-        except Exception as err:
-            error = err
-    if dist.is_distributed():
-        failed = dist.all_reduce_sum(torch.tensor([float(error is not None)], device=device))
-        if failed.item() and error is None:
-            raise UserError("rank 0 failed (its error is printed above)")
-    if error is not None:
-        raise error
-
-
 def score_store(
     model,
     tokens: str | Path | TokenStore,
@@ -115,7 +98,8 @@ def score_store(
         score_dtype=dtype,
     )
     with output_lock(out) if dist.rank() == 0 else contextlib.nullcontext():
-        _on_rank0(lambda: loss_writer.create_or_resume(tokens, out, meta, overwrite), device)
+        create = lambda: loss_writer.create_or_resume(tokens, out, meta, overwrite)  # noqa: E731
+        dist.checked(create, device=device)
         dist.barrier()
         meta = loss_writer.read_meta(out)
         if meta.get("complete"):
@@ -133,11 +117,11 @@ def score_store(
             raise RuntimeError(f"{out}: some batches were not scored; rerun to finish")
         scored = int(dist.all_reduce_sum(torch.tensor([scored], device=device)).item())
         finished = {}
-        _on_rank0(
+        dist.checked(
             lambda: finished.update(
                 loss_writer.finish(out, meta, tokens.n_tokens, len(batches), tokens)
             ),
-            device,
+            device=device,
         )  # finish refuses mostly-NaN losses: every rank raises, none waits at the barrier
         if dist.rank() == 0 and progress:
             tok_s = scored / max(seconds, 1e-9)

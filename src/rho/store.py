@@ -12,8 +12,9 @@ the content hash, so the LossStores of a masked store are tied to its mask), ``t
 A LossStore is a directory: ``ref_loss.npy`` (float16, one loss per token), optional
 ``ref_entropy.npy`` (float16, the entropy of the reference's next-token distribution that
 predicts each token: same alignment, same windows, written by the same runs; ``has_entropy`` in
-``meta.json``), ``meta.json`` and, while scoring is unfinished, ``progress/`` (which batches of
-windows are done).
+``meta.json``), ``meta.json`` (once finished, with the finite share of its losses and entropies
+among the positions that should hold one: ``finite_fraction``, ``entropy_finite_fraction``) and,
+while scoring is unfinished, ``progress/`` (which batches of windows are done).
 
 Every large array is opened with ``mmap_mode="r"``; every write goes to a temporary name first and
 is renamed into place, so a crash never leaves a half-written store that looks whole.
@@ -32,10 +33,13 @@ from transformers import AutoTokenizer
 
 from rho.errors import UserError
 from rho.files import (
+    blocks,
     building,
     hash_arrays,
     hash_dir,
     one_line,
+    read_slice,
+    save_npy,
     sha256_file,
     write_json_atomic,
 )
@@ -91,7 +95,7 @@ def loss_positions(
     # the first conversation start at or after each window's start (doc_offsets ends at n_tokens)
     first_doc = np.asarray(doc_offsets)[np.searchsorted(doc_offsets, window_first)]
     in_tail = positions < first_doc[(positions - start) // seq_len]
-    return np.asarray(loss_mask[start:end], dtype=bool) & ~in_tail
+    return read_slice(loss_mask, start, end).astype(bool, copy=False) & ~in_tail
 
 
 # --- Reading stores ------------------------------------------------------------------------
@@ -192,7 +196,7 @@ CHUNK = 1 << 22  # entries read at a time by whole-array passes (hashes, statist
 
 
 def max_chunked(values: np.ndarray) -> int:
-    return max(int(values[s : s + CHUNK].max()) for s in range(0, len(values), CHUNK))
+    return max(int(block.max()) for block in blocks(values, CHUNK))
 
 
 class TokenStore:
@@ -277,7 +281,7 @@ class TokenStore:
 
     def window(self, index: int, seq_len: int) -> np.ndarray:
         start, end = window_bounds(index, seq_len, self.n_tokens)
-        return np.asarray(self.tokens[start:end], dtype=np.int64)
+        return read_slice(self.tokens, start, end).astype(np.int64)
 
     def token_domains(self) -> np.ndarray | None:
         """Domain index of every token (int16), or None when the store has no domains."""
@@ -325,7 +329,7 @@ def write_token_store(
     """Write a TokenStore atomically (into a temporary directory, then renamed into place).
     ``loss_mask``: per token, True where the token carries loss (a response token)."""
     path = Path(path)
-    tokens = np.asarray(tokens)
+    tokens = tokens if isinstance(tokens, np.ndarray) else np.asarray(tokens)  # keep a memmap
     if len(tokens) == 0:
         raise UserError("the corpus is empty: no tokens to store")
     top = max_chunked(tokens)  # before the cast, which would wrap an id too big for its dtype
@@ -334,17 +338,20 @@ def write_token_store(
     tokens = tokens.astype(smallest_token_dtype(vocab_size), copy=False)
     doc_offsets = np.asarray(doc_offsets, dtype=np.int64)
     with building(path, overwrite, TOKEN_STORE) as tmp:
-        np.save(tmp / "tokens.npy", tokens)
+        save_npy(tmp / "tokens.npy", tokens)  # block by block: a memory-map stays unmapped
         np.save(tmp / "doc_offsets.npy", doc_offsets)
         if doc_domains is not None:
             np.save(tmp / "doc_domains.npy", np.asarray(doc_domains, dtype=np.int16))
         if noise_mask is not None:
-            np.save(tmp / "noise_mask.npy", np.asarray(noise_mask, dtype=bool))
+            if not (isinstance(noise_mask, np.ndarray) and noise_mask.dtype == bool):
+                noise_mask = np.asarray(noise_mask, dtype=bool)
+            save_npy(tmp / "noise_mask.npy", noise_mask)
         if loss_mask is not None:
-            loss_mask = np.asarray(loss_mask, dtype=bool)
+            if not (isinstance(loss_mask, np.ndarray) and loss_mask.dtype == bool):
+                loss_mask = np.asarray(loss_mask, dtype=bool)  # a bool memmap is kept as it is
             if len(loss_mask) != len(tokens):
                 raise ValueError(f"{len(loss_mask)} loss-mask entries for {len(tokens)} tokens")
-            np.save(tmp / "loss_mask.npy", loss_mask)
+            save_npy(tmp / "loss_mask.npy", loss_mask)
         shutil.copytree(tokenizer_dir, tmp / "tokenizer")
         meta = {
             "format": TOKEN_STORE,
@@ -412,14 +419,29 @@ class LossStore:
         if not self.complete:
             raise UserError(f"{self.path} is unfinished: rerun `rho score` to complete it")
 
+    def finite_fraction(self, tokens: TokenStore | None = None, kind: str = "losses") -> float:
+        """The share of finite losses (``kind="entropies"``: entropies) where there should be
+        one: recorded when the store was finished, so a check costs nothing at any store size
+        (a store without the record is read through once, following the loss mask of
+        ``tokens``, the TokenStore it scored)."""
+        if kind not in FINITE_RECORDS:
+            raise ValueError(f"kind must be one of {', '.join(FINITE_RECORDS)}, got {kind!r}")
+        recorded = self.meta.get(FINITE_RECORDS[kind])
+        if recorded is not None:
+            return recorded
+        if kind == "entropies":
+            self.require_entropy("the finite share of entropies")
+        values = self.ref_entropy if kind == "entropies" else self.ref_loss
+        return finite_fraction(values, self.seq_len, tokens)
+
     def window(self, index: int) -> np.ndarray:
         start, end = window_bounds(index, self.seq_len, len(self.ref_loss))
-        return np.asarray(self.ref_loss[start:end], dtype=np.float32)
+        return read_slice(self.ref_loss, start, end).astype(np.float32)
 
     def window_entropy(self, index: int) -> np.ndarray:
         self.require_entropy("reading entropies")
         start, end = window_bounds(index, self.seq_len, len(self.ref_entropy))
-        return np.asarray(self.ref_entropy[start:end], dtype=np.float32)
+        return read_slice(self.ref_entropy, start, end).astype(np.float32)
 
     def verify(self) -> None:
         """Recompute the hash of the losses and entropies (reads them all): catches corrupted
@@ -433,18 +455,51 @@ class LossStore:
             raise UserError(f"{self.path}: entropies do not match their hash (corrupted)")
 
 
+# meta.json fields where a finished LossStore records the finite share of its values.
+FINITE_RECORDS = {"losses": "finite_fraction", "entropies": "entropy_finite_fraction"}
+
+
+def window_chunk(seq_len: int) -> int:
+    """Entries read at a time by passes that follow windows: whole windows, about CHUNK."""
+    return max(1, CHUNK // seq_len) * seq_len
+
+
+def should_have_value(
+    start: int, end: int, seq_len: int, tokens: TokenStore | None = None
+) -> np.ndarray:
+    """Bool per position of [start, end) (``start`` a window start) that gets a reference value:
+    all but window starts, and of a TokenStore with a loss mask only the tokens that carry loss
+    (``loss_positions``)."""
+    should = ~window_starts(end - start, seq_len)
+    mask = None if tokens is None else tokens.loss_positions(start, end, seq_len)
+    return should if mask is None else should & mask
+
+
+def finite_fraction(values: np.ndarray, seq_len: int, tokens: TokenStore | None = None) -> float:
+    """The share of finite values among the positions that should have one (not window starts;
+    of a masked TokenStore ``tokens``, only its loss positions), read in blocks."""
+    finite, expected, step = 0, 0, window_chunk(seq_len)
+    for start, block in zip(range(0, len(values), step), blocks(values, step), strict=True):
+        should = should_have_value(start, start + len(block), seq_len, tokens)
+        finite += int((np.isfinite(block) & should).sum())
+        expected += int(should.sum())
+    return finite / expected if expected else 1.0
+
+
 def loss_summary(values: np.ndarray, seq_len: int) -> dict:
     """Statistics of a loss array read in chunks (a big store never sits in memory at once):
     mean over scored tokens, how many tokens are still unscored (NaN away from a window start),
     and percentiles from an evenly strided sample of at most ~1M entries."""
-    total, count, missing = 0.0, 0, 0
-    for start in range(0, len(values), CHUNK):
-        block = np.asarray(values[start : start + CHUNK], dtype=np.float64)
+    step = max(1, len(values) // (1 << 20))  # the sample: every step-th entry
+    total, count, missing, sample = 0.0, 0, 0, [np.zeros(0, np.float32)]
+    for start, block in zip(range(0, len(values), CHUNK), blocks(values, CHUNK), strict=True):
+        sample.append(block[-start % step :: step].astype(np.float32))
+        block = block.astype(np.float64)
         nan = np.isnan(block)
         total, count = total + block[~nan].sum(), count + int((~nan).sum())
         at_starts = nan[np.arange(-start % seq_len, len(block), seq_len)].sum()
         missing += int(nan.sum() - at_starts)
-    sample = np.asarray(values[:: max(1, len(values) // (1 << 20))], dtype=np.float32)
+    sample = np.concatenate(sample)
     sample = sample[~np.isnan(sample)]
     q = np.percentile(sample, [5, 50, 95]).tolist() if len(sample) else [math.nan] * 3
     return {

@@ -1,27 +1,34 @@
-"""`rho tokenize`: documents (rho.corpus) -> TokenStore: train or load a tokenizer, encode
-(long documents in pieces, optionally in worker processes), pack tokens with EOS after each
-document. ``--format messages`` (chat conversations with a loss mask) is rho.chat's stage."""
+"""`rho tokenize`: documents (rho.corpus) -> TokenStore: train or load a tokenizer, encode the
+corpus chunk by chunk into parts (rho.token_parts) on every torchrun rank and --workers process,
+then pack the parts, in input order, into one store (EOS after each document). The store is the
+same for any number of processes; a killed run resumes from the chunks it finished.
+``--format messages`` (chat conversations with a loss mask) is rho.chat's stage, run in one
+process."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing
 import os
-import re
+import shutil
 import tempfile
-from collections import deque
-from collections.abc import Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Iterator
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from pathlib import Path
 
 import numpy as np
+import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from rho.corpus import Document, expand_inputs, iter_documents
+from rho import distributed as dist
+from rho import token_parts
+from rho.corpus import Source, expand_inputs, iter_documents
 from rho.errors import UserError
 from rho.files import (
+    building,
     check_not_input,
     check_replaceable,
     clean_stale_scratch,
@@ -29,16 +36,30 @@ from rho.files import (
     output_lock,
     remove_path,
     sha256_file,
+    write_json_atomic,
 )
 from rho.inspect_store import describe
 from rho.options import check_output_path
-from rho.store import TOKEN_STORE, TokenStore, smallest_token_dtype, write_token_store
+from rho.store import (
+    TOKEN_STORE,
+    TokenStore,
+    smallest_token_dtype,
+    tokenizer_hash,
+    write_token_store,
+)
+from rho.token_parts import (
+    PARTS_FORMAT,
+    assemble,
+    backend_of,
+    encode_slot,
+    encode_slot_in_worker,
+    parts_dir,
+    pieces_of,
+    read_plan,
+)
 
 EOS_TOKEN = "<|endoftext|>"
-ENCODE_BATCH = 256  # documents per tokenizer call (the fast tokenizer threads within a call)
-PIECE_CHARS = 1 << 16  # longer documents are encoded in pieces of about this many characters
 MIN_TRAIN_VOCAB, MAX_TRAIN_VOCAB = 300, 1 << 20
-_CUT = re.compile(r"(?<=\S) (?=\S)")  # a lone space between words: "x| y" splits no pre-token
 
 
 # --- Tokenizers -----------------------------------------------------------------------------------
@@ -88,124 +109,6 @@ def load_tokenizer(name_or_dir: str | Path):
         raise UserError(f"cannot load tokenizer {name!r}: {one_line(err, 160)}") from None
 
 
-def _token_noise(offsets: list[tuple[int, int]], spans: list[tuple[int, int]], n_chars: int):
-    """Bool per token: does its character span overlap any noise span?"""
-    chars = np.zeros(n_chars + 1, dtype=np.int32)
-    for a, b in spans:
-        a, b = max(0, a), min(n_chars, b)
-        if a < b:
-            chars[a] += 1
-            chars[b] -= 1
-    inside = np.concatenate([[0], np.cumsum(np.cumsum(chars)[:-1] > 0)])  # prefix counts
-    offsets = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
-    return inside[offsets[:, 1]] - inside[offsets[:, 0]] > 0
-
-
-# --- Encoding, in this process or in worker processes ------------------------------------------
-
-
-def pieces_of(text: str, size: int = PIECE_CHARS) -> list[tuple[int, int]]:
-    """[start, end) character spans covering ``text``, each about ``size`` long, cut before a
-    lone space between two words where there is one, so a byte-level BPE encodes the pieces
-    exactly as the whole (a long document in one call can take gigabytes)."""
-    spans, start = [], 0
-    while len(text) - start > size:
-        cut = None
-        for match in _CUT.finditer(text, start + size // 2, start + size):
-            cut = match.start()
-        cut = cut if cut is not None else start + size
-        spans.append((start, cut))
-        start = cut
-    spans.append((start, len(text)))
-    return spans
-
-
-def _encode(tok, texts: list[str], spans: list[list], dtype: np.dtype) -> list[tuple]:
-    """(ids with EOS appended, noise marks or None) per text; marks only for texts with spans."""
-    pieces = [(i, a, b) for i, text in enumerate(texts) for a, b in pieces_of(text)]
-    ids: list[list[int]] = [[] for _ in texts]
-    offsets: list[list] = [[] for _ in texts]
-    want_offsets = any(spans)
-    for first in range(0, len(pieces), ENCODE_BATCH):
-        part = pieces[first : first + ENCODE_BATCH]
-        encoded = tok(
-            [texts[i][a:b] for i, a, b in part],
-            add_special_tokens=False,
-            return_offsets_mapping=want_offsets,
-            verbose=False,
-        )
-        for row, (i, a, _) in enumerate(part):
-            ids[i].extend(encoded["input_ids"][row])
-            if spans[i]:
-                offsets[i].extend((x + a, y + a) for x, y in encoded["offset_mapping"][row])
-    result = []
-    for i, text in enumerate(texts):
-        marks = None
-        if spans[i]:
-            marks = np.append(_token_noise(offsets[i], spans[i], len(text)), False)  # EOS: clean
-        # An id that does not fit the dtype raises OverflowError here, never wraps silently.
-        result.append((np.asarray([*ids[i], tok.eos_token_id], dtype=dtype), marks))
-    return result
-
-
-_WORKER_TOKENIZER = None
-
-
-def _init_worker(tokenizer_dir: str) -> None:
-    global _WORKER_TOKENIZER
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the processes are the parallelism
-    _WORKER_TOKENIZER = AutoTokenizer.from_pretrained(tokenizer_dir)
-
-
-def _encode_in_worker(texts: list[str], spans: list[list], dtype: np.dtype) -> list[tuple]:
-    return _encode(_WORKER_TOKENIZER, texts, spans, dtype)
-
-
-def _batched(docs: Iterable[Document], size: int) -> Iterator[list[Document]]:
-    batch = []
-    for doc in docs:
-        batch.append(doc)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-def _encoded_batches(
-    batches: Iterable[list[Document]], tok, tokenizer_dir: Path, dtype: np.dtype, workers: int
-) -> Iterator[tuple[list[Document], list[tuple]]]:
-    """Each batch with its encoding, in input order. With workers > 1, batches go to a pool of
-    processes that each load the saved tokenizer; a bounded number are in flight (memory)."""
-
-    def args(batch):
-        return [d.text for d in batch], [d.noise_spans for d in batch], dtype
-
-    if workers <= 1:
-        for batch in batches:
-            yield batch, _encode(tok, *args(batch))
-        return
-    # spawn, not fork: forking after the tokenizer's own threads have run can deadlock.
-    pool = ProcessPoolExecutor(
-        workers,
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=_init_worker,
-        initargs=(str(tokenizer_dir),),
-    )
-    try:
-        pending: deque = deque()
-        for batch in batches:
-            pending.append((batch, pool.submit(_encode_in_worker, *args(batch))))
-            if len(pending) > 2 * workers:
-                done, future = pending.popleft()
-                yield done, future.result()
-        while pending:
-            done, future = pending.popleft()
-            yield done, future.result()
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
 # --- The stage ------------------------------------------------------------------------------------
 
 
@@ -224,8 +127,10 @@ def tokenize_corpus(
 ) -> TokenStore:
     """Tokenize corpus files into a TokenStore at ``out``. Exactly one of ``tokenizer`` (an HF
     tokenizer dir or name) and ``train_vocab`` (train a byte-level BPE of that size) is needed.
-    ``workers`` > 1 encodes batches of documents in that many processes (same store).
-    ``format="messages"``: chat conversations with a loss mask (rho.chat)."""
+    Under torchrun the ranks share the chunks (every rank must see ``out``'s directory: one
+    machine or a shared filesystem); ``workers`` > 1 encodes in that many processes per rank.
+    The store is the same either way, and a rerun after a crash resumes.
+    ``format="messages"``: chat conversations with a loss mask (rho.chat), in one process."""
     out = Path(out)
     if (tokenizer is None) == (train_vocab is None):
         raise UserError("give exactly one of --tokenizer and --train-tokenizer")
@@ -245,99 +150,244 @@ def tokenize_corpus(
         check_replaceable(out, TOKEN_STORE)
     # The one dispatch point between plain documents and chat conversations (rho.chat).
     if format == "messages":
-        from rho import chat
-
-        stage, first = chat.tokenize_conversations, chat.first_conversation(sources)
-    elif format == "text":
-        stage, first = _tokenize, next(iter_documents(sources, text_field), None)
-    else:
+        return _tokenize_conversations(
+            sources, out, tokenizer, train_vocab, text_field, workers, overwrite, progress
+        )
+    if format != "text":
         raise UserError(f"--format must be text or messages, got {format!r}")
-    if first is None:  # before any costly work
+    if next(iter_documents(sources, text_field), None) is None:  # before any costly work
+        raise UserError("the corpus is empty: no non-blank document in the inputs")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    dist.init_from_env()
+    rank0 = dist.rank() == 0
+    with output_lock(out) if rank0 else contextlib.nullcontext():
+        try:
+            return _tokenize(
+                sources, out, tokenizer, train_vocab, text_field, workers, overwrite, progress
+            )
+        except UserError as err:  # bad input: no part is worth resuming
+            if rank0 and getattr(err, "bad_input", True):
+                remove_path(parts_dir(out))
+            raise
+
+
+def _tokenize_conversations(
+    sources, out, tokenizer, train_vocab, text_field, workers, overwrite, progress
+) -> TokenStore:
+    """``--format messages``: rho.chat's stage, in this one process (its conversations and loss
+    mask do not go through the parts that torchrun ranks share: a run under torchrun is
+    refused; rho.chat refuses --workers), with scratch space beside the output."""
+    from rho import chat
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every rank says so: none waits
+        raise UserError("--format messages encodes in one process: run it without torchrun")
+    if chat.first_conversation(sources) is None:  # before any costly work
         raise UserError("the corpus is empty: no non-blank document in the inputs")
     out.parent.mkdir(parents=True, exist_ok=True)
     with output_lock(out):
         clean_stale_scratch(out.parent, out.name)  # left by a killed run
-        # Scratch space beside the output (same filesystem: no copy through a small /tmp),
-        # removed whatever happens; named like every scratch sibling, so a kill -9 leftover is
-        # found and cleaned by the next run.
+        # Named like every scratch sibling, so a kill -9 leftover is cleaned by the next run.
         prefix = f".{out.name}.tmp-{os.getpid()}-work-"
         work = Path(tempfile.mkdtemp(dir=out.parent, prefix=prefix))
         try:
-            return stage(
+            store = chat.tokenize_conversations(
                 sources, out, work, tokenizer, train_vocab, text_field, workers, overwrite, progress
             )
         finally:
             remove_path(work)
+        remove_path(parts_dir(out))  # a killed plain run's parts for this output: replaced now
+        return store
 
 
-def _tokenize(sources, out, work, tokenizer, train_vocab, text_field, workers, overwrite, progress):
-    if train_vocab is not None:
-        texts = (doc.text for doc in iter_documents(sources, text_field))
-        tok = train_tokenizer(texts, train_vocab, work / "tokenizer")
+def _tokenize(sources, out, tokenizer, train_vocab, text_field, workers, overwrite, progress):
+    parts = parts_dir(out)
+    dist.checked(lambda: _prepare(sources, out, tokenizer, train_vocab, text_field))  # rank 0
+    plan = read_plan(parts)
+    n_chunks, encoded, reused = dist.checked(
+        lambda: _encode(parts, sources, text_field, plan, workers, progress), everywhere=True
+    )
+    encoded, reused = dist.all_reduce_sum(torch.tensor([encoded, reused])).tolist()
+    summary = {}
+    dist.checked(lambda: summary.update(_assemble(out, parts, plan, n_chunks, overwrite)))
+    if dist.rank() == 0 and progress:
+        processes = dist.world_size() * workers
+        print(
+            f"tokenized {summary['n_docs']:,} documents into {summary['n_tokens']:,} tokens: "
+            f"{n_chunks:,} chunks on {processes} process{'es' * (processes > 1)}"
+            + (f", {reused:,} of them kept from an interrupted run" if reused else "")
+        )
+    return TokenStore(out)
+
+
+def _prepare(sources, out, tokenizer, train_vocab, text_field) -> None:
+    """Rank 0: the parts directory a run writes into: an unfinished one of the same inputs,
+    tokenizer and chunking to resume (its half-written parts dropped), or a fresh one with the
+    tokenizer saved (or trained) and the plan every slot follows."""
+    parts = parts_dir(out)
+    clean_stale_scratch(out.parent, out.name)  # left by a killed run
+    clean_stale_scratch(parts.parent, parts.name)
+    key = {
+        "format": PARTS_FORMAT,
+        "version": 1,
+        "sources": [_fingerprint(s) for s in sources],
+        "text_field": text_field,
+        "chunk_bytes": token_parts.CHUNK_BYTES,
+    }
+    # Scratch space beside the output (same filesystem: no copy through a small /tmp), named
+    # like every scratch sibling, so a kill -9 leftover is cleaned by the next run.
+    scratch = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-{os.getpid()}-"))
+    try:
+        tok = None
+        if train_vocab is None:
+            tok = load_tokenizer(tokenizer)
+            tok.save_pretrained(scratch / "tokenizer")
+            key["tokenizer_hash"] = tokenizer_hash(scratch / "tokenizer")
+        else:
+            key["train_vocab"] = train_vocab
+        if _resumable(parts, key):
+            for half in parts.glob(".*"):  # parts that killed writers left unfinished
+                remove_path(half)
+            return
+        remove_path(parts)
+        with building(parts, False) as tmp:
+            if tok is None:
+                texts = (doc.text for doc in iter_documents(sources, text_field))
+                tok = train_tokenizer(texts, train_vocab, tmp / "tokenizer")
+            else:
+                shutil.move(scratch / "tokenizer", tmp / "tokenizer")
+            if tok.eos_token_id is None:
+                raise UserError("the tokenizer has no EOS token: documents cannot be separated")
+            # Some tokenizers have ids beyond len(tok) (holes in the vocabulary): size by the
+            # largest id.
+            vocab_size = max(len(tok), max(tok.get_vocab().values(), default=0) + 1)
+            backend = backend_of(tok)
+            if backend is not None:
+                (tmp / "encoder.json").write_text(backend.to_str(), encoding="utf-8")
+            plan = {
+                **key,
+                "run_id": os.urandom(8).hex(),
+                "vocab_size": vocab_size,
+                "eos_id": tok.eos_token_id,
+                "dtype": smallest_token_dtype(vocab_size).name,
+                "split_special": bool(getattr(tok, "split_special_tokens", False)),
+            }
+            write_json_atomic(tmp / "meta.json", plan)
+    finally:
+        remove_path(scratch)
+
+
+def _fingerprint(source: Source) -> dict:
+    """What a source's parts depend on: its bytes (a file's sha256; a dataset directory's file
+    names, sizes and modification times)."""
+    path = source.path
+    entry = {"path": str(path), "domain": source.domain, "sha256": None}
+    if path.is_file():
+        entry["sha256"] = sha256_file(path)
     else:
-        tok = load_tokenizer(tokenizer)
-        tok.save_pretrained(work / "tokenizer")
-    if tok.eos_token_id is None:
-        raise UserError("the tokenizer has no EOS token: documents cannot be separated")
-    # Some tokenizers have ids beyond len(tok) (holes in the vocabulary): size by the largest id.
-    vocab_size = max(len(tok), max(tok.get_vocab().values(), default=0) + 1)
-    dtype = smallest_token_dtype(vocab_size)
-    doc_lengths: list[int] = []
-    doc_domains: list[int] = []
-    names: dict[str, int] = {}
-    n_tokens, any_noise = 0, False
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        entry["files"] = [
+            [str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns] for p in files
+        ]
+    return entry
+
+
+def _resumable(parts: Path, key: dict) -> bool:
+    if not (parts / "meta.json").is_file() or not (parts / "tokenizer").is_dir():
+        return False
+    try:
+        old = read_plan(parts)
+    except UserError:
+        return False  # damaged: start afresh
+    return all(old.get(k) == v for k, v in key.items())
+
+
+def _encode(parts: Path, sources, text_field, plan: dict, workers: int, progress: bool):
+    """This rank's slots (chunk c goes to slot c mod all slots): in this process, or with
+    ``workers`` > 1 in that many spawned processes. Returns (chunks, encoded, reused)."""
+    rank, slots = dist.rank(), dist.world_size() * workers
+    mine = [rank * workers + w for w in range(workers)]
     # disable=None: a bar on a terminal only, so logs and pipes get no bar spam
-    bar = tqdm(desc="tokenize", unit="doc", disable=None if progress else True)
-    batches = _batched(iter_documents(sources, text_field), ENCODE_BATCH)
-    with open(work / "tokens.raw", "wb") as raw, open(work / "noise.raw", "wb") as noise:
-        for batch, encoded in _encoded_batches(batches, tok, work / "tokenizer", dtype, workers):
-            for doc, (ids, marks) in zip(batch, encoded, strict=True):
-                if marks is not None and not any_noise:  # from here on, keep a per-token mask
-                    any_noise = True
-                    for done in range(0, n_tokens, 1 << 24):  # every earlier token is clean
-                        np.zeros(min(1 << 24, n_tokens - done), dtype=bool).tofile(noise)
-                if any_noise:
-                    (marks if marks is not None else np.zeros(len(ids), dtype=bool)).tofile(noise)
-                ids.tofile(raw)
-                n_tokens += len(ids)
-                doc_lengths.append(len(ids))
-                doc_domains.append(names.setdefault(doc.domain or "default", len(names)))
-            bar.update(len(batch))
-    bar.close()
-    if not doc_lengths:
+    bar = tqdm(desc="tokenize", unit="chunk", disable=None if progress and rank == 0 else True)
+
+    def show() -> None:  # every process's finished chunks
+        bar.n = sum(1 for _ in parts.glob("part-*"))
+        bar.refresh()
+
+    def args(slot):
+        return parts, sources, text_field, plan, slot, slots
+
+    if workers == 1:
+        try:
+            return encode_slot(*args(mine[0]), progress=show)
+        finally:
+            bar.close()
+    # Each worker's Rust tokenizer gets its share of the cores: together they use them once.
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) * workers
+    threads = max(1, len(os.sched_getaffinity(0)) // local)
+    # spawn, not fork: forking after the tokenizer's own threads have run can deadlock.
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        futures = [pool.submit(encode_slot_in_worker, args(s), threads) for s in mine]
+        while True:
+            done, pending = wait(futures, timeout=1.0, return_when=FIRST_EXCEPTION)
+            show()
+            for future in done:
+                future.result()  # a worker's error, raised now: the others are stopped below
+            if not pending:
+                break
+        results = [f.result() for f in futures]
+    except BaseException:
+        _stop_workers(pool)  # their finished parts stay; a half-written one is never trusted
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        bar.close()
+    return results[0][0], sum(r[1] for r in results), sum(r[2] for r in results)
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """Stop the workers now: a failed run need not wait for the others' slots."""
+    stop = getattr(pool, "terminate_workers", None)  # Python 3.14
+    if stop is not None:
+        stop()
+        return
+    for process in list((getattr(pool, "_processes", None) or {}).values()):  # before 3.14
+        process.terminate()
+
+
+def _assemble(out: Path, parts: Path, plan: dict, n_chunks: int, overwrite: bool) -> dict:
+    """Rank 0: the parts, in chunk order, into the TokenStore; then the parts go."""
+    got = assemble(parts, plan, n_chunks)
+    if not len(got.lengths):
         raise UserError("the corpus is empty: no non-blank document in the inputs")
-    tokens = np.memmap(work / "tokens.raw", dtype=dtype, mode="r")
-    mask = np.memmap(work / "noise.raw", dtype=bool, mode="r") if any_noise else None
-    offsets = np.concatenate([[0], np.cumsum(doc_lengths)])  # a document ends right after its EOS
-    domain_names = list(names)
-    has_domains = domain_names != ["default"]
+    offsets = np.concatenate([[0], np.cumsum(got.lengths)])  # a document ends after its EOS
+    tokens = np.memmap(got.tokens, dtype=plan["dtype"], mode="r")
+    mask = np.memmap(got.noise, dtype=bool, mode="r") if got.noise else None
+    has_domains = got.names != ["default"]
     store = write_token_store(
         out,
         tokens,
         offsets,
-        work / "tokenizer",
-        vocab_size=vocab_size,
-        eos_id=tok.eos_token_id,
-        doc_domains=np.asarray(doc_domains) if has_domains else None,
-        domain_names=domain_names if has_domains else None,
+        parts / "tokenizer",
+        vocab_size=plan["vocab_size"],
+        eos_id=plan["eos_id"],
+        doc_domains=got.domains if has_domains else None,
+        domain_names=got.names if has_domains else None,
         noise_mask=mask,
-        sources=[
-            {
-                "path": str(s.path),
-                "domain": s.domain,
-                "sha256": sha256_file(s.path) if s.path.is_file() else None,
-            }
-            for s in sources
-        ],
+        sources=[{k: s[k] for k in ("path", "domain", "sha256")} for s in plan["sources"]],
         overwrite=overwrite,
     )
     del tokens, mask
-    return store
+    remove_path(parts)
+    return {"n_docs": store.n_docs, "n_tokens": store.n_tokens}
 
 
 def cli(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
-        prog="rho tokenize", description="Tokenize corpus files into a TokenStore."
+        prog="rho tokenize",
+        description="Tokenize corpus files into a TokenStore. Resumable: a rerun after a crash "
+        "or kill keeps the chunks already encoded. Under torchrun the ranks share the chunks "
+        "(every rank must see --out's directory).",
     )
     parser.add_argument("inputs", nargs="+", help=".txt, .jsonl[.gz], .parquet or dataset dirs")
     parser.add_argument("--out", required=True, help="TokenStore directory to write")
@@ -364,13 +414,22 @@ def cli(argv: list[str]) -> int:
         help="text: documents; messages: chat JSONL, one {'messages': [{'role', 'content'}, "
         "...]} per line (TRL's conversational format), rendered with the tokenizer's chat "
         "template (or '<role>: content' lines without one), with a loss mask: only assistant "
-        "turns carry loss",
+        "turns carry loss. messages runs in one process (no torchrun, --workers 1)",
     )
     parser.add_argument(
-        "--workers", type=int, default=1, help="processes that encode documents (default 1)"
+        "--workers",
+        type=int,
+        default=1,
+        help="processes per rank that encode chunks. Default 1, the fastest measured: the Rust "
+        "tokenizer already spreads each batch over every core, and on 2 cores 2 workers were "
+        "no faster (bench/bench_tokenize.py). More help only where one process's reading and "
+        "packing is the bottleneck (many cores). torchrun --nproc_per_node N shares the "
+        "chunks among N ranks; the store is the same either way",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     args = parser.parse_args(argv)
-    store = tokenize_corpus(**vars(args))  # the options are named like its parameters
-    print(describe(store.path))
+    with dist.process_group_closed():
+        store = tokenize_corpus(**vars(args))  # the options are named like its parameters
+        if dist.rank() == 0:
+            print(describe(store.path))
     return 0

@@ -13,13 +13,28 @@ from rho import distributed as dist
 from rho.data import WindowCollator, WindowDataset
 from rho.errors import UserError
 from rho.files import check_not_input, output_lock
-from rho.loss_writer import check_mostly_finite
+from rho.loss_writer import check_finite_share
 from rho.models import build_model, load_model
 from rho.options import DEFAULT_SEQ_LEN, ModelDataArguments, SelectionArguments
 from rho.runs import METRICS_FILE, prepare_run_dir
 from rho.store import LossStore, TokenStore
 from rho.trainer import SelectiveTrainer
 from rho.windows import check_positions
+
+
+@dataclass
+class RhoTrainingArguments(TrainingArguments):
+    """transformers.TrainingArguments, with rho's default where it differs from the Trainer's."""
+
+    ddp_find_unused_parameters: bool | None = field(
+        default=False,
+        metadata={
+            "help": "find_unused_parameters of DistributedDataParallel. rho's default is False: "
+            "a causal LM uses every parameter in every step, and True (the Trainer's default) "
+            "costs an extra pass over the autograd graph each step. Pass true for a model that "
+            "leaves some parameters unused in a step (DDP then says so)"
+        },
+    )
 
 
 @dataclass
@@ -52,6 +67,28 @@ def check_output_dir(data: ModelDataArguments, output_dir: str) -> None:
         raise UserError(f"--output_dir {output_dir} is a file, not a directory")
 
 
+def check_sharding(args: TrainingArguments) -> None:
+    """--fsdp where accelerate cannot shard is refused: accelerate turns FSDP on only for GPUs
+    and other accelerators, so on the CPU the run would silently train as plain DDP."""
+    if args.fsdp and args.device.type in ("cpu", "mps"):
+        raise UserError(
+            f"--fsdp cannot shard on {args.device.type}: accelerate applies FSDP only on GPUs "
+            "(and other accelerators), so this run would train as plain DDP with every "
+            "parameter on every rank; drop --fsdp"
+        )
+
+
+def distributed_facts(trainer) -> dict:
+    """How a finished run was spread over processes (recorded in rho_options.json): the world
+    size, the wrapper around the model, and DDP's find_unused_parameters when it was DDP."""
+    wrapped = trainer.model_wrapped
+    return {
+        "world_size": trainer.args.world_size,
+        "wrapper": type(wrapped).__name__,
+        "find_unused_parameters": getattr(wrapped, "find_unused_parameters", None),
+    }
+
+
 def model_inputs(data: ModelDataArguments) -> list:
     """Every input of a run the run directory may not overlap."""
     model = data.model if data.model and Path(data.model).exists() else None
@@ -75,6 +112,7 @@ def build_trainer(
     from rho.options import check_training_arguments  # NaN rates, 0 accumulation steps ...
 
     check_training_arguments(args)
+    check_sharding(args)
     check_output_dir(data, args.output_dir)
     tokens = TokenStore(data.tokens)
     losses = LossStore(data.ref_losses) if data.ref_losses else None
@@ -93,11 +131,12 @@ def build_trainer(
         losses.require_entropy(f"--score {selection.score}")
     if losses is not None and selection.needs_reference:
         losses.check_matches(tokens, seq_len)  # before reading it against the tokens' mask
-        check_mostly_finite(losses.ref_loss, losses.seq_len, str(losses.path), tokens)
+        # recorded when the store was finished (no pass over every value at start-up), over the
+        # loss positions of a masked store; a store without the record is read through once
+        where = str(losses.path)
+        check_finite_share(losses.finite_fraction(tokens), where)
         if selection.needs_entropy:
-            check_mostly_finite(
-                losses.ref_entropy, losses.seq_len, str(losses.path), tokens, "entropies"
-            )
+            check_finite_share(losses.finite_fraction(tokens, "entropies"), where, "entropies")
     train_set = WindowDataset(
         tokens,
         seq_len,
@@ -172,6 +211,7 @@ def run_training(
         if rank0:  # every input checked: now make, clear or cut back the run directory
             prepare_run_dir(*where, commit=True)
         trainer.train(resume_from_checkpoint=resume)
+        trainer.rho_options["distributed"] = distributed_facts(trainer)
         trainer.save_model()
         if trainer.eval_dataset is not None:
             trainer.evaluate()
@@ -180,7 +220,7 @@ def run_training(
 
 def cli(argv: list[str]) -> int:
     parser = HfArgumentParser(
-        (ModelDataArguments, SelectionArguments, RunDirArguments, TrainingArguments)
+        (ModelDataArguments, SelectionArguments, RunDirArguments, RhoTrainingArguments)
     )
     parser.prog = "rho train"
     wants_help = "-h" in argv or "--help" in argv

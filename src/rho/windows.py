@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from rho.errors import UserError
+from rho.files import read_slice
 from rho.loss import token_entropy, token_losses
 from rho.store import n_windows, window_bounds
 
@@ -71,8 +72,8 @@ def window_ids(tokens: np.ndarray, seq_len: int, windows: Sequence[int]) -> np.n
     if isinstance(windows, range) and windows.step == 1 and len(windows):
         first, _ = window_bounds(windows.start, seq_len, len(tokens))
         _, end = window_bounds(windows.stop - 1, seq_len, len(tokens))
-        return np.asarray(tokens[first:end], dtype=np.int64).reshape(len(windows), -1)
-    rows = [tokens[slice(*window_bounds(int(w), seq_len, len(tokens)))] for w in windows]
+        return read_slice(tokens, first, end).astype(np.int64).reshape(len(windows), -1)
+    rows = [read_slice(tokens, *window_bounds(int(w), seq_len, len(tokens))) for w in windows]
     return np.stack(rows).astype(np.int64)
 
 

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
 from rho.errors import UserError
-from rho.files import one_line
+from rho.files import one_line, read_slice
 from rho.models import load_model, parse_dtype
 from rho.store import TokenStore, window_bounds
 from rho.windows import batch_windows, check_positions, default_device, iter_window_losses
@@ -197,7 +197,7 @@ def evaluate_store(
     for windows, losses in iter_window_losses(model, store.tokens, seq_len, batches, device):
         first = window_bounds(windows[0], seq_len, store.n_tokens)[0]
         end = window_bounds(windows[-1], seq_len, store.n_tokens)[1]
-        ids = np.asarray(store.tokens[first:end], dtype=np.int64)
+        ids = read_slice(store.tokens, first, end).astype(np.int64)
         losses = losses.reshape(-1).astype(np.float64)
         scored = np.arange(first, end) % seq_len != 0  # a window's first token has no context
         domains = _domain_of(store, first, end)[scored]

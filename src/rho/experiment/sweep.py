@@ -29,7 +29,7 @@ from rho.files import (
 from rho.options import ModelDataArguments, SelectionArguments
 from rho.runs import RUN_KIND
 from rho.select import SCORES, check_ratio
-from rho.training import run_training
+from rho.training import RhoTrainingArguments, run_training
 
 SWEEP_KIND = "rho.Sweep"  # output_kind of its --out (rho.files)
 RESERVED = ("--output_dir", "--output-dir", "--max_steps", "--max-steps", "--seed")
@@ -90,7 +90,7 @@ def cli(argv: list[str]) -> int:
 
 
 def _training_arguments(argv: list[str]) -> TrainingArguments:
-    parser = HfArgumentParser(TrainingArguments)
+    parser = HfArgumentParser(RhoTrainingArguments)  # rho's defaults, like `rho train`
     parser.prog = "rho analyze sweep (TrainingArguments)"
     try:
         (args,) = parser.parse_args_into_dataclasses(args=argv)

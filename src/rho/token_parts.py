@@ -1,0 +1,404 @@
+"""The parts of a tokenize run, and their one writer.
+
+The corpus is cut into chunks of whole input records (a jsonl line, a table row, a text file),
+closing a chunk once its records reach ``chunk_bytes``: the cut depends on the inputs alone. Each
+chunk is encoded into a part directory of its own, built in a scratch sibling and renamed into
+place, so a part is whole or absent. Ranks (torchrun) and worker processes (--workers) share the
+chunks: chunk c goes to slot c mod slots; every slot reads every record but parses only its own.
+A rerun skips the parts already there (whoever wrote them), and ``assemble`` concatenates them
+in chunk order, so the TokenStore's bytes do not depend on who encoded which chunk, or when.
+
+A parts directory (``.OUT.parts`` beside the output) holds ``meta.json`` (what the parts were
+made from, and the run id in their names), ``tokenizer/`` (the HF tokenizer the store will
+carry), ``encoder.json`` (its Rust backend, set up to encode exactly as the HF tokenizer does)
+and ``part-CHUNK-RUNID/`` directories: ``tokens.bin`` (ids, EOS after each document),
+``lengths.npy`` (tokens per document), ``domains.npy`` (per document, into ``part.json``'s
+names) and, when some document has noise spans, ``noise.bin`` (a bool per token).
+
+Imports stay light (numpy, tokenizers; no torch or transformers): a worker starts in a fraction
+of a second.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+from collections.abc import Iterable, Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass
+from itertools import chain
+from pathlib import Path
+from typing import Annotated, Literal
+
+import numpy as np
+from pydantic import Field
+
+from rho.corpus import Document, Source, iter_records
+from rho.errors import UserError
+from rho.files import building, fsync_tree, read_json, remove_path, write_json_atomic
+from rho.schema import Count, Name, Size, Strict, validate
+
+PARTS_FORMAT = "rho.TokenizeParts"
+# Input bytes per chunk: a part is a few seconds of work (resume and load-balance granularity).
+CHUNK_BYTES = int(os.environ.get("RHO_TOKENIZE_CHUNK_BYTES", str(8 << 20)))
+ENCODE_BATCH = 256  # pieces per tokenizer call (the Rust tokenizer threads within a call)
+PIECE_CHARS = 1 << 16  # longer documents are encoded in pieces of about this many characters
+_CUT = re.compile(r"(?<=\S) (?=\S)")  # a lone space between words: "x| y" splits no pre-token
+# Tests only: "SLOT:N" makes slot SLOT kill itself (SIGKILL) inside its Nth part, before the part
+# is renamed into place: a real death mid-write.
+FAULT_ENV = "RHO_TOKENIZE_FAULT"
+
+
+def parts_dir(out: Path) -> Path:
+    return out.parent / f".{out.name}.parts"
+
+
+def part_path(parts: Path, chunk: int, run_id: str) -> Path:
+    return parts / f"part-{chunk:09d}-{run_id}"
+
+
+class TokenizePartsMeta(Strict):
+    """meta.json of an unfinished tokenize run's parts (rho.token_parts)."""
+
+    format: Literal["rho.TokenizeParts"]
+    version: Literal[1]
+    run_id: Annotated[str, Field(pattern=r"^[0-9a-f]{1,64}$")]  # in file names
+    chunk_bytes: Size
+    vocab_size: Annotated[int, Field(ge=1, le=1 << 32)]
+    eos_id: Count
+    dtype: Literal["uint16", "uint32"]
+    split_special: bool = False
+
+
+class TokenizePart(Strict):
+    """part.json of one encoded chunk."""
+
+    n_docs: Count
+    n_tokens: Count
+    domains: Annotated[list[Name], Field(max_length=1 << 31)]
+    noise: bool
+
+
+# --- Encoding -------------------------------------------------------------------------------------
+
+
+def pieces_of(text: str, size: int = PIECE_CHARS) -> list[tuple[int, int]]:
+    """[start, end) character spans covering ``text``, each about ``size`` long, cut before a
+    lone space between two words where there is one, so a byte-level BPE encodes the pieces
+    exactly as the whole (a long document in one call can take gigabytes)."""
+    spans, start = [], 0
+    while len(text) - start > size:
+        cut = None
+        for match in _CUT.finditer(text, start + size // 2, start + size):
+            cut = match.start()
+        cut = cut if cut is not None else start + size
+        spans.append((start, cut))
+        start = cut
+    spans.append((start, len(text)))
+    return spans
+
+
+def token_noise(offsets, spans: list[tuple[int, int]], n_chars: int) -> np.ndarray:
+    """Bool per token: does its [start, end) character span overlap any noise span?"""
+    chars = np.zeros(n_chars + 1, dtype=np.int32)
+    for a, b in spans:
+        a, b = max(0, a), min(n_chars, b)
+        if a < b:
+            chars[a] += 1
+            chars[b] -= 1
+    inside = np.concatenate([[0], np.cumsum(np.cumsum(chars)[:-1] > 0)])  # prefix counts
+    offsets = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+    return inside[offsets[:, 1]] - inside[offsets[:, 0]] > 0
+
+
+@dataclass
+class Encoded:
+    ids: np.ndarray  # every document's ids, each followed by EOS
+    lengths: np.ndarray  # int64 tokens per document, EOS included
+    marks: np.ndarray | None  # bool per token (noise), or None when no document has spans
+
+
+class Encoder:
+    """Documents -> packed ids. ``tokenizer`` is a Rust ``tokenizers.Tokenizer`` set up like
+    the HF tokenizer (``backend_of``), or an HF tokenizer without one (slower). Ids are read
+    straight into numpy; offsets are computed only for documents with noise spans."""
+
+    def __init__(self, tokenizer, eos_id: int, dtype):
+        self.tokenizer, self.eos_id, self.dtype = tokenizer, eos_id, np.dtype(dtype)
+        self.rust = hasattr(tokenizer, "encode_batch")
+        # encode_batch_fast (tokenizers >= 0.21) skips the offsets: same ids, less work
+        self._fast = getattr(tokenizer, "encode_batch_fast", None) if self.rust else None
+
+    def _encode(self, texts: list[str], offsets: bool) -> tuple[list, list | None]:
+        """Ids (lists) of each text and, if asked, its (n, 2) character offsets (arrays)."""
+        if not self.rust:
+            out = self.tokenizer(
+                texts, add_special_tokens=False, return_offsets_mapping=offsets, verbose=False
+            )
+            spans = [np.asarray(o, np.int64).reshape(-1, 2) for o in out["offset_mapping"]]
+            return out["input_ids"], spans if offsets else None
+        encode = self.tokenizer.encode_batch if offsets or not self._fast else self._fast
+        encodings = encode(texts, add_special_tokens=False)
+        ids = [e.ids for e in encodings]
+        if not offsets:
+            return ids, None
+        spans = [  # through a flat iterator: an array of tuples is much slower
+            np.fromiter(chain.from_iterable(e.offsets), np.int64, 2 * len(e)).reshape(-1, 2)
+            for e in encodings
+        ]
+        return ids, spans
+
+    def encode(self, docs: list[Document]) -> Encoded:
+        pieces = [(i, a, b) for i, doc in enumerate(docs) for a, b in pieces_of(doc.text)]
+        ids: list = [None] * len(pieces)
+        offsets: dict[int, list] = {}
+        for noisy in (False, True):
+            which = [k for k, (i, _, _) in enumerate(pieces) if bool(docs[i].noise_spans) == noisy]
+            for first in range(0, len(which), ENCODE_BATCH):
+                part = which[first : first + ENCODE_BATCH]
+                texts = [docs[i].text[a:b] for i, a, b in (pieces[k] for k in part)]
+                got, spans = self._encode(texts, offsets=noisy)
+                for j, k in enumerate(part):
+                    ids[k] = got[j]
+                    if noisy:
+                        offsets[k] = spans[j]
+        piece_lengths = np.fromiter(map(len, ids), np.int64, len(ids))
+        # An id that does not fit the dtype raises OverflowError here, never wraps silently.
+        flat = np.fromiter(chain.from_iterable(ids), self.dtype, int(piece_lengths.sum()))
+        owner = np.fromiter((i for i, _, _ in pieces), np.int64, len(pieces))
+        lengths = np.bincount(owner, weights=piece_lengths, minlength=len(docs)).astype(np.int64)
+        packed = np.insert(flat, np.cumsum(lengths), np.asarray(self.eos_id, self.dtype))
+        lengths += 1
+        marks = None
+        if offsets:
+            marks = np.zeros(len(packed), dtype=bool)  # EOS and clean documents: clean
+            starts = np.cumsum(lengths) - lengths
+            bounds = np.searchsorted(owner, np.arange(len(docs) + 1))  # a document's pieces
+            for i, doc in enumerate(docs):
+                if doc.noise_spans:
+                    ks = range(bounds[i], bounds[i + 1])
+                    spans = np.concatenate([offsets[k] + pieces[k][1] for k in ks])
+                    noise = token_noise(spans, doc.noise_spans, len(doc.text))
+                    marks[starts[i] : starts[i] + len(noise)] = noise
+        return Encoded(packed, lengths, marks)
+
+
+def backend_of(tokenizer):
+    """The HF tokenizer's Rust backend, set up to encode as the HF tokenizer's ``__call__``
+    does without special tokens (no truncation, no padding, special tokens matched as it
+    matches them); None when it has none."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    backend.no_truncation()
+    backend.no_padding()
+    backend.encode_special_tokens = bool(getattr(tokenizer, "split_special_tokens", False))
+    return backend
+
+
+def load_encoder(parts: Path, plan: dict) -> Encoder:
+    """The encoder every slot uses: the saved Rust backend, else the HF tokenizer itself."""
+    if (parts / "encoder.json").is_file():
+        from tokenizers import Tokenizer
+
+        backend = Tokenizer.from_file(str(parts / "encoder.json"))
+        backend.encode_special_tokens = plan["split_special"]
+        return Encoder(backend, plan["eos_id"], plan["dtype"])
+    from transformers import AutoTokenizer  # a tokenizer without a Rust backend
+
+    tokenizer = AutoTokenizer.from_pretrained(parts / "tokenizer")
+    return Encoder(tokenizer, plan["eos_id"], plan["dtype"])
+
+
+def read_plan(parts: Path) -> dict:
+    """The parts' meta.json, validated (a damaged one is a one-line UserError)."""
+    meta = read_json(parts / "meta.json")
+    validate(TokenizePartsMeta, meta, f"{parts}/meta.json is corrupted")
+    return meta
+
+
+# --- Chunks and parts -----------------------------------------------------------------------------
+
+
+def chunks(records: Iterable, chunk_bytes: int) -> Iterator[list]:
+    """Records grouped into chunks: a chunk closes once its records reach ``chunk_bytes``."""
+    chunk, size = [], 0
+    for nbytes, parse in records:
+        chunk.append(parse)
+        size += nbytes
+        if size >= chunk_bytes:
+            yield chunk
+            chunk, size = [], 0
+    if chunk:
+        yield chunk
+
+
+def _batches(parses: list, size: int) -> Iterator[list[Document]]:
+    """The chunk's documents (its records parsed in order), a batch at a time."""
+    batch = []
+    for parse in parses:
+        doc = parse()
+        if doc is not None:
+            batch.append(doc)
+            if len(batch) == size:
+                yield batch
+                batch = []
+    if batch:
+        yield batch
+
+
+def write_part(path: Path, encoder: Encoder, parses: list, die: bool = False) -> None:
+    """Encode one chunk into its part directory, whole or not at all."""
+    names: dict[str, int] = {}
+    lengths, codes, any_noise, n_tokens = [], [], False, 0
+    with building(path, False) as tmp:
+        with open(tmp / "tokens.bin", "wb") as tokens, open(tmp / "noise.bin", "wb") as noise:
+            for docs in _batches(parses, ENCODE_BATCH):
+                encoded = encoder.encode(docs)
+                if encoded.marks is not None and not any_noise:  # every earlier token is clean
+                    any_noise = True
+                    noise.write(bytes(n_tokens))
+                if any_noise:
+                    marks = encoded.marks
+                    noise.write(marks.data if marks is not None else bytes(len(encoded.ids)))
+                tokens.write(encoded.ids.data)
+                n_tokens += len(encoded.ids)
+                lengths.append(encoded.lengths)
+                codes.extend(names.setdefault(d.domain or "default", len(names)) for d in docs)
+        if not any_noise:
+            (tmp / "noise.bin").unlink()
+        np.save(tmp / "lengths.npy", np.concatenate([np.zeros(0, np.int64), *lengths]))
+        np.save(tmp / "domains.npy", np.asarray(codes, dtype=np.int32))
+        write_json_atomic(
+            tmp / "part.json",
+            {"n_docs": len(codes), "n_tokens": n_tokens, "domains": list(names),
+             "noise": any_noise},
+        )  # fmt: skip
+        fsync_tree(tmp)  # a power cut after the rename leaves the part whole, too
+        if die:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def encode_slot(
+    parts: Path,
+    sources: list[Source],
+    text_field: str,
+    plan: dict,
+    slot: int,
+    n_slots: int,
+    progress=None,
+) -> tuple[int, int, int]:
+    """Encode the chunks of ``slot`` (of ``n_slots``) that have no part yet. Returns (chunks in
+    the corpus, chunks encoded here, chunks of this slot already there). ``progress``: called
+    after each chunk of this slot."""
+    encoder = load_encoder(parts, plan)
+    fault = os.environ.get(FAULT_ENV, "")
+    die_at = int(fault.split(":")[1]) if fault.startswith(f"{slot}:") else None
+    n_chunks = encoded = reused = 0
+    records = iter_records(sources, text_field)
+    for chunk, parses in enumerate(chunks(records, plan["chunk_bytes"])):
+        n_chunks = chunk + 1
+        if chunk % n_slots != slot:
+            continue
+        path = part_path(parts, chunk, plan["run_id"])
+        if path.is_dir():
+            reused += 1
+        else:
+            encoded += 1
+            write_part(path, encoder, parses, die=encoded == die_at)
+        if progress is not None:
+            progress()
+    return n_chunks, encoded, reused
+
+
+def encode_slot_in_worker(args: tuple, threads: int) -> tuple[int, int, int]:
+    """A worker process's entry (spawned): the Rust tokenizer gets ``threads`` threads, so the
+    workers together use the cores once."""
+    os.environ["RAYON_NUM_THREADS"] = str(threads)  # read when its thread pool first starts
+    return encode_slot(*args)
+
+
+# --- Assembly -------------------------------------------------------------------------------------
+
+
+class DamagedPart(UserError):
+    """A part whose files do not match its record; the other parts are kept for the rerun."""
+
+    bad_input = False
+
+
+@dataclass
+class Assembled:
+    tokens: Path  # raw ids of every chunk, in order
+    lengths: np.ndarray  # tokens per document
+    domains: np.ndarray  # per document, into names
+    names: list[str]
+    noise: Path | None  # raw bools per token, or None
+
+
+def _read_part(path: Path, itemsize: int) -> tuple[dict, np.ndarray, np.ndarray]:
+    """A part's record, lengths and domain codes, checked against its files: a damaged part is
+    removed (a rerun redoes it) and refused in one line."""
+    try:
+        info = validate(TokenizePart, read_json(path / "part.json"), f"{path}/part.json")
+        lengths = np.load(path / "lengths.npy", allow_pickle=False)
+        codes = np.load(path / "domains.npy", allow_pickle=False)
+        sizes = {
+            "tokens.bin": info.n_tokens * itemsize,
+            "noise.bin": info.n_tokens if info.noise else None,
+        }
+        ok = (
+            lengths.shape == (info.n_docs,) and lengths.dtype == np.int64
+            and codes.shape == (info.n_docs,) and codes.dtype == np.int32
+            and int(lengths.sum()) == info.n_tokens and bool((lengths >= 1).all())
+            and bool(((codes >= 0) & (codes < len(info.domains))).all())
+            and all((path / n).is_file() and (path / n).stat().st_size == s
+                    for n, s in sizes.items() if s is not None)
+        )  # fmt: skip
+    except (UserError, ValueError, OSError) as err:
+        ok, why = False, err
+    else:
+        why = "its files do not match its record"
+    if not ok:
+        remove_path(path)
+        raise DamagedPart(f"{path} was damaged ({why}) and is removed: rerun to redo it")
+    return info.model_dump(), lengths, codes
+
+
+def assemble(parts: Path, plan: dict, n_chunks: int) -> Assembled:
+    """Every chunk's part, in chunk order, into ``tokens.raw`` (and ``noise.raw``) in ``parts``;
+    domain names numbered in order of first appearance, as one pass over the corpus would."""
+    paths = [part_path(parts, c, plan["run_id"]) for c in range(n_chunks)]
+    missing = sum(not p.is_dir() for p in paths)
+    if missing:
+        raise RuntimeError(f"{missing} of {n_chunks} chunks were not tokenized: rerun to finish")
+    itemsize = np.dtype(plan["dtype"]).itemsize
+    read = [_read_part(p, itemsize) for p in paths]
+    any_noise = any(info["noise"] for info, _, _ in read)
+    names: dict[str, int] = {}
+    domains = []
+    noise_path = parts / "noise.raw" if any_noise else None
+    with (
+        open(parts / "tokens.raw", "wb") as tokens,
+        open(noise_path, "wb") if any_noise else nullcontext() as noise,
+    ):
+        for path, (info, _, codes) in zip(paths, read, strict=True):
+            with open(path / "tokens.bin", "rb") as f:
+                shutil.copyfileobj(f, tokens, 1 << 22)
+            if any_noise and info["noise"]:
+                with open(path / "noise.bin", "rb") as f:
+                    shutil.copyfileobj(f, noise, 1 << 22)
+            elif any_noise:
+                for done in range(0, info["n_tokens"], 1 << 24):  # a clean part: all False
+                    noise.write(bytes(min(1 << 24, info["n_tokens"] - done)))
+            local = [names.setdefault(n, len(names)) for n in info["domains"]]
+            domains.append(np.asarray(local, dtype=np.int64)[codes] if len(codes) else codes)
+    return Assembled(
+        parts / "tokens.raw",
+        np.concatenate([np.zeros(0, np.int64), *(lengths for _, lengths, _ in read)]),
+        np.concatenate([np.zeros(0, np.int64), *domains]),
+        list(names),
+        noise_path,
+    )
