@@ -25,6 +25,7 @@ import torch
 from conftest import SUBPROCESS_ENV, WORDS, make_docs, write_jsonl
 
 import rho.tokenize as tokenize_mod
+from rho import token_parts
 from rho.cli import main
 from rho.errors import UserError
 from rho.files import lock_path, save_npy_atomic
@@ -439,14 +440,14 @@ def test_killed_tokenize_leaves_scratch_the_next_run_removes(tmp_path, token_sto
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
-            if any(tmp_path.glob(".store.tmp-*-work-*/tokens.raw")):
-                break  # encoding has begun
+            if any(tmp_path.glob(".store.parts/.part-*.tmp-*/tokens.bin")):
+                break  # encoding has begun: a part is being written
             time.sleep(0.002)
         proc.send_signal(signal.SIGKILL)
     finally:
         collect(proc)
     assert proc.returncode == -signal.SIGKILL
-    (scratch,) = tmp_path.glob(f".store.tmp-{proc.pid}-work-*")
+    (scratch,) = tmp_path.glob(f".store.parts/.part-*.tmp-{proc.pid}-*")
     assert scratch.is_dir() and not out.exists()
 
     (rerun,) = run_together(args)
@@ -472,7 +473,7 @@ def test_long_document_in_pieces_equals_whole_encoding(tmp_path, monkeypatch, to
     records = [{"text": t, "noise_spans": s} for t, s in zip(texts, spans, strict=True)]
     corpus = write_jsonl(tmp_path / "c.jsonl", records)
 
-    monkeypatch.setattr(tokenize_mod, "PIECE_CHARS", 1000)
+    monkeypatch.setattr(token_parts, "PIECE_CHARS", 1000)
     store = tokenize_mod.tokenize_corpus(
         [str(corpus)], tmp_path / "s", tokenizer=token_store.tokenizer_dir, progress=False
     )
