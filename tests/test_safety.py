@@ -25,6 +25,7 @@ import torch
 from conftest import SUBPROCESS_ENV, WORDS, make_docs, write_jsonl
 
 import rho.tokenize as tokenize_mod
+from rho import token_parts
 from rho.cli import main
 from rho.errors import UserError
 from rho.files import lock_path, save_npy_atomic
@@ -471,10 +472,7 @@ def test_long_document_in_pieces_equals_whole_encoding(tmp_path, monkeypatch, to
     records = [{"text": t, "noise_spans": s} for t, s in zip(texts, spans, strict=True)]
     corpus = write_jsonl(tmp_path / "c.jsonl", records)
 
-    from rho import token_parts
-
-    pieces_of = token_parts.pieces_of  # what the encoder cuts documents with, in this process
-    monkeypatch.setattr(token_parts, "pieces_of", lambda text: pieces_of(text, 1000))
+    monkeypatch.setattr(token_parts, "PIECE_CHARS", 1000)
     store = tokenize_mod.tokenize_corpus(
         [str(corpus)], tmp_path / "s", tokenizer=token_store.tokenizer_dir, progress=False
     )

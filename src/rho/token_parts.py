@@ -84,10 +84,12 @@ class TokenizePart(Strict):
 # --- Encoding -------------------------------------------------------------------------------------
 
 
-def pieces_of(text: str, size: int = PIECE_CHARS) -> list[tuple[int, int]]:
-    """[start, end) character spans covering ``text``, each about ``size`` long, cut before a
-    lone space between two words where there is one, so a byte-level BPE encodes the pieces
-    exactly as the whole (a long document in one call can take gigabytes)."""
+def pieces_of(text: str, size: int | None = None) -> list[tuple[int, int]]:
+    """[start, end) character spans covering ``text``, each about ``size`` (default
+    PIECE_CHARS, read at each call) long, cut before a lone space between two words where there
+    is one, so a byte-level BPE encodes the pieces exactly as the whole (a long document in one
+    call can take gigabytes)."""
+    size = size or PIECE_CHARS
     spans, start = [], 0
     while len(text) - start > size:
         cut = None
