@@ -1,67 +1,39 @@
-"""Shared fixtures: one small corpus, TokenStore and tiny model, built once per test session."""
+"""Shared fixtures: one small corpus, TokenStore and tiny model, built once per test session;
+the trainer's stores; the eval tests' store and checkpoint; the demo corpus's sources. Their
+helpers are in helpers.py.
+
+Tests marked ``slow`` (real subprocesses: torchrun, the demo, kill -9) are skipped unless
+pytest runs with ``--slow``, as CI does (the README's test command)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import random
-import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-from rho.experiment.report import PAPER
-
-WORDS = (
-    "the a cat dog sat ran on under mat tree bird sang while far away and then it was "
-    "quick brown fox jumps over lazy river stone light dark morning evening rain sun"
-).split()
-
-
-def make_docs(n_docs: int, seed: int = 0, min_words: int = 5, max_words: int = 80) -> list[str]:
-    rng = random.Random(seed)
-    return [
-        " ".join(rng.choice(WORDS) for _ in range(rng.randint(min_words, max_words)))
-        for _ in range(n_docs)
-    ]
+from helpers import (
+    make_checkpoint,
+    make_docs,
+    make_eval_store,
+    make_stores,
+    markov_docs,
+    torch_threads,
+    write_jsonl,
+    write_texts,
+)
 
 
-def write_jsonl(path: Path, records: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    return path
+def pytest_addoption(parser):
+    parser.addoption("--slow", action="store_true", help="also run the tests marked slow")
 
 
-# One thread per process: tiny models gain nothing from more, and on a busy machine threads that
-# wait for each other make runs many times slower.
-SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-
-def run_rho(
-    *args: str, env: dict | None = None, timeout: float = 120
-) -> subprocess.CompletedProcess:
-    """`python -m rho ARGS` in a real subprocess (this interpreter, so the venv's rho)."""
-    return subprocess.run(
-        [sys.executable, "-m", "rho", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**SUBPROCESS_ENV, **(env or {})},
-    )
-
-
-@contextlib.contextmanager
-def torch_threads(n: int):
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--slow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -108,44 +80,42 @@ def model_dir(tmp_path_factory, token_store) -> Path:
     return path
 
 
-# --- every figure of an experiment report is recorded in its results.json ----------------------
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    """The trainer's: a TokenStore, a LossStore (fp32 scoring) from a separately initialised
+    reference model saved with the training tokenizer, and a second corpus with its own
+    tokenizer."""
+    from rho.tokenize import tokenize_corpus
 
-NUMBER = re.compile(r"(?<![\w.])[-+]?\d[\d,]*(?:\.\d+)?(?:e[-+]?\d+)?%?")
-
-
-def numbers_in(value) -> list[float]:
-    if isinstance(value, bool) or value is None:
-        return []
-    if isinstance(value, int | float):
-        return [float(value)]
-    if isinstance(value, dict):
-        return [x for v in value.values() for x in numbers_in(v)]
-    if isinstance(value, list):
-        return [x for v in value for x in numbers_in(v)]
-    return []
+    root = tmp_path_factory.mktemp("trainer")
+    s = make_stores(root, n_docs=150, corpus_seed=0, ref_seed=123)
+    other = write_texts(root / "other.jsonl", markov_docs(40, seed=7))
+    s.other_tokens = root / "other_tokens"
+    s.other_store = tokenize_corpus([str(other)], s.other_tokens, train_vocab=300, progress=False)
+    return s
 
 
-def recorded(text: str, values: list[float]) -> bool:
-    """Is the printed number ``text`` some recorded value at the precision it was printed?"""
-    percent = text.endswith("%")
-    body = text.rstrip("%").replace(",", "")
-    mantissa, _, exponent = body.partition("e")
-    x = float(body)
-    decimals = len(mantissa.partition(".")[2])
-    step = 10.0 ** (-decimals) * 10.0 ** int(exponent or 0)
-    if not decimals and not exponent and mantissa.strip("+-") != "0":
-        step *= 10 ** (len(mantissa) - len(mantissa.rstrip("0")))  # 120 may be 2 sig. figures
-    scales = (100.0, 1.0) if percent else (1.0,)  # a percent is recorded as 0.342 or as 34.2
-    tolerance = step / 2 + 1e-9 * abs(x)
-    return any(abs(v * scale - x) <= tolerance for v in values for scale in scales)
+@pytest.fixture(scope="module")
+def eval_store(tmp_path_factory):
+    """The eval tests': an ASCII corpus in two domains (make_eval_store)."""
+    return make_eval_store(tmp_path_factory.mktemp("eval-corpus"))
 
 
-def assert_traceable(report: str, results: dict) -> None:
-    """Every number in report.md is a value in results.json, as printed (the paper's quoted
-    figures and fixed phrases aside)."""
-    for constant in (*PAPER.values(), "13-grams", "Figure 3", "Figures 6, 8", "Figure 13"):
-        report = report.replace(constant, "")
-    values = numbers_in(results)
-    values += [abs(v) for v in values if v < 0]  # "0.0001 below the target" prints −0.0001
-    missing = [m.group() for m in NUMBER.finditer(report) if not recorded(m.group(), values)]
-    assert not missing, f"numbers in report.md not in results.json: {missing[:20]}"
+@pytest.fixture(scope="module")
+def eval_checkpoint(tmp_path_factory, eval_store) -> Path:
+    return make_checkpoint(tmp_path_factory.mktemp("eval-ckpt") / "run", eval_store)
+
+
+@pytest.fixture(scope="module")
+def eval_model(eval_checkpoint):
+    from rho.models import load_model
+
+    return load_model(eval_checkpoint).eval()
+
+
+@pytest.fixture(scope="module")
+def sources() -> dict:
+    """The demo corpus's SOURCES.json."""
+    from rho.corpora import DEMO_DIR
+
+    return json.loads((DEMO_DIR / "SOURCES.json").read_text(encoding="utf-8"))

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import tokenized
 
 from rho.analysis import html as page
 from rho.cli import main
@@ -27,7 +28,6 @@ def workspace(tmp_path_factory):
     from rho.models import build_model
     from rho.options import ModelDataArguments, SelectionArguments
     from rho.score import score_store
-    from rho.tokenize import tokenize_corpus
     from rho.training import run_training
 
     root = tmp_path_factory.mktemp("analysis")
@@ -37,9 +37,7 @@ def workspace(tmp_path_factory):
         text = (NOISE if i % 3 == 0 else "") + body * 2
         spans = [[0, len(NOISE)]] if i % 3 == 0 else []
         lines.append({"text": text, "domain": "math" if i % 2 else "web", "noise_spans": spans})
-    corpus = root / "corpus.jsonl"
-    corpus.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    tokens = tokenize_corpus([str(corpus)], root / "tokens", train_vocab=320, progress=False)
+    tokens = tokenized(root, lines, vocab=320)
     ref = build_model("tiny", tokens.vocab_size, seed=1, max_positions=SEQ)
     ref.save_pretrained(root / "ref_model")
     score_store(ref, tokens, root / "ref_losses", SEQ, batch_size=8, progress=False)

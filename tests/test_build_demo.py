@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_corpora import _without_noise, sources  # noqa: F401 (a fixture)
+from helpers import without_noise
 
 from rho.corpora import SPLITS
 
@@ -50,7 +50,7 @@ def test_inject_spans_point_at_the_blocks():
     out, spans = tool_noise.inject(text, blocks, rng)
     assert [out[s:e] for s, e in spans] == ["HEAD", "MIDDLE", "TAIL"]
     assert spans == sorted(spans)
-    assert _without_noise({"text": out, "noise_spans": spans}) == " ".join(text.split())
+    assert without_noise({"text": out, "noise_spans": spans}) == " ".join(text.split())
     assert out.startswith("HEAD\n\n") and out.endswith("\n\nTAIL")
     # one paragraph: a middle block still lands at an end, never inside the text
     out, spans = tool_noise.inject("only one paragraph", [("X", "any")], rng)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import torch_threads, write_jsonl
+from helpers import torch_threads, write_jsonl
 from transformers import AutoTokenizer, TrainerCallback, TrainingArguments
 
 from rho.chat import Conversation, render, render_plain, response_mask

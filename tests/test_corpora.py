@@ -2,32 +2,29 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 
 import pytest
+from helpers import without_noise
 
-from rho.corpora import DEMO_DIR, DOMAINS, SPLITS, demo_path, iter_demo
+from rho.corpora import DEMO_DIR, SPLITS, demo_path
+
+DOMAINS = ("math", "general", "noise")  # the document domains of the demo corpus
+
+
+def iter_demo(split: str):
+    """The documents of one demo split as dicts (``text``, ``domain``, ``noise_spans``)."""
+    with gzip.open(demo_path(split), "rt", encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                yield json.loads(line)
 
 
 @pytest.fixture(scope="module")
 def demo() -> dict[str, list[dict]]:
     return {split: list(iter_demo(split)) for split in SPLITS}
-
-
-@pytest.fixture(scope="module")
-def sources() -> dict:
-    return json.loads((DEMO_DIR / "SOURCES.json").read_text(encoding="utf-8"))
-
-
-def _without_noise(rec: dict) -> str:
-    """The document's text with its noise spans cut out, whitespace collapsed."""
-    text, parts, last = rec["text"], [], 0
-    for start, end in rec["noise_spans"]:
-        parts.append(text[last:start])
-        last = end
-    parts.append(text[last:])
-    return " ".join("".join(parts).split())
 
 
 # -- the shipped files ---------------------------------------------------------------------------
@@ -112,7 +109,7 @@ def test_noise_whole_docs_and_in_doc_spans(demo):
 def test_splits_are_disjoint(demo):
     curated = {" ".join(r["text"].split()) for r in demo["curated"]}
     heldout = {" ".join(r["text"].split()) for r in demo["heldout"]}
-    corpus_math = {_without_noise(r) for r in demo["corpus"] if r["domain"] == "math"}
+    corpus_math = {without_noise(r) for r in demo["corpus"] if r["domain"] == "math"}
     assert len(curated) == len(demo["curated"])  # no duplicates inside a split either
     assert not curated & heldout
     assert not curated & corpus_math
@@ -127,7 +124,7 @@ def test_sizes_and_mix(demo):
     corpus = demo["corpus"]
     noise = sum(e - s for r in corpus for s, e in r["noise_spans"])
     clean = {
-        d: sum(len(_without_noise(r)) for r in corpus if r["domain"] == d)
+        d: sum(len(without_noise(r)) for r in corpus if r["domain"] == d)
         for d in ("math", "general")
     }
     total = chars["corpus"]

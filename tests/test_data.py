@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
-import random
-
 import numpy as np
 import pytest
 import torch
+from helpers import make_docs, tokenized
 
 from rho.data import WindowCollator, WindowDataset
 from rho.errors import UserError
@@ -21,15 +19,11 @@ def stores(tmp_path_factory):
     """A TokenStore whose length is not a multiple of SEQ, and its LossStore from a tiny model."""
     from rho.models import build_model
     from rho.score import score_store
-    from rho.tokenize import tokenize_corpus
 
     root = tmp_path_factory.mktemp("data")
-    rng = random.Random(0)
     words = "alpha beta gamma delta eps zeta eta theta iota kappa lambda mu nu xi".split()
-    docs = [" ".join(rng.choice(words) for _ in range(rng.randint(5, 60))) for _ in range(60)]
-    corpus = root / "corpus.jsonl"
-    corpus.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
-    tokens = tokenize_corpus([str(corpus)], root / "tokens", train_vocab=300, progress=False)
+    docs = make_docs(60, seed=0, min_words=5, max_words=60, words=words)
+    tokens = tokenized(root, [{"text": d} for d in docs])
     if tokens.n_tokens % SEQ == 0:  # the last window must be partial for these tests
         pytest.skip("corpus happened to fill its last window")
     ref = build_model("tiny", tokens.vocab_size, seed=1)

@@ -7,7 +7,7 @@ from html.parser import HTMLParser
 import matplotlib.image
 import numpy as np
 import pytest
-from conftest import assert_traceable
+from helpers import assert_traceable
 
 from rho.experiment.analyses import selection_rates
 from rho.experiment.summary import tokens_to_reach

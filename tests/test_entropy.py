@@ -11,7 +11,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import torch_threads
+from helpers import torch_threads
 from scipy.stats import rankdata
 
 from rho import windows as windows_mod

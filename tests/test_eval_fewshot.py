@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from test_eval_heldout import checkpoint, model, store, write_jsonl  # noqa: F401 (fixtures used below)
+from helpers import make_task, rho_command, write_jsonl
 
 from rho.errors import UserError
 from rho.eval.answers import answers_match, extract_answer, parse_number
-from rho.eval.cli import cli
 from rho.eval.fewshot import (
     STOP_SEQUENCES,
     _stop_criteria,
@@ -28,17 +26,13 @@ from rho.eval.fewshot import (
 from rho.models import build_model
 
 
-def make_task(tmp_path: Path, n: int = 7) -> Path:
-    records = [{"question": f"What is {i} plus {i}?", "answer": str(2 * i)} for i in range(n)]
-    records[3]["answer"] = "She has 3 and 3 more.\n#### 6"  # GSM8K-style gold answer
-    return write_jsonl(tmp_path / "add.jsonl", records)
-
-
-def test_generative_task_run(tmp_path, checkpoint, capsys):
+def test_generative_task_run(tmp_path, eval_checkpoint, capsys):
     task = make_task(tmp_path)
     out = tmp_path / "out"
-    argv = ["--model", str(checkpoint), "--task", str(task), "--shots", "2", "--out", str(out)]
-    assert cli([*argv, "--max-new-tokens", "6", "--batch-size", "3", "--quiet"]) == 0
+    argv = ["--model", str(eval_checkpoint), "--task", str(task), "--shots", "2", "--out", str(out)]
+    assert (
+        rho_command("eval", [*argv, "--max-new-tokens", "6", "--batch-size", "3", "--quiet"]) == 0
+    )
     assert "| add | 2 | 5 |" in capsys.readouterr().out
     rows = [json.loads(line) for line in (out / "task_outputs.jsonl").read_text().splitlines()]
     assert len(rows) == 5  # 7 items, the first 2 used as shots
@@ -56,39 +50,51 @@ def test_generative_task_run(tmp_path, checkpoint, capsys):
     # A shots file: every task item is evaluated; --limit caps them; other tasks' rows are kept.
     shots = write_jsonl(tmp_path / "shots.jsonl", [{"question": "1 + 1?", "answer": "2"}])
     other = write_jsonl(tmp_path / "other.jsonl", [{"question": "2 + 2?", "answer": "4"}] * 4)
-    argv = ["--model", str(checkpoint), "--task", str(other), "--shots", "1", "--out", str(out)]
-    cli([*argv, "--shots-file", str(shots), "--limit", "3", "--max-new-tokens", "4", "--quiet"])
+    argv = [
+        "--model",
+        str(eval_checkpoint),
+        "--task",
+        str(other),
+        "--shots",
+        "1",
+        "--out",
+        str(out),
+    ]
+    rho_command(
+        "eval",
+        [*argv, "--shots-file", str(shots), "--limit", "3", "--max-new-tokens", "4", "--quiet"],
+    )
     rows = [json.loads(line) for line in (out / "task_outputs.jsonl").read_text().splitlines()]
     assert [r["task"] for r in rows].count("add") == 5
     assert [r["task"] for r in rows].count("other") == 3
     assert set(json.loads((out / "eval.json").read_text())["tasks"]) == {"add", "other"}
 
 
-def test_batched_generation_matches_one_by_one(model, checkpoint):
+def test_batched_generation_matches_one_by_one(eval_model, eval_checkpoint):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(checkpoint)
+    tok = AutoTokenizer.from_pretrained(eval_checkpoint)
     prompts = [build_prompt([], f"What is {'very ' * i}odd?") for i in range(5)]
-    one = generate(model, tok, prompts, max_new_tokens=5, batch_size=1, progress=False)
-    many = generate(model, tok, prompts, max_new_tokens=5, batch_size=4, progress=False)
+    one = generate(eval_model, tok, prompts, max_new_tokens=5, batch_size=1, progress=False)
+    many = generate(eval_model, tok, prompts, max_new_tokens=5, batch_size=4, progress=False)
     assert one == many
 
 
-def test_long_prompts_are_cut_from_the_left(store, checkpoint):
+def test_long_prompts_are_cut_from_the_left(eval_store, eval_checkpoint):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(checkpoint)
-    short = build_model("tiny", store.vocab_size, max_positions=32)
+    tok = AutoTokenizer.from_pretrained(eval_checkpoint)
+    short = build_model("tiny", eval_store.vocab_size, max_positions=32)
     outputs = generate(short, tok, ["word " * 100], max_new_tokens=8, progress=False)
     assert len(outputs) == 1
     with pytest.raises(UserError, match="no room"):
         generate(short, tok, ["x"], max_new_tokens=32, progress=False)
 
 
-def test_stop_sequences(checkpoint):
+def test_stop_sequences(eval_checkpoint):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(checkpoint)
+    tok = AutoTokenizer.from_pretrained(eval_checkpoint)
     assert cut_at_stop("42\n\nQuestion: next") == "42"
     assert cut_at_stop(" 7 Question: x\n\n") == " 7 "
     assert cut_at_stop("no stop") == "no stop"
@@ -152,10 +158,9 @@ def test_hostile_task_lines_are_one_line(tmp_path, line, message):
     assert "t.jsonl:2" in str(err.value) and "\n" not in str(err.value)
 
 
-def test_bogus_device_is_one_line(tmp_path, checkpoint, store):
+def test_bogus_device_is_one_line(tmp_path, eval_checkpoint, eval_store):
+    given = ["--model", eval_checkpoint, "--tokens", eval_store.path, "--out", tmp_path / "e"]
     with pytest.raises(UserError, match="'bogus' is not a device"):
-        cli(["--model", str(checkpoint), "--tokens", str(store.path), "--device", "bogus",
-             "--out", str(tmp_path / "e")])  # fmt: skip
+        rho_command("eval", [*given, "--device", "bogus"])
     with pytest.raises(UserError, match="no cuda device|only"):
-        cli(["--model", str(checkpoint), "--tokens", str(store.path), "--device", "cuda:7",
-             "--out", str(tmp_path / "e")])  # fmt: skip
+        rho_command("eval", [*given, "--device", "cuda:7"])

@@ -1,72 +1,21 @@
-"""rho.eval.heldout: held-out loss and bits per byte per domain, and `rho eval --tokens`.
-
-The corpus and checkpoint builders here are shared with the other test_eval_* modules."""
+"""rho.eval.heldout: held-out loss and bits per byte per domain, and `rho eval --tokens`."""
 
 from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import EVAL_WORDS, make_docs, rho_command, write_jsonl, write_texts
 
 from rho.errors import UserError
-from rho.eval.cli import cli
 from rho.eval.heldout import byte_lengths, evaluate_store
 from rho.models import build_model
 from rho.store import TokenStore, write_token_store
 from rho.tokenize import tokenize_corpus
-
-WORDS = "the cat sat on a mat while rain fell far away and then one dog ran".split()
-
-
-def _docs(n: int, seed: int) -> list[str]:
-    rng = np.random.default_rng(seed)
-    return [" ".join(rng.choice(WORDS, size=rng.integers(4, 30))) for _ in range(n)]
-
-
-def write_jsonl(path: Path, records: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-    return path
-
-
-def make_store(root: Path) -> TokenStore:
-    """An ASCII corpus in two domains (ASCII: decoding one id alone gives its exact bytes)."""
-    records = [
-        {"text": text, "domain": "prose" if i % 3 else "math"}
-        for i, text in enumerate(_docs(60, seed=0))
-    ]
-    records += [{"text": f"{i} plus {i} is {2 * i}.", "domain": "math"} for i in range(20)]
-    corpus = write_jsonl(root / "corpus.jsonl", records)
-    return tokenize_corpus([str(corpus)], root / "tokens", train_vocab=320, progress=False)
-
-
-def make_checkpoint(path: Path, store: TokenStore) -> Path:
-    """A tiny model saved with the store's tokenizer, like a `rho train` output directory."""
-    build_model("tiny", store.vocab_size, seed=3).save_pretrained(path)
-    store.tokenizer().save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory) -> TokenStore:
-    return make_store(tmp_path_factory.mktemp("eval-corpus"))
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, store) -> Path:
-    return make_checkpoint(tmp_path_factory.mktemp("eval-ckpt") / "run", store)
-
-
-@pytest.fixture(scope="module")
-def model(checkpoint):
-    from rho.models import load_model
-
-    return load_model(checkpoint).eval()
-
 
 # --- Bytes per token ------------------------------------------------------------------------------
 
@@ -119,27 +68,27 @@ def _direct(model, store: TokenStore, seq_len: int) -> dict[int, list[float]]:
     return sums
 
 
-def test_per_domain_loss_on_hand_made_store(tmp_path, store, model):
+def test_per_domain_loss_on_hand_made_store(tmp_path, eval_store, eval_model):
     """Hand-made documents in three domains, a document crossing window boundaries and a short
     last window: per-domain mean loss equals a direct computation."""
     rng = np.random.default_rng(7)
-    eos = store.eos_id
+    eos = eval_store.eos_id
     lengths = [5, 23, 9, 14, 3, 17]
-    docs = [np.append(rng.integers(1, store.vocab_size, size=n - 1), eos) for n in lengths]
+    docs = [np.append(rng.integers(1, eval_store.vocab_size, size=n - 1), eos) for n in lengths]
     tokens = np.concatenate(docs)
     hand = write_token_store(
         tmp_path / "hand",
         tokens,
         np.concatenate([[0], np.cumsum(lengths)]),
-        store.tokenizer_dir,
-        vocab_size=store.vocab_size,
+        eval_store.tokenizer_dir,
+        vocab_size=eval_store.vocab_size,
         eos_id=eos,
         doc_domains=np.array([0, 1, 2, 1, 0, 2]),
         domain_names=["a", "b", "c"],
     )
     seq_len = 16  # 71 tokens: four full windows and a short last one
-    result = evaluate_store(model, hand, seq_len=seq_len, batch_size=3, progress=False)
-    direct = _direct(model, hand, seq_len)
+    result = evaluate_store(eval_model, hand, seq_len=seq_len, batch_size=3, progress=False)
+    direct = _direct(eval_model, hand, seq_len)
     n_scored = len(tokens) - math.ceil(len(tokens) / seq_len)
     assert result["overall"]["tokens"] == n_scored
     for index, name in enumerate(["a", "b", "c"]):
@@ -152,15 +101,15 @@ def test_per_domain_loss_on_hand_made_store(tmp_path, store, model):
     assert result["overall"]["loss"] == pytest.approx(total / n_scored, rel=1e-5)
 
 
-def test_bits_per_byte_equals_direct_computation(store, model):
+def test_bits_per_byte_equals_direct_computation(eval_store, eval_model):
     seq_len = 48
-    result = evaluate_store(model, store, seq_len=seq_len, batch_size=4, progress=False)
-    direct = _direct(model, store, seq_len)
+    result = evaluate_store(eval_model, eval_store, seq_len=seq_len, batch_size=4, progress=False)
+    direct = _direct(eval_model, eval_store, seq_len)
     nats = sum(v[0] for v in direct.values())
     n_bytes = sum(v[2] for v in direct.values())
     assert result["overall"]["bytes"] == n_bytes
     assert result["overall"]["bits_per_byte"] == pytest.approx(nats / math.log(2) / n_bytes, 1e-5)
-    names = store.domain_names
+    names = eval_store.domain_names
     assert set(result["domains"]) == set(names)
     for index, name in enumerate(names):
         nats_d, count, bytes_d = direct[index]
@@ -169,30 +118,31 @@ def test_bits_per_byte_equals_direct_computation(store, model):
             nats_d / math.log(2) / bytes_d, rel=1e-5
         )
     # Batching does not change the answer.
-    again = evaluate_store(model, store, seq_len=seq_len, batch_size=1, progress=False)
+    again = evaluate_store(eval_model, eval_store, seq_len=seq_len, batch_size=1, progress=False)
     assert again["overall"]["loss"] == pytest.approx(result["overall"]["loss"], rel=1e-5)
 
 
-def test_eval_cli_writes_json_and_markdown(tmp_path, store, checkpoint, capsys):
+def test_eval_cli_writes_json_and_markdown(tmp_path, eval_store, eval_checkpoint, capsys):
     out = tmp_path / "out"
-    argv = ["--model", str(checkpoint), "--tokens", str(store.path), "--seq-len", "32"]
-    assert cli([*argv, "--out", str(out), "--quiet"]) == 0
+    argv = ["--model", str(eval_checkpoint), "--tokens", str(eval_store.path), "--seq-len", "32"]
+    assert rho_command("eval", [*argv, "--out", str(out), "--quiet"]) == 0
     printed = capsys.readouterr().out
     assert "| domain | tokens | bytes | loss | perplexity | bits/byte |" in printed
     assert "| overall |" in printed and "| math |" in printed and "| prose |" in printed
     record = json.loads((out / "eval.json").read_text())
     result = record["loss"]["tokens"]
-    assert result["seq_len"] == 32 and result["model"] == str(checkpoint)
+    assert result["seq_len"] == 32 and result["model"] == str(eval_checkpoint)
     assert set(result["domains"]) == {"math", "prose"}
     assert result["overall"]["perplexity"] == pytest.approx(math.exp(result["overall"]["loss"]))
     assert "## Held-out loss: tokens" in (out / "eval.md").read_text()
 
 
-def test_eval_cli_refuses_a_checkpoint_with_another_tokenizer(tmp_path, store):
-    corpus = write_jsonl(tmp_path / "other.jsonl", [{"text": t} for t in _docs(30, seed=9)])
+def test_eval_cli_refuses_a_checkpoint_with_another_tokenizer(tmp_path, eval_store):
+    docs = make_docs(30, seed=9, min_words=4, max_words=29, words=EVAL_WORDS)
+    corpus = write_texts(tmp_path / "other.jsonl", docs)
     other = tokenize_corpus([str(corpus)], tmp_path / "other", train_vocab=300, progress=False)
     ckpt = tmp_path / "ckpt"
-    build_model("tiny", store.vocab_size).save_pretrained(ckpt)
+    build_model("tiny", eval_store.vocab_size).save_pretrained(ckpt)
     other.tokenizer().save_pretrained(ckpt)
     with pytest.raises(UserError, match="another tokenizer"):
-        cli(["--model", str(ckpt), "--tokens", str(store.path), "--quiet"])
+        rho_command("eval", ["--model", str(ckpt), "--tokens", str(eval_store.path), "--quiet"])

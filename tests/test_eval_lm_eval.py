@@ -8,17 +8,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_eval_fewshot import make_task
-from test_eval_heldout import make_checkpoint, make_store
+from helpers import make_checkpoint, make_eval_store, make_task, rho_command
 
 from rho.errors import UserError
-from rho.eval.cli import cli
 from rho.eval.lm_eval_bridge import run_lm_eval
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    store = make_store(tmp_path_factory.mktemp("eval-corpus"))
+    store = make_eval_store(tmp_path_factory.mktemp("eval-corpus"))
     return make_checkpoint(tmp_path_factory.mktemp("eval-ckpt") / "run", store)
 
 
@@ -60,7 +58,9 @@ def test_lm_eval_bridge_on_a_local_task(tmp_path, checkpoint, monkeypatch, capsy
     argv = ["--model", str(checkpoint), "--lm-eval-tasks", "rho_add"]
     argv += ["--lm-eval-include", str(tasks), "--lm-eval-local-only"]
     argv += ["--limit", "3", "--num-fewshot", "1"]
-    assert cli([*argv, "--out", str(out), "--device", "cpu", "--batch-size", "2"]) == 0
+    assert (
+        rho_command("eval", [*argv, "--out", str(out), "--device", "cpu", "--batch-size", "2"]) == 0
+    )
     results = json.loads((out / "lm_eval_results.json").read_text())
     assert results["results"]["rho_add"]["sample_len"] == 3
     record = json.loads((out / "eval.json").read_text())

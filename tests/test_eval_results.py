@@ -6,9 +6,9 @@ import math
 from pathlib import Path
 
 import pytest
+from helpers import rho_command
 
 from rho.errors import UserError
-from rho.eval.cli import cli
 from rho.eval.results import save_eval
 
 
@@ -26,16 +26,16 @@ def _run(tmp_path: Path, name: str, loss: float, accuracy: float) -> Path:
 def test_compare_runs_side_by_side(tmp_path, capsys):
     a = _run(tmp_path, "clm", 3.0, 0.1)
     b = _run(tmp_path, "slm", 2.5, 0.3)
-    assert cli(["--compare", str(a), str(b / "eval.json")]) == 0
+    assert rho_command("eval", ["--compare", str(a), str(b / "eval.json")]) == 0
     table = capsys.readouterr().out
     assert table.splitlines()[0] == "| metric | clm | slm |"
     assert "| held · overall · loss | 3.0000 | **2.5000** |" in table
     assert "| task champ · 4-shot accuracy | 0.1000 | **0.3000** |" in table
     assert "| held · web · bits/byte |" in table
     with pytest.raises(UserError, match="no eval.json"):
-        cli(["--compare", str(tmp_path / "missing")])
+        rho_command("eval", ["--compare", str(tmp_path / "missing")])
     with pytest.raises(UserError, match="nothing to evaluate"):
-        cli(["--model", str(a)])
+        rho_command("eval", ["--model", str(a)])
 
 
 @pytest.mark.parametrize(
@@ -59,7 +59,7 @@ def test_compare_checks_every_field_of_eval_json(tmp_path, change, message):
     change(record)
     (run / "eval.json").write_text(json.dumps(record))
     with pytest.raises(UserError, match=message):
-        cli(["--compare", str(run)])
+        rho_command("eval", ["--compare", str(run)])
 
 
 def test_compare_refuses_hostile_json(tmp_path):
@@ -67,4 +67,4 @@ def test_compare_refuses_hostile_json(tmp_path):
     for text in ("[" * 100000, '{"format": "rho.eval", "n": ' + "9" * 5000 + "}"):
         (run / "eval.json").write_text(text)
         with pytest.raises(UserError, match="unreadable or corrupted"):
-            cli(["--compare", str(run)])
+            rho_command("eval", ["--compare", str(run)])

@@ -4,7 +4,6 @@ held-out axes, decontamination, the report, and resume after kill -9."""
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import subprocess
@@ -13,14 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import assert_traceable
+from helpers import SUBPROCESS_ENV, assert_traceable, last_record, parse_options, write_texts
 
 from rho.errors import UserError
 from rho.experiment.arms import ARMS
-from rho.experiment.settings import ExperimentConfig, load_yaml, parse_config
-from rho.runs import last_record
-
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+from rho.experiment.settings import ExperimentConfig, load_yaml
 
 
 def sentences(rng: random.Random, words: list[str], n: int) -> str:
@@ -28,9 +24,8 @@ def sentences(rng: random.Random, words: list[str], n: int) -> str:
                     for _ in range(n))  # fmt: skip
 
 
-def write_jsonl(path: Path, texts: list[str]) -> str:
-    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
-    return str(path)
+def write_corpus(path: Path, texts: list[str]) -> str:
+    return str(write_texts(path, texts))
 
 
 @pytest.fixture(scope="module")
@@ -47,11 +42,11 @@ def data(tmp_path_factory) -> dict:
     leaked = target[50]
     corpus = target[:20] + general[:40] + noise + [leaked]
     return {
-        "curated": write_jsonl(root / "curated.jsonl", target[20:40]),
-        "corpus": write_jsonl(root / "corpus.jsonl", corpus),
-        "base": write_jsonl(root / "base.jsonl", general[:40]),
-        "target": write_jsonl(root / "target.jsonl", target[40:60]),
-        "general": write_jsonl(root / "general.jsonl", general[40:60]),
+        "curated": write_corpus(root / "curated.jsonl", target[20:40]),
+        "corpus": write_corpus(root / "corpus.jsonl", corpus),
+        "base": write_corpus(root / "base.jsonl", general[:40]),
+        "target": write_corpus(root / "target.jsonl", target[40:60]),
+        "general": write_corpus(root / "general.jsonl", general[40:60]),
         "leaked": leaked,
     }
 
@@ -84,7 +79,7 @@ def rho(*args, cache: Path, timeout=600) -> subprocess.CompletedProcess:
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**ENV, "RHO_CACHE": str(cache)},
+        env={**SUBPROCESS_ENV, "RHO_CACHE": str(cache)},
     )
 
 
@@ -178,7 +173,7 @@ def test_killed_mid_arm_resumes_without_redoing_finished_stages(tmp_path, data):
                           analyze=False)  # fmt: skip
     proc = subprocess.Popen([sys.executable, "-m", "rho", "experiment", "--config", str(config)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env={**ENV, "RHO_CACHE": str(cache)})  # fmt: skip
+                            env={**SUBPROCESS_ENV, "RHO_CACHE": str(cache)})  # fmt: skip
     arm = out / "stages" / "slm-seed0"
     deadline = time.monotonic() + 300
     while not (arm / "run").exists() and time.monotonic() < deadline and proc.poll() is None:
@@ -201,7 +196,7 @@ def test_killed_mid_arm_resumes_without_redoing_finished_stages(tmp_path, data):
 
 def test_config_and_flags(tmp_path, data):
     config = write_config(tmp_path / "c.yaml", data, tmp_path / "o", ratio=0.5)
-    cfg, _ = parse_config(["--config", str(config), "--ratio", "0.7"])
+    (cfg,) = parse_options("experiment", ["--config", config, "--ratio", "0.7"])
     assert cfg.ratio == 0.7 and cfg.seeds == [0, 1] and cfg.base == "tiny"  # the flag wins
     assert cfg.heldout_sets() == {"target": [data["target"]], "general": [data["general"]]}
     (tmp_path / "bad.yaml").write_text("ratoi: 0.5\n")
@@ -313,7 +308,7 @@ def test_two_experiments_share_one_base_without_clobbering_it(tmp_path, data):
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "rho", "experiment", "--config", str(config)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            env={**ENV, "RHO_CACHE": str(cache)}))  # fmt: skip
+            env={**SUBPROCESS_ENV, "RHO_CACHE": str(cache)}))  # fmt: skip
     logs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], logs
     (base,) = [p for p in (cache / "stages").iterdir() if p.name.startswith("base-")]
@@ -366,7 +361,7 @@ def test_an_experiment_on_latex_heavy_text_writes_its_report(tmp_path):
         return " ".join(rng.choice(bits * 4 + words) for _ in range(120))
 
     files = {
-        name: write_jsonl(tmp_path / f"{name}.jsonl", [doc() for _ in range(n)])
+        name: write_corpus(tmp_path / f"{name}.jsonl", [doc() for _ in range(n)])
         for name, n in (("curated", 20), ("corpus", 60), ("target", 20), ("general", 20))
     }
     data = {**files, "base": files["corpus"]}

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import SUBPROCESS_ENV, run_rho
+from helpers import SUBPROCESS_ENV, run_rho
 from safetensors.torch import load_file, save_file
 
 from rho.errors import UserError

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import SUBPROCESS_ENV, make_docs, run_rho, write_jsonl
+from helpers import SUBPROCESS_ENV, make_docs, rho_command, run_rho, tokenized
 
 from rho.cli import main
 from rho.embed import EmbeddingStore, embed_units
@@ -125,14 +125,11 @@ def test_semdedup_keeps_the_first_of_each_near_duplicate_group():
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
     """A small store whose last document is the third with its last word changed, and a model."""
-    from rho.tokenize import tokenize_corpus
-
     tmp = tmp_path_factory.mktemp("planted")
     docs = make_docs(30, seed=7, min_words=30, max_words=60)
     words = docs[2].split()
     docs.append(" ".join([*words[:-1], "river" if words[-1] != "river" else "stone"]))
-    write_jsonl(tmp / "c.jsonl", [{"text": d} for d in docs])
-    store = tokenize_corpus([str(tmp / "c.jsonl")], tmp / "tokens", train_vocab=300, progress=False)
+    store = tokenized(tmp, [{"text": d} for d in docs])
     build_model("tiny", store.vocab_size, seed=3).save_pretrained(tmp / "model")
     return store, tmp / "model", tmp
 
@@ -288,10 +285,8 @@ def test_bad_input_is_one_line(tmp_path, token_store, model_dir, capsys, extra, 
 
 
 def test_prototype_options_belong_to_prototype_and_help_lists_them():
-    from rho.prune import cli
-
     with pytest.raises(UserError, match="--dedup is an option of --by prototype"):
-        cli(["--tokens", "t", "--losses", "l", "--out", "o", "--dedup", "0.9"])
+        rho_command("prune", ["--tokens", "t", "--losses", "l", "--out", "o", "--dedup", "0.9"])
     text = run_rho("prune", "--help").stdout
     for option in ("--embed-model", "--embeddings", "--clusters", "--keep-from", "--dedup"):
         assert option in text

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import SUBPROCESS_ENV, WORDS, make_docs, write_jsonl
+from helpers import SUBPROCESS_ENV, WORDS, make_docs, write_jsonl
 
 import rho.tokenize as tokenize_mod
 from rho import token_parts

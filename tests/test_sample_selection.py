@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from test_trainer import SEQ, Stores, make_stores, targs, train_logs, two_ranks_and_one_process
+from helpers import SEQ, Stores, make_stores, targs, train_logs, two_ranks_and_one_process
 from torch.utils.data import Subset
 
 from rho.errors import UserError

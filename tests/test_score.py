@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import SUBPROCESS_ENV, run_rho, torch_threads
+from helpers import SUBPROCESS_ENV, run_rho, torch_threads
 
 from rho import score as score_mod
 from rho import windows as windows_mod

@@ -1,5 +1,5 @@
-"""rho.experiment.sweep: `rho sweep` (and its old spelling `rho analyze sweep`) end to end on
-the shared tiny corpus: short trainings at two ratios, reuse on a rerun, reserved options."""
+"""rho.experiment.sweep: `rho sweep` end to end on the shared tiny corpus: short trainings at
+two ratios, reuse on a rerun, the options the sweep sets itself."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 
 import pytest
-from conftest import make_docs, write_jsonl
+from helpers import make_docs, write_texts
 
 from rho.cli import main
 
@@ -23,7 +23,7 @@ def workspace(tmp_path_factory, token_store, model_dir):
 
     root = tmp_path_factory.mktemp("sweep")
     score_store(str(model_dir), token_store, root / "ref_losses", SEQ, progress=False)
-    heldout = write_jsonl(root / "heldout.jsonl", [{"text": t} for t in make_docs(8, seed=7)])
+    heldout = write_texts(root / "heldout.jsonl", make_docs(8, seed=7))
     tokenize_corpus(
         [str(heldout)], root / "heldout", tokenizer=token_store.tokenizer_dir, progress=False
     )
@@ -42,7 +42,7 @@ def assert_png(path: Path) -> None:
 def test_sweep_command(workspace, capsys):
     root, tokens = workspace
     out = root / "sweep"
-    argv = ["analyze", "sweep", "--ratios", "0.5", "1.0", "--tokens", str(tokens)]
+    argv = ["sweep", "--ratios", "0.5", "1.0", "--tokens", str(tokens)]
     argv += ["--ref-losses", str(root / "ref_losses")]
     argv += ["--eval-tokens", str(root / "heldout"), "--preset", "tiny", "--max-steps", "2"]
     argv += ["--out", str(out), "--use_cpu", "--per_device_train_batch_size", "4"]
@@ -60,9 +60,11 @@ def test_sweep_command(workspace, capsys):
     assert "reusing" in capsys.readouterr().out
     assert main(argv + ["--output_dir", str(out)]) == 2  # the sweep sets each run's own
     assert "set by the sweep" in capsys.readouterr().err
-    # `rho sweep` is the same command.
-    assert main(["sweep", *argv[2:]]) == 0
+    # Both spellings of its options; a TrainingArguments option the sweep's record keeps.
+    assert main(["--" + a[2:].replace("-", "_") if a[:2] == "--" else a for a in argv]) == 0
     assert "reusing" in capsys.readouterr().out
+    settings = json.loads((out / "sweep.json").read_text())["settings"]
+    assert settings["training_args"]["per_device_train_batch_size"] == 4
 
 
 def test_sweep_refuses_a_ratio_out_of_range(capsys):

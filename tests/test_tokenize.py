@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SUBPROCESS_ENV, make_docs, run_rho, write_jsonl
+from helpers import SUBPROCESS_ENV, make_docs, run_rho, write_jsonl
 
 import rho
 from rho import token_parts

@@ -6,17 +6,23 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
-import random
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import TrainerCallback, TrainingArguments
+from helpers import (
+    SEQ,
+    Stores,
+    assert_one_line_error,
+    read_metrics,
+    run_rho,
+    targs,
+    train_logs,
+    two_ranks_and_one_process,
+)
+from transformers import TrainerCallback
 
 import rho.trainer as rt
 from rho.data import WindowCollator, WindowDataset
@@ -25,91 +31,10 @@ from rho.models import build_model, check_not_same_model
 from rho.options import ModelDataArguments, SelectionArguments
 from rho.runs import METRICS_FILE, OPTIONS_FILE
 from rho.select import n_keep
-from rho.trainer import DUMP_ENV, SelectiveTrainer
+from rho.trainer import SelectiveTrainer
 from rho.training import build_trainer, run_training
 
-SEQ = 32
-
-
 SEED = 0
-
-
-def markov_docs(n_docs: int, seed: int) -> list[str]:
-    """Text a tiny model learns fast: each word is followed by one of three likely successors."""
-    rng = random.Random(seed)
-    words = [
-        "".join(rng.choice("abcdefghijklmnoprstu") for _ in range(rng.randint(2, 6)))
-        for _ in range(80)
-    ]
-    follow = {w: rng.sample(words, 3) for w in words}
-    docs = []
-    for _ in range(n_docs):
-        word, text = rng.choice(words), []
-        for _ in range(rng.randint(20, 90)):
-            text.append(word)
-            word = rng.choice(follow[word]) if rng.random() < 0.9 else rng.choice(words)
-        docs.append(" ".join(text) + ".")
-    return docs
-
-
-def write_corpus(path: Path, docs: list[str]) -> str:
-    path.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
-    return str(path)
-
-
-class Stores:
-    """Paths of the module's stores and models."""
-
-
-def make_stores(root: Path, n_docs: int, corpus_seed: int, ref_seed: int) -> Stores:
-    """A TokenStore and its LossStore (fp32) from a tiny reference model initialised apart from
-    the learner and saved with the training tokenizer."""
-    from rho.score import score_store
-    from rho.tokenize import tokenize_corpus
-
-    s = Stores()
-    corpus = write_corpus(root / "corpus.jsonl", markov_docs(n_docs, seed=corpus_seed))
-    s.tokens = root / "tokens"
-    s.store = tokenize_corpus([corpus], s.tokens, train_vocab=400, progress=False)
-    s.vocab = s.store.vocab_size
-    s.ref_dir = root / "ref"
-    s.ref = build_model("tiny", s.vocab, seed=ref_seed)  # not the learner's seed
-    s.ref.save_pretrained(s.ref_dir)
-    s.store.tokenizer().save_pretrained(s.ref_dir)
-    s.losses = root / "losses"
-    score_store(s.ref, s.store, s.losses, SEQ, dtype="float32", progress=False, device="cpu")
-    return s
-
-
-@pytest.fixture(scope="module")
-def stores(tmp_path_factory) -> Stores:
-    """A TokenStore, a LossStore (fp32 scoring) from a separately initialised reference model
-    saved with the training tokenizer, and a second corpus with its own tokenizer."""
-    from rho.tokenize import tokenize_corpus
-
-    root = tmp_path_factory.mktemp("trainer")
-    s = make_stores(root, n_docs=150, corpus_seed=0, ref_seed=123)
-    other = write_corpus(root / "other.jsonl", markov_docs(40, seed=7))
-    s.other_tokens = root / "other_tokens"
-    s.other_store = tokenize_corpus([other], s.other_tokens, train_vocab=300, progress=False)
-    return s
-
-
-def targs(out: Path, **kw) -> TrainingArguments:
-    base = dict(
-        output_dir=str(out),
-        use_cpu=True,
-        report_to="none",
-        per_device_train_batch_size=4,
-        max_steps=1,
-        logging_steps=1,
-        save_strategy="no",
-        seed=SEED,
-        learning_rate=3e-3,
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-    )
-    return TrainingArguments(**{**base, **kw})
 
 
 def make_trainer(s: Stores, out: Path, data: dict | None = None, sel: dict | None = None, **kw):
@@ -117,14 +42,6 @@ def make_trainer(s: Stores, out: Path, data: dict | None = None, sel: dict | Non
     return build_trainer(
         ModelDataArguments(**data), SelectionArguments(**(sel or {})), targs(out, **kw)
     )
-
-
-def read_metrics(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (Path(out) / METRICS_FILE).read_text().splitlines()]
-
-
-def train_logs(out: Path) -> list[dict]:
-    return [m for m in read_metrics(out) if "loss" in m]
 
 
 class GradCapture(TrainerCallback):
@@ -525,23 +442,6 @@ def test_bad_selection_options(options):
         SelectionArguments(**options)
 
 
-def run_rho(*args, env=None, timeout=180) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "rho", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
-    )
-
-
-def assert_one_line_error(proc: subprocess.CompletedProcess, match: str) -> None:
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "Traceback" not in proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("rho train: error:")]
-    assert len(errors) == 1 and match in errors[0], proc.stderr[-2000:]
-
-
 def test_cli_errors_are_one_line(stores, tmp_path):
     common = ["--tokens", stores.tokens, "--preset", "tiny", "--use_cpu", "--report_to", "none"]
     no_ref = run_rho("train", *common, "--output_dir", tmp_path / "a", "--score", "excess")
@@ -561,26 +461,6 @@ def test_cli_errors_are_one_line(stores, tmp_path):
 
 
 # --- torchrun: world-consistent selection ---------------------------------------------------------
-
-
-def two_ranks_and_one_process(common: list, tmp_path: Path) -> None:
-    """`rho COMMON` under torchrun with 2 ranks × 2 rows (dumps in tmp_path/dump2) and in one
-    process × 4 rows (tmp_path/dump1): the same global micro-batches, to compare selections."""
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
-    for launch, name, rows in (
-        ([*torchrun, "2", "-m", "rho"], "two", "2"),
-        ([sys.executable, "-m", "rho"], "one", "4"),
-    ):
-        dump = tmp_path / ("dump2" if name == "two" else "dump1")
-        run = subprocess.run(
-            [*launch, *map(str, common), "--output_dir", str(tmp_path / name)]
-            + ["--per_device_train_batch_size", rows],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            env={**os.environ, "OMP_NUM_THREADS": "1", DUMP_ENV: str(dump)},
-        )
-        assert run.returncode == 0, run.stderr[-3000:]
 
 
 @pytest.mark.slow

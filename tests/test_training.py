@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from test_trainer import assert_one_line_error, run_rho, stores  # noqa: F401 (a fixture)
+from helpers import assert_one_line_error, run_rho
 from transformers import HfArgumentParser
 
 from rho.runs import OPTIONS_FILE
@@ -29,7 +29,7 @@ def test_find_unused_parameters_is_false_unless_asked():
     assert parsed("--ddp_find_unused_parameters").ddp_find_unused_parameters is True
 
 
-def common_args(stores, out) -> list:  # noqa: F811 (the fixture)
+def common_args(stores, out) -> list:
     return [
         "train",
         "--tokens", stores.tokens,
@@ -45,13 +45,13 @@ def common_args(stores, out) -> list:  # noqa: F811 (the fixture)
     ]  # fmt: skip
 
 
-def test_fsdp_on_the_cpu_is_refused_in_one_line(stores, tmp_path):  # noqa: F811
+def test_fsdp_on_the_cpu_is_refused_in_one_line(stores, tmp_path):
     proc = run_rho(*common_args(stores, tmp_path / "run"), "--fsdp")
     assert_one_line_error(proc, "--fsdp cannot shard on cpu")
     assert not (tmp_path / "run").exists()
 
 
-def test_a_single_process_run_records_no_ddp(stores, tmp_path):  # noqa: F811
+def test_a_single_process_run_records_no_ddp(stores, tmp_path):
     proc = run_rho(*common_args(stores, tmp_path / "run"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     facts = json.loads((tmp_path / "run" / OPTIONS_FILE).read_text())["distributed"]
@@ -59,7 +59,7 @@ def test_a_single_process_run_records_no_ddp(stores, tmp_path):  # noqa: F811
 
 
 @pytest.mark.slow
-def test_two_ranks_train_under_ddp_without_find_unused_parameters(stores, tmp_path):  # noqa: F811
+def test_two_ranks_train_under_ddp_without_find_unused_parameters(stores, tmp_path):
     """A real 2-process DDP run: the model DDP wrapped had find_unused_parameters False."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     cmd += ["-m", "rho", *map(str, common_args(stores, tmp_path / "run"))]

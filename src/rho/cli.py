@@ -1,7 +1,6 @@
-"""`rho <subcommand>`: argument parsing only; each stage module owns its subcommand's options.
-
-Each entry maps a subcommand to "module:function"; the function takes the remaining argv and
-returns an exit code. Modules load lazily so `rho --help` stays fast (torch is not imported).
+"""`rho <subcommand>`: dispatch only; each subcommand is a module of rho.commands (its options
+dataclass, parsed by rho.commands.parser, and its main). Modules load lazily so `rho --help`
+stays fast (torch is not imported).
 Errors a user can fix are one line on stderr and exit 2; a traceback means a bug in rho.
 """
 
@@ -17,32 +16,24 @@ from rho import __version__
 from rho.errors import UserError
 from rho.files import one_line
 
-SUBCOMMANDS = {
-    "demo": ("rho.experiment.demo:demo_cli", "rho experiment on the shipped demo data"),
-    "experiment": (
-        "rho.experiment.demo:experiment_cli",
-        "every arm, seeds, baselines on your data",
-    ),
-    "tokenize": ("rho.tokenize:cli", "corpus files -> TokenStore (train or load a tokenizer)"),
-    "score": ("rho.score:cli", "reference model x TokenStore -> LossStore (resumable, torchrun)"),
-    "inspect": ("rho.inspect_store:cli", "one-screen summary of a TokenStore or LossStore"),
-    "train": ("rho.training:cli", "CLM / SLM training on transformers.Trainer"),
-    "prune": ("rho.prune:cli", "offline pruning: drop whole documents or windows by loss"),
-    "eval": ("rho.eval.cli:cli", "held-out loss per domain, few-shot tasks, lm-eval bridge"),
-    "analyze": ("rho.analysis.cli:cli", "token-loss dynamics, selection analyses, html"),
-    "sweep": ("rho.experiment.sweep:cli", "short SLM trainings at several ratios (Fig. 9)"),
+SUBCOMMANDS = {  # each is rho.commands.<name> (its options, --help and main)
+    "demo": "rho experiment on the shipped demo data",
+    "experiment": "every arm, seeds, baselines on your data",
+    "tokenize": "corpus files -> TokenStore (train or load a tokenizer)",
+    "score": "reference model x TokenStore -> LossStore (resumable, torchrun)",
+    "inspect": "one-screen summary of a TokenStore or LossStore",
+    "train": "CLM / SLM training on transformers.Trainer",
+    "prune": "offline pruning: drop whole documents or windows by loss",
+    "eval": "held-out loss per domain, few-shot tasks, lm-eval bridge",
+    "analyze": "token-loss dynamics, selection analyses, html",
+    "sweep": "short SLM trainings at several ratios (Fig. 9)",
 }
-
-
-def pick(args, *names: str) -> dict:
-    """Some parsed options as keyword arguments (argparse dests named like the parameters)."""
-    return {name: getattr(args, name) for name in names}
 
 
 def usage() -> str:
     width = max(map(len, SUBCOMMANDS))
     lines = ["usage: rho <subcommand> [options]   (rho <subcommand> --help for its options)", ""]
-    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in SUBCOMMANDS.items()]
+    lines += [f"  {name:<{width}}  {help_}" for name, help_ in SUBCOMMANDS.items()]
     return "\n".join(lines)
 
 
@@ -69,9 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     if name not in SUBCOMMANDS:
         print(f"rho: unknown subcommand {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
-    module, func = SUBCOMMANDS[name][0].split(":")
     try:
-        return int(getattr(importlib.import_module(module), func)(rest) or 0)
+        from rho.commands.parser import run
+
+        return run(importlib.import_module(f"rho.commands.{name}").COMMAND, f"rho {name}", rest)
     except UserError as err:
         print(f"rho {name}: error: {one_line(err, 1000)}", file=sys.stderr)
         return 2

@@ -3,7 +3,6 @@ of its content hashes)."""
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
@@ -114,13 +113,3 @@ def describe(path: str | Path, verify: bool = False) -> str:
     else:
         raise UserError(f"{path} is neither a TokenStore nor a LossStore")
     return "\n".join(lines)
-
-
-def cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="rho inspect", description="Summarise a store.")
-    parser.add_argument("paths", nargs="+", help="TokenStore or LossStore directories")
-    parser.add_argument("--verify", action="store_true", help="recompute content hashes")
-    args = parser.parse_args(argv)
-    for path in args.paths:
-        print(describe(path, verify=args.verify))
-    return 0

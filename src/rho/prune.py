@@ -19,8 +19,6 @@ again, which happens here when ``ref_model`` is given, and is otherwise left to 
 
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -149,8 +147,8 @@ def prune_store(
     """Keep the best ``keep`` fraction of units; write ``out/tokens`` (TokenStore) and
     ``out/ref_losses`` (LossStore, carried over for windows or re-scored for documents).
     ``by="prototype"`` takes ``prototype``: embed_model (required), embeddings, seq_len,
-    batch_size, clusters, keep_from, dedup, seed, device (see ``cli``); ``losses`` is optional
-    then (given, their seq_len is the windows' and they are carried over)."""
+    batch_size, clusters, keep_from, dedup, seed, device (see rho.commands.prune); ``losses`` is
+    optional then (given, their seq_len is the windows' and they are carried over)."""
     if unit not in UNITS:
         raise UserError(f"--unit must be one of {', '.join(UNITS)}")
     if by not in BYS:
@@ -295,108 +293,3 @@ def _write_carried_losses(path: Path, pruned: TokenStore, losses: LossStore, spa
     )
     entropy = _gather(losses.ref_entropy, spans)
     write_loss_store(path, pruned, _gather(losses.ref_loss, spans), meta, entropy)
-
-
-def cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="rho prune", description="Drop the least useful documents or windows before training."
-    )
-    parser.add_argument("--tokens", required=True, help="TokenStore to prune")
-    parser.add_argument(
-        "--losses", help="its reference LossStore (required except for --by prototype)"
-    )
-    parser.add_argument("--base-losses", help="a base model's LossStore (for --by excess)")
-    parser.add_argument("--keep", type=float, default=0.5, help="fraction of units kept")
-    parser.add_argument("--unit", default="document", choices=UNITS)
-    parser.add_argument(
-        "--by",
-        default=None,
-        choices=BYS,
-        help="excess: mean base − reference (CoLoR-Filter); reference: lowest mean reference "
-        "loss; reference-entropy: lowest mean reference entropy; reference+entropy: best mean "
-        "rank average of reference loss and entropy (both need --losses from `rho score "
-        "--entropy`); prototype: distance of the unit's embedding to its k-means centroid (D4) "
-        "(default: excess when --base-losses is given, else reference)",
-    )
-    parser.add_argument("--ref-model", help="reference model to re-score pruned documents")
-    parser.add_argument("--out", required=True, help="output directory (tokens/, ref_losses/)")
-    parser.add_argument("--overwrite", action="store_true")
-    proto = parser.add_argument_group("--by prototype (embeddings, k-means with faiss, SemDeDup)")
-    proto.add_argument(
-        "--embed-model",
-        help="causal LM whose last hidden state, mean-pooled over a unit's tokens, embeds it",
-    )
-    proto.add_argument(
-        "--embed-layer",
-        type=int,
-        help="which hidden state embeds a unit: -1 the last (default), 0 the input token "
-        "embeddings (a lookup: no forward pass), k the k-th layer's output",
-    )
-    proto.add_argument(
-        "--embeddings",
-        help="embedding store to write, resume or reuse (default: beside --tokens, named by "
-        "unit, seq_len and model hash)",
-    )
-    proto.add_argument(
-        "--seq-len",
-        type=int,
-        help="window length for --unit window (default: the losses'); for documents, the most "
-        "tokens embedded: longer documents are truncated (default: the model's positions)",
-    )
-    proto.add_argument("--batch-size", type=int, default=16, help="units per forward pass")
-    proto.add_argument(
-        "--clusters", type=int, help="k of k-means (default: round(sqrt(units)), at least 2)"
-    )
-    proto.add_argument(
-        "--keep-from",
-        default="hard",
-        choices=("hard", "easy"),
-        help="hard: keep the units farthest from their centroid (abundant data); easy: nearest",
-    )
-    proto.add_argument(
-        "--dedup",
-        type=float,
-        help="SemDeDup first: inside each cluster drop a unit whose cosine similarity to an "
-        "earlier one is at least this, in (0, 1] (e.g. 0.95); --keep stays a fraction of all "
-        "units (fewer are kept if fewer survive)",
-    )
-    proto.add_argument("--seed", type=int, default=0, help="k-means seed")
-    proto.add_argument("--device", help="cpu, cuda, cuda:1 ... for embedding (default: best)")
-    args = parser.parse_args(argv)
-    by = args.by or ("excess" if args.base_losses else "reference")
-    names = ("embed_model", "embed_layer", "embeddings", "seq_len", "clusters", "dedup", "device")
-    given = [n for n in names if getattr(args, n) is not None]
-    if by != "prototype" and given:
-        raise UserError(f"--{given[0].replace('_', '-')} is an option of --by prototype")
-    prototype = None
-    if by == "prototype":
-        from rho.options import parse_device
-
-        prototype = {
-            "embed_model": args.embed_model,
-            "layer": -1 if args.embed_layer is None else args.embed_layer,
-            "embeddings": args.embeddings,
-            "seq_len": args.seq_len,
-            "batch_size": args.batch_size,
-            "k": args.clusters,
-            "keep_from": args.keep_from,
-            "dedup": args.dedup,
-            "seed": args.seed,
-            "device": parse_device(args.device) if args.device else None,
-        }
-    with dist.process_group_closed():
-        report = prune_store(
-            args.tokens,
-            args.losses,
-            args.out,
-            keep=args.keep,
-            unit=args.unit,
-            by=by,
-            base_losses=args.base_losses,
-            ref_model=args.ref_model,
-            overwrite=args.overwrite,
-            prototype=prototype,
-        )
-    if report:
-        print(json.dumps(report, indent=2))
-    return 0

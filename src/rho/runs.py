@@ -325,10 +325,3 @@ def eval_records(run_dir: str | Path, key: str = "eval_loss") -> list[dict]:
     points = {r["tokens_seen"]: r for r in read_metrics(run_dir) if key in r}
     return [points[t] for t in sorted(points)]
 
-
-def last_record(run_dir: str | Path, key: str = "flops_train") -> dict:
-    """The run's last metrics record holding ``key``."""
-    rows = [r for r in read_metrics(run_dir) if key in r]
-    if not rows:
-        raise UserError(f"{Path(run_dir) / METRICS_FILE} has no record with {key!r}")
-    return rows[-1]

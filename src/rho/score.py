@@ -11,7 +11,6 @@ same whether one process or many (``torchrun``: batch b goes to rank b mod world
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import sys
@@ -22,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm.auto import tqdm
-from transformers.utils import logging as hf_logging
 
 from rho import distributed as dist
 from rho import loss_writer
@@ -191,34 +189,3 @@ def _score_batches(model, tokens, out: Path, meta: dict, batches, device, progre
 
 def _token_count(windows: range, seq_len: int, n_tokens: int) -> int:
     return min(windows.stop * seq_len, n_tokens) - windows.start * seq_len
-
-
-def cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="rho score", description="Score every token of a TokenStore with a reference model."
-    )
-    parser.add_argument("--model", required=True, help="model directory or hub name")
-    parser.add_argument("--tokens", required=True, help="TokenStore directory")
-    parser.add_argument("--out", required=True, help="LossStore directory to write (or resume)")
-    parser.add_argument("--seq-len", type=int, required=True, help="window length in tokens")
-    parser.add_argument("--batch-size", type=int, default=16, help="windows per forward pass")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: best)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    parser.add_argument(
-        "--entropy",
-        action="store_true",
-        help="also store the entropy of the reference's next-token distribution for every token "
-        "(ref_entropy.npy; needed by --score reference-entropy and reference+entropy)",
-    )
-    parser.add_argument("--trust-remote-code", action="store_true", help="allow model code")
-    parser.add_argument(
-        "--allow-missing-weights",
-        action="store_true",
-        help="score with a model whose files lack some weights (left at their initial values)",
-    )
-    args = parser.parse_args(argv)
-    hf_logging.disable_progress_bar()  # the weight-loading bar: our own bar and summary suffice
-    with dist.process_group_closed():
-        score_store(**vars(args))  # the options are named like score_store's parameters
-    return 0

@@ -7,7 +7,6 @@ process."""
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import multiprocessing
 import os
@@ -38,7 +37,6 @@ from rho.files import (
     sha256_file,
     write_json_atomic,
 )
-from rho.inspect_store import describe
 from rho.options import check_output_path
 from rho.store import (
     TOKEN_STORE,
@@ -380,56 +378,3 @@ def _assemble(out: Path, parts: Path, plan: dict, n_chunks: int, overwrite: bool
     del tokens, mask
     remove_path(parts)
     return {"n_docs": store.n_docs, "n_tokens": store.n_tokens}
-
-
-def cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="rho tokenize",
-        description="Tokenize corpus files into a TokenStore. Resumable: a rerun after a crash "
-        "or kill keeps the chunks already encoded. Under torchrun the ranks share the chunks "
-        "(every rank must see --out's directory).",
-    )
-    parser.add_argument("inputs", nargs="+", help=".txt, .jsonl[.gz], .parquet or dataset dirs")
-    parser.add_argument("--out", required=True, help="TokenStore directory to write")
-    group = parser.add_mutually_exclusive_group(required=True)
-    group.add_argument("--tokenizer", help="HF tokenizer directory or hub name")
-    group.add_argument(
-        "--train-tokenizer",
-        dest="train_vocab",
-        type=int,
-        metavar="VOCAB",
-        help="train a byte-level BPE of this size",
-    )
-    parser.add_argument(
-        "--domain",
-        dest="domains",
-        action="append",
-        help="domain label: once for all inputs, or once per input",
-    )
-    parser.add_argument("--text-field", default="text", help="jsonl/parquet text field")
-    parser.add_argument(
-        "--format",
-        default="text",
-        choices=("text", "messages"),
-        help="text: documents; messages: chat JSONL, one {'messages': [{'role', 'content'}, "
-        "...]} per line (TRL's conversational format), rendered with the tokenizer's chat "
-        "template (or '<role>: content' lines without one), with a loss mask: only assistant "
-        "turns carry loss. messages runs in one process (no torchrun, --workers 1)",
-    )
-    parser.add_argument(
-        "--workers",
-        type=int,
-        default=1,
-        help="processes per rank that encode chunks. Default 1, the fastest measured: the Rust "
-        "tokenizer already spreads each batch over every core, and on 2 cores 2 workers were "
-        "no faster (bench/bench_tokenize.py). More help only where one process's reading and "
-        "packing is the bottleneck (many cores). torchrun --nproc_per_node N shares the "
-        "chunks among N ranks; the store is the same either way",
-    )
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    args = parser.parse_args(argv)
-    with dist.process_group_closed():
-        store = tokenize_corpus(**vars(args))  # the options are named like its parameters
-        if dist.rank() == 0:
-            print(describe(store.path))
-    return 0

@@ -7,7 +7,7 @@ import contextlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from transformers import AutoTokenizer, HfArgumentParser, TrainingArguments
+from transformers import AutoTokenizer, TrainingArguments
 
 from rho import distributed as dist
 from rho.data import WindowCollator, WindowDataset
@@ -16,7 +16,7 @@ from rho.files import check_not_input, output_lock
 from rho.loss_writer import check_finite_share
 from rho.models import build_model, load_model
 from rho.options import DEFAULT_SEQ_LEN, ModelDataArguments, SelectionArguments
-from rho.runs import METRICS_FILE, prepare_run_dir
+from rho.runs import prepare_run_dir
 from rho.store import LossStore, TokenStore
 from rho.trainer import SelectiveTrainer
 from rho.windows import check_positions
@@ -216,19 +216,3 @@ def run_training(
         if trainer.eval_dataset is not None:
             trainer.evaluate()
     return trainer
-
-
-def cli(argv: list[str]) -> int:
-    parser = HfArgumentParser(
-        (ModelDataArguments, SelectionArguments, RunDirArguments, RhoTrainingArguments)
-    )
-    parser.prog = "rho train"
-    wants_help = "-h" in argv or "--help" in argv
-    if not wants_help and not any(a.startswith(("--output_dir", "--output-dir")) for a in argv):
-        raise UserError("--output_dir is required (where checkpoints and metrics go)")
-    data, selection, run, args = parser.parse_args_into_dataclasses(args=argv)
-    with dist.process_group_closed():
-        trainer = run_training(data, selection, args, run)
-        if trainer.is_world_process_zero():
-            print(f"rho train: model, tokenizer and {METRICS_FILE} in {args.output_dir}")
-    return 0

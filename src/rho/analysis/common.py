@@ -1,11 +1,10 @@
 """What the `rho analyze` commands share: which windows to analyse, the domain of a position,
-loading a checked model and scoring windows with each checkpoint, the device and model options,
-and showing token text on one line.
+loading a checked model and scoring windows with each checkpoint, checking a count, and showing
+token text on one line.
 """
 
 from __future__ import annotations
 
-import argparse
 import gc
 import re
 from pathlib import Path
@@ -75,19 +74,7 @@ def losses_per_checkpoint(
     return np.stack(result)
 
 
-# --- Options -----------------------------------------------------------------------------------
-
-
-def model_options(args: argparse.Namespace) -> dict:
-    """The options ``add_model_options`` adds, checked, as keyword arguments of run_*."""
-    check_positive("--batch-size", args.batch_size)
-    return {"batch_size": args.batch_size, "dtype": args.dtype, "device": args.device}
-
-
-def add_model_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--batch-size", type=int, default=16, help="windows per forward pass")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: best)")
+# --- Checks ------------------------------------------------------------------------------------
 
 
 def check_positive(name: str, value: int) -> None:

@@ -31,8 +31,6 @@ CATEGORIES = ("H→L", "L→L", "H→H", "L→H")
 """Category names; a token's category is its index here (-1: unscored)."""
 H_TO_L, L_TO_L, H_TO_H, L_TO_H = range(4)
 UNSCORED = -1
-ASCII_NAMES = {"H→L": "H-L", "L→L": "L-L", "H→H": "H-H", "L→H": "L-H"}
-"""File-name and terminal-safe spellings of the categories."""
 
 PAPER_1B = {"H→L": 26.0, "L→L": 51.0, "H→H": 11.0, "L→H": 12.0}
 """Percent of validation tokens per category, TinyLlama-1B on OpenWebMath (Rho-1, Figure 3a)."""

@@ -6,7 +6,6 @@ dynamics.md, categories.npy and the figures. The classification itself is
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
@@ -14,58 +13,11 @@ import numpy as np
 from rho.analysis import common, plots
 from rho.analysis import dynamics as dyn
 from rho.analysis.html import decode_pieces
-from rho.errors import UserError
 from rho.files import claim_output_dir, save_npy_atomic, write_json_atomic, write_text_atomic
 from rho.runs import checkpoint_step
 from rho.score import score_store
-from rho.store import TokenStore
 
 DYNAMICS_KIND = "rho.AnalyzeDynamics"  # output_kind of its --out (rho.files)
-
-
-def cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="rho analyze dynamics",
-        description="Score a validation TokenStore with each checkpoint and classify every "
-        "token's loss trajectory (H→L, L→L, H→H, L→H) by the Rho-1 rule.",
-    )
-    parser.add_argument("--checkpoints", nargs="+", required=True, help="model dirs, in order")
-    parser.add_argument("--tokens", required=True, help="validation TokenStore")
-    parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--seq-len", type=int, default=256, help="window length in tokens")
-    parser.add_argument(
-        "--threshold", type=float, default=0.2, help="|change| over the span that counts as H→L/L→H"
-    )
-    parser.add_argument("--spread", default="std", choices=["std", "range"], help="spread measure")
-    parser.add_argument("--examples", type=int, default=4, help="fluctuating tokens per category")
-    parser.add_argument("--overwrite", action="store_true", help="re-score existing loss stores")
-    common.add_model_options(parser)
-    args = parser.parse_args(argv)
-    if len(args.checkpoints) < 2:
-        raise UserError("--checkpoints needs at least 2 models to follow losses across")
-    if not args.threshold >= 0:
-        raise UserError(f"--threshold must be >= 0, got {args.threshold}")
-    checkpoints = [Path(c) for c in args.checkpoints]
-    for c in checkpoints:
-        if not c.is_dir():
-            raise UserError(f"checkpoint {c} is not a directory")
-    tokens = TokenStore(args.tokens)
-    result = run_dynamics(
-        checkpoints,
-        tokens,
-        Path(args.out),
-        seq_len=args.seq_len,
-        threshold=args.threshold,
-        spread_kind=args.spread,
-        examples=args.examples,
-        **common.model_options(args),
-        overwrite=args.overwrite,
-    )
-    print(f"rho analyze dynamics: {len(checkpoints)} checkpoints x {tokens.n_tokens:,} tokens")
-    print(result["markdown_table"])
-    print(f"(L→L/H→H split at mean loss {result['mean']:.3f}; threshold ±{args.threshold})")
-    common.print_files(result["files"])
-    return 0
 
 
 def run_dynamics(

@@ -6,7 +6,6 @@ when one is given, selects as one training batch would; the page itself is
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
@@ -14,48 +13,9 @@ import numpy as np
 from rho.analysis import common
 from rho.analysis import html as page
 from rho.analysis import selection as sel
-from rho.cli import pick
 from rho.files import check_output_file, write_text_atomic
-from rho.select import check_ratio
 from rho.store import LossStore, TokenStore
 from rho.windows import losses_of_windows, window_ids
-
-
-def cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="rho analyze html",
-        description="A self-contained HTML page of passages with the tokens SLM would select "
-        "highlighted by their score.",
-    )
-    parser.add_argument("--tokens", required=True, help="TokenStore")
-    parser.add_argument("--losses", required=True, help="reference LossStore of --tokens")
-    parser.add_argument("--model", default=None, help="learner checkpoint (for excess loss)")
-    parser.add_argument("--out", required=True, help="HTML file to write")
-    parser.add_argument("--ratio", type=float, default=0.6, help="kept fraction")
-    parser.add_argument(
-        "--score", default="excess", choices=["excess", "learner", "reference"], help="ranking"
-    )
-    parser.add_argument("--passages", type=int, default=12, help="passages (windows) shown")
-    parser.add_argument("--passage-tokens", type=int, default=200, help="tokens shown per passage")
-    parser.add_argument("--seq-len", type=int, default=None, help="(default: the LossStore's)")
-    parser.add_argument("--title", default=None, help="page title")
-    parser.add_argument("--overwrite", action="store_true", help="replace a file rho did not write")
-    common.add_model_options(parser)
-    args = parser.parse_args(argv)
-    check_ratio(args.ratio, "--ratio")
-    common.check_positive("--passages", args.passages)
-    common.check_positive("--passage-tokens", args.passage_tokens)
-    shown = ("model", "ratio", "score", "passages", "passage_tokens", "seq_len", "title")
-    result = run_html(
-        args.tokens,
-        args.losses,
-        Path(args.out),
-        **pick(args, *shown, "overwrite"),
-        **common.model_options(args),
-    )
-    print(f"rho analyze html: {result['summary']}")
-    common.print_files(result["files"])
-    return 0
 
 
 def run_html(

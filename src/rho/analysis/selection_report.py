@@ -7,7 +7,6 @@ themselves are :mod:`rho.analysis.selection`.
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
@@ -15,7 +14,6 @@ import numpy as np
 
 from rho.analysis import common, plots
 from rho.analysis import selection as sel
-from rho.cli import pick
 from rho.errors import UserError
 from rho.files import claim_output_dir, read_json, write_json_atomic, write_text_atomic
 from rho.runs import OPTIONS_FILE, read_metrics, run_checkpoints, run_options
@@ -24,60 +22,6 @@ from rho.store import LossStore, TokenStore
 from rho.windows import window_ids
 
 SELECTION_KIND = "rho.AnalyzeSelection"  # output_kind of its --out (rho.files)
-
-
-def cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="rho analyze selection",
-        description="Loss of the tokens SLM selects vs drops under SLM and CLM training "
-        "(Fig. 6a/c), and the perplexity of the tokens selected at each SLM checkpoint under "
-        "every checkpoint (Fig. 8).",
-    )
-    parser.add_argument(
-        "--runs",
-        nargs=2,
-        required=True,
-        metavar=("SLM_DIR", "CLM_DIR"),
-        help="two `rho train` runs",
-    )
-    parser.add_argument(
-        "--tokens", default=None, help="TokenStore of the windows (default: the SLM run's data)"
-    )
-    parser.add_argument(
-        "--losses", default=None, help="reference LossStore of --tokens (default: the SLM run's)"
-    )
-    parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--windows", type=int, default=64, help="windows analysed (evenly spread)")
-    parser.add_argument(
-        "--ratio", type=float, default=None, help="kept fraction (default: the SLM run's)"
-    )
-    parser.add_argument(
-        "--select-batch",
-        type=int,
-        default=None,
-        help="windows ranked together under scope batch (default: the SLM run's train batch)",
-    )
-    parser.add_argument(
-        "--select-with",
-        default="slm",
-        choices=["slm", "self"],
-        help="slm: CLM is measured on the tokens the SLM checkpoint of the same step selects; "
-        "self: on the tokens SLM's rule would select with the CLM model as learner",
-    )
-    common.add_model_options(parser)
-    args = parser.parse_args(argv)
-    common.check_positive("--windows", args.windows)
-    result = run_selection(
-        [Path(r) for r in args.runs],
-        args.tokens,
-        args.losses,
-        Path(args.out),
-        **pick(args, "windows", "ratio", "select_batch", "select_with"),
-        **common.model_options(args),
-    )
-    print(f"rho analyze selection: {result['summary']}")
-    common.print_files(result["files"])
-    return 0
 
 
 def run_selection(

@@ -15,9 +15,6 @@ the injected noise: the ground truth for the precision and recall of token selec
 
 from __future__ import annotations
 
-import gzip
-import json
-from collections.abc import Iterator
 from pathlib import Path
 
 from rho.errors import UserError
@@ -28,9 +25,6 @@ DEMO_DIR = Path(__file__).resolve().parent / "demo"
 SPLITS = ("curated", "heldout", "corpus")
 """The demo corpus' splits, each one ``<split>.jsonl.gz`` in :data:`DEMO_DIR`."""
 
-DOMAINS = ("math", "general", "noise")
-"""The document domains used by the demo corpus."""
-
 
 def demo_path(split: str) -> Path:
     """Path of one split of the shipped demo corpus (``curated``, ``heldout`` or ``corpus``)."""
@@ -38,10 +32,3 @@ def demo_path(split: str) -> Path:
         raise UserError(f"unknown demo split {split!r}: expected one of {', '.join(SPLITS)}")
     return DEMO_DIR / f"{split}.jsonl.gz"
 
-
-def iter_demo(split: str) -> Iterator[dict]:
-    """Yield the documents of one demo split as dicts (``text``, ``domain``, ``noise_spans``)."""
-    with gzip.open(demo_path(split), "rt", encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                yield json.loads(line)

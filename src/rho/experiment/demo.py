@@ -25,7 +25,7 @@ from rho.corpora import demo_path
 from rho.errors import UserError
 from rho.experiment.prepare import in_validation
 from rho.experiment.runner import EXPERIMENT_KIND, run_experiment
-from rho.experiment.settings import load_yaml, parse_config
+from rho.experiment.settings import ExperimentConfig, load_yaml
 from rho.files import check_replaceable, mark_output, write_text_atomic
 
 HERE = Path(__file__).resolve().parent
@@ -96,11 +96,9 @@ def clean_math(line: str) -> bool:
     return record.get("domain") == "math" and not record.get("noise_spans")
 
 
-def demo_cli(argv: list[str]) -> int:
-    quick = "--quick" in argv
-    setting = setting_of(argv)
-    defaults = demo_defaults(quick, setting) | {"out": "rho-demo"}
-    cfg, _ = parse_config(argv, defaults, prog="rho demo")  # every option checked here
+def run_demo(cfg: ExperimentConfig, quick: bool = False, setting: str = "paper") -> dict:
+    """`rho experiment` on the demo's files, written into ``cfg.out``/demo-data first; ``cfg``
+    holds demo_defaults(quick, setting) under the user's config and flags."""
     out = Path(cfg.out)
     check_replaceable(out, EXPERIMENT_KIND)  # before anything is written into it
     out.mkdir(parents=True, exist_ok=True)
@@ -110,21 +108,4 @@ def demo_cli(argv: list[str]) -> int:
         setattr(cfg, key, value)
     title = "rho demo" + (f" --setting {setting}" if setting != "paper" else "")
     title += " --quick" if quick else ""
-    run_experiment(cfg, title)
-    return 0
-
-
-def setting_of(argv: list[str]) -> str:
-    """--setting NAME (or --setting=NAME); the paper's by default."""
-    for i, arg in enumerate(argv):
-        if arg == "--setting" and i + 1 < len(argv):
-            return argv[i + 1]
-        if arg.startswith("--setting="):
-            return arg.split("=", 1)[1]
-    return "paper"
-
-
-def experiment_cli(argv: list[str]) -> int:
-    cfg, _ = parse_config(argv)
-    run_experiment(cfg)
-    return 0
+    return run_experiment(cfg, title)

@@ -15,8 +15,6 @@ import glob
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from transformers import HfArgumentParser
-
 from rho.errors import UserError
 from rho.experiment.arms import ARMS, CORE_ARMS, NAMES
 from rho.models import PRESETS
@@ -383,25 +381,3 @@ def load_yaml(path: str | Path) -> dict:
     if not isinstance(data, dict):
         raise UserError(f"config {path} must be a mapping of option: value")
     return check_fields(ExperimentConfig, data, f"config {path}")
-
-
-def parse_config(argv: list[str], defaults: dict | None = None, prog: str = "rho experiment"):
-    """(config, extra): ``--config FILE`` sets defaults over ``defaults``, flags win."""
-    parser = HfArgumentParser(ExperimentConfig)
-    parser.prog = prog
-    parser.add_argument("--config", default=None, help="YAML file of these options")
-    if prog == "rho demo":
-        parser.add_argument("--quick", action="store_true", help="smoke-test scale")
-        parser.add_argument("--setting", default="paper", choices=("paper", "scarce"),
-                            help="paper: demo.yaml; scarce: the curated data 1/20 of each "
-                            "arm's budget, and a math-corpus axis (scarce.yaml)")  # fmt: skip
-    known, _ = parser.parse_known_args(argv)
-    values = dict(defaults or {})
-    if known.config:
-        values.update(load_yaml(known.config))
-    parser.set_defaults(**values)
-    try:
-        config, extra = parser.parse_args_into_dataclasses(args=argv)
-    except ValueError as err:  # arguments no option takes (argparse itself exits 2 on others)
-        raise UserError(str(err)) from None
-    return config, extra

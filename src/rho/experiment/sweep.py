@@ -1,23 +1,20 @@
-"""`rho sweep` (old spelling: `rho analyze sweep`): short SLM trainings at several selection
-ratios on the same data, seed and budget, and held-out loss against ratio (Rho-1 Fig. 9).
-Writes one run per ratio under runs/ratio-R/ (reused on a rerun), sweep.json, sweep.md and
-fig9_sweep.png.
+"""`rho sweep`: short SLM trainings at several selection ratios on the same data, seed and
+budget, and held-out loss against ratio (Rho-1 Fig. 9). Writes one run per ratio under
+runs/ratio-R/ (reused on a rerun), sweep.json, sweep.md and fig9_sweep.png.
 """
 
 from __future__ import annotations
 
-import argparse
 import gc
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 
-from transformers import HfArgumentParser, TrainingArguments
+from transformers import TrainingArguments
 
 from rho.analysis import plots
 from rho.analysis import selection as sel
-from rho.analysis.common import check_positive, print_files
-from rho.errors import UserError
 from rho.files import (
     check_replaceable,
     claim_output_dir,
@@ -28,75 +25,22 @@ from rho.files import (
 )
 from rho.options import ModelDataArguments, SelectionArguments
 from rho.runs import RUN_KIND
-from rho.select import SCORES, check_ratio
 from rho.training import RhoTrainingArguments, run_training
 
 SWEEP_KIND = "rho.Sweep"  # output_kind of its --out (rho.files)
-RESERVED = ("--output_dir", "--output-dir", "--max_steps", "--max-steps", "--seed")
 
 
-def cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="rho sweep",
-        allow_abbrev=False,  # unknown options go to TrainingArguments, never to a prefix match
-        description="Short SLM trainings at several selection ratios on the same data, seed and "
-        "budget; held-out loss against ratio (Fig. 9). Other options are passed to "
-        "transformers.TrainingArguments (e.g. --learning_rate 1e-3 --use_cpu).",
-    )
-    parser.add_argument("--ratios", type=float, nargs="+", required=True, help="kept fractions")
-    parser.add_argument("--tokens", required=True, help="training TokenStore")
-    parser.add_argument("--ref-losses", required=True, help="LossStore of the training tokens")
-    parser.add_argument("--eval-tokens", required=True, help="held-out TokenStore")
-    parser.add_argument("--out", required=True, help="output directory")
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--preset", default=None, help="model preset (default: tiny)")
-    group.add_argument("--model", default=None, help="model dir to continue from")
-    parser.add_argument("--max-steps", type=int, required=True, help="optimizer steps per run")
-    parser.add_argument("--seed", type=int, default=0, help="seed of every run")
-    parser.add_argument("--score", default="excess", choices=SCORES)
-    parser.add_argument("--seq-len", type=int, default=None, help="(default: the LossStore's)")
-    parser.add_argument("--overwrite", action="store_true", help="rerun ratios already done")
-    args, rest = parser.parse_known_args(argv)
-    for flag in rest:
-        if flag.split("=")[0] in RESERVED:
-            raise UserError(
-                f"{flag.split('=')[0]} is set by the sweep: use --out, --max-steps, --seed"
-            )
-    check_positive("--max-steps", args.max_steps)
-    for r in args.ratios:
-        check_ratio(r, "--ratios")
-    result = run_sweep(
-        args.ratios,
-        tokens=args.tokens,
-        ref_losses=args.ref_losses,
-        eval_tokens=args.eval_tokens,
-        out=Path(args.out),
-        preset=args.preset if args.model else (args.preset or "tiny"),
-        model=args.model,
-        max_steps=args.max_steps,
-        seed=args.seed,
-        score=args.score,
-        seq_len=args.seq_len,
-        training_argv=rest,
-        overwrite=args.overwrite,
-    )
-    print("rho analyze sweep:")
-    print(result["markdown_table"])
-    best = result["summary"]["best_ratio"]
-    if best is not None:
-        print(f"best ratio {best:g} (held-out loss {result['summary']['best_eval_loss']:.4f})")
-    print_files(result["files"])
-    return 0
+def training_defaults(max_steps: int) -> dict:
+    """The TrainingArguments every sweep run starts from, under the user's own."""
+    return {"report_to": "none", "save_strategy": "no", "logging_steps": max(1, max_steps // 20)}
 
 
-def _training_arguments(argv: list[str]) -> TrainingArguments:
-    parser = HfArgumentParser(RhoTrainingArguments)  # rho's defaults, like `rho train`
-    parser.prog = "rho analyze sweep (TrainingArguments)"
-    try:
-        (args,) = parser.parse_args_into_dataclasses(args=argv)
-    except ValueError as err:  # e.g. "Some specified arguments are not used ..."
-        raise UserError(f"bad training option: {' '.join(str(err).split())}") from None
-    return args
+def given_options(args: TrainingArguments) -> dict:
+    """The TrainingArguments that differ from the Trainer's defaults (the sweep's record of
+    them; each run's output_dir, max_steps and seed are the sweep's own)."""
+    default = type(args)().to_dict()
+    skip = ("output_dir", "max_steps", "seed")
+    return {k: v for k, v in args.to_dict().items() if k not in skip and default.get(k) != v}
 
 
 def run_sweep(
@@ -112,12 +56,15 @@ def run_sweep(
     seed: int = 0,
     score: str = "excess",
     seq_len: int | None = None,
-    training_argv: list[str] | None = None,
+    training: TrainingArguments | None = None,
     overwrite: bool = False,
     progress: bool = True,
 ) -> dict:
     """Train one SLM run per ratio (reusing finished ones unless ``overwrite``), write the
-    files; returns the summary, the Markdown table, the paths and the data."""
+    files; returns the summary, the Markdown table, the paths and the data. Every run takes
+    ``training`` (default: ``training_defaults``) with its own output_dir, max_steps and seed."""
+    if training is None:
+        training = RhoTrainingArguments(**training_defaults(max_steps))
     ratios = sorted(set(float(r) for r in ratios))
     inputs = [tokens, ref_losses, eval_tokens, model if model and Path(model).exists() else None]
     claim_output_dir(out, SWEEP_KIND, inputs)  # new or an earlier sweep: never a user's directory
@@ -133,10 +80,7 @@ def run_sweep(
         if run_dir.exists() or run_dir.is_symlink():  # an unfinished or replaced run: afresh
             check_replaceable(run_dir, RUN_KIND, inputs, "sweep run")
             remove_path(run_dir)
-        defaults = ["--report_to", "none", "--save_strategy", "no"]
-        defaults += ["--logging_steps", str(max(1, max_steps // 20))]
-        forced = ["--output_dir", str(run_dir), "--max_steps", str(max_steps), "--seed", str(seed)]
-        args = _training_arguments([*defaults, *(training_argv or []), *forced])
+        args = replace(training, output_dir=str(run_dir), max_steps=max_steps, seed=seed)
         data = ModelDataArguments(
             tokens=str(tokens),
             model=model,
@@ -187,7 +131,7 @@ def run_sweep(
             "max_steps": max_steps,
             "seed": seed,
             "score": score,
-            "training_args": list(training_argv or []),
+            "training_args": given_options(training),
         },
     }
     files = [write_json_atomic(out / "sweep.json", data, sort_keys=False)]

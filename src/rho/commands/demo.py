@@ -1,0 +1,39 @@
+"""`rho demo`: `rho experiment` with the shipped config on the shipped demo data
+(rho.experiment.demo)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from rho.commands.parser import Command
+from rho.experiment.demo import SETTINGS, demo_defaults, run_demo
+from rho.experiment.settings import ExperimentConfig
+
+
+@dataclass
+class DemoOptions:
+    """The demo's scale and setting; every `rho experiment` option works too, over the
+    demo's config."""
+
+    quick: bool = field(default=False, metadata={"help": "smoke-test scale"})
+    setting: str = field(
+        default="paper",
+        metadata={
+            "choices": SETTINGS,
+            "help": "paper: demo.yaml; scarce: the curated data 1/20 of each arm's budget, and a "
+            "math-corpus axis (scarce.yaml)",
+        },
+    )
+
+
+def defaults(given) -> dict:
+    """The demo's config for its scale and setting, under `--config` and the flags."""
+    return demo_defaults(given.quick, given.setting) | {"out": "rho-demo"}
+
+
+def main(demo: DemoOptions, config: ExperimentConfig) -> int:
+    run_demo(config, quick=demo.quick, setting=demo.setting)
+    return 0
+
+
+COMMAND = Command((DemoOptions, ExperimentConfig), main, defaults=defaults)

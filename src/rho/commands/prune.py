@@ -1,0 +1,173 @@
+"""`rho prune`: offline pruning of whole documents or windows (rho.prune)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from rho import distributed as dist
+from rho.commands.parser import Command
+from rho.errors import UserError
+from rho.options import parse_device
+from rho.prune import BYS, UNITS, prune_store
+
+PROTOTYPE = "--by prototype (embeddings, k-means with faiss, SemDeDup)"  # its --help section
+# The --by prototype options without a default: given with another --by, they are a mistake.
+PROTOTYPE_ONLY = (
+    "embed_model",
+    "embed_layer",
+    "embeddings",
+    "seq_len",
+    "clusters",
+    "dedup",
+    "device",
+)
+
+
+@dataclass
+class PruneOptions:
+    """Drop the least useful documents or windows before training."""
+
+    tokens: str = field(metadata={"help": "TokenStore to prune"})
+    out: str = field(metadata={"help": "output directory (tokens/, ref_losses/)"})
+    losses: str | None = field(
+        default=None,
+        metadata={"help": "its reference LossStore (required except for --by prototype)"},
+    )
+    base_losses: str | None = field(
+        default=None, metadata={"help": "a base model's LossStore (for --by excess)"}
+    )
+    keep: float = field(default=0.5, metadata={"help": "fraction of units kept"})
+    unit: str = field(
+        default="document", metadata={"choices": UNITS, "help": "what is kept or dropped whole"}
+    )
+    by: str | None = field(
+        default=None,
+        metadata={
+            "choices": BYS,
+            "help": "excess: mean base − reference (CoLoR-Filter); reference: lowest mean "
+            "reference loss; reference-entropy: lowest mean reference entropy; "
+            "reference+entropy: best mean rank average of reference loss and entropy (both need "
+            "--losses from `rho score --entropy`); prototype: distance of the unit's embedding "
+            "to its k-means centroid (D4) (default: excess when --base-losses is given, else "
+            "reference)",
+        },
+    )
+    ref_model: str | None = field(
+        default=None, metadata={"help": "reference model to re-score pruned documents"}
+    )
+    overwrite: bool = field(default=False, metadata={"help": "replace an earlier --out"})
+    embed_model: str | None = field(
+        default=None,
+        metadata={
+            "group": PROTOTYPE,
+            "help": "causal LM whose last hidden state, mean-pooled over a unit's tokens, "
+            "embeds it",
+        },
+    )
+    embed_layer: int | None = field(
+        default=None,
+        metadata={
+            "group": PROTOTYPE,
+            "help": "which hidden state embeds a unit: -1 the last (default), 0 the input token "
+            "embeddings (a lookup: no forward pass), k the k-th layer's output",
+        },
+    )
+    embeddings: str | None = field(
+        default=None,
+        metadata={
+            "group": PROTOTYPE,
+            "help": "embedding store to write, resume or reuse (default: beside --tokens, named "
+            "by unit, seq_len and model hash)",
+        },
+    )
+    seq_len: int | None = field(
+        default=None,
+        metadata={
+            "group": PROTOTYPE,
+            "help": "window length for --unit window (default: the losses'); for documents, the "
+            "most tokens embedded: longer documents are truncated (default: the model's "
+            "positions)",
+        },
+    )
+    batch_size: int = field(
+        default=16, metadata={"group": PROTOTYPE, "help": "units per forward pass"}
+    )
+    clusters: int | None = field(
+        default=None,
+        metadata={
+            "group": PROTOTYPE,
+            "help": "k of k-means (default: round(sqrt(units)), at least 2)",
+        },
+    )
+    keep_from: str = field(
+        default="hard",
+        metadata={
+            "group": PROTOTYPE,
+            "choices": ("hard", "easy"),
+            "help": "hard: keep the units farthest from their centroid (abundant data); easy: "
+            "nearest",
+        },
+    )
+    dedup: float | None = field(
+        default=None,
+        metadata={
+            "group": PROTOTYPE,
+            "help": "SemDeDup first: inside each cluster drop a unit whose cosine similarity to "
+            "an earlier one is at least this, in (0, 1] (e.g. 0.95); --keep stays a fraction of "
+            "all units (fewer are kept if fewer survive)",
+        },
+    )
+    seed: int = field(default=0, metadata={"group": PROTOTYPE, "help": "k-means seed"})
+    device: str | None = field(
+        default=None,
+        metadata={
+            "group": PROTOTYPE,
+            "help": "cpu, cuda, cuda:1 ... for embedding (default: best)",
+        },
+    )
+
+    def __post_init__(self):
+        given = [n for n in PROTOTYPE_ONLY if getattr(self, n) is not None]
+        if self.ranked_by != "prototype" and given:
+            raise UserError(f"--{given[0].replace('_', '-')} is an option of --by prototype")
+
+    @property
+    def ranked_by(self) -> str:
+        return self.by or ("excess" if self.base_losses else "reference")
+
+
+def main(options: PruneOptions) -> int:
+    prototype = None
+    if options.ranked_by == "prototype":
+        prototype = {
+            "embed_model": options.embed_model,
+            "layer": -1 if options.embed_layer is None else options.embed_layer,
+            "embeddings": options.embeddings,
+            "seq_len": options.seq_len,
+            "batch_size": options.batch_size,
+            "k": options.clusters,
+            "keep_from": options.keep_from,
+            "dedup": options.dedup,
+            "seed": options.seed,
+            "device": parse_device(options.device) if options.device else None,
+        }
+    with dist.process_group_closed():
+        report = prune_store(
+            options.tokens,
+            options.losses,
+            options.out,
+            keep=options.keep,
+            unit=options.unit,
+            by=options.ranked_by,
+            base_losses=options.base_losses,
+            ref_model=options.ref_model,
+            overwrite=options.overwrite,
+            prototype=prototype,
+        )
+    if report:
+        print(json.dumps(report, indent=2))
+    return 0
+
+
+COMMAND = Command((PruneOptions,), main)

@@ -1,0 +1,78 @@
+"""`rho tokenize`: corpus files -> TokenStore (rho.tokenize)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from rho import distributed as dist
+from rho.commands.parser import Command
+from rho.inspect_store import describe
+from rho.tokenize import tokenize_corpus
+
+
+@dataclass
+class TokenizeOptions:
+    """Tokenize corpus files into a TokenStore. Resumable: a rerun after a crash or kill keeps
+    the chunks already encoded. Under torchrun the ranks share the chunks (every rank must see
+    --out's directory)."""
+
+    inputs: list[str] = field(
+        metadata={"positional": True, "help": ".txt, .jsonl[.gz], .parquet or dataset dirs"}
+    )
+    out: str = field(metadata={"help": "TokenStore directory to write"})
+    tokenizer: str | None = field(
+        default=None,
+        metadata={"help": "HF tokenizer directory or hub name"},
+    )
+    train_tokenizer: int | None = field(
+        default=None,
+        metadata={"metavar": "VOCAB", "help": "train a byte-level BPE of this size"},
+    )
+    domain: list[str] | None = field(
+        default=None,
+        metadata={"repeat": True, "help": "domain label: once for all inputs, or once per input"},
+    )
+    text_field: str = field(default="text", metadata={"help": "jsonl/parquet text field"})
+    format: str = field(
+        default="text",
+        metadata={
+            "choices": ("text", "messages"),
+            "help": "text: documents; messages: chat JSONL, one {'messages': [{'role', "
+            "'content'}, ...]} per line (TRL's conversational format), rendered with the "
+            "tokenizer's chat template (or '<role>: content' lines without one), with a loss "
+            "mask: only assistant turns carry loss. messages runs in one process (no torchrun, "
+            "--workers 1)",
+        },
+    )
+    workers: int = field(
+        default=1,
+        metadata={
+            "help": "processes per rank that encode chunks. Default 1, the fastest measured: the "
+            "Rust tokenizer already spreads each batch over every core, and on 2 cores 2 workers "
+            "were no faster (bench/bench_tokenize.py). More help only where one process's "
+            "reading and packing is the bottleneck (many cores). torchrun --nproc_per_node N "
+            "shares the chunks among N ranks; the store is the same either way"
+        },
+    )
+    overwrite: bool = field(default=False, metadata={"help": "replace an existing --out"})
+
+
+def main(options: TokenizeOptions) -> int:
+    with dist.process_group_closed():
+        store = tokenize_corpus(
+            options.inputs,
+            options.out,
+            tokenizer=options.tokenizer,
+            train_vocab=options.train_tokenizer,
+            domains=options.domain,
+            text_field=options.text_field,
+            format=options.format,
+            workers=options.workers,
+            overwrite=options.overwrite,
+        )
+        if dist.rank() == 0:
+            print(describe(store.path))
+    return 0
+
+
+COMMAND = Command((TokenizeOptions,), main)

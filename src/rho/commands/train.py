@@ -1,0 +1,25 @@
+"""`rho train`: CLM / SLM training on transformers.Trainer (rho.training)."""
+
+from __future__ import annotations
+
+from rho import distributed as dist
+from rho.commands.parser import Command
+from rho.options import ModelDataArguments, SelectionArguments
+from rho.runs import METRICS_FILE
+from rho.training import RhoTrainingArguments, RunDirArguments, run_training
+
+# The dataclasses `rho train` parses, in the order main takes them: every
+# transformers.TrainingArguments flag works.
+OPTIONS = (ModelDataArguments, SelectionArguments, RunDirArguments, RhoTrainingArguments)
+
+
+def main(data, selection, run, args) -> int:
+    with dist.process_group_closed():
+        trainer = run_training(data, selection, args, run)
+        if trainer.is_world_process_zero():
+            print(f"rho train: model, tokenizer and {METRICS_FILE} in {args.output_dir}")
+    return 0
+
+
+# output_dir: where checkpoints and metrics go (TrainingArguments would default it)
+COMMAND = Command(OPTIONS, main, required=("output_dir",))
