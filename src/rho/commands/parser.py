@@ -112,8 +112,13 @@ class CommandParser(HfArgumentParser):
         raise UserError(f"{message} (see {self.prog} --help)")
 
     def parse(self, argv: list[str]) -> tuple:
-        """The options dataclasses: their defaults, under the command's own defaults, under
-        ``--config``'s values, under the flags."""
+        """The options dataclasses (their checks run as they are built)."""
+        given = vars(self.parse_namespace(argv))
+        return tuple(t(**{f.name: given[f.name] for f in options(t)}) for t in self.dataclass_types)
+
+    def parse_namespace(self, argv: list[str]) -> argparse.Namespace:
+        """The values argparse reads, before any dataclass is built: their defaults, under the
+        command's own defaults, under ``--config``'s values, under the flags."""
         values = self._config_values(argv)
         if self.command.defaults is not None:
             values = self.command.defaults(self._first_pass(argv, values)) | values
@@ -121,8 +126,7 @@ class CommandParser(HfArgumentParser):
         namespace, rest = self.parse_known_args(argv)
         if rest:
             self.error(f"unrecognized arguments: {' '.join(rest)}")
-        given = vars(namespace)
-        return tuple(t(**{f.name: given[f.name] for f in options(t)}) for t in self.dataclass_types)
+        return namespace
 
     def _first_pass(self, argv: list[str], values: dict) -> argparse.Namespace:
         """The options' values as given, read by the same options but without `--help` or any
