@@ -111,6 +111,7 @@ corpus_lines = st.lists(
 )
 
 
+@pytest.mark.slow
 @FUZZ
 @given(lines=corpus_lines)
 def test_corpus_jsonl_lines(lines):
@@ -123,6 +124,7 @@ def test_corpus_jsonl_lines(lines):
         assert all(isinstance(a, int) and isinstance(b, int) for a, b in doc.noise_spans)
 
 
+@pytest.mark.slow
 @FUZZ
 @given(text=st.text() | st.binary().map(lambda b: b.decode("latin-1")))
 def test_corpus_txt_files(text):
@@ -154,6 +156,7 @@ def _meta_cases(base: dict):
     return st.tuples(keys, json_values, st.booleans()).map(lambda t: mutated(base, *t))
 
 
+@pytest.mark.slow
 def test_token_store_meta(fuzz_stores):
     tokens, _ = fuzz_stores
     base = json.loads((tokens.path / "meta.json").read_text())
@@ -172,6 +175,7 @@ def test_token_store_meta(fuzz_stores):
         (tokens.path / "meta.json").write_text(json.dumps(base))
 
 
+@pytest.mark.slow
 def test_loss_store_meta(fuzz_stores):
     tokens, losses = fuzz_stores
     base = json.loads((losses / "meta.json").read_text())
@@ -220,6 +224,7 @@ eval_records = st.tuples(st.lists(st.integers(0, 9), max_size=5), json_values).m
 )
 
 
+@pytest.mark.slow
 @FUZZ
 @given(record=eval_records | json_values)
 def test_eval_json_compare(record):
@@ -245,6 +250,7 @@ task_lines = st.lists(
 )
 
 
+@pytest.mark.slow
 @FUZZ
 @given(lines=task_lines)
 def test_task_files(lines):
@@ -285,6 +291,7 @@ yaml_docs = (
 )
 
 
+@pytest.mark.slow
 @FUZZ
 @given(text=yaml_docs)
 def test_experiment_yaml(text):
@@ -300,6 +307,7 @@ def test_experiment_yaml(text):
 # --- Run files (files.read_json / read_jsonl: every run-file reader goes through them) --------
 
 
+@pytest.mark.slow
 @FUZZ
 @given(text=json_values.map(dumps) | st.sampled_from(HOSTILE_TEXT) | st.text())
 def test_run_files(text):

@@ -72,6 +72,7 @@ def users_model_dir(path: Path, model_dir: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_train_never_writes_into_a_directory_it_did_not_make(tmp_path, token_store, model_dir):
     mine = users_model_dir(tmp_path / "my-model-copy", model_dir)
     before = snapshot(mine)
@@ -82,6 +83,7 @@ def test_train_never_writes_into_a_directory_it_did_not_make(tmp_path, token_sto
     assert sorted(p.name for p in tmp_path.iterdir()) == ["my-model-copy"]  # no lock left behind
 
 
+@pytest.mark.slow
 def test_train_reruns_into_its_own_run_only_when_asked(tmp_path, token_store):
     out = tmp_path / "run"
     first = run_rho(*train_args(token_store, out, "--max_steps", 2, "--save_strategy", "no"))

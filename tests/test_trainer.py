@@ -442,6 +442,7 @@ def test_bad_selection_options(options):
         SelectionArguments(**options)
 
 
+@pytest.mark.slow
 def test_cli_errors_are_one_line(stores, tmp_path):
     common = ["--tokens", stores.tokens, "--preset", "tiny", "--use_cpu", "--report_to", "none"]
     no_ref = run_rho("train", *common, "--output_dir", tmp_path / "a", "--score", "excess")

@@ -45,12 +45,14 @@ def common_args(stores, out) -> list:
     ]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_fsdp_on_the_cpu_is_refused_in_one_line(stores, tmp_path):
     proc = run_rho(*common_args(stores, tmp_path / "run"), "--fsdp")
     assert_one_line_error(proc, "--fsdp cannot shard on cpu")
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_a_single_process_run_records_no_ddp(stores, tmp_path):
     proc = run_rho(*common_args(stores, tmp_path / "run"))
     assert proc.returncode == 0, proc.stderr[-3000:]

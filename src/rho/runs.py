@@ -324,4 +324,3 @@ def eval_records(run_dir: str | Path, key: str = "eval_loss") -> list[dict]:
     in order (with several eval sets, the Trainer logs eval_NAME_loss)."""
     points = {r["tokens_seen"]: r for r in read_metrics(run_dir) if key in r}
     return [points[t] for t in sorted(points)]
-

@@ -4,14 +4,14 @@ one dataclass, parsed beside each command's own."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from rho.analysis.common import check_positive, print_files
 from rho.analysis.dynamics_report import run_dynamics
 from rho.analysis.html_report import run_html
 from rho.analysis.selection_report import run_selection
-from rho.commands.parser import Command
+from rho.commands.parser import DEVICE, Command, option
 from rho.errors import UserError
 from rho.models import DTYPES
 from rho.select import check_ratio
@@ -22,13 +22,9 @@ from rho.store import TokenStore
 class ModelOptions:
     """How every analysis runs its models."""
 
-    batch_size: int = field(default=16, metadata={"help": "windows per forward pass"})
-    dtype: str = field(
-        default="float32", metadata={"choices": tuple(DTYPES), "help": "the models' precision"}
-    )
-    device: str | None = field(
-        default=None, metadata={"help": "cpu, cuda, cuda:1 ... (default: best)"}
-    )
+    batch_size: int = option("windows per forward pass", 16)
+    dtype: str = option("the models' precision", "float32", choices=tuple(DTYPES))
+    device: str | None = option(DEVICE, None)
 
     def __post_init__(self):
         check_positive("--batch-size", self.batch_size)
@@ -37,23 +33,26 @@ class ModelOptions:
         return {"batch_size": self.batch_size, "dtype": self.dtype, "device": self.device}
 
 
+def done(summary: str, files: list[Path]) -> int:
+    """An analysis's closing lines: its summary and where its files are."""
+    print(summary)
+    print_files(files)
+    return 0
+
+
 @dataclass
 class DynamicsOptions:
     """Score a validation TokenStore with each checkpoint and classify every token's loss
     trajectory (H→L, L→L, H→H, L→H) by the Rho-1 rule."""
 
-    checkpoints: list[str] = field(metadata={"help": "model dirs, in order"})
-    tokens: str = field(metadata={"help": "validation TokenStore"})
-    out: str = field(metadata={"help": "output directory"})
-    seq_len: int = field(default=256, metadata={"help": "window length in tokens"})
-    threshold: float = field(
-        default=0.2, metadata={"help": "|change| over the span that counts as H→L/L→H"}
-    )
-    spread: str = field(
-        default="std", metadata={"choices": ("std", "range"), "help": "spread measure"}
-    )
-    examples: int = field(default=4, metadata={"help": "fluctuating tokens per category"})
-    overwrite: bool = field(default=False, metadata={"help": "re-score existing loss stores"})
+    checkpoints: list[str] = option("model dirs, in order")
+    tokens: str = option("validation TokenStore")
+    out: str = option("output directory")
+    seq_len: int = option("window length in tokens", 256)
+    threshold: float = option("|change| over the span that counts as H→L/L→H", 0.2)
+    spread: str = option("spread measure", "std", choices=("std", "range"))
+    examples: int = option("fluctuating tokens per category", 4)
+    overwrite: bool = option("re-score existing loss stores", False)
 
     def __post_init__(self):
         if len(self.checkpoints) < 2:
@@ -79,11 +78,12 @@ def dynamics(options: DynamicsOptions, model: ModelOptions) -> int:
         **model.keywords(),
         overwrite=options.overwrite,
     )
-    print(f"rho analyze dynamics: {len(checkpoints)} checkpoints x {tokens.n_tokens:,} tokens")
-    print(result["markdown_table"])
-    print(f"(L→L/H→H split at mean loss {result['mean']:.3f}; threshold ±{options.threshold})")
-    print_files(result["files"])
-    return 0
+    summary = [
+        f"rho analyze dynamics: {len(checkpoints)} checkpoints x {tokens.n_tokens:,} tokens",
+        result["markdown_table"],
+        f"(L→L/H→H split at mean loss {result['mean']:.3f}; threshold ±{options.threshold})",
+    ]
+    return done("\n".join(summary), result["files"])
 
 
 @dataclass
@@ -91,34 +91,20 @@ class SelectionOptions:
     """Loss of the tokens SLM selects vs drops under SLM and CLM training (Fig. 6a/c), and the
     perplexity of the tokens selected at each SLM checkpoint under every checkpoint (Fig. 8)."""
 
-    runs: list[str] = field(
-        metadata={"exactly": 2, "metavar": ("SLM_DIR", "CLM_DIR"), "help": "two `rho train` runs"}
+    runs: list[str] = option("two `rho train` runs", exactly=2, metavar=("SLM_DIR", "CLM_DIR"))
+    out: str = option("output directory")
+    tokens: str | None = option("TokenStore of the windows (default: the SLM run's data)", None)
+    losses: str | None = option("reference LossStore of --tokens (default: the SLM run's)", None)
+    windows: int = option("windows analysed (evenly spread)", 64)
+    ratio: float | None = option("kept fraction (default: the SLM run's)", None)
+    select_batch: int | None = option(
+        "windows ranked together under scope batch (default: the SLM run's train batch)", None
     )
-    out: str = field(metadata={"help": "output directory"})
-    tokens: str | None = field(
-        default=None, metadata={"help": "TokenStore of the windows (default: the SLM run's data)"}
-    )
-    losses: str | None = field(
-        default=None,
-        metadata={"help": "reference LossStore of --tokens (default: the SLM run's)"},
-    )
-    windows: int = field(default=64, metadata={"help": "windows analysed (evenly spread)"})
-    ratio: float | None = field(
-        default=None, metadata={"help": "kept fraction (default: the SLM run's)"}
-    )
-    select_batch: int | None = field(
-        default=None,
-        metadata={
-            "help": "windows ranked together under scope batch (default: the SLM run's train batch)"
-        },
-    )
-    select_with: str = field(
-        default="slm",
-        metadata={
-            "choices": ("slm", "self"),
-            "help": "slm: CLM is measured on the tokens the SLM checkpoint of the same step "
-            "selects; self: on the tokens SLM's rule would select with the CLM model as learner",
-        },
+    select_with: str = option(
+        "slm: CLM is measured on the tokens the SLM checkpoint of the same step selects; self: "
+        "on the tokens SLM's rule would select with the CLM model as learner",
+        "slm",
+        choices=("slm", "self"),
     )
 
     def __post_init__(self):
@@ -137,9 +123,7 @@ def selection(options: SelectionOptions, model: ModelOptions) -> int:
         select_with=options.select_with,
         **model.keywords(),
     )
-    print(f"rho analyze selection: {result['summary']}")
-    print_files(result["files"])
-    return 0
+    return done(f"rho analyze selection: {result['summary']}", result["files"])
 
 
 @dataclass
@@ -147,22 +131,17 @@ class HtmlOptions:
     """A self-contained HTML page of passages with the tokens SLM would select highlighted by
     their score."""
 
-    tokens: str = field(metadata={"help": "TokenStore"})
-    losses: str = field(metadata={"help": "reference LossStore of --tokens"})
-    out: str = field(metadata={"help": "HTML file to write"})
-    model: str | None = field(
-        default=None, metadata={"help": "learner checkpoint (for excess loss)"}
-    )
-    ratio: float = field(default=0.6, metadata={"help": "kept fraction"})
-    score: str = field(
-        default="excess",
-        metadata={"choices": ("excess", "learner", "reference"), "help": "ranking"},
-    )
-    passages: int = field(default=12, metadata={"help": "passages (windows) shown"})
-    passage_tokens: int = field(default=200, metadata={"help": "tokens shown per passage"})
-    seq_len: int | None = field(default=None, metadata={"help": "(default: the LossStore's)"})
-    title: str | None = field(default=None, metadata={"help": "page title"})
-    overwrite: bool = field(default=False, metadata={"help": "replace a file rho did not write"})
+    tokens: str = option("TokenStore")
+    losses: str = option("reference LossStore of --tokens")
+    out: str = option("HTML file to write")
+    model: str | None = option("learner checkpoint (for excess loss)", None)
+    ratio: float = option("kept fraction", 0.6)
+    score: str = option("ranking", "excess", choices=("excess", "learner", "reference"))
+    passages: int = option("passages (windows) shown", 12)
+    passage_tokens: int = option("tokens shown per passage", 200)
+    seq_len: int | None = option("(default: the LossStore's)", None)
+    title: str | None = option("page title", None)
+    overwrite: bool = option("replace a file rho did not write", False)
 
     def __post_init__(self):
         check_ratio(self.ratio, "--ratio")
@@ -185,9 +164,7 @@ def html(options: HtmlOptions, model: ModelOptions) -> int:
         overwrite=options.overwrite,
         **model.keywords(),
     )
-    print(f"rho analyze html: {result['summary']}")
-    print_files(result["files"])
-    return 0
+    return done(f"rho analyze html: {result['summary']}", result["files"])
 
 
 COMMAND = {

@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from rho.commands.parser import Command
+from rho.commands.parser import Command, option
 from rho.experiment.demo import SETTINGS, demo_defaults, run_demo
 from rho.experiment.settings import ExperimentConfig
 
@@ -15,14 +15,12 @@ class DemoOptions:
     """The demo's scale and setting; every `rho experiment` option works too, over the
     demo's config."""
 
-    quick: bool = field(default=False, metadata={"help": "smoke-test scale"})
-    setting: str = field(
-        default="paper",
-        metadata={
-            "choices": SETTINGS,
-            "help": "paper: demo.yaml; scarce: the curated data 1/20 of each arm's budget, and a "
-            "math-corpus axis (scarce.yaml)",
-        },
+    quick: bool = option("smoke-test scale", False)
+    setting: str = option(
+        "paper: demo.yaml; scarce: the curated data 1/20 of each arm's budget, and a math-corpus "
+        "axis (scarce.yaml)",
+        "paper",
+        choices=SETTINGS,
     )
 
 

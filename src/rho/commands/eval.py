@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from rho.commands.parser import Command
+from rho.commands.parser import DEVICE, Command, option
 from rho.errors import UserError
 from rho.eval.results import compare_runs
 from rho.eval.run import run_eval
@@ -21,63 +21,35 @@ class EvalOptions:
     few-shot exact-match tasks (--task), lm-evaluation-harness tasks (--lm-eval-tasks); or put
     earlier runs side by side (--compare)."""
 
-    model: str | None = field(default=None, metadata={"help": "checkpoint directory or hub name"})
-    compare: list[str] | None = field(
-        default=None, metadata={"metavar": "RUN", "help": "run dirs (or eval.json)"}
+    model: str | None = option("checkpoint directory or hub name", None)
+    compare: list[str] | None = option("run dirs (or eval.json)", None, metavar="RUN")
+    out: str | None = option("where eval.json / eval.md go (default: the checkpoint dir)", None)
+    dtype: str = option("the model's precision", "float32", choices=tuple(DTYPES))
+    device: str | None = option(DEVICE, None)
+    batch_size: int = option("windows / prompts per batch", 16)
+    trust_remote_code: bool = option("allow model code", False)
+    tokenizer: str | None = option("tokenizer dir for tasks (default: the checkpoint's)", None)
+    quiet: bool = option("no progress bars", False)
+    tokens: list[str] | None = option(
+        "TokenStore(s) to evaluate on", None, group=LOSS, metavar="DIR"
     )
-    out: str | None = field(
-        default=None,
-        metadata={"help": "where eval.json / eval.md go (default: the checkpoint dir)"},
+    seq_len: int = option("window length in tokens", 256, group=LOSS)
+    task: list[str] | None = option("jsonl file(s) or 'champ'", None, group=TASKS, metavar="TASK")
+    shots: int = option("solved examples in each prompt", 4, group=TASKS)
+    shots_file: str | None = option(
+        "jsonl to take the shots from (default: the task)", None, group=TASKS
     )
-    dtype: str = field(
-        default="float32", metadata={"choices": tuple(DTYPES), "help": "the model's precision"}
+    max_new_tokens: int = option("generation budget", 256, group=TASKS)
+    limit: int | None = option("evaluate at most N items per task", None, group=TASKS)
+    lm_eval_tasks: str | None = option(
+        "comma-separated task names, e.g. gsm8k", None, group=HARNESS
     )
-    device: str | None = field(
-        default=None, metadata={"help": "cpu, cuda, cuda:1 ... (default: best)"}
-    )
-    batch_size: int = field(default=16, metadata={"help": "windows / prompts per batch"})
-    trust_remote_code: bool = field(default=False, metadata={"help": "allow model code"})
-    tokenizer: str | None = field(
-        default=None, metadata={"help": "tokenizer dir for tasks (default: the checkpoint's)"}
-    )
-    quiet: bool = field(default=False, metadata={"help": "no progress bars"})
-    tokens: list[str] | None = field(
-        default=None,
-        metadata={"group": LOSS, "metavar": "DIR", "help": "TokenStore(s) to evaluate on"},
-    )
-    seq_len: int = field(default=256, metadata={"group": LOSS, "help": "window length in tokens"})
-    task: list[str] | None = field(
-        default=None,
-        metadata={"group": TASKS, "metavar": "TASK", "help": "jsonl file(s) or 'champ'"},
-    )
-    shots: int = field(
-        default=4, metadata={"group": TASKS, "help": "solved examples in each prompt"}
-    )
-    shots_file: str | None = field(
-        default=None,
-        metadata={"group": TASKS, "help": "jsonl to take the shots from (default: the task)"},
-    )
-    max_new_tokens: int = field(default=256, metadata={"group": TASKS, "help": "generation budget"})
-    limit: int | None = field(
-        default=None, metadata={"group": TASKS, "help": "evaluate at most N items per task"}
-    )
-    lm_eval_tasks: str | None = field(
-        default=None,
-        metadata={"group": HARNESS, "help": "comma-separated task names, e.g. gsm8k"},
-    )
-    lm_eval_include: str | None = field(
-        default=None, metadata={"group": HARNESS, "help": "directory of extra task YAMLs"}
-    )
-    num_fewshot: int | None = field(
-        default=None, metadata={"group": HARNESS, "help": "override the tasks' few-shot count"}
-    )
-    lm_eval_local_only: bool = field(
-        default=False,
-        metadata={
-            "group": HARNESS,
-            "help": "index only --lm-eval-include's tasks, not the harness's built-ins (faster "
-            "start)",
-        },
+    lm_eval_include: str | None = option("directory of extra task YAMLs", None, group=HARNESS)
+    num_fewshot: int | None = option("override the tasks' few-shot count", None, group=HARNESS)
+    lm_eval_local_only: bool = option(
+        "index only --lm-eval-include's tasks, not the harness's built-ins (faster start)",
+        False,
+        group=HARNESS,
     )
 
     def __post_init__(self):

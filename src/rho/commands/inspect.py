@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from rho.commands.parser import Command
+from rho.commands.parser import Command, option
 from rho.inspect_store import describe
 
 
@@ -12,10 +12,8 @@ from rho.inspect_store import describe
 class InspectOptions:
     """Summarise a store."""
 
-    paths: list[str] = field(
-        metadata={"positional": True, "help": "TokenStore or LossStore directories"}
-    )
-    verify: bool = field(default=False, metadata={"help": "recompute content hashes"})
+    paths: list[str] = option("TokenStore or LossStore directories", positional=True)
+    verify: bool = option("recompute content hashes", False)
 
 
 def main(options: InspectOptions) -> int:

@@ -20,6 +20,7 @@ import inspect
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from transformers import HfArgumentParser
 from transformers.hf_argparser import string_to_bool
@@ -27,6 +28,13 @@ from transformers.hf_argparser import string_to_bool
 from rho.errors import UserError
 
 RHO_KEYS = ("positional", "group", "repeat", "exactly")  # field metadata argparse never sees
+DEVICE = "cpu, cuda, cuda:1 ... (default: best)"  # the help of every --device
+
+
+def option(help: str, default: Any = dataclasses.MISSING, **metadata: Any) -> Any:
+    """A field of an options dataclass: its `--help` text, its default (none: the option is
+    required) and any other metadata key (argparse's, or RHO_KEYS)."""
+    return dataclasses.field(default=default, metadata={"help": help, **metadata})
 
 
 @dataclass(frozen=True)

@@ -3,129 +3,78 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from rho import distributed as dist
-from rho.commands.parser import Command
+from rho.commands.parser import Command, option
 from rho.errors import UserError
 from rho.options import parse_device
 from rho.prune import BYS, UNITS, prune_store
 
 PROTOTYPE = "--by prototype (embeddings, k-means with faiss, SemDeDup)"  # its --help section
 # The --by prototype options without a default: given with another --by, they are a mistake.
-PROTOTYPE_ONLY = (
-    "embed_model",
-    "embed_layer",
-    "embeddings",
-    "seq_len",
-    "clusters",
-    "dedup",
-    "device",
-)
+PROTOTYPE_ONLY = "embed_model embed_layer embeddings seq_len clusters dedup device".split()
+
+
+def prototype_option(help: str, default=None, **metadata):
+    """An option of --by prototype: its own section of `--help`."""
+    return option(help, default, group=PROTOTYPE, **metadata)
 
 
 @dataclass
 class PruneOptions:
     """Drop the least useful documents or windows before training."""
 
-    tokens: str = field(metadata={"help": "TokenStore to prune"})
-    out: str = field(metadata={"help": "output directory (tokens/, ref_losses/)"})
-    losses: str | None = field(
-        default=None,
-        metadata={"help": "its reference LossStore (required except for --by prototype)"},
+    tokens: str = option("TokenStore to prune")
+    out: str = option("output directory (tokens/, ref_losses/)")
+    losses: str | None = option(
+        "its reference LossStore (required except for --by prototype)", None
     )
-    base_losses: str | None = field(
-        default=None, metadata={"help": "a base model's LossStore (for --by excess)"}
+    base_losses: str | None = option("a base model's LossStore (for --by excess)", None)
+    keep: float = option("fraction of units kept", 0.5)
+    unit: str = option("what is kept or dropped whole", "document", choices=UNITS)
+    by: str | None = option(
+        "excess: mean base − reference (CoLoR-Filter); reference: lowest mean reference loss; "
+        "reference-entropy: lowest mean reference entropy; reference+entropy: best mean rank "
+        "average of reference loss and entropy (both need --losses from `rho score --entropy`); "
+        "prototype: distance of the unit's embedding to its k-means centroid (D4) (default: "
+        "excess when --base-losses is given, else reference)",
+        None,
+        choices=BYS,
     )
-    keep: float = field(default=0.5, metadata={"help": "fraction of units kept"})
-    unit: str = field(
-        default="document", metadata={"choices": UNITS, "help": "what is kept or dropped whole"}
+    ref_model: str | None = option("reference model to re-score pruned documents", None)
+    overwrite: bool = option("replace an earlier --out", False)
+    embed_model: str | None = prototype_option(
+        "causal LM whose last hidden state, mean-pooled over a unit's tokens, embeds it"
     )
-    by: str | None = field(
-        default=None,
-        metadata={
-            "choices": BYS,
-            "help": "excess: mean base − reference (CoLoR-Filter); reference: lowest mean "
-            "reference loss; reference-entropy: lowest mean reference entropy; "
-            "reference+entropy: best mean rank average of reference loss and entropy (both need "
-            "--losses from `rho score --entropy`); prototype: distance of the unit's embedding "
-            "to its k-means centroid (D4) (default: excess when --base-losses is given, else "
-            "reference)",
-        },
+    embed_layer: int | None = prototype_option(
+        "which hidden state embeds a unit: -1 the last (default), 0 the input token embeddings "
+        "(a lookup: no forward pass), k the k-th layer's output"
     )
-    ref_model: str | None = field(
-        default=None, metadata={"help": "reference model to re-score pruned documents"}
+    embeddings: str | None = prototype_option(
+        "embedding store to write, resume or reuse (default: beside --tokens, named by unit, "
+        "seq_len and model hash)"
     )
-    overwrite: bool = field(default=False, metadata={"help": "replace an earlier --out"})
-    embed_model: str | None = field(
-        default=None,
-        metadata={
-            "group": PROTOTYPE,
-            "help": "causal LM whose last hidden state, mean-pooled over a unit's tokens, "
-            "embeds it",
-        },
+    seq_len: int | None = prototype_option(
+        "window length for --unit window (default: the losses'); for documents, the most tokens "
+        "embedded: longer documents are truncated (default: the model's positions)"
     )
-    embed_layer: int | None = field(
-        default=None,
-        metadata={
-            "group": PROTOTYPE,
-            "help": "which hidden state embeds a unit: -1 the last (default), 0 the input token "
-            "embeddings (a lookup: no forward pass), k the k-th layer's output",
-        },
+    batch_size: int = prototype_option("units per forward pass", 16)
+    clusters: int | None = prototype_option(
+        "k of k-means (default: round(sqrt(units)), at least 2)"
     )
-    embeddings: str | None = field(
-        default=None,
-        metadata={
-            "group": PROTOTYPE,
-            "help": "embedding store to write, resume or reuse (default: beside --tokens, named "
-            "by unit, seq_len and model hash)",
-        },
+    keep_from: str = prototype_option(
+        "hard: keep the units farthest from their centroid (abundant data); easy: nearest",
+        "hard",
+        choices=("hard", "easy"),
     )
-    seq_len: int | None = field(
-        default=None,
-        metadata={
-            "group": PROTOTYPE,
-            "help": "window length for --unit window (default: the losses'); for documents, the "
-            "most tokens embedded: longer documents are truncated (default: the model's "
-            "positions)",
-        },
+    dedup: float | None = prototype_option(
+        "SemDeDup first: inside each cluster drop a unit whose cosine similarity to an earlier "
+        "one is at least this, in (0, 1] (e.g. 0.95); --keep stays a fraction of all units "
+        "(fewer are kept if fewer survive)"
     )
-    batch_size: int = field(
-        default=16, metadata={"group": PROTOTYPE, "help": "units per forward pass"}
-    )
-    clusters: int | None = field(
-        default=None,
-        metadata={
-            "group": PROTOTYPE,
-            "help": "k of k-means (default: round(sqrt(units)), at least 2)",
-        },
-    )
-    keep_from: str = field(
-        default="hard",
-        metadata={
-            "group": PROTOTYPE,
-            "choices": ("hard", "easy"),
-            "help": "hard: keep the units farthest from their centroid (abundant data); easy: "
-            "nearest",
-        },
-    )
-    dedup: float | None = field(
-        default=None,
-        metadata={
-            "group": PROTOTYPE,
-            "help": "SemDeDup first: inside each cluster drop a unit whose cosine similarity to "
-            "an earlier one is at least this, in (0, 1] (e.g. 0.95); --keep stays a fraction of "
-            "all units (fewer are kept if fewer survive)",
-        },
-    )
-    seed: int = field(default=0, metadata={"group": PROTOTYPE, "help": "k-means seed"})
-    device: str | None = field(
-        default=None,
-        metadata={
-            "group": PROTOTYPE,
-            "help": "cpu, cuda, cuda:1 ... for embedding (default: best)",
-        },
-    )
+    seed: int = prototype_option("k-means seed", 0)
+    device: str | None = prototype_option("cpu, cuda, cuda:1 ... for embedding (default: best)")
 
     def __post_init__(self):
         given = [n for n in PROTOTYPE_ONLY if getattr(self, n) is not None]

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from transformers.utils import logging as hf_logging
 
 from rho import distributed as dist
-from rho.commands.parser import Command
+from rho.commands.parser import DEVICE, Command, option
 from rho.models import DTYPES
 from rho.score import score_store
 
@@ -16,32 +16,22 @@ from rho.score import score_store
 class ScoreOptions:
     """Score every token of a TokenStore with a reference model."""
 
-    model: str = field(metadata={"help": "model directory or hub name"})
-    tokens: str = field(metadata={"help": "TokenStore directory"})
-    out: str = field(metadata={"help": "LossStore directory to write (or resume)"})
-    seq_len: int = field(metadata={"help": "window length in tokens"})
-    batch_size: int = field(default=16, metadata={"help": "windows per forward pass"})
-    dtype: str = field(
-        default="float32", metadata={"choices": tuple(DTYPES), "help": "scoring precision"}
+    model: str = option("model directory or hub name")
+    tokens: str = option("TokenStore directory")
+    out: str = option("LossStore directory to write (or resume)")
+    seq_len: int = option("window length in tokens")
+    batch_size: int = option("windows per forward pass", 16)
+    dtype: str = option("scoring precision", "float32", choices=tuple(DTYPES))
+    device: str | None = option(DEVICE, None)
+    overwrite: bool = option("replace an existing --out", False)
+    entropy: bool = option(
+        "also store the entropy of the reference's next-token distribution for every token "
+        "(ref_entropy.npy; needed by --score reference-entropy and reference+entropy)",
+        False,
     )
-    device: str | None = field(
-        default=None, metadata={"help": "cpu, cuda, cuda:1 ... (default: best)"}
-    )
-    overwrite: bool = field(default=False, metadata={"help": "replace an existing --out"})
-    entropy: bool = field(
-        default=False,
-        metadata={
-            "help": "also store the entropy of the reference's next-token distribution for every "
-            "token (ref_entropy.npy; needed by --score reference-entropy and reference+entropy)"
-        },
-    )
-    trust_remote_code: bool = field(default=False, metadata={"help": "allow model code"})
-    allow_missing_weights: bool = field(
-        default=False,
-        metadata={
-            "help": "score with a model whose files lack some weights (left at their initial "
-            "values)"
-        },
+    trust_remote_code: bool = option("allow model code", False)
+    allow_missing_weights: bool = option(
+        "score with a model whose files lack some weights (left at their initial values)", False
     )
 
 

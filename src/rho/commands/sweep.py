@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rho.analysis.common import check_positive, print_files
-from rho.commands.parser import Command
+from rho.commands.parser import Command, option
 from rho.errors import UserError
 from rho.experiment.sweep import run_sweep, training_defaults
 from rho.select import SCORES, check_ratio
@@ -20,18 +20,18 @@ class SweepOptions:
     (e.g. --learning_rate 1e-3 --use_cpu), but output_dir, max_steps and seed: the sweep sets
     each run's."""
 
-    ratios: list[float] = field(metadata={"help": "kept fractions"})
-    tokens: str = field(metadata={"help": "training TokenStore"})
-    ref_losses: str = field(metadata={"help": "LossStore of the training tokens"})
-    eval_tokens: str = field(metadata={"help": "held-out TokenStore"})
-    out: str = field(metadata={"help": "output directory"})
-    max_steps: int = field(metadata={"help": "optimizer steps per run"})
-    preset: str | None = field(default=None, metadata={"help": "model preset (default: tiny)"})
-    model: str | None = field(default=None, metadata={"help": "model dir to continue from"})
-    seed: int = field(default=0, metadata={"help": "seed of every run"})
-    score: str = field(default="excess", metadata={"choices": SCORES, "help": "token score"})
-    seq_len: int | None = field(default=None, metadata={"help": "(default: the LossStore's)"})
-    overwrite: bool = field(default=False, metadata={"help": "rerun ratios already done"})
+    ratios: list[float] = option("kept fractions")
+    tokens: str = option("training TokenStore")
+    ref_losses: str = option("LossStore of the training tokens")
+    eval_tokens: str = option("held-out TokenStore")
+    out: str = option("output directory")
+    max_steps: int = option("optimizer steps per run")
+    preset: str | None = option("model preset (default: tiny)", None)
+    model: str | None = option("model dir to continue from", None)
+    seed: int = option("seed of every run", 0)
+    score: str = option("token score", "excess", choices=SCORES)
+    seq_len: int | None = option("(default: the LossStore's)", None)
+    overwrite: bool = option("rerun ratios already done", False)
 
     def __post_init__(self):
         if self.preset and self.model:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from rho import distributed as dist
-from rho.commands.parser import Command
+from rho.commands.parser import Command, option
 from rho.inspect_store import describe
 from rho.tokenize import tokenize_corpus
 
@@ -16,45 +16,33 @@ class TokenizeOptions:
     the chunks already encoded. Under torchrun the ranks share the chunks (every rank must see
     --out's directory)."""
 
-    inputs: list[str] = field(
-        metadata={"positional": True, "help": ".txt, .jsonl[.gz], .parquet or dataset dirs"}
+    inputs: list[str] = option(".txt, .jsonl[.gz], .parquet or dataset dirs", positional=True)
+    out: str = option("TokenStore directory to write")
+    tokenizer: str | None = option("HF tokenizer directory or hub name", None)
+    train_tokenizer: int | None = option(
+        "train a byte-level BPE of this size", None, metavar="VOCAB"
     )
-    out: str = field(metadata={"help": "TokenStore directory to write"})
-    tokenizer: str | None = field(
-        default=None,
-        metadata={"help": "HF tokenizer directory or hub name"},
+    domain: list[str] | None = option(
+        "domain label: once for all inputs, or once per input", None, repeat=True
     )
-    train_tokenizer: int | None = field(
-        default=None,
-        metadata={"metavar": "VOCAB", "help": "train a byte-level BPE of this size"},
+    text_field: str = option("jsonl/parquet text field", "text")
+    format: str = option(
+        "text: documents; messages: chat JSONL, one {'messages': [{'role', 'content'}, ...]} per "
+        "line (TRL's conversational format), rendered with the tokenizer's chat template (or "
+        "'<role>: content' lines without one), with a loss mask: only assistant turns carry "
+        "loss. messages runs in one process (no torchrun, --workers 1)",
+        "text",
+        choices=("text", "messages"),
     )
-    domain: list[str] | None = field(
-        default=None,
-        metadata={"repeat": True, "help": "domain label: once for all inputs, or once per input"},
+    workers: int = option(
+        "processes per rank that encode chunks. Default 1, the fastest measured: the Rust "
+        "tokenizer already spreads each batch over every core, and on 2 cores 2 workers were no "
+        "faster (bench/bench_tokenize.py). More help only where one process's reading and "
+        "packing is the bottleneck (many cores). torchrun --nproc_per_node N shares the chunks "
+        "among N ranks; the store is the same either way",
+        1,
     )
-    text_field: str = field(default="text", metadata={"help": "jsonl/parquet text field"})
-    format: str = field(
-        default="text",
-        metadata={
-            "choices": ("text", "messages"),
-            "help": "text: documents; messages: chat JSONL, one {'messages': [{'role', "
-            "'content'}, ...]} per line (TRL's conversational format), rendered with the "
-            "tokenizer's chat template (or '<role>: content' lines without one), with a loss "
-            "mask: only assistant turns carry loss. messages runs in one process (no torchrun, "
-            "--workers 1)",
-        },
-    )
-    workers: int = field(
-        default=1,
-        metadata={
-            "help": "processes per rank that encode chunks. Default 1, the fastest measured: the "
-            "Rust tokenizer already spreads each batch over every core, and on 2 cores 2 workers "
-            "were no faster (bench/bench_tokenize.py). More help only where one process's "
-            "reading and packing is the bottleneck (many cores). torchrun --nproc_per_node N "
-            "shares the chunks among N ranks; the store is the same either way"
-        },
-    )
-    overwrite: bool = field(default=False, metadata={"help": "replace an existing --out"})
+    overwrite: bool = option("replace an existing --out", False)
 
 
 def main(options: TokenizeOptions) -> int:

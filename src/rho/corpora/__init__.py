@@ -31,4 +31,3 @@ def demo_path(split: str) -> Path:
     if split not in SPLITS:
         raise UserError(f"unknown demo split {split!r}: expected one of {', '.join(SPLITS)}")
     return DEMO_DIR / f"{split}.jsonl.gz"
-
