@@ -9,9 +9,8 @@
 - :mod:`rho.analysis.plots`: matplotlib figures (Agg backend).
 - :mod:`rho.analysis.dynamics_report`, :mod:`rho.analysis.selection_report`,
   :mod:`rho.analysis.html_report`: one command each (load, call the pure analyses, write the
-  files), sharing :mod:`rho.analysis.common`.
-- :mod:`rho.analysis.cli`: ``rho analyze dynamics | selection | html`` (and ``sweep``, the old
-  spelling of ``rho sweep``): dispatch only.
+  files), sharing :mod:`rho.analysis.common`; their options are :mod:`rho.commands.analyze`
+  (``rho analyze dynamics | selection | html``).
 
 The first three are pure (arrays in, arrays or dicts out, no I/O) and tested on hand-made inputs.
 """
