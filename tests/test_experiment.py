@@ -213,6 +213,33 @@ def test_config_and_flags(tmp_path, data):
                          heldout=[f"t={data['target']}"]).check_inputs()  # fmt: skip
 
 
+def test_training_options_reach_the_training_arguments(tmp_path, data):
+    """`training: {...}` in a config sets TrainingArguments of every run (bf16 on a GPU); a step
+    stays --batch_size windows (accumulation makes the micro-batches smaller); what the
+    experiment sets itself, an unknown option, or an accumulation that does not divide the
+    batch is one line."""
+    from rho.experiment.training_run import training_arguments
+
+    config = write_config(tmp_path / "c.yaml", data, tmp_path / "o",
+                          training={"bf16": True, "gradient_accumulation_steps": 4,
+                                    "weight_decay": 0.0})  # fmt: skip
+    cfg = ExperimentConfig(**load_yaml(config))
+    args = training_arguments(tmp_path / "run", cfg.view("arms"), 10, 0, 1e-3, save=False)
+    assert args.bf16 and args.weight_decay == 0.0 and args.gradient_accumulation_steps == 4
+    assert args.per_device_train_batch_size * 4 == cfg.batch_size
+    plain = training_arguments(tmp_path / "run", ExperimentConfig(), 10, 0, 1e-3, save=False)
+    assert not plain.bf16 and plain.weight_decay == 0.1 and plain.gradient_accumulation_steps == 1
+    assert ExperimentConfig(training='{"fp16": false}').training == {"fp16": False}  # a flag
+    for bad, message in [
+        ({"learning_rate": 1.0}, "use --learning_rate"),
+        ({"bf17": True}, "'bf17' is not a transformers.TrainingArguments option"),
+        ({"gradient_accumulation_steps": 3}, "positive divisor of --batch_size 16"),
+        ("{bf16: true}", "--training is not JSON"),
+    ]:
+        with pytest.raises(UserError, match=message):
+            ExperimentConfig(training=bad)
+
+
 @pytest.mark.slow
 def test_a_model_directory_as_base(tmp_path, data):
     """`base: DIR` (any saved AutoModelForCausalLM with its tokenizer): no base pretraining,

@@ -153,3 +153,23 @@ def test_selective_trainer_bf16_steps(reference, token_store, model_dir, tmp_pat
         for a, p in zip(before, model.parameters(), strict=True)
     ]
     assert all(moved)
+
+
+@needs_cuda
+def test_an_experiment_config_trains_in_bf16_on_the_gpu(tmp_path):
+    """`training: {bf16: true}` in a config reaches every run's TrainingArguments on CUDA."""
+    import subprocess
+    import sys
+
+    config = tmp_path / "bf16.yaml"
+    config.write_text("training: {bf16: true}\narms: clm,slm\nseeds: [0]\n")
+    out = tmp_path / "demo"
+    command = [sys.executable, "-m", "rho", "demo", "--quick", "--config", str(config),
+               "--out", str(out)]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    saved = sorted(out.rglob("training_args.bin"))
+    assert saved, "no run saved its TrainingArguments"
+    for path in saved:
+        args = torch.load(path, weights_only=False)  # our own run's file
+        assert args.bf16 and not args.use_cpu, path

@@ -79,8 +79,10 @@ CHANGES = {
     "base_tokens": (1000, AFTER_BASE),
     "from_scratch": (True, AFTER_BASE),
     # a proxy: "all" now holds slm-proxy, with the proxy, its reference and its scores
-    "reference_base": ("1m", {"proxy", "proxy-ref-seed0", "score-proxy0-draw-x1-seed0",
-                              "slm-proxy-seed0"}),  # fmt: skip
+    "reference_base": (
+        "1m",
+        {"proxy", "proxy-ref-seed0", "score-proxy0-draw-x1-seed0", "slm-proxy-seed0"},
+    ),  # fmt: skip
     "tokenizer": ("some/tokenizer", EVERY),
     "vocab": (512, EVERY),
     "arms": ("clm,slm", set()),
@@ -89,29 +91,54 @@ CHANGES = {
     "reference_seeds": ([0, 2], {"reference-seed2", "score-ref2-draw-x1-seed1", "slm-seed1"}),
     "train_tokens": (4096, EVERY - {"data", "mix", "base", "self-sample-seed0", "self-ref-seed0"}),
     # the scoring references are no longer the reference arm's runs: both redone
-    "ref_tokens": (3000, {"ref-seed0", "ref-seed1"} | REFERENCES | SCORES | USES_SCORES
-                   | {"analyses"}),  # fmt: skip
+    "ref_tokens": (
+        3000,
+        {"ref-seed0", "ref-seed1"} | REFERENCES | SCORES | USES_SCORES | {"analyses"},
+    ),  # fmt: skip
     "curated_tokens": (5000, EVERY),
     "self_reference": (0.2, SELF),
-    "ratio": (0.5, {"slm-seed0", "slm-seed1", "slm-random-seed0", "slm-mix-seed0",
-                    "pruned-slm-seed0", "rholoss+token-seed0", "proto-slm-seed0",
-                    "analyses"} | SELF_ARMS),  # fmt: skip
+    "ratio": (
+        0.5,
+        {
+            "slm-seed0",
+            "slm-seed1",
+            "slm-random-seed0",
+            "slm-mix-seed0",
+            "pruned-slm-seed0",
+            "rholoss+token-seed0",
+            "proto-slm-seed0",
+            "analyses",
+        }
+        | SELF_ARMS,
+    ),  # fmt: skip
     "mix_share": (0.3, {"mix"} | MIXED),
     # the pruned arms draw 4 budgets (rholoss's draw, already scored) and prune it
     "prune_keep": (0.25, {"prune-ref0-draw-x4-seed0", "pruned-clm-seed0", "pruned-slm-seed0"}),
-    "candidate_factor": (8, {"draw-x8-seed0", "score-ref0-draw-x8-seed0", "rholoss-seed0",
-                             "rholoss+token-seed0"}),  # fmt: skip
-    "proto_keep": (0.25, {"embed-draw-x4-seed0", "proto-draw-x4-seed0",
-                          "score-ref0-proto-draw-x4-seed0", "proto-clm-seed0",
-                          "proto-slm-seed0"}),  # fmt: skip
+    "candidate_factor": (
+        8,
+        {"draw-x8-seed0", "score-ref0-draw-x8-seed0", "rholoss-seed0", "rholoss+token-seed0"},
+    ),  # fmt: skip
+    "proto_keep": (
+        0.25,
+        {
+            "embed-draw-x4-seed0",
+            "proto-draw-x4-seed0",
+            "score-ref0-proto-draw-x4-seed0",
+            "proto-clm-seed0",
+            "proto-slm-seed0",
+        },
+    ),  # fmt: skip
     "proto_from": ("easy", PROTO),
     "proto_dedup": (0.9, PROTO),
     "embed_layer": (0, {"embed-draw-x2-seed0"} | PROTO),
     "seq_len": (128, EVERY - {"data", "mix"}),
     "batch_size": (8, EVERY - {"data", "mix", "self-sample-seed0"}),
-    "learning_rate": (5e-4, REFERENCES | SCORES | ARM_RUNS | SELF - {"self-sample-seed0"}
-                      | {"analyses"}),  # fmt: skip
+    "learning_rate": (
+        5e-4,
+        REFERENCES | SCORES | ARM_RUNS | SELF - {"self-sample-seed0"} | {"analyses"},
+    ),  # fmt: skip
     "base_learning_rate": (1e-3, AFTER_BASE),
+    "training": ({"weight_decay": 0.0}, AFTER_BASE),
     "evals": (4, AFTER_BASE),
     "eval_windows": (0, AFTER_BASE),
     "validation_fraction": (0.4, EVERY),

@@ -142,8 +142,10 @@ def reference_lines(results: dict) -> list[str]:
             )
             continue
         start = "the base" if source == "base" else "the proxy"
-        shared = source == "base" and "reference" in results["runs"] and all(
-            n.startswith("reference-") for n in mine
+        shared = (
+            source == "base"
+            and "reference" in results["runs"]
+            and all(n.startswith("reference-") for n in mine)
         )
         lines.append(
             f"The {'proxy ' if source == 'proxy' else ''}scoring references are {start} "
@@ -169,9 +171,11 @@ def draw_lines(results: dict) -> list[str]:
         "reads, not for the whole corpus"
     )
     if scored:
-        text += " (tokens scored per seed: " + ", ".join(
-            f"{a} {t:,.0f}" for a, t in scored.items()
-        ) + ")"
+        text += (
+            " (tokens scored per seed: "
+            + ", ".join(f"{a} {t:,.0f}" for a, t in scored.items())
+            + ")"
+        )
     return [text + "."]
 
 
@@ -192,8 +196,11 @@ def splits_lines(results: dict) -> list[str]:
         f"every evaluation) and the target of the compute table, {target['what']}. Test: the "
         "final losses below, computed once per run on the whole set. Nothing in this run chose "
         "a setting: they are the config's (results.json, `config`), "
-        + (f"chosen before it: {cfg['choices']}" if cfg.get("choices") else
-           "not tuned on the test sets or on the validation sets by this run."),  # fmt: skip
+        + (
+            f"chosen before it: {cfg['choices']}"
+            if cfg.get("choices")
+            else "not tuned on the test sets or on the validation sets by this run."
+        ),  # fmt: skip
         "",
     ]
 

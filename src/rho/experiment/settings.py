@@ -12,6 +12,7 @@ defaults; flags given on the command line win.
 from __future__ import annotations
 
 import glob
+import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -171,13 +172,19 @@ class ExperimentConfig:
         stages=(*TRAINING, "sample", "draw", "score", "embed", "proto", "analyses"),
         help="window length (tokens)",
     )
-    batch_size: int = option(
-        16, stages=(*TRAINING, "draw"), help="windows per optimizer step"
-    )
+    batch_size: int = option(16, stages=(*TRAINING, "draw"), help="windows per optimizer step")
     learning_rate: float = option(
         1e-3, stages=("reference", "self-reference", "arms"), help="arms and references"
     )
     base_learning_rate: float = option(3e-3, stages=("base", "proxy"), help="base pretraining")
+    training: dict | str | None = option(
+        None,
+        stages=TRAINING,
+        help="transformers.TrainingArguments options for every training run, as a mapping "
+        "(config: training: {bf16: true, gradient_accumulation_steps: 4}; flag: JSON). The "
+        "schedule's own options (--batch_size: windows per optimizer step, --learning_rate, "
+        "--seeds, --evals) are set by their flags, not here",
+    )
     evals: int = option(8, stages=TRAINING, help="validation evaluations per run")
     eval_windows: int = option(
         48,
@@ -204,6 +211,7 @@ class ExperimentConfig:
     )
 
     def __post_init__(self):
+        self.training = training_options(self.training)
         self.check()
 
     @property
@@ -262,6 +270,11 @@ class ExperimentConfig:
                 raise UserError(f"--{name} must be >= 0")
         if self.ref_tokens < 0 or self.curated_tokens < 0:
             raise UserError("--ref_tokens and --curated_tokens must be >= 0")
+        accumulation = self.training.get("gradient_accumulation_steps", 1)
+        if not isinstance(accumulation, int) or accumulation < 1 or self.batch_size % accumulation:
+            raise UserError(f"training: gradient_accumulation_steps {accumulation!r} must be a "
+                            f"positive divisor of --batch_size {self.batch_size} (windows per "
+                            "optimizer step)")  # fmt: skip
         proxied = [a for a in self.arm_list if ARMS[a].proxy]
         if proxied and self.reference_base is None:
             raise UserError(f"--arms {proxied[0]} needs --reference_base (the proxy's start)")
@@ -339,6 +352,43 @@ class ConfigView:
                 f"the {self._stage} stage does not declare --{name} (see ExperimentConfig's stages)"
             )
         return getattr(self._cfg, name)
+
+
+# TrainingArguments the experiment derives from its own options: set them by those flags.
+SCHEDULE_OWNED = {
+    "output_dir": "--out", "max_steps": "--train_tokens", "num_train_epochs": "--train_tokens",
+    "per_device_train_batch_size": "--batch_size", "per_device_eval_batch_size": "--batch_size",
+    "learning_rate": "--learning_rate", "seed": "--seeds", "data_seed": "--seeds",
+    "eval_strategy": "--evals", "eval_steps": "--evals", "save_strategy": "(the experiment)",
+    "save_steps": "--evals", "logging_steps": "--evals",
+}  # fmt: skip
+
+
+def training_options(value: dict | str | None) -> dict:
+    """``--training`` as a mapping of TrainingArguments fields (JSON on the command line): an
+    unknown field, or one the experiment sets from its own options, is one line."""
+    from transformers import TrainingArguments
+
+    if value is None or value == "":
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as err:
+            msg = f"--training is not JSON ({err.msg}): write '{{\"bf16\": true}}'"
+            raise UserError(msg) from None
+            raise UserError(msg) from None
+    if not isinstance(value, dict):
+        raise UserError("--training must be a mapping of TrainingArguments options")
+    known = {f.name for f in fields(TrainingArguments)}
+    for name in value:
+        if name in SCHEDULE_OWNED:
+            raise UserError(
+                f"training: {name} is set by the experiment: use {SCHEDULE_OWNED[name]}"
+            )
+        if name not in known:
+            raise UserError(f"training: {name!r} is not a transformers.TrainingArguments option")
+    return dict(value)
 
 
 def heldout_sets(items: list[str]) -> dict[str, list[str]]:

@@ -15,8 +15,10 @@ from tqdm.auto import tqdm
 from transformers import PrinterCallback, TrainerCallback, TrainingArguments
 
 from rho.data import WindowDataset
+from rho.errors import UserError
 from rho.eval.heldout import evaluate_store
 from rho.experiment.prepare import SPLITS
+from rho.files import one_line
 from rho.models import PRESETS, count_parameters
 from rho.options import ModelDataArguments, SelectionArguments
 from rho.runs import eval_records
@@ -71,12 +73,15 @@ class EvaluateAtEnd(TrainerCallback):
 def training_arguments(
     directory: Path, cfg, steps: int, seed: int, lr: float, save: bool
 ) -> TrainingArguments:
-    """The schedule every arm shares: cosine with 5% warmup, AdamW (β2 0.95, wd 0.1)."""
+    """The schedule every arm shares: cosine with 5% warmup, AdamW (β2 0.95, wd 0.1), then the
+    config's ``training`` options on top (bf16 on a GPU, gradient accumulation, ...). A step
+    is always ``batch_size`` windows: accumulation splits it into smaller micro-batches."""
     every = max(1, steps // cfg.evals)
-    return TrainingArguments(
+    accumulation = cfg.training.get("gradient_accumulation_steps", 1)
+    schedule = dict(
         output_dir=str(directory),
         max_steps=steps,
-        per_device_train_batch_size=cfg.batch_size,
+        per_device_train_batch_size=cfg.batch_size // accumulation,
         per_device_eval_batch_size=cfg.batch_size,
         learning_rate=lr,
         lr_scheduler_type="cosine",
@@ -97,6 +102,10 @@ def training_arguments(
         log_level="error",
         dataloader_num_workers=0,
     )
+    try:
+        return TrainingArguments(**(schedule | cfg.training))
+    except ValueError as err:  # e.g. bf16 where the device has none
+        raise UserError(f"training: {one_line(err, 300)}") from None
 
 
 def validation_sample(store: str, seq_len: int, windows: int) -> Subset:
