@@ -34,6 +34,7 @@ from rho.files import (
     hash_arrays,
     mark_output,
     output_lock,
+    remove_tree,
     save_npy_atomic,
     write_json_atomic,
 )
@@ -239,9 +240,7 @@ def finish(out: Path, meta: dict, n_batches: int) -> dict:
     meta.update(complete=True, embedding_hash=hash_arrays(rows))
     del rows
     write_json_atomic(out / "meta.json", meta)
-    for file in (out / "progress").glob("*"):
-        file.unlink(missing_ok=True)
-    (out / "progress").rmdir()
+    remove_tree(out / "progress")  # after meta says complete: a kill here loses nothing
     return meta
 
 

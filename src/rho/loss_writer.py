@@ -19,7 +19,14 @@ from pathlib import Path
 import numpy as np
 
 from rho.errors import UserError
-from rho.files import building, hash_arrays, read_json, save_npy_atomic, write_json_atomic
+from rho.files import (
+    building,
+    hash_arrays,
+    read_json,
+    remove_tree,
+    save_npy_atomic,
+    write_json_atomic,
+)
 from rho.store import (
     FINITE_RECORDS,
     FORMAT_VERSION,
@@ -253,9 +260,7 @@ def finish(
         meta.update(entropy_hash=hash_arrays(entropy))
     del ref_loss, entropy
     write_json_atomic(out / "meta.json", meta)
-    for file in (out / "progress").glob("*"):
-        file.unlink(missing_ok=True)
-    (out / "progress").rmdir()
+    remove_tree(out / "progress")  # after meta says complete: a kill here loses nothing
     return meta
 
 
