@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -19,7 +20,12 @@ DPI = 120
 def _figure(width: float, height: float):
     fig = Figure(figsize=(width, height), dpi=DPI)
     FigureCanvasAgg(fig)
-    return fig, fig.subplots()
+    ax = fig.subplots()
+    # 20 distinct colours (tab20's dark shades, then its light ones): `--arms all` draws 15
+    # lines, and the default 10-colour cycle would give two arms one colour.
+    tab20 = colormaps["tab20"].colors
+    ax.set_prop_cycle(color=[*tab20[0::2], *tab20[1::2]])
+    return fig, ax
 
 
 @plain_text  # arm and axis names are the user's text: shown literally
