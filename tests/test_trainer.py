@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import TrainerCallback, TrainingArguments
+from transformers import TrainerCallback
 
 import rho.trainer as rt
 from rho.data import WindowCollator, WindowDataset
@@ -25,7 +25,7 @@ from rho.models import build_model, check_not_same_model
 from rho.options import ModelDataArguments, SelectionArguments
 from rho.runs import METRICS_FILE, OPTIONS_FILE
 from rho.select import n_keep
-from rho.trainer import DUMP_ENV, SelectiveTrainer
+from rho.trainer import DUMP_ENV, SelectiveTrainer, SelectiveTrainingArguments
 from rho.training import build_trainer, run_training
 
 SEQ = 32
@@ -95,7 +95,8 @@ def stores(tmp_path_factory) -> Stores:
     return s
 
 
-def targs(out: Path, **kw) -> TrainingArguments:
+def targs(out: Path, **kw) -> SelectiveTrainingArguments:
+    """Training and selection options (rho's defaults: token selection, ratio 0.6)."""
     base = dict(
         output_dir=str(out),
         use_cpu=True,
@@ -109,14 +110,12 @@ def targs(out: Path, **kw) -> TrainingArguments:
         disable_tqdm=True,
         dataloader_num_workers=0,
     )
-    return TrainingArguments(**{**base, **kw})
+    return SelectiveTrainingArguments(**{**base, **kw})
 
 
 def make_trainer(s: Stores, out: Path, data: dict | None = None, sel: dict | None = None, **kw):
     data = {"tokens": str(s.tokens), "preset": "tiny", "ref_losses": str(s.losses), **(data or {})}
-    return build_trainer(
-        ModelDataArguments(**data), SelectionArguments(**(sel or {})), targs(out, **kw)
-    )
+    return build_trainer(ModelDataArguments(**data), targs(out, **(sel or {}), **kw))
 
 
 def read_metrics(out: Path) -> list[dict]:
@@ -172,7 +171,7 @@ def offline_run(stores, tmp_path_factory):
         eval_steps=10,
         per_device_eval_batch_size=64,
     )
-    run_training(data, SelectionArguments(), args)
+    run_training(data, args)
     return out
 
 
@@ -523,6 +522,8 @@ def test_offline_and_online_reference_together_is_ambiguous(stores, tmp_path):
 def test_bad_selection_options(options):
     with pytest.raises(UserError):
         SelectionArguments(**options)
+    with pytest.raises(UserError):  # the same checks as part of the training arguments
+        targs(Path("unused"), **options)
 
 
 def run_rho(*args, env=None, timeout=180) -> subprocess.CompletedProcess:

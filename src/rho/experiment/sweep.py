@@ -12,7 +12,7 @@ import math
 import time
 from pathlib import Path
 
-from transformers import HfArgumentParser, TrainingArguments
+from transformers import HfArgumentParser
 
 from rho.analysis import plots
 from rho.analysis import selection as sel
@@ -26,13 +26,15 @@ from rho.files import (
     write_json_atomic,
     write_text_atomic,
 )
-from rho.options import ModelDataArguments, SelectionArguments
+from rho.options import ModelDataArguments
 from rho.runs import RUN_KIND
 from rho.select import SCORES, check_ratio
-from rho.training import RhoTrainingArguments, run_training
+from rho.trainer import SelectiveTrainingArguments
+from rho.training import run_training
 
 SWEEP_KIND = "rho.Sweep"  # output_kind of its --out (rho.files)
-RESERVED = ("--output_dir", "--output-dir", "--max_steps", "--max-steps", "--seed")
+RESERVED = ("--output_dir", "--output-dir", "--max_steps", "--max-steps", "--seed", "--selection")
+RESERVED += ("--ratio",)
 
 
 def cli(argv: list[str]) -> int:
@@ -60,7 +62,8 @@ def cli(argv: list[str]) -> int:
     for flag in rest:
         if flag.split("=")[0] in RESERVED:
             raise UserError(
-                f"{flag.split('=')[0]} is set by the sweep: use --out, --max-steps, --seed"
+                f"{flag.split('=')[0]} is set by the sweep: use --out, --max-steps, --seed, "
+                "--ratios"
             )
     check_positive("--max-steps", args.max_steps)
     for r in args.ratios:
@@ -89,8 +92,9 @@ def cli(argv: list[str]) -> int:
     return 0
 
 
-def _training_arguments(argv: list[str]) -> TrainingArguments:
-    parser = HfArgumentParser(RhoTrainingArguments)  # rho's defaults, like `rho train`
+def _training_arguments(argv: list[str]) -> SelectiveTrainingArguments:
+    """The training options; the sweep sets the selection options itself (appended last)."""
+    parser = HfArgumentParser(SelectiveTrainingArguments)  # rho's defaults, like `rho train`
     parser.prog = "rho analyze sweep (TrainingArguments)"
     try:
         (args,) = parser.parse_args_into_dataclasses(args=argv)
@@ -136,6 +140,7 @@ def run_sweep(
         defaults = ["--report_to", "none", "--save_strategy", "no"]
         defaults += ["--logging_steps", str(max(1, max_steps // 20))]
         forced = ["--output_dir", str(run_dir), "--max_steps", str(max_steps), "--seed", str(seed)]
+        forced += ["--selection", "token", "--ratio", repr(ratio), "--score", score]
         args = _training_arguments([*defaults, *(training_argv or []), *forced])
         data = ModelDataArguments(
             tokens=str(tokens),
@@ -148,9 +153,7 @@ def run_sweep(
         if progress:
             print(f"ratio {ratio:g}: training {max_steps} steps into {run_dir}")
         t0 = time.perf_counter()
-        trainer = run_training(
-            data, SelectionArguments(selection="token", ratio=ratio, score=score), args
-        )
+        trainer = run_training(data, args)
         history = trainer.state.log_history
         evals = [h["eval_loss"] for h in history if "eval_loss" in h]
         trains = [h["loss"] for h in history if "loss" in h]

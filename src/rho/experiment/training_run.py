@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import Subset
 from tqdm.auto import tqdm
-from transformers import PrinterCallback, TrainerCallback, TrainingArguments
+from transformers import PrinterCallback, TrainerCallback
 
 from rho.data import WindowDataset
 from rho.eval.heldout import evaluate_store
@@ -21,6 +21,7 @@ from rho.models import PRESETS, count_parameters
 from rho.options import ModelDataArguments, SelectionArguments
 from rho.runs import eval_records
 from rho.store import TokenStore
+from rho.trainer import SelectiveTrainingArguments
 from rho.training import build_trainer
 
 
@@ -69,11 +70,19 @@ class EvaluateAtEnd(TrainerCallback):
 
 
 def training_arguments(
-    directory: Path, cfg, steps: int, seed: int, lr: float, save: bool
-) -> TrainingArguments:
-    """The schedule every arm shares: cosine with 5% warmup, AdamW (β2 0.95, wd 0.1)."""
+    directory: Path,
+    cfg,
+    steps: int,
+    seed: int,
+    lr: float,
+    save: bool,
+    selection: SelectionArguments,
+) -> SelectiveTrainingArguments:
+    """The schedule every arm shares: cosine with 5% warmup, AdamW (β2 0.95, wd 0.1); the
+    arm's own selection."""
     every = max(1, steps // cfg.evals)
-    return TrainingArguments(
+    return SelectiveTrainingArguments(
+        **selection.selection_options(),
         output_dir=str(directory),
         max_steps=steps,
         per_device_train_batch_size=cfg.batch_size,
@@ -139,8 +148,8 @@ def train_run(
         seq_len=cfg.seq_len,
     )
     run = directory / "run"
-    args = training_arguments(run, cfg, steps, seed, lr, save_checkpoints)
-    trainer = build_trainer(data, selection, args)
+    args = training_arguments(run, cfg, steps, seed, lr, save_checkpoints, selection)
+    trainer = build_trainer(data, args)
     trainer.eval_dataset = {
         axis: validation_sample(stores[f"{axis}-validation"], cfg.seq_len, cfg.eval_windows)
         for axis in axes
