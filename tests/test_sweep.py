@@ -60,6 +60,10 @@ def test_sweep_command(workspace, capsys):
     assert "reusing" in capsys.readouterr().out
     assert main(argv + ["--output_dir", str(out)]) == 2  # the sweep sets each run's own
     assert "set by the sweep" in capsys.readouterr().err
+    assert main(argv + ["--ratio", "0.3"]) == 2  # and its selection: --ratios, --score
+    assert "set by the sweep" in capsys.readouterr().err
+    data = json.loads((out / "runs" / "ratio-0.5" / "rho_options.json").read_text())
+    assert data["selection"]["ratio"] == 0.5 and data["selection"]["selection"] == "token"
     # `rho sweep` is the same command.
     assert main(["sweep", *argv[2:]]) == 0
     assert "reusing" in capsys.readouterr().out
