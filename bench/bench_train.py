@@ -44,18 +44,13 @@ def build_stores(root: Path, vocab: int, n_windows: int, seq_len: int, ref_model
 
 
 def make_trainer(model, out: Path, selection: str, ref_model=None, dataset=None):
-    from transformers import TrainingArguments
+    from rho.trainer import SelectiveTrainer, SelectiveTrainingArguments
 
-    from rho.options import SelectionArguments
-    from rho.trainer import SelectiveTrainer
-
-    args = TrainingArguments(
-        output_dir=str(out), use_cpu=True, report_to="none", disable_tqdm=True, save_strategy="no"
-    )
-    sel = SelectionArguments(selection=selection, ratio=0.6, score="excess", scope="batch")
-    return SelectiveTrainer(
-        model=model, args=args, train_dataset=dataset, selection=sel, ref_model=ref_model
-    )
+    args = SelectiveTrainingArguments(
+        output_dir=str(out), use_cpu=True, report_to="none", disable_tqdm=True, save_strategy="no",
+        selection=selection, ratio=0.6, score="excess", scope="batch",
+    )  # fmt: skip
+    return SelectiveTrainer(model=model, args=args, train_dataset=dataset, ref_model=ref_model)
 
 
 def main() -> None:

@@ -142,8 +142,7 @@ def main() -> None:
 
     from rho.data import WindowCollator, WindowDataset
     from rho.models import build_model, count_parameters
-    from rho.options import SelectionArguments
-    from rho.trainer import SelectiveTrainer
+    from rho.trainer import SelectiveTrainer, SelectiveTrainingArguments
 
     hf_logging.set_verbosity_error()
     dtype = "bfloat16" if CUDA else "float32"
@@ -207,16 +206,18 @@ def main() -> None:
             reset_memory()
             kw = dict(
                 model=model(0),
-                args=TrainingArguments(output_dir=str(root / name), **train_args),
                 train_dataset=WindowDataset(tokens, args.seq_len, loss_store),
                 data_collator=collator,
             )
+            out = str(root / name)
             if selection == "stock":
-                trainer = Trainer(**kw)
+                trainer = Trainer(**kw, args=TrainingArguments(output_dir=out, **train_args))
             else:
                 ref = model(1).to(ref_dtype) if ref_dtype is not None else None
-                sel = SelectionArguments(selection=selection, ratio=0.6, score="excess")
-                trainer = SelectiveTrainer(**kw, selection=sel, ref_model=ref)
+                targs = SelectiveTrainingArguments(
+                    output_dir=out, **train_args, selection=selection, ratio=0.6, score="excess"
+                )
+                trainer = SelectiveTrainer(**kw, args=targs, ref_model=ref)
             speed = time_training(trainer, args.warmup)
             rows[name] = dict(tokens_per_s=speed, flops_per_token=6 * n_params, peak_gib=peak_gib())
             del trainer, kw

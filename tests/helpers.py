@@ -13,11 +13,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from transformers import TrainingArguments
-
 from rho.experiment.report import PAPER
 from rho.runs import METRICS_FILE
 from rho.store import TokenStore
+from rho.trainer import SelectiveTrainingArguments
 
 # --- Documents and corpus files ----------------------------------------------------------------
 
@@ -148,8 +147,9 @@ def make_stores(root: Path, n_docs: int, corpus_seed: int, ref_seed: int) -> Sto
     return s
 
 
-def targs(out: Path, **kw) -> TrainingArguments:
-    """One CPU step of a quiet Trainer; ``kw`` overrides."""
+def targs(out: Path, **kw) -> SelectiveTrainingArguments:
+    """One CPU step of a quiet Trainer, rho's selection defaults (token, ratio 0.6); ``kw``
+    overrides."""
     base = dict(
         output_dir=str(out),
         use_cpu=True,
@@ -163,7 +163,7 @@ def targs(out: Path, **kw) -> TrainingArguments:
         disable_tqdm=True,
         dataloader_num_workers=0,
     )
-    return TrainingArguments(**{**base, **kw})
+    return SelectiveTrainingArguments(**{**base, **kw})
 
 
 def read_metrics(out: Path) -> list[dict]:

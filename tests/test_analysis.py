@@ -23,11 +23,11 @@ NOISE = "<script>alert('x')</script> & qzv "
 def workspace(tmp_path_factory):
     """A TokenStore with domains and a noise mask, a reference LossStore, and SLM and CLM runs
     with checkpoints at steps 2 and 4."""
-    from transformers import TrainingArguments
 
     from rho.models import build_model
-    from rho.options import ModelDataArguments, SelectionArguments
+    from rho.options import ModelDataArguments
     from rho.score import score_store
+    from rho.trainer import SelectiveTrainingArguments
     from rho.training import run_training
 
     root = tmp_path_factory.mktemp("analysis")
@@ -43,7 +43,8 @@ def workspace(tmp_path_factory):
     score_store(ref, tokens, root / "ref_losses", SEQ, batch_size=8, progress=False)
 
     def run(name, selection):
-        args = TrainingArguments(
+        args = SelectiveTrainingArguments(
+            **selection,
             output_dir=str(root / name),
             max_steps=4,
             save_steps=2,
@@ -58,10 +59,10 @@ def workspace(tmp_path_factory):
         data = ModelDataArguments(
             tokens=str(root / "tokens"), preset="tiny", ref_losses=str(root / "ref_losses")
         )
-        run_training(data, selection, args)
+        run_training(data, args)
 
-    run("slm", SelectionArguments(ratio=0.6))
-    run("clm", SelectionArguments(selection="none"))
+    run("slm", {"ratio": 0.6})
+    run("clm", {"selection": "none"})
     return root
 
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers import torch_threads, write_jsonl
-from transformers import AutoTokenizer, TrainerCallback, TrainingArguments
+from transformers import AutoTokenizer, TrainerCallback
 
 from rho.chat import Conversation, render, render_plain, response_mask
 from rho.cli import main
@@ -24,12 +24,12 @@ from rho.inspect_store import describe
 from rho.loss import slm_loss
 from rho.loss_writer import finite_fraction
 from rho.models import build_model
-from rho.options import ModelDataArguments, SelectionArguments
+from rho.options import ModelDataArguments
 from rho.prune import prune_store
 from rho.score import score_store
 from rho.store import LossStore, TokenStore, loss_positions, window_starts
 from rho.tokenize import tokenize_corpus
-from rho.trainer import DUMP_ENV
+from rho.trainer import DUMP_ENV, SelectiveTrainingArguments
 from rho.training import build_trainer
 
 SEQ = 64
@@ -284,12 +284,13 @@ def chat_trainer(chat_store, chat_losses, out, selection: dict):
     data = ModelDataArguments(
         tokens=str(chat_store.path), preset="tiny", ref_losses=str(chat_losses.path)
     )
-    args = TrainingArguments(
-        output_dir=str(out), use_cpu=True, report_to="none", per_device_train_batch_size=4,
+    args = SelectiveTrainingArguments(
+        **selection, output_dir=str(out), use_cpu=True, report_to="none",
+        per_device_train_batch_size=4,
         max_steps=1, save_strategy="no", disable_tqdm=True, dataloader_num_workers=0,
         learning_rate=1e-3, optim="sgd", lr_scheduler_type="constant", max_grad_norm=0.0,
     )  # fmt: skip
-    return build_trainer(data, SelectionArguments(**selection), args)
+    return build_trainer(data, args)
 
 
 @pytest.mark.parametrize("selection", ["none", "token"])

@@ -19,10 +19,10 @@ from rho.cli import main
 from rho.errors import UserError
 from rho.inspect_store import describe
 from rho.models import load_model
-from rho.options import ModelDataArguments, SelectionArguments
+from rho.options import ModelDataArguments
 from rho.score import score_store
 from rho.store import LossStore, window_starts
-from rho.trainer import DUMP_ENV
+from rho.trainer import DUMP_ENV, SelectiveTrainingArguments
 from rho.training import build_trainer
 
 SEQ = 32
@@ -258,9 +258,9 @@ def test_training_selects_by_the_reference_entropy(
     data = ModelDataArguments(
         tokens=str(token_store.path), preset="tiny", ref_losses=str(entropy_store.path)
     )
-    from transformers import TrainingArguments
-
-    args = TrainingArguments(
+    args = SelectiveTrainingArguments(
+        score=score,
+        ratio=0.4,
         output_dir=str(tmp_path / "run"),
         use_cpu=True,
         report_to="none",
@@ -270,7 +270,7 @@ def test_training_selects_by_the_reference_entropy(
         disable_tqdm=True,
         dataloader_num_workers=0,
     )
-    trainer = build_trainer(data, SelectionArguments(score=score, ratio=0.4), args)
+    trainer = build_trainer(data, args)
     trainer.train()
     dumps = sorted((tmp_path / "dump").glob("*.npz"))
     assert len(dumps) == 3

@@ -12,14 +12,12 @@ import os
 import numpy as np
 import pytest
 import torch
-from transformers import TrainingArguments
 
 from rho.data import WindowCollator, WindowDataset
 from rho.loss import CHUNK_TOKENS, slm_loss, token_losses
 from rho.models import build_model
-from rho.options import SelectionArguments
 from rho.score import score_store
-from rho.trainer import SelectiveTrainer
+from rho.trainer import SelectiveTrainer, SelectiveTrainingArguments
 
 DEVICE = os.environ.get("RHO_TEST_DEVICE", "cuda")
 pytestmark = [
@@ -120,7 +118,8 @@ def test_selective_trainer_bf16_steps(reference, token_store, model_dir, tmp_pat
         ref_model = build_model("tiny", token_store.vocab_size, seed=1)
     model = build_model("tiny", token_store.vocab_size, seed=0)
     before = [p.detach().clone() for p in model.parameters()]
-    args = TrainingArguments(
+    args = SelectiveTrainingArguments(
+        ratio=0.6,
         output_dir=str(tmp_path / "out"),
         bf16=True,
         use_cpu=DEVICE == "cpu",
@@ -137,7 +136,6 @@ def test_selective_trainer_bf16_steps(reference, token_store, model_dir, tmp_pat
         args=args,
         train_dataset=WindowDataset(token_store, seq_len, losses),
         data_collator=WindowCollator(seq_len, pad_id=token_store.eos_id),
-        selection=SelectionArguments(ratio=0.6),
         ref_model=ref_model,
     )
     trainer.train()

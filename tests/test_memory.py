@@ -133,7 +133,6 @@ def test_entropy_never_changes_float32_logits_in_place():
 
 
 def test_bf16_training_gives_the_loss_bf16_logits(monkeypatch):
-    from transformers import TrainingArguments
 
     import rho.trainer as trainer_module
     from rho.data import WindowCollator
@@ -151,7 +150,7 @@ def test_bf16_training_gives_the_loss_bf16_logits(monkeypatch):
     monkeypatch.setattr(trainer_module, "slm_loss", spy(trainer_module.slm_loss))
     monkeypatch.setattr(trainer_module, "token_losses", spy(trainer_module.token_losses))
     ids = np.random.default_rng(0).integers(0, 100, (8, 32))
-    args = TrainingArguments(
+    args = trainer_module.SelectiveTrainingArguments(
         output_dir=tempfile.mkdtemp(),
         bf16=True,
         use_cpu=True,

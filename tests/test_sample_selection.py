@@ -92,7 +92,7 @@ def sample_trainer(s: Stores, out: Path, sel: dict | None = None, data: dict | N
     sel = {"selection": "sample", "candidate_factor": FACTOR, **(sel or {})}
     data = {"tokens": str(s.tokens), "preset": "tiny", "ref_losses": str(s.losses), **(data or {})}
     kw = {"per_device_train_batch_size": B, **kw}
-    trainer = build_trainer(ModelDataArguments(**data), SelectionArguments(**sel), targs(out, **kw))
+    trainer = build_trainer(ModelDataArguments(**data), targs(out, **sel, **kw))
     # Full windows only (the store's last one is short), so token counts are exact.
     trainer.train_dataset = Subset(trainer.train_dataset, range(len(trainer.train_dataset) - 1))
     return trainer
@@ -136,7 +136,7 @@ def test_get_batch_samples_keeps_the_best_windows_and_counts_their_tokens(
     if selection == "sample":  # every valid token of the kept windows
         assert expected == sum(int(trainer._valid(b).sum()) for b in batches)
     assert n_items.item() == expected
-    counters = trainer._counters
+    counters = trainer.meter.counters
     assert counters["candidate_windows"] == 2 * FACTOR * B and counters["windows_trained"] == 2 * B
     assert counters["candidate_tokens"] == 2 * FACTOR * B * SEQ
     assert counters["tokens_trained"] == 2 * B * SEQ
@@ -149,7 +149,7 @@ def test_windows_with_the_same_score_are_kept_by_position(stores, tmp_path):
     batch["input_ids"][:, 0] = torch.arange(FACTOR * B)  # tell the rows apart (position 0: no ref)
     (kept,), _ = trainer.get_batch_samples(iter([batch]), 1, trainer.args.device)
     assert kept["input_ids"][:, 0].tolist() == list(range(B))
-    assert trainer._counters["candidate_tokens"] == 0  # no learner forward for this score
+    assert trainer.meter.counters["candidate_tokens"] == 0  # no learner forward for this score
 
 
 def test_random_windows_need_no_forward_and_no_reference(stores, tmp_path):
@@ -163,7 +163,7 @@ def test_random_windows_need_no_forward_and_no_reference(stores, tmp_path):
     (same,), _ = again.get_batch_samples(iter([batch]), 1, again.args.device)
     assert kept["input_ids"].shape == (B, SEQ) and "ref_loss" not in kept
     torch.testing.assert_close(kept["input_ids"], same["input_ids"])  # seeded
-    assert trainer._counters["candidate_tokens"] == 0
+    assert trainer.meter.counters["candidate_tokens"] == 0
 
 
 @pytest.mark.parametrize("selection", ["sample", "sample+token"])

@@ -60,6 +60,10 @@ def test_sweep_command(workspace, capsys):
     assert "reusing" in capsys.readouterr().out
     assert main(argv + ["--output_dir", str(out)]) == 2  # the sweep sets each run's own
     assert "set by the sweep" in capsys.readouterr().err
+    assert main(argv + ["--ratio", "0.3"]) == 2  # and its selection: --ratios, --score
+    assert "set by the sweep" in capsys.readouterr().err
+    data = json.loads((out / "runs" / "ratio-0.5" / "rho_options.json").read_text())
+    assert data["selection"]["ratio"] == 0.5 and data["selection"]["selection"] == "token"
     # Both spellings of its options; a TrainingArguments option the sweep's record keeps.
     assert main(["--" + a[2:].replace("-", "_") if a[:2] == "--" else a for a in argv]) == 0
     assert "reusing" in capsys.readouterr().out

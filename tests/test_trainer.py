@@ -22,6 +22,7 @@ from helpers import (
     train_logs,
     two_ranks_and_one_process,
 )
+from torch.utils.data import Subset
 from transformers import TrainerCallback
 
 import rho.trainer as rt
@@ -39,9 +40,7 @@ SEED = 0
 
 def make_trainer(s: Stores, out: Path, data: dict | None = None, sel: dict | None = None, **kw):
     data = {"tokens": str(s.tokens), "preset": "tiny", "ref_losses": str(s.losses), **(data or {})}
-    return build_trainer(
-        ModelDataArguments(**data), SelectionArguments(**(sel or {})), targs(out, **kw)
-    )
+    return build_trainer(ModelDataArguments(**data), targs(out, **(sel or {}), **kw))
 
 
 class GradCapture(TrainerCallback):
@@ -89,7 +88,7 @@ def offline_run(stores, tmp_path_factory):
         eval_steps=10,
         per_device_eval_batch_size=64,
     )
-    run_training(data, SelectionArguments(), args)
+    run_training(data, args)
     return out
 
 
@@ -237,13 +236,15 @@ def test_online_reference_trains_like_offline(stores, tmp_path):
 # --- Gradient accumulation and normalisation ----------------------------------------------------
 
 
-SGD = dict(
-    optim="sgd",
-    learning_rate=0.1,
-    lr_scheduler_type="constant",
-    max_grad_norm=0.0,
-    train_sampling_strategy="sequential",
-)
+SGD = dict(optim="sgd", learning_rate=0.1, lr_scheduler_type="constant", max_grad_norm=0.0)
+
+
+def first_windows(trainer: SelectiveTrainer, n: int = 4) -> SelectiveTrainer:
+    """Train on the store's first ``n`` (full) windows only: one step of 4 rows reads them all,
+    in whatever order the Trainer's sampler draws them (transformers 4.x has no sequential
+    sampling option)."""
+    trainer.train_dataset = Subset(trainer.train_dataset, range(n))
+    return trainer
 
 
 def test_grad_accumulation_equals_one_big_batch_for_sequence_scope(stores, tmp_path):
@@ -257,6 +258,7 @@ def test_grad_accumulation_equals_one_big_batch_for_sequence_scope(stores, tmp_p
         gradient_accumulation_steps=2,
         **SGD,
     )
+    one, two = first_windows(one), first_windows(two)
     grads_one, grads_two = first_step_grads(one), first_step_grads(two)
     assert_grads_close(grads_one, grads_two)
     # ...and so are the parameters after the SGD step.
@@ -276,14 +278,22 @@ def test_step_gradient_is_mean_over_all_selected_tokens(stores, tmp_path):
         gradient_accumulation_steps=2,
         **SGD,
     )
+    first_windows(trainer)
     model = copy.deepcopy(trainer.model)  # the weights before the step
+    micro_batches = []
+    real_loss = trainer.compute_loss
+
+    def spy(model, inputs, return_outputs=False, num_items_in_batch=None):
+        micro_batches.append({k: v.clone() for k, v in inputs.items()})
+        return real_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    trainer.compute_loss = spy
     grads = first_step_grads(trainer)
 
-    data = trainer.train_dataset
+    assert len(micro_batches) == 2
     total, n_selected = 0.0, 0
-    for rows in ([0, 1], [2, 3]):  # sequential sampling: the step's two micro-batches
-        ids = torch.as_tensor(np.stack([data[i]["input_ids"] for i in rows]))
-        ref = torch.as_tensor(np.stack([data[i]["ref_loss"] for i in rows]))[:, 1:]
+    for batch in micro_batches:  # the step's two micro-batches, as the trainer drew them
+        ids, ref = batch["input_ids"], batch["ref_loss"][:, 1:]
         logits = model(input_ids=ids).logits[:, :-1]
         losses = F.cross_entropy(
             logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none"
@@ -312,6 +322,7 @@ def test_a_custom_keep_rule_changes_selection_and_normaliser_together(stores, tm
         gradient_accumulation_steps=2,
         **SGD,
     )
+    first_windows(trainer)  # full windows: two per micro-batch
     trainer.keep_rule = quarter
     selected, normalisers = [], []
     real_loss = trainer.compute_loss
@@ -440,6 +451,8 @@ def test_offline_and_online_reference_together_is_ambiguous(stores, tmp_path):
 def test_bad_selection_options(options):
     with pytest.raises(UserError):
         SelectionArguments(**options)
+    with pytest.raises(UserError):  # the same checks as part of the training arguments
+        targs(Path("unused"), **options)
 
 
 @pytest.mark.slow

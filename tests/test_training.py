@@ -13,11 +13,11 @@ from helpers import assert_one_line_error, run_rho
 from transformers import HfArgumentParser
 
 from rho.runs import OPTIONS_FILE
-from rho.training import RhoTrainingArguments
+from rho.trainer import SelectiveTrainingArguments
 
 
-def parsed(*argv: str) -> RhoTrainingArguments:
-    (args,) = HfArgumentParser(RhoTrainingArguments).parse_args_into_dataclasses(
+def parsed(*argv: str) -> SelectiveTrainingArguments:
+    (args,) = HfArgumentParser(SelectiveTrainingArguments).parse_args_into_dataclasses(
         args=["--output_dir", "unused", "--use_cpu", *argv]
     )
     return args
@@ -47,7 +47,8 @@ def common_args(stores, out) -> list:
 
 @pytest.mark.slow
 def test_fsdp_on_the_cpu_is_refused_in_one_line(stores, tmp_path):
-    proc = run_rho(*common_args(stores, tmp_path / "run"), "--fsdp")
+    # transformers 4.x's --fsdp takes a value (5.x's also stands alone)
+    proc = run_rho(*common_args(stores, tmp_path / "run"), "--fsdp", "full_shard")
     assert_one_line_error(proc, "--fsdp cannot shard on cpu")
     assert not (tmp_path / "run").exists()
 

@@ -8,6 +8,7 @@ select over the global batch and keep its own slice.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -40,6 +41,10 @@ def process_group_closed() -> Iterator[None]:
         yield
     finally:
         if is_distributed():
+            # A gloo worker frees a finished collective's tensors under the GIL, and the group's
+            # destructor (run when DDP's reducer lets go, after this block) joins the workers
+            # holding the GIL: a rank that got there first hung at exit (py-spy). Let them finish.
+            time.sleep(0.05)
             dist.destroy_process_group()
 
 

@@ -1,6 +1,7 @@
-"""The options of `rho train` besides `transformers.TrainingArguments`: what to train on which
-windows (``ModelDataArguments``) and how tokens or windows are selected (``SelectionArguments``).
-Their field docs are the `--help`; HfArgumentParser parses them with TrainingArguments."""
+"""The options of `rho train`: what to train on which windows (``ModelDataArguments``) and how
+tokens or windows are selected (``SelectionArguments``, the selection half of
+``rho.trainer.SelectiveTrainingArguments``, kept here free of transformers so that the stages
+that only check options import fast). Their field docs are the `--help` (HfArgumentParser)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,9 @@ DEFAULT_SEQ_LEN = 256
 
 @dataclass
 class SelectionArguments:
-    """How tokens are selected for the loss."""
+    """How tokens or windows are selected for the loss. ``SelectiveTrainingArguments`` holds
+    these fields beside every TrainingArguments one; alone, this names a selection (the
+    experiment's arms)."""
 
     selection: str = field(
         default="token",
@@ -61,6 +64,9 @@ class SelectionArguments:
     )
 
     def __post_init__(self):
+        self.check_selection()
+
+    def check_selection(self) -> None:
         check_choice(self.selection, SELECTIONS, "--selection")
         check_choice(self.score, SCORES, "--score")
         check_choice(self.scope, SCOPES, "--scope")
@@ -74,6 +80,10 @@ class SelectionArguments:
                 f"--score {self.score} ranks tokens, not windows: use it with --selection token "
                 "(or rho prune --by for whole windows)"
             )
+
+    def selection_options(self) -> dict:
+        """The selection fields alone (recorded in rho_options.json as "selection")."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(SelectionArguments)}
 
     @property
     def selects_windows(self) -> bool:

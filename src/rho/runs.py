@@ -24,7 +24,7 @@ import re
 from pathlib import Path
 
 from transformers import TrainerCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from rho.errors import UserError
 from rho.files import (
@@ -173,6 +173,34 @@ def run_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
             f"{MANIFEST_FILE} (a killed or unfinished run?)"
         )
     return found
+
+
+def _rotate_checkpoints(
+    output_dir: str, save_total_limit: int | None, best_model_checkpoint: str | None, **_
+) -> None:
+    """transformers >= 5's ``trainer_utils.rotate_checkpoints`` (4.x has it only as a private
+    Trainer method): keep ``save_total_limit`` checkpoints, never the newest (by mtime, by step
+    where mtimes are too close to tell) or the best."""
+    found = [p for p in Path(output_dir).iterdir() if p.is_dir() and checkpoint_step(p) is not None]
+    if not save_total_limit or save_total_limit <= 0 or len(found) <= save_total_limit:
+        return
+    found.sort(key=lambda p: p.stat().st_mtime)
+    if found[-1].stat().st_mtime - found[0].stat().st_mtime < 1.0:
+        found.sort(key=checkpoint_step)
+    protected = {found[-1]} | ({Path(best_model_checkpoint)} if best_model_checkpoint else set())
+    remaining = len(found)
+    for path in found:
+        if remaining <= max(save_total_limit, len(protected)):
+            break
+        if path not in protected:
+            remove_path(path)
+            remaining -= 1
+
+
+try:
+    from transformers.trainer_utils import rotate_checkpoints
+except ImportError:  # transformers 4.x
+    rotate_checkpoints = _rotate_checkpoints
 
 
 def publish_checkpoint(written: Path, final: Path, state, args) -> None:

@@ -1,24 +1,25 @@
-"""SelectiveTrainer: transformers.Trainer with the selective loss (SLM) and online RHO-LOSS.
+"""SelectiveTrainer: transformers.Trainer with the selective loss (SLM) and online RHO-LOSS,
+configured by ``SelectiveTrainingArguments`` (TrainingArguments plus the selection options).
 
 It overrides only what the method needs: the loss (``compute_loss`` calls ``rho.loss.slm_loss``),
 the step's normaliser (``get_batch_samples`` counts, before the step, how many tokens the step
-will select on all ranks and micro-batches, with ``rho.select.count_kept``), candidate batches
-for sample selection (``rho.candidates``), bf16 autocast, and logs and saves. Everything else,
-every ``TrainingArguments`` flag included, is the Trainer's. docs/ARCHITECTURE.md has the
-semantics (normalisation, scopes, world consistency, compute counters, debugging dumps).
+will select on all ranks and micro-batches, with ``rho.select.count_kept``), the choice of
+windows from candidate batches for sample selection (``rho.candidates``), bf16 autocast, and
+logs and saves. Everything else, every ``TrainingArguments`` flag included, is the Trainer's;
+the compute counters are a callback (``rho.meter``). docs/ARCHITECTURE.md has the semantics
+(normalisation, scopes, world consistency, compute counters, debugging dumps).
 """
 
 from __future__ import annotations
 
 import os
-import time
-from dataclasses import asdict
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import Trainer, TrainerCallback
+from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from rho import distributed as dist
@@ -27,6 +28,7 @@ from rho.data import NOT_MODEL_INPUTS
 from rho.errors import UserError
 from rho.files import remove_path
 from rho.loss import STAT_KEYS, selective_mean, slm_loss, stats_from_sums, token_losses
+from rho.meter import ComputeMeter
 from rho.models import check_not_same_model, count_parameters
 from rho.options import SelectionArguments
 from rho.runs import (
@@ -44,61 +46,87 @@ from rho.select import KeepRule, count_kept, n_keep, select_topk, unit_sizes
 from rho.windows import IGNORE, to_model
 
 DUMP_ENV = "RHO_DUMP_SELECTIONS"  # a directory: every micro-batch's selection is saved there
-# Cumulative counters (all ranks) behind the compute logs; saved with checkpoints.
-COUNTERS = (
-    "candidate_windows",
-    "windows_trained",
-    "tokens_trained",
-    "candidate_tokens",
-    "ref_tokens",
-    "train_seconds",
-)
 
 
-class _StepClock(TrainerCallback):
-    """Adds each optimizer step's wall time (from fetching its batches to the optimizer step) to
-    the trainer's ``train_seconds``; evaluation and checkpoints fall outside."""
+@dataclass
+class SelectiveTrainingArguments(SelectionArguments, TrainingArguments):
+    """transformers.TrainingArguments with the selection options (``rho.options``) and rho's
+    defaults where they differ from the Trainer's (like TRL's SFTConfig)."""
 
-    def __init__(self, trainer: SelectiveTrainer):
-        self.trainer = trainer
+    # Batches carry ref_loss (and ref_entropy), which the model's forward does not take.
+    remove_unused_columns: bool = field(
+        default=False,
+        metadata={"help": "must stay false: rho's batches carry columns beside the model's"},
+    )
+    ddp_find_unused_parameters: bool | None = field(
+        default=False,
+        metadata={
+            "help": "find_unused_parameters of DistributedDataParallel. rho's default is False: "
+            "a causal LM uses every parameter in every step, and True (the Trainer's default) "
+            "costs an extra pass over the autograd graph each step. Pass true for a model that "
+            "leaves some parameters unused in a step (DDP then says so)"
+        },
+    )
 
-    def on_step_end(self, args, state, control, **kwargs):
-        started = self.trainer._step_started
-        if started is not None:
-            self.trainer._counters["train_seconds"] += time.perf_counter() - started
-            self.trainer._step_started = None
+    def __post_init__(self):
+        TrainingArguments.__post_init__(self)
+        self.check_selection()
+        if self.remove_unused_columns:
+            raise UserError(
+                "--remove_unused_columns must be false: rho's batches carry reference losses "
+                "that the model's forward does not take"
+            )
+
+    @property
+    def train_batch_size(self) -> int:
+        """What the Trainer's dataloader draws per micro-batch: with sample selection, the
+        candidates (candidate_factor x the trained batch), of which the trainer keeps the best;
+        an epoch is then one pass over the data as candidates."""
+        factor = self.candidate_factor if self.selects_windows else 1
+        return super().train_batch_size * factor
+
+    @property
+    def trained_batch_size(self) -> int:
+        """Rows trained per micro-batch (TrainingArguments' own train_batch_size)."""
+        return super().train_batch_size
 
 
 class SelectiveTrainer(Trainer):
-    """transformers.Trainer with the selective loss. ``ref_model`` gives online reference losses;
-    otherwise batches carry ``ref_loss`` from a LossStore (see rho.data). ``keep_rule`` decides
-    how many tokens a selection keeps (default ``rho.select.n_keep``): selection and the step
-    normaliser both use it."""
+    """transformers.Trainer with the selective loss, configured by ``args``, a
+    SelectiveTrainingArguments. ``ref_model`` gives online reference losses; otherwise batches
+    carry ``ref_loss`` from a LossStore (see rho.data). ``keep_rule`` decides how many tokens a
+    selection keeps (default ``rho.select.n_keep``): selection and the step normaliser both use
+    it."""
 
     loss_is_scaled_for_ga = True  # compute_loss divides by the whole step's selected count
 
-    def __init__(
-        self,
-        *args,
-        selection: SelectionArguments | None = None,
-        ref_model=None,
-        keep_rule: KeepRule = n_keep,
-        **kw,
-    ):
-        super().__init__(*args, **kw)
-        self.selection = selection or SelectionArguments()
+    def __init__(self, model=None, args=None, *rest, ref_model=None, keep_rule=n_keep, **kw):
+        args = SelectiveTrainingArguments() if args is None else args
+        if not isinstance(args, SelectiveTrainingArguments):
+            raise TypeError(
+                f"SelectiveTrainer needs args=SelectiveTrainingArguments(...), got "
+                f"{type(args).__name__}: its selection options and defaults "
+                "(remove_unused_columns=False) are what the trainer relies on"
+            )
+        super().__init__(model, args, *rest, **kw)
+        # compute_loss normalises by num_items_in_batch (the step's selected count) whatever the
+        # model's forward takes. transformers 4.x reads this flag to decide whether
+        # training_step divides the loss by the accumulation steps again; 5.x reads
+        # loss_is_scaled_for_ga above.
+        self.model_accepts_loss_kwargs = True
         self.ref_model = ref_model
-        self.keep_rule = keep_rule
-        self.rho_options: dict = {"selection": asdict(self.selection)}
+        self.keep_rule: KeepRule = keep_rule
+        self.rho_options: dict = {"selection": self.args.selection_options()}
         has_offline = getattr(self.train_dataset, "losses", None) is not None
-        if self.selection.needs_reference and ref_model is None and not has_offline:
+        score = self.args.score
+        if self.args.needs_reference and ref_model is None and not has_offline:
             raise UserError(
-                f"score {self.selection.score!r} needs reference losses: give --ref_losses "
+                f"score {score!r} needs reference losses: give --ref_losses "
                 "(a LossStore) or --ref_model (online)"
             )
-        if self.selection.needs_entropy and not getattr(self.train_dataset, "entropy", False):
+        if self.args.needs_entropy and not getattr(self.train_dataset, "entropy", False):
             raise UserError(
-                f"score {self.selection.score!r} needs the reference's entropy: give --ref_losses "
+                f"score {score!r} needs the reference's entropy: give --ref_losses "
                 "a LossStore scored with `rho score --entropy` (an online --ref_model gives "
                 "losses only)"
             )
@@ -107,25 +135,12 @@ class SelectiveTrainer(Trainer):
             ref_model.to(self.args.device).eval().requires_grad_(False)
         self._sums: torch.Tensor | None = None
         self._micro = (-1, 0)  # (global step, micro-batch index): seeds random scores, dumps
-        self._n_params = count_parameters(self.model)
-        self._n_ref_params = 0 if ref_model is None else count_parameters(ref_model)
-        self._counters = self._zero_counters()
-        self._step_started: float | None = None
+        n_ref = 0 if ref_model is None else count_parameters(ref_model)
+        self.meter = ComputeMeter(count_parameters(self.model), n_ref)
         self._save_into: str | None = None  # where the checkpoint being saved is written
         self._writer_pid: int | None = None
         self.add_callback(MetricsFileCallback())
-        self.add_callback(_StepClock(self))
-
-    @staticmethod
-    def _zero_counters() -> dict:
-        return {**dict.fromkeys(COUNTERS, 0), "train_seconds": 0.0}
-
-    # Batches carry ref_loss, which the model's forward does not take: keep every column.
-    def _remove_unused_columns(self, dataset, description=None):
-        return dataset
-
-    def _get_collator_with_removed_columns(self, data_collator, description=None):
-        return data_collator
+        self.add_callback(self.meter)
 
     # --- mixed precision --------------------------------------------------------------------
 
@@ -145,25 +160,13 @@ class SelectiveTrainer(Trainer):
 
     # --- the step's batches and normaliser ----------------------------------------------------
 
-    def get_train_dataloader(self):
-        """Sample selection: every batch holds candidate_factor × the batch size candidates, of
-        which ``get_batch_samples`` keeps the batch size (so an epoch is a pass of candidates)."""
-        if not self.selection.selects_windows:
-            return super().get_train_dataloader()
-        size = self._train_batch_size
-        self._train_batch_size = size * self.selection.candidate_factor
-        try:
-            return super().get_train_dataloader()
-        finally:
-            self._train_batch_size = size
-
     def _choose_windows(self, batch: dict, micro: int) -> tuple[dict, torch.Tensor]:
         chosen, scored, decided = choose_windows(
             batch,
             learner=self.model,
             ref_model=self.ref_model,
-            selection=self.selection,
-            batch_size=self._train_batch_size,
+            selection=self.args,
+            batch_size=self.args.trained_batch_size,
             autocast=self.autocast_smart_context_manager,
             seed=self.args.seed,
             step=self.state.global_step,
@@ -177,32 +180,28 @@ class SelectiveTrainer(Trainer):
     def _valid(self, batch: dict) -> torch.Tensor:
         """Targets that may be selected (model alignment, without the last, target-less column)."""
         valid = to_model(batch["labels"], IGNORE)[:, :-1] != IGNORE
-        if self.selection.needs_reference and "ref_loss" in batch:
+        if self.args.needs_reference and "ref_loss" in batch:
             valid = valid & ~torch.isnan(to_model(batch["ref_loss"], float("nan"))[:, :-1])
-        if self.selection.needs_entropy:  # as slm_loss's valid_mask: the counts must agree
+        if self.args.needs_entropy:  # as slm_loss's valid_mask: the counts must agree
             valid = valid & ~torch.isnan(to_model(batch["ref_entropy"], float("nan"))[:, :-1])
         return valid
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
-        """Fetch the step's micro-batches (with sample selection, keep the best windows of each
-        candidate batch) and count, on all ranks, the tokens they will select."""
-        self._step_started = time.perf_counter()
-        batches = []
-        for _ in range(num_batches):
-            try:
-                batches.append(next(epoch_iterator))
-            except StopIteration:
-                break
+        """The Trainer's micro-batches of the step (with sample selection, the best windows of
+        each candidate batch) and, instead of its count of labels, the count on all ranks of the
+        tokens they will select."""
+        self.meter.start_step()
+        batches, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
         if not batches:
             return batches, None
         drawn = sum(b["input_ids"].shape[0] for b in batches)
         scored = torch.zeros(2, dtype=torch.float64)  # candidate tokens: learner, online reference
-        if self.selection.selects_windows:
+        if self.args.selects_windows:
             picked = [self._choose_windows(b, micro) for micro, b in enumerate(batches)]
             batches = [b for b, _ in picked]
             scored = sum(s for _, s in picked)
-        ratio = self.selection.ratio_at(self.state.global_step)
-        scope = self.selection.scope
+        ratio = self.args.ratio_at(self.state.global_step)
+        scope = self.args.scope
         sizes = [unit_sizes(self._valid(b), scope) for b in batches]
         if scope == "batch":  # a micro-batch is one unit across ranks: sum its sizes first
             units = torch.cat(sizes)
@@ -213,27 +212,27 @@ class SelectiveTrainer(Trainer):
             b["input_length"].sum() if "input_length" in b else (b["labels"] != IGNORE).sum()
             for b in batches
         )
-        if self.ref_model is not None and not self.selection.selects_windows:
+        if self.ref_model is not None and not self.args.selects_windows:
             scored[1] = float(seen)  # compute_loss runs the online reference on them
         rows = sum(b["input_ids"].shape[0] for b in batches)
         extra = torch.tensor([seen, drawn, rows, *scored.tolist()], dtype=torch.float64)
         both = torch.cat([units.double().cpu(), extra]).to(self.args.device)
-        counts = dist.all_reduce_sum(both).cpu()  # one collective per step
+        counts = dist.all_reduce_sum(both).cpu()  # rho's one collective per step
         units, (seen, drawn, rows, learner_tokens, ref_tokens) = counts[:-5], counts[-5:].tolist()
         if scope == "batch":
             n_selected = count_kept(units, ratio, self.keep_rule)
         else:
             n_selected = units.sum()
-        if self.args.include_num_input_tokens_seen == "no":  # else the Trainer counts them
+        # else the Trainer counts them ("no" in transformers 5, False in 4.x)
+        if self.args.include_num_input_tokens_seen in ("no", False):
             self.state.num_input_tokens_seen += int(seen)
-        for key, value in (
-            ("candidate_windows", drawn),
-            ("windows_trained", rows),
-            ("tokens_trained", seen),
-            ("candidate_tokens", learner_tokens),
-            ("ref_tokens", ref_tokens),
-        ):
-            self._counters[key] += int(value)
+        self.meter.count(
+            candidate_windows=drawn,
+            windows_trained=rows,
+            tokens_trained=seen,
+            candidate_tokens=learner_tokens,
+            ref_tokens=ref_tokens,
+        )
         return batches, n_selected.to(device=self.args.device, dtype=torch.float32)
 
     # --- the loss -----------------------------------------------------------------------------
@@ -241,13 +240,13 @@ class SelectiveTrainer(Trainer):
     def _reference_entropy(self, inputs: dict) -> torch.Tensor | None:
         """Reference entropies aligned with the targets (model alignment), or None if not
         needed (they come from the LossStore only)."""
-        if not self.selection.needs_entropy:
+        if not self.args.needs_entropy:
             return None
         return to_model(inputs["ref_entropy"], float("nan"))
 
     def _reference_losses(self, inputs: dict, targets: torch.Tensor) -> torch.Tensor | None:
         """Reference losses aligned with ``targets`` (model alignment), or None if not needed."""
-        if not self.selection.needs_reference:
+        if not self.args.needs_reference:
             return None
         if "ref_loss" in inputs:
             return to_model(inputs["ref_loss"], float("nan"))
@@ -295,18 +294,18 @@ class SelectiveTrainer(Trainer):
             return (loss, outputs) if return_outputs else loss
 
         self._next_micro()
-        token_mode = self.selection.selects_tokens
+        token_mode = self.args.selects_tokens
         world = dist.world_size()
-        batch_scope = self.selection.scope == "batch" and world > 1
+        batch_scope = self.args.scope == "batch" and world > 1
         local_select = partial(select_topk, keep=self.keep_rule)
         result = slm_loss(
             logits,
             targets,
             ref_loss=self._reference_losses(inputs, targets),
-            ratio=self.selection.ratio_at(self.state.global_step),
-            score=self.selection.score if token_mode else "learner",
-            scope=self.selection.scope,
-            generator=self._generator() if self.selection.score == "random" else None,
+            ratio=self.args.ratio_at(self.state.global_step),
+            score=self.args.score if token_mode else "learner",
+            scope=self.args.scope,
+            generator=self._generator() if self.args.score == "random" else None,
             # DDP averages gradients over ranks; scale so the sum over ranks is the step's mean.
             normalizer=None if num_items_in_batch is None else num_items_in_batch / world,
             select=self._world_select if token_mode and batch_scope else local_select,
@@ -327,10 +326,10 @@ class SelectiveTrainer(Trainer):
             stats = stats_from_sums(dict(zip(STAT_KEYS, sums, strict=True)))
             for key in ("selected_fraction", "loss_all", "loss_selected", "loss_unselected"):
                 logs[key] = stats[key]
-            if self.selection.needs_reference:
+            if self.args.needs_reference:
                 logs["excess_mean"] = stats["excess_mean"]
             # global_step already counts the step just taken: log the ratio that step used
-            logs["ratio"] = self.selection.ratio_at(max(self.state.global_step - 1, 0))
+            logs["ratio"] = self.args.ratio_at(max(self.state.global_step - 1, 0))
             self._sums = None
         logs["tokens_seen"] = int(self.state.num_input_tokens_seen)
         logs.update(self.compute_logs())
@@ -338,20 +337,11 @@ class SelectiveTrainer(Trainer):
 
     def compute_logs(self) -> dict:
         """The run's cumulative compute so far (docs/ARCHITECTURE.md, "Compute")."""
-        c = self._counters
-        return {
-            "candidate_windows": c["candidate_windows"],
-            "windows_trained": c["windows_trained"],
-            "flops_train": 6 * self._n_params * c["tokens_trained"],
-            "flops_candidates": 2 * self._n_params * c["candidate_tokens"],
-            "flops_ref_online": 2 * self._n_ref_params * c["ref_tokens"],
-            "train_seconds": round(c["train_seconds"], 3),
-        }
+        return self.meter.logs()
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
         """The Trainer's; the compute counters restart, or continue from the checkpoint's. Only
         a whole checkpoint is resumed (``True``: the newest whole one)."""
-        self._counters = self._zero_counters()
         checkpoint = resume_from_checkpoint
         if checkpoint is True:
             found = whole_checkpoints(self.args.output_dir)
@@ -360,7 +350,7 @@ class SelectiveTrainer(Trainer):
             checkpoint = str(found[-1][1])
         if checkpoint:
             check_whole_checkpoint(checkpoint)
-            self._counters.update(read_counters(checkpoint))
+        self.meter.reset(read_counters(checkpoint) if checkpoint else None)
         return super().train(checkpoint or None, *args, **kwargs)
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
@@ -371,7 +361,7 @@ class SelectiveTrainer(Trainer):
             drop_manifest(target)  # until the new model is whole, none is listed here
         super().save_model(output_dir, _internal_call)
         if self.args.should_save:
-            write_run_files(target, self.rho_options, self._counters)
+            write_run_files(target, self.rho_options, self.meter.counters)
             if not _internal_call:
                 write_manifest(target, self.state.global_step, final_model_files(Path(target)))
 

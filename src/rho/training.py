@@ -7,7 +7,7 @@ import contextlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from transformers import AutoTokenizer, TrainingArguments
+from transformers import AutoTokenizer
 
 from rho import distributed as dist
 from rho.data import WindowCollator, WindowDataset
@@ -15,26 +15,11 @@ from rho.errors import UserError
 from rho.files import check_not_input, output_lock
 from rho.loss_writer import check_finite_share
 from rho.models import build_model, load_model
-from rho.options import DEFAULT_SEQ_LEN, ModelDataArguments, SelectionArguments
+from rho.options import DEFAULT_SEQ_LEN, ModelDataArguments
 from rho.runs import prepare_run_dir
 from rho.store import LossStore, TokenStore
-from rho.trainer import SelectiveTrainer
+from rho.trainer import SelectiveTrainer, SelectiveTrainingArguments
 from rho.windows import check_positions
-
-
-@dataclass
-class RhoTrainingArguments(TrainingArguments):
-    """transformers.TrainingArguments, with rho's default where it differs from the Trainer's."""
-
-    ddp_find_unused_parameters: bool | None = field(
-        default=False,
-        metadata={
-            "help": "find_unused_parameters of DistributedDataParallel. rho's default is False: "
-            "a causal LM uses every parameter in every step, and True (the Trainer's default) "
-            "costs an extra pass over the autograd graph each step. Pass true for a model that "
-            "leaves some parameters unused in a step (DDP then says so)"
-        },
-    )
 
 
 @dataclass
@@ -67,7 +52,7 @@ def check_output_dir(data: ModelDataArguments, output_dir: str) -> None:
         raise UserError(f"--output_dir {output_dir} is a file, not a directory")
 
 
-def check_sharding(args: TrainingArguments) -> None:
+def check_sharding(args: SelectiveTrainingArguments) -> None:
     """--fsdp where accelerate cannot shard is refused: accelerate turns FSDP on only for GPUs
     and other accelerators, so on the CPU the run would silently train as plain DDP."""
     if args.fsdp and args.device.type in ("cpu", "mps"):
@@ -97,11 +82,11 @@ def model_inputs(data: ModelDataArguments) -> list:
 
 def build_trainer(
     data: ModelDataArguments,
-    selection: SelectionArguments,
-    args: TrainingArguments,
+    args: SelectiveTrainingArguments,
     allow_missing_weights: bool = False,
 ) -> SelectiveTrainer:
-    """Open the stores, build or load the models, check they fit together, make the trainer."""
+    """Open the stores, build or load the models, check they fit together, make the trainer
+    (``args`` holds the selection options)."""
     if (data.model is None) == (data.preset is None):
         raise UserError("give exactly one of --model and --preset")
     if data.ref_losses and data.ref_model:
@@ -117,31 +102,31 @@ def build_trainer(
     tokens = TokenStore(data.tokens)
     losses = LossStore(data.ref_losses) if data.ref_losses else None
     seq_len = data.seq_len or (losses.seq_len if losses else DEFAULT_SEQ_LEN)
-    if selection.needs_reference and losses is None and data.ref_model is None:
+    if args.needs_reference and losses is None and data.ref_model is None:
         raise UserError(
-            f"--selection {selection.selection} with --score {selection.score} needs "
+            f"--selection {args.selection} with --score {args.score} needs "
             "--ref_losses or --ref_model"
         )
-    if selection.needs_entropy:
+    if args.needs_entropy:
         if losses is None:
             raise UserError(
-                f"--score {selection.score} needs --ref_losses: a LossStore scored with "
+                f"--score {args.score} needs --ref_losses: a LossStore scored with "
                 "`rho score --entropy` (an online --ref_model gives losses only)"
             )
-        losses.require_entropy(f"--score {selection.score}")
-    if losses is not None and selection.needs_reference:
+        losses.require_entropy(f"--score {args.score}")
+    if losses is not None and args.needs_reference:
         losses.check_matches(tokens, seq_len)  # before reading it against the tokens' mask
         # recorded when the store was finished (no pass over every value at start-up), over the
         # loss positions of a masked store; a store without the record is read through once
         where = str(losses.path)
         check_finite_share(losses.finite_fraction(tokens), where)
-        if selection.needs_entropy:
+        if args.needs_entropy:
             check_finite_share(losses.finite_fraction(tokens, "entropies"), where, "entropies")
     train_set = WindowDataset(
         tokens,
         seq_len,
-        losses if selection.needs_reference else None,
-        entropy=selection.needs_entropy,
+        losses if args.needs_reference else None,
+        entropy=args.needs_entropy,
     )
     eval_set = None
     if data.eval_tokens:
@@ -164,7 +149,7 @@ def build_trainer(
         eval_store.check_model_vocab(model, "the training model")
     check_positions(model, seq_len, "--seq_len")
     ref_model = None
-    if data.ref_model and selection.needs_reference and losses is None:
+    if data.ref_model and args.needs_reference and losses is None:
         ref_model = load_model(
             data.ref_model,
             trust_remote_code=data.trust_remote_code,
@@ -180,7 +165,6 @@ def build_trainer(
         eval_dataset=eval_set,
         data_collator=WindowCollator(seq_len, pad_id=tokens.eos_id),
         processing_class=tokenizer,
-        selection=selection,
         ref_model=ref_model,
     )
     if ref_model is not None:  # after the trainer's checks that it is not the learner
@@ -191,8 +175,7 @@ def build_trainer(
 
 def run_training(
     data: ModelDataArguments,
-    selection: SelectionArguments,
-    args: TrainingArguments,
+    args: SelectiveTrainingArguments,
     run: RunDirArguments | None = None,
 ) -> SelectiveTrainer:
     """Train, save the final model (with tokenizer and rho options) to output_dir, evaluate if
@@ -207,7 +190,7 @@ def run_training(
     with output_lock(args.output_dir) if rank0 else contextlib.nullcontext():
         where = (args.output_dir, args.resume_from_checkpoint, run.overwrite, model_inputs(data))
         resume = prepare_run_dir(*where, writer=rank0, commit=False)  # refusals before any work
-        trainer = build_trainer(data, selection, args, run.allow_missing_weights)
+        trainer = build_trainer(data, args, run.allow_missing_weights)
         if rank0:  # every input checked: now make, clear or cut back the run directory
             prepare_run_dir(*where, commit=True)
         trainer.train(resume_from_checkpoint=resume)

@@ -10,7 +10,7 @@ from rho.commands.parser import Command, option
 from rho.errors import UserError
 from rho.experiment.sweep import run_sweep, training_defaults
 from rho.select import SCORES, check_ratio
-from rho.training import RhoTrainingArguments
+from rho.trainer import SelectiveTrainingArguments
 
 
 @dataclass
@@ -42,7 +42,7 @@ class SweepOptions:
 
 
 @dataclass
-class SweepTrainingArguments(RhoTrainingArguments):
+class SweepTrainingArguments(SelectiveTrainingArguments):
     """`rho train`'s TrainingArguments, but for the fields the sweep sets in every run."""
 
     output_dir: str | None = field(
@@ -50,6 +50,9 @@ class SweepTrainingArguments(RhoTrainingArguments):
     )
     max_steps: int = field(default=-1, metadata={"set_by": "the sweep's --max_steps"})
     seed: int = field(default=42, metadata={"set_by": "the sweep's --seed"})
+    selection: str = field(default="token", metadata={"set_by": "the sweep (SLM in every run)"})
+    ratio: float = field(default=0.6, metadata={"set_by": "the sweep's --ratios"})
+    score: str = field(default="excess", metadata={"set_by": "the sweep's --score"})
 
 
 def defaults(given) -> dict:

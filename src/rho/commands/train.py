@@ -4,18 +4,19 @@ from __future__ import annotations
 
 from rho import distributed as dist
 from rho.commands.parser import Command
-from rho.options import ModelDataArguments, SelectionArguments
+from rho.options import ModelDataArguments
 from rho.runs import METRICS_FILE
-from rho.training import RhoTrainingArguments, RunDirArguments, run_training
+from rho.trainer import SelectiveTrainingArguments
+from rho.training import RunDirArguments, run_training
 
 # The dataclasses `rho train` parses, in the order main takes them: every
-# transformers.TrainingArguments flag works.
-OPTIONS = (ModelDataArguments, SelectionArguments, RunDirArguments, RhoTrainingArguments)
+# transformers.TrainingArguments flag works, beside the selection options.
+OPTIONS = (ModelDataArguments, RunDirArguments, SelectiveTrainingArguments)
 
 
-def main(data, selection, run, args) -> int:
+def main(data, run, args) -> int:
     with dist.process_group_closed():
-        trainer = run_training(data, selection, args, run)
+        trainer = run_training(data, args, run)
         if trainer.is_world_process_zero():
             print(f"rho train: model, tokenizer and {METRICS_FILE} in {args.output_dir}")
     return 0

@@ -23,9 +23,10 @@ from rho.files import (
     write_json_atomic,
     write_text_atomic,
 )
-from rho.options import ModelDataArguments, SelectionArguments
+from rho.options import ModelDataArguments
 from rho.runs import RUN_KIND
-from rho.training import RhoTrainingArguments, run_training
+from rho.trainer import SelectiveTrainingArguments
+from rho.training import run_training
 
 SWEEP_KIND = "rho.Sweep"  # output_kind of its --out (rho.files)
 
@@ -39,7 +40,7 @@ def given_options(args: TrainingArguments) -> dict:
     """The TrainingArguments that differ from the Trainer's defaults (the sweep's record of
     them; each run's output_dir, max_steps and seed are the sweep's own)."""
     default = type(args)().to_dict()
-    skip = ("output_dir", "max_steps", "seed")
+    skip = ("output_dir", "max_steps", "seed", "selection", "ratio", "score")
     return {k: v for k, v in args.to_dict().items() if k not in skip and default.get(k) != v}
 
 
@@ -56,15 +57,16 @@ def run_sweep(
     seed: int = 0,
     score: str = "excess",
     seq_len: int | None = None,
-    training: TrainingArguments | None = None,
+    training: SelectiveTrainingArguments | None = None,
     overwrite: bool = False,
     progress: bool = True,
 ) -> dict:
     """Train one SLM run per ratio (reusing finished ones unless ``overwrite``), write the
     files; returns the summary, the Markdown table, the paths and the data. Every run takes
-    ``training`` (default: ``training_defaults``) with its own output_dir, max_steps and seed."""
+    ``training`` (default: ``training_defaults``) with its own output_dir, max_steps, seed and
+    selection (SLM at the ratio, by ``score``)."""
     if training is None:
-        training = RhoTrainingArguments(**training_defaults(max_steps))
+        training = SelectiveTrainingArguments(**training_defaults(max_steps))
     ratios = sorted(set(float(r) for r in ratios))
     inputs = [tokens, ref_losses, eval_tokens, model if model and Path(model).exists() else None]
     claim_output_dir(out, SWEEP_KIND, inputs)  # new or an earlier sweep: never a user's directory
@@ -80,7 +82,8 @@ def run_sweep(
         if run_dir.exists() or run_dir.is_symlink():  # an unfinished or replaced run: afresh
             check_replaceable(run_dir, RUN_KIND, inputs, "sweep run")
             remove_path(run_dir)
-        args = replace(training, output_dir=str(run_dir), max_steps=max_steps, seed=seed)
+        args = replace(training, output_dir=str(run_dir), max_steps=max_steps, seed=seed,
+                       selection="token", ratio=ratio, score=score)  # fmt: skip
         data = ModelDataArguments(
             tokens=str(tokens),
             model=model,
@@ -92,9 +95,7 @@ def run_sweep(
         if progress:
             print(f"ratio {ratio:g}: training {max_steps} steps into {run_dir}")
         t0 = time.perf_counter()
-        trainer = run_training(
-            data, SelectionArguments(selection="token", ratio=ratio, score=score), args
-        )
+        trainer = run_training(data, args)
         history = trainer.state.log_history
         evals = [h["eval_loss"] for h in history if "eval_loss" in h]
         trains = [h["loss"] for h in history if "loss" in h]

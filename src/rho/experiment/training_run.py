@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import Subset
 from tqdm.auto import tqdm
-from transformers import PrinterCallback, TrainerCallback, TrainingArguments
+from transformers import PrinterCallback, TrainerCallback
 
 from rho.data import WindowDataset
 from rho.errors import UserError
@@ -23,6 +23,7 @@ from rho.models import PRESETS, count_parameters
 from rho.options import ModelDataArguments, SelectionArguments
 from rho.runs import eval_records
 from rho.store import TokenStore
+from rho.trainer import SelectiveTrainingArguments
 from rho.training import build_trainer
 
 
@@ -71,14 +72,22 @@ class EvaluateAtEnd(TrainerCallback):
 
 
 def training_arguments(
-    directory: Path, cfg, steps: int, seed: int, lr: float, save: bool
-) -> TrainingArguments:
-    """The schedule every arm shares: cosine with 5% warmup, AdamW (β2 0.95, wd 0.1), then the
-    config's ``training`` options on top (bf16 on a GPU, gradient accumulation, ...). A step
-    is always ``batch_size`` windows: accumulation splits it into smaller micro-batches."""
+    directory: Path,
+    cfg,
+    steps: int,
+    seed: int,
+    lr: float,
+    save: bool,
+    selection: SelectionArguments | None = None,
+) -> SelectiveTrainingArguments:
+    """The schedule every arm shares: cosine with 5% warmup, AdamW (β2 0.95, wd 0.1), the arm's
+    own selection (default: none), then the config's ``training`` options on top (bf16 on a
+    GPU, gradient accumulation, ...). A step is always ``batch_size`` windows: accumulation
+    splits it into smaller micro-batches."""
     every = max(1, steps // cfg.evals)
     accumulation = cfg.training.get("gradient_accumulation_steps", 1)
     schedule = dict(
+        **(selection or SelectionArguments(selection="none")).selection_options(),
         output_dir=str(directory),
         max_steps=steps,
         per_device_train_batch_size=cfg.batch_size // accumulation,
@@ -103,7 +112,7 @@ def training_arguments(
         dataloader_num_workers=0,
     )
     try:
-        return TrainingArguments(**(schedule | cfg.training))
+        return SelectiveTrainingArguments(**(schedule | cfg.training))
     except ValueError as err:  # e.g. bf16 where the device has none
         raise UserError(f"training: {one_line(err, 300)}") from None
 
@@ -148,8 +157,8 @@ def train_run(
         seq_len=cfg.seq_len,
     )
     run = directory / "run"
-    args = training_arguments(run, cfg, steps, seed, lr, save_checkpoints)
-    trainer = build_trainer(data, selection, args)
+    args = training_arguments(run, cfg, steps, seed, lr, save_checkpoints, selection)
+    trainer = build_trainer(data, args)
     trainer.eval_dataset = {
         axis: validation_sample(stores[f"{axis}-validation"], cfg.seq_len, cfg.eval_windows)
         for axis in axes
