@@ -200,9 +200,10 @@ def test_sweep_sets_each_runs_output_dir_steps_and_seed():
 
 def test_train_parses_every_training_argument():
     needed = CASES["train"][0]
-    data, selection, run, args = parse("train", [*needed, "--use-cpu", "--max_steps", "3"])
+    data, run, args = parse("train", [*needed, "--use-cpu", "--max_steps", "3", "--ratio", "0.5"])
     assert args.use_cpu and args.max_steps == 3 and args.output_dir == "o"
-    assert data.preset == "tiny" and selection.selection == "token" and not run.overwrite
+    assert data.preset == "tiny" and args.selection == "token" and args.ratio == 0.5
+    assert not run.overwrite and not args.remove_unused_columns  # rho's defaults
     assert parse_options("train", [*needed]) == parse("train", needed)
 
 
