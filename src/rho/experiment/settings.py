@@ -12,12 +12,12 @@ defaults; flags given on the command line win.
 from __future__ import annotations
 
 import glob
-import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from rho.errors import UserError
 from rho.experiment.arms import ARMS, CORE_ARMS, NAMES
+from rho.experiment.schedule import training_options
 from rho.models import PRESETS
 from rho.select import check_ratio
 
@@ -352,43 +352,6 @@ class ConfigView:
                 f"the {self._stage} stage does not declare --{name} (see ExperimentConfig's stages)"
             )
         return getattr(self._cfg, name)
-
-
-# TrainingArguments the experiment derives from its own options: set them by those flags.
-SCHEDULE_OWNED = {
-    "output_dir": "--out", "max_steps": "--train_tokens", "num_train_epochs": "--train_tokens",
-    "per_device_train_batch_size": "--batch_size", "per_device_eval_batch_size": "--batch_size",
-    "learning_rate": "--learning_rate", "seed": "--seeds", "data_seed": "--seeds",
-    "eval_strategy": "--evals", "eval_steps": "--evals", "save_strategy": "(the experiment)",
-    "save_steps": "--evals", "logging_steps": "--evals",
-}  # fmt: skip
-
-
-def training_options(value: dict | str | None) -> dict:
-    """``--training`` as a mapping of TrainingArguments fields (JSON on the command line): an
-    unknown field, or one the experiment sets from its own options, is one line."""
-    from transformers import TrainingArguments
-
-    if value is None or value == "":
-        return {}
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as err:
-            msg = f"--training is not JSON ({err.msg}): write '{{\"bf16\": true}}'"
-            raise UserError(msg) from None
-            raise UserError(msg) from None
-    if not isinstance(value, dict):
-        raise UserError("--training must be a mapping of TrainingArguments options")
-    known = {f.name for f in fields(TrainingArguments)}
-    for name in value:
-        if name in SCHEDULE_OWNED:
-            raise UserError(
-                f"training: {name} is set by the experiment: use {SCHEDULE_OWNED[name]}"
-            )
-        if name not in known:
-            raise UserError(f"training: {name!r} is not a transformers.TrainingArguments option")
-    return dict(value)
 
 
 def heldout_sets(items: list[str]) -> dict[str, list[str]]:
