@@ -34,11 +34,10 @@ from rho.files import (
     hash_arrays,
     mark_output,
     output_lock,
-    remove_tree,
     save_npy_atomic,
     write_json_atomic,
 )
-from rho.loss_writer import done_batches, existing_run, progress_file
+from rho.loss_writer import done_batches, existing_run, progress_file, remove_progress
 from rho.models import model_fingerprint
 from rho.schema import Count, Hash, Name, Strict
 from rho.store import FORMAT_VERSION, TokenStore, read_store_meta, reserve_disk_space
@@ -240,7 +239,7 @@ def finish(out: Path, meta: dict, n_batches: int) -> dict:
     meta.update(complete=True, embedding_hash=hash_arrays(rows))
     del rows
     write_json_atomic(out / "meta.json", meta)
-    remove_tree(out / "progress")  # after meta says complete: a kill here loses nothing
+    remove_progress(out)  # after meta says complete: a kill here loses nothing
     return meta
 
 

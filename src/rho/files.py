@@ -91,13 +91,6 @@ def jsonable(value):
     return value
 
 
-def remove_tree(directory: Path) -> None:
-    """Delete a directory of plain files (a finished job's progress files)."""
-    for file in directory.glob("*"):
-        file.unlink(missing_ok=True)
-    directory.rmdir()
-
-
 def write_json_atomic(path: str | Path, data: dict, sort_keys: bool = True) -> Path:
     """Strict JSON (NaN as null), non-ASCII kept, written atomically."""
     text = json.dumps(jsonable(data), indent=2, sort_keys=sort_keys, ensure_ascii=False)

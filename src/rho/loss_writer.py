@@ -23,7 +23,6 @@ from rho.files import (
     building,
     hash_arrays,
     read_json,
-    remove_tree,
     save_npy_atomic,
     write_json_atomic,
 )
@@ -177,6 +176,13 @@ def value_files(meta: dict) -> list[str]:
     return ["ref_loss.npy", *([ENTROPY_FILE] if meta.get("has_entropy") else [])]
 
 
+def remove_progress(out: Path) -> None:
+    """Delete a finished job's progress files (call after its meta says complete)."""
+    for file in (out / "progress").glob("*"):
+        file.unlink(missing_ok=True)
+    (out / "progress").rmdir()
+
+
 def progress_file(out: Path, meta: dict, rank: int, world: int) -> Path:
     return out / "progress" / f"rank{rank}-of-{world}-{meta['run_id']}.npy"
 
@@ -260,7 +266,7 @@ def finish(
         meta.update(entropy_hash=hash_arrays(entropy))
     del ref_loss, entropy
     write_json_atomic(out / "meta.json", meta)
-    remove_tree(out / "progress")  # after meta says complete: a kill here loses nothing
+    remove_progress(out)  # after meta says complete: a kill here loses nothing
     return meta
 
 
