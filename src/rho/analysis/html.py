@@ -16,6 +16,7 @@ from __future__ import annotations
 import codecs
 import html
 import math
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -238,70 +239,28 @@ def render_page(
 ) -> str:
     """One self-contained HTML page: the passages with selected tokens highlighted (background
     colour by the passages' ``excess`` values), a legend, the ratio and the score named."""
-    for number, passage in enumerate(passages, 1):
-        n = len(passage["pieces"])
-        lengths = [len(passage["excess"]), len(passage["selected"])]
-        lengths += [len(passage[k]) for k in ("noise", "special") if passage.get(k) is not None]
-        if any(length != n for length in lengths):
-            raise ValueError(
-                f"passage {number}: pieces, excess, selected, noise lengths differ "
-                f"({n} pieces, others {lengths})"
-            )
+    _check_lengths(passages)
     lo, hi = _scale(passages)
     inverted = score == "reference"  # lower reference loss = selected first = darker
     signed = score == "excess"  # excess is a difference: show its sign
     all_values, all_selected, all_noise = [], [], []
     body = []
     for number, passage in enumerate(passages, 1):
-        pieces = passage["pieces"]
-        values = [float("nan") if v is None else float(v) for v in passage["excess"]]
-        selected = [bool(s) for s in passage["selected"]]
-        noise = passage.get("noise") or [False] * len(pieces)
-        special = passage.get("special") or [False] * len(pieces)
-        spans = []
-        for piece, value, sel, nz, sp in zip(pieces, values, selected, noise, special, strict=True):
-            colour = None
-            if sel and math.isfinite(value):
-                t = (value - lo) / (hi - lo)
-                colour = _colour(1.0 - t if inverted else t)
-            spans.append(_token_span(piece, value, sel, nz, sp, colour, score, signed))
-        scored = [s for s, v in zip(selected, values, strict=True) if math.isfinite(v)]
-        share = f"{sum(scored) / len(scored):.0%} selected" if scored else "nothing scored"
-        head = [f"Passage {number}"]
-        if passage.get("domain"):
-            head.append(f"domain: {passage['domain']}")
-        head.append(f"{len(pieces)} tokens, {share}")
-        if passage.get("noise") is not None and any(noise):
-            head.append(f"{sum(noise)} noise tokens")
-        body.append(
-            f'<section class="passage"><h2>{html.escape(" · ".join(head))}</h2>'
-            f'<div class="text">{"".join(spans)}</div></section>'
-        )
-        all_values += values
-        all_selected += selected
-        all_noise += noise if passage.get("noise") is not None else [None] * len(pieces)
-
+        tokens = _Tokens.of(passage)
+        colours = [
+            _colour_of(value, lo, hi, inverted) if sel else None
+            for value, sel in zip(tokens.values, tokens.selected, strict=True)
+        ]
+        body.append(_passage_section(number, passage, tokens, colours, score, signed))
+        all_values += tokens.values
+        all_selected += tokens.selected
+        all_noise += tokens.noise if passage.get("noise") is not None else [None] * len(colours)
     score_label = SCORE_LABELS.get(score, score)
-    ramp = f"linear-gradient(to right, {_colour(0.0)}, {_colour(1.0)})"
-    left, right = (hi, lo) if inverted else (lo, hi)
-    legend = [
-        f'<span class="item"><span>{_fmt(left, signed)}</span><span class="ramp" '
-        f'style="background:{ramp}"></span><span>{_fmt(right, signed)}</span>'
-        f"<span>selected: background = {html.escape(score_label)}</span></span>",
-        '<span class="item"><span class="t u">grey text</span> not selected</span>',
-        '<span class="item"><span class="t na">pale</span> not scored (window start)</span>',
-        '<span class="item"><span class="t sp">EOS</span> special token</span>',
-    ]
-    if any(v is not None for v in all_noise):
-        legend.append(
-            '<span class="item"><span class="t n">wavy red</span> injected noise '
-            "(ground truth)</span>"
-        )
+    legend = _legend(lo, hi, inverted, signed, score_label, any(v is not None for v in all_noise))
     meta = (
         f"Score: <b>{html.escape(score_label)}</b> · ratio <b>{ratio:.0%}</b> of tokens "
         f"selected · {len(passages)} passages · hover a token for its value"
     )
-    stats = _stats_table(all_values, all_selected, all_noise)
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -313,8 +272,92 @@ def render_page(
     ]
     if note:
         parts.append(f'<p class="note">{html.escape(note)}</p>')
-    parts += [f'<div class="legend">{"".join(legend)}</div>', stats, *body, "</body></html>"]
+    stats = _stats_table(all_values, all_selected, all_noise)
+    parts += [f'<div class="legend">{legend}</div>', stats, *body, "</body></html>"]
     return "\n".join(parts) + "\n"
+
+
+def _check_lengths(passages: list[dict]) -> None:
+    """Every per-token list of a passage has one entry per piece."""
+    for number, passage in enumerate(passages, 1):
+        n = len(passage["pieces"])
+        lengths = [len(passage["excess"]), len(passage["selected"])]
+        lengths += [len(passage[k]) for k in ("noise", "special") if passage.get(k) is not None]
+        if any(length != n for length in lengths):
+            raise ValueError(
+                f"passage {number}: pieces, excess, selected, noise lengths differ "
+                f"({n} pieces, others {lengths})"
+            )
+
+
+@dataclass(frozen=True)
+class _Tokens:
+    """A passage's per-token lists, with their defaults filled in."""
+
+    pieces: list[str]
+    values: list[float]  # NaN where not scored
+    selected: list[bool]
+    noise: list[bool]
+    special: list[bool]
+
+    @classmethod
+    def of(cls, passage: dict) -> _Tokens:
+        pieces = passage["pieces"]
+        return cls(
+            pieces,
+            [float("nan") if v is None else float(v) for v in passage["excess"]],
+            [bool(s) for s in passage["selected"]],
+            passage.get("noise") or [False] * len(pieces),
+            passage.get("special") or [False] * len(pieces),
+        )
+
+
+def _colour_of(value: float, lo: float, hi: float, inverted: bool) -> str | None:
+    """The background of a selected token on the scale [lo, hi] (None: not scored)."""
+    if not math.isfinite(value):
+        return None
+    t = (value - lo) / (hi - lo)
+    return _colour(1.0 - t if inverted else t)
+
+
+def _passage_section(
+    number: int, passage: dict, tokens: _Tokens, colours: list, score: str, signed: bool
+) -> str:
+    """One passage: a heading (domain, length, selected share, noise) and its token spans."""
+    per_token = (tokens.pieces, tokens.values, tokens.selected, tokens.noise, tokens.special)
+    spans = [_token_span(*row, score, signed) for row in zip(*per_token, colours, strict=True)]
+    scored = [s for s, v in zip(tokens.selected, tokens.values, strict=True) if math.isfinite(v)]
+    share = f"{sum(scored) / len(scored):.0%} selected" if scored else "nothing scored"
+    head = [f"Passage {number}"]
+    if passage.get("domain"):
+        head.append(f"domain: {passage['domain']}")
+    head.append(f"{len(tokens.pieces)} tokens, {share}")
+    if passage.get("noise") is not None and any(tokens.noise):
+        head.append(f"{sum(tokens.noise)} noise tokens")
+    return (
+        f'<section class="passage"><h2>{html.escape(" · ".join(head))}</h2>'
+        f'<div class="text">{"".join(spans)}</div></section>'
+    )
+
+
+def _legend(lo, hi, inverted: bool, signed: bool, score_label: str, with_noise: bool) -> str:
+    """The colour ramp's ends and what each mark means."""
+    ramp = f"linear-gradient(to right, {_colour(0.0)}, {_colour(1.0)})"
+    left, right = (hi, lo) if inverted else (lo, hi)
+    legend = [
+        f'<span class="item"><span>{_fmt(left, signed)}</span><span class="ramp" '
+        f'style="background:{ramp}"></span><span>{_fmt(right, signed)}</span>'
+        f"<span>selected: background = {html.escape(score_label)}</span></span>",
+        '<span class="item"><span class="t u">grey text</span> not selected</span>',
+        '<span class="item"><span class="t na">pale</span> not scored (window start)</span>',
+        '<span class="item"><span class="t sp">EOS</span> special token</span>',
+    ]
+    if with_noise:
+        legend.append(
+            '<span class="item"><span class="t n">wavy red</span> injected noise '
+            "(ground truth)</span>"
+        )
+    return "".join(legend)
 
 
 def _stats_table(values: list[float], selected: list[bool], noise: list) -> str:

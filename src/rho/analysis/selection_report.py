@@ -8,6 +8,7 @@ themselves are :mod:`rho.analysis.selection`.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,63 @@ from rho.store import LossStore, TokenStore
 from rho.windows import window_ids
 
 SELECTION_KIND = "rho.AnalyzeSelection"  # output_kind of its --out (rho.files)
+
+
+@dataclass(frozen=True)
+class _SlmOptions:
+    """What the SLM run's rho_options.json says about its selection and its inputs."""
+
+    ratio: float
+    score: str
+    scope: str
+    tokens: str | None
+    ref_losses: str | None
+    seq_len: int | None
+
+
+def _slm_options(slm_dir: Path, ratio: float | None) -> _SlmOptions:
+    """The SLM run's selection (``ratio`` given overrides its ratio) and the stores it trained on;
+    refuses a run that is not SLM."""
+    options = run_options(slm_dir)
+    selection = options.get("selection", {})
+    if selection.get("selection") != "token":
+        raise UserError(
+            f"{slm_dir} is not an SLM run (its selection is {selection.get('selection')!r})"
+        )
+    ratio = float(selection.get("ratio", 0.6) if ratio is None else ratio)
+    check_ratio(ratio, "--ratio")
+    score = selection.get("score", "excess")
+    scope = selection.get("scope", "batch")
+    trained_on = options.get("data") or {}
+    tokens, ref_losses = trained_on.get("tokens"), trained_on.get("ref_losses")
+    return _SlmOptions(ratio, score, scope, tokens, ref_losses, options.get("seq_len"))
+
+
+def _open_inputs(runs: list[Path], out: Path, slm: _SlmOptions, tokens_dir, losses_dir):
+    """The TokenStore, the reference LossStore (default: those the SLM run trained on) and the
+    window length, checked against each other; claims ``out``."""
+    tokens_dir = tokens_dir or slm.tokens
+    losses_dir = losses_dir or slm.ref_losses
+    if not tokens_dir or not losses_dir:
+        raise UserError(
+            f"give --tokens and --losses: {runs[0]}/{OPTIONS_FILE} names no offline reference "
+            "LossStore to default to"
+        )
+    tokens = TokenStore(tokens_dir)
+    ref_store = LossStore(losses_dir)
+    seq_len = int(slm.seq_len or ref_store.seq_len)
+    ref_store.check_matches(tokens, seq_len)
+    claim_output_dir(out, SELECTION_KIND, [*runs, tokens_dir, losses_dir])  # never a user's
+    return tokens, ref_store, seq_len
+
+
+def _batch_of(slm_ckpts: list, select_batch: int | None) -> int:
+    """The windows ranked together: ``select_batch``, else the SLM run's train batch size."""
+    if select_batch is None:
+        state = slm_ckpts[-1][1] / "trainer_state.json"
+        select_batch = int(read_json(state).get("train_batch_size", 8)) if state.exists() else 8
+    common.check_positive("--select-batch", select_batch)
+    return select_batch
 
 
 def run_selection(
@@ -41,93 +99,28 @@ def run_selection(
     """Re-score both runs' checkpoints on the same windows, select as the SLM run did, write the
     files; returns the summary line, the paths, the data and the selection arrays."""
     slm_dir, clm_dir = runs
-    options = run_options(slm_dir)
-    selection = options.get("selection", {})
-    if selection.get("selection") != "token":
-        raise UserError(
-            f"{slm_dir} is not an SLM run (its selection is {selection.get('selection')!r})"
-        )
-    ratio = float(selection.get("ratio", 0.6) if ratio is None else ratio)
-    check_ratio(ratio, "--ratio")
-    score = selection.get("score", "excess")
-    scope = selection.get("scope", "batch")
-    trained_on = options.get("data") or {}
-    tokens_dir = tokens_dir or trained_on.get("tokens")
-    losses_dir = losses_dir or trained_on.get("ref_losses")
-    if not tokens_dir or not losses_dir:
-        raise UserError(
-            f"give --tokens and --losses: {slm_dir}/{OPTIONS_FILE} names no offline reference "
-            "LossStore to default to"
-        )
-    tokens = TokenStore(tokens_dir)
-    ref_store = LossStore(losses_dir)
-    seq_len = int(options.get("seq_len") or ref_store.seq_len)
-    ref_store.check_matches(tokens, seq_len)
-    claim_output_dir(out, SELECTION_KIND, [*runs, tokens_dir, losses_dir])  # never a user's
-
+    slm = _slm_options(slm_dir, ratio)
+    tokens, ref_store, seq_len = _open_inputs(runs, out, slm, tokens_dir, losses_dir)
     slm_ckpts, clm_ckpts = run_checkpoints(slm_dir), run_checkpoints(clm_dir)
-    if select_batch is None:
-        state = slm_ckpts[-1][1] / "trainer_state.json"
-        select_batch = int(read_json(state).get("train_batch_size", 8)) if state.exists() else 8
-    common.check_positive("--select-batch", select_batch)
+    select_batch = _batch_of(slm_ckpts, select_batch)
     device = common.device_from(device)
     indices = common.full_window_indices(tokens.n_tokens, seq_len, windows)
     ids = window_ids(tokens.tokens, seq_len, indices)
     ref = np.stack([ref_store.window(int(i)) for i in indices])
     t0 = time.perf_counter()
-    slm_loss = common.losses_per_checkpoint(
-        [p for _, p in slm_ckpts], ids, tokens.vocab_size, batch_size, dtype, device
-    )
-    clm_loss = common.losses_per_checkpoint(
-        [p for _, p in clm_ckpts], ids, tokens.vocab_size, batch_size, dtype, device
-    )
+    scoring = (ids, tokens.vocab_size, batch_size, dtype, device)
+    slm_loss = common.losses_per_checkpoint([p for _, p in slm_ckpts], *scoring)
+    clm_loss = common.losses_per_checkpoint([p for _, p in clm_ckpts], *scoring)
     seconds = time.perf_counter() - t0
     valid = sel.valid_positions(ref, *slm_loss, *clm_loss)
 
     def choose(learner: np.ndarray) -> np.ndarray:
-        return sel.select(sel.scores_for(score, learner, ref), valid, ratio, scope, select_batch)
+        scores = sel.scores_for(slm.score, learner, ref)
+        return sel.select(scores, valid, slm.ratio, slm.scope, select_batch)
 
-    slm_steps, clm_steps = [s for s, _ in slm_ckpts], [s for s, _ in clm_ckpts]
     slm_selected = np.stack([choose(loss) for loss in slm_loss])
-    paired = sel.pair_by_step(clm_steps, slm_steps)
-    fig6 = {"SLM": [], "CLM": []}
-    for i, step in enumerate(slm_steps):
-        row = sel.split_loss(slm_loss[i], slm_selected[i], valid)
-        fig6["SLM"].append({"step": step, "checkpoint": str(slm_ckpts[i][1]), **row})
-    for j, step in enumerate(clm_steps):
-        mask = slm_selected[paired[j]] if select_with == "slm" else choose(clm_loss[j])
-        row = sel.split_loss(clm_loss[j], mask, valid)
-        entry = {"step": step, "checkpoint": str(clm_ckpts[j][1]), **row}
-        if select_with == "slm":
-            entry["selected_by_slm_step"] = slm_steps[paired[j]]
-        fig6["CLM"].append(entry)
-
-    log = read_metrics(slm_dir)
-    log_sel, log_unsel = (
-        sel.metric_series(log, "loss_selected"),
-        sel.metric_series(log, "loss_unselected"),
-    )
-    series = {
-        "SLM (re-scored)": {
-            "selected": (slm_steps, [r["loss_selected"] for r in fig6["SLM"]]),
-            "unselected": (slm_steps, [r["loss_unselected"] for r in fig6["SLM"]]),
-        },
-        "CLM (re-scored)": {
-            "selected": (clm_steps, [r["loss_selected"] for r in fig6["CLM"]]),
-            "unselected": (clm_steps, [r["loss_unselected"] for r in fig6["CLM"]]),
-        },
-        "SLM training log (its own batches)": {"selected": log_sel, "unselected": log_unsel},
-    }
-    perplexity = sel.perplexity_matrix(slm_loss, slm_selected)
-    overlap = sel.overlap_matrix(slm_selected)
-    clm_perplexity = sel.perplexity_matrix(clm_loss, slm_selected)
-    labels = [str(s) for s in slm_steps]
-
-    how = (
-        "CLM measured on the tokens the SLM checkpoint nearest in step selects"
-        if select_with == "slm"
-        else "CLM measured on the tokens SLM's rule selects with the CLM model as learner"
-    )
+    rescore = None if select_with == "slm" else choose
+    fig6 = _fig6_rows(slm_ckpts, clm_ckpts, slm_loss, clm_loss, slm_selected, valid, rescore)
     data = {
         "runs": {"slm": str(slm_dir), "clm": str(clm_dir)},
         "tokens": str(tokens.path),
@@ -135,53 +128,120 @@ def run_selection(
         "seq_len": seq_len,
         "windows": indices,
         "n_valid_tokens": int(valid.sum()),
-        "ratio": ratio,
-        "score": score,
-        "scope": scope,
-        "select_batch": select_batch if scope == "batch" else 1,
+        "ratio": slm.ratio,
+        "score": slm.score,
+        "scope": slm.scope,
+        "select_batch": select_batch if slm.scope == "batch" else 1,
         "select_with": select_with,
-        "select_with_meaning": how,
+        "select_with_meaning": _how_clm_is_measured(select_with),
         "fig6": fig6,
-        "slm_training_log": {
-            "step": log_sel[0],
-            "loss_selected": log_sel[1],
-            "unselected_step": log_unsel[0],
-            "loss_unselected": log_unsel[1],
-        },
-        "fig8": {
-            "meaning": "perplexity[s][e]: exp(mean loss) of the tokens selected at SLM "
-            "checkpoint s (rows), evaluated with SLM checkpoint e's model (columns)",
-            "steps": slm_steps,
-            "perplexity": perplexity,
-            "overlap_jaccard": overlap,
-            "clm_steps": clm_steps,
-            "perplexity_under_clm": clm_perplexity,
-        },
+        "slm_training_log": _training_log(slm_dir),
+        "fig8": _fig8(slm_loss, clm_loss, slm_selected, fig6),
     }
-    files = [write_json_atomic(out / "selection.json", data, sort_keys=False)]
-    files.append(plots.selected_vs_unselected(series, ratio, out / "fig6_selected_unselected.png"))
-    files.append(plots.selection_heatmap(perplexity, labels, out / "fig8_perplexity_matrix.png"))
-    files.append(
-        plots.selection_lines(perplexity, slm_steps, labels, out / "fig8_perplexity_lines.png")
-    )
+    files = _write_files(out, data)
+    arrays = {"slm_selected": slm_selected, "valid": valid}  # for callers (the demo's rates)
+    return {"summary": _summary_line(data, seconds), "files": files, "data": data, "arrays": arrays}
+
+
+def _how_clm_is_measured(select_with: str) -> str:
+    """What the CLM rows of Fig. 6 measure (`--select-with`)."""
+    if select_with == "slm":
+        return "CLM measured on the tokens the SLM checkpoint nearest in step selects"
+    return "CLM measured on the tokens SLM's rule selects with the CLM model as learner"
+
+
+def _fig6_rows(slm_ckpts, clm_ckpts, slm_loss, clm_loss, slm_selected, valid, choose) -> dict:
+    """Selected and unselected loss at each checkpoint of both runs (Fig. 6a/c). A CLM
+    checkpoint is measured on the tokens of the SLM checkpoint nearest in step, or, given
+    ``choose``, on those SLM's rule selects with the CLM model as learner."""
+    slm_steps, clm_steps = [s for s, _ in slm_ckpts], [s for s, _ in clm_ckpts]
+    paired = sel.pair_by_step(clm_steps, slm_steps)
+    fig6 = {"SLM": [], "CLM": []}
+    for i, (step, path) in enumerate(slm_ckpts):
+        row = sel.split_loss(slm_loss[i], slm_selected[i], valid)
+        fig6["SLM"].append({"step": step, "checkpoint": str(path), **row})
+    for j, (step, path) in enumerate(clm_ckpts):
+        mask = slm_selected[paired[j]] if choose is None else choose(clm_loss[j])
+        entry = {"step": step, "checkpoint": str(path), **sel.split_loss(clm_loss[j], mask, valid)}
+        if choose is None:
+            entry["selected_by_slm_step"] = slm_steps[paired[j]]
+        fig6["CLM"].append(entry)
+    return fig6
+
+
+def _training_log(slm_dir: Path) -> dict:
+    """The selected and unselected loss the SLM run logged on its own batches."""
+    log = read_metrics(slm_dir)
+    log_sel = sel.metric_series(log, "loss_selected")
+    log_unsel = sel.metric_series(log, "loss_unselected")
+    return {
+        "step": log_sel[0],
+        "loss_selected": log_sel[1],
+        "unselected_step": log_unsel[0],
+        "loss_unselected": log_unsel[1],
+    }
+
+
+def _fig8(slm_loss, clm_loss, slm_selected, fig6: dict) -> dict:
+    """The perplexity of the tokens selected at each SLM checkpoint under every checkpoint."""
+    return {
+        "meaning": "perplexity[s][e]: exp(mean loss) of the tokens selected at SLM "
+        "checkpoint s (rows), evaluated with SLM checkpoint e's model (columns)",
+        "steps": [r["step"] for r in fig6["SLM"]],
+        "perplexity": sel.perplexity_matrix(slm_loss, slm_selected),
+        "overlap_jaccard": sel.overlap_matrix(slm_selected),
+        "clm_steps": [r["step"] for r in fig6["CLM"]],
+        "perplexity_under_clm": sel.perplexity_matrix(clm_loss, slm_selected),
+    }
+
+
+def _write_files(out: Path, data: dict) -> list[Path]:
+    """selection.json, selection.md and the figures; returns their paths."""
+    fig6, matrix, log = data["fig6"], data["fig8"], data["slm_training_log"]
+    steps, labels = matrix["steps"], [str(s) for s in matrix["steps"]]
+    series = {
+        f"{run} (re-scored)": {
+            kind: ([r["step"] for r in fig6[run]], [r[f"loss_{kind}"] for r in fig6[run]])
+            for kind in ("selected", "unselected")
+        }
+        for run in ("SLM", "CLM")
+    }
+    series["SLM training log (its own batches)"] = {
+        "selected": (log["step"], log["loss_selected"]),
+        "unselected": (log["unselected_step"], log["loss_unselected"]),
+    }
+    perplexity = matrix["perplexity"]
+    return [
+        write_json_atomic(out / "selection.json", data, sort_keys=False),
+        write_text_atomic(out / "selection.md", _markdown(data)),
+        plots.selected_vs_unselected(series, data["ratio"], out / "fig6_selected_unselected.png"),
+        plots.selection_heatmap(perplexity, labels, out / "fig8_perplexity_matrix.png"),
+        plots.selection_lines(perplexity, steps, labels, out / "fig8_perplexity_lines.png"),
+    ]
+
+
+def _markdown(data: dict) -> str:
+    """selection.md: the Fig. 6 table and the Fig. 8 matrix."""
+    labels = [str(s) for s in data["fig8"]["steps"]]
     md = [
         "# Selected vs unselected tokens",
         "",
-        f"SLM run `{slm_dir}` (ratio {ratio:g}, score {score}, scope {scope}), CLM run "
-        f"`{clm_dir}`; {len(indices)} windows of {seq_len} tokens from `{tokens.path}` "
-        f"({int(valid.sum()):,} scored tokens). {how}.",
+        f"SLM run `{data['runs']['slm']}` (ratio {data['ratio']:g}, score {data['score']}, "
+        f"scope {data['scope']}), CLM run `{data['runs']['clm']}`; {len(data['windows'])} "
+        f"windows of {data['seq_len']} tokens from `{data['tokens']}` "
+        f"({data['n_valid_tokens']:,} scored tokens). {data['select_with_meaning']}.",
         "",
         "## Loss of the tokens SLM selects and drops (Fig. 6a/c)",
         "",
         "| run | step | selected | unselected | all |",
         "|---|---:|---:|---:|---:|",
     ]
-    for run in ("SLM", "CLM"):
-        for r in fig6[run]:
-            md.append(
-                f"| {run} | {r['step']} | {r['loss_selected']:.3f} | {r['loss_unselected']:.3f} "
-                f"| {r['loss_all']:.3f} |"
-            )
+    md += [
+        f"| {run} | {r['step']} | {r['loss_selected']:.3f} | {r['loss_unselected']:.3f} "
+        f"| {r['loss_all']:.3f} |"
+        for run in ("SLM", "CLM")
+        for r in data["fig6"][run]
+    ]
     md += [
         "",
         "![selected vs unselected](fig6_selected_unselected.png)",
@@ -193,7 +253,7 @@ def run_selection(
         "| selected at \\ evaluated at | " + " | ".join(labels) + " |",
         "|---|" + "---:|" * len(labels),
     ]
-    for label, row in zip(labels, perplexity, strict=True):
+    for label, row in zip(labels, data["fig8"]["perplexity"], strict=True):
         md.append(f"| {label} | " + " | ".join(f"{v:.2f}" for v in row) + " |")
     md += [
         "",
@@ -201,13 +261,15 @@ def run_selection(
         "![perplexity lines](fig8_perplexity_lines.png)",
         "",
     ]
-    files.insert(1, write_text_atomic(out / "selection.md", "\n".join(md)))
-    last_slm, last_clm = fig6["SLM"][-1], fig6["CLM"][-1]
-    summary = (
-        f"scored {len(slm_ckpts)} SLM + {len(clm_ckpts)} CLM checkpoints on {len(indices)} "
+    return "\n".join(md)
+
+
+def _summary_line(data: dict, seconds: float) -> str:
+    """The line the command prints."""
+    slm, clm = data["fig6"]["SLM"], data["fig6"]["CLM"]
+    return (
+        f"scored {len(slm)} SLM + {len(clm)} CLM checkpoints on {len(data['windows'])} "
         f"windows in {seconds:.1f}s; at the last step selected/unselected loss is "
-        f"SLM {last_slm['loss_selected']:.3f}/{last_slm['loss_unselected']:.3f}, "
-        f"CLM {last_clm['loss_selected']:.3f}/{last_clm['loss_unselected']:.3f}"
+        f"SLM {slm[-1]['loss_selected']:.3f}/{slm[-1]['loss_unselected']:.3f}, "
+        f"CLM {clm[-1]['loss_selected']:.3f}/{clm[-1]['loss_unselected']:.3f}"
     )
-    arrays = {"slm_selected": slm_selected, "valid": valid}  # for callers (the demo's rates)
-    return {"summary": summary, "files": files, "data": data, "arrays": arrays}

@@ -136,14 +136,14 @@ def generate(
     if pad is None:
         raise UserError("the tokenizer has neither a padding nor an EOS token: cannot batch")
     eos = getattr(model.generation_config, "eos_token_id", None)
-    eos = eos if eos is not None else tokenizer.eos_token_id
-    limit = max_positions(model)
-    max_prompt = None if limit is None else limit - max_new_tokens
-    if max_prompt is not None and max_prompt < 1:
-        raise UserError(
-            f"--max-new-tokens {max_new_tokens} leaves no room for a prompt in the "
-            f"model's {limit} positions"
-        )
+    greedy = {
+        "max_new_tokens": max_new_tokens,
+        "do_sample": False,
+        "num_beams": 1,
+        "pad_token_id": pad,
+        "eos_token_id": eos if eos is not None else tokenizer.eos_token_id,
+    }
+    max_prompt = _prompt_room(model, max_new_tokens)
     sides = tokenizer.padding_side, tokenizer.truncation_side
     tokenizer.padding_side = tokenizer.truncation_side = "left"
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
@@ -159,18 +159,7 @@ def generate(
                 truncation=max_prompt is not None,
                 max_length=max_prompt,
             ).to(device)
-            prompt_len = enc["input_ids"].shape[1]
-            out = model.generate(
-                input_ids=enc["input_ids"],
-                attention_mask=enc["attention_mask"],
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                num_beams=1,
-                pad_token_id=pad,
-                eos_token_id=eos,
-                stopping_criteria=_stop_criteria(tokenizer, prompt_len, stops),
-            )
-            texts = tokenizer.batch_decode(out[:, prompt_len:], skip_special_tokens=True)
+            texts = _complete(model, tokenizer, enc, stops, greedy)
             for i, text in zip(rows, texts, strict=True):
                 outputs[i] = cut_at_stop(text, stops)
             bar.update(len(rows))
@@ -178,6 +167,31 @@ def generate(
         tokenizer.padding_side, tokenizer.truncation_side = sides
         bar.close()
     return outputs
+
+
+def _prompt_room(model, max_new_tokens: int) -> int | None:
+    """The most prompt tokens the model's positions leave beside the new ones (None: no limit)."""
+    limit = max_positions(model)
+    if limit is None:
+        return None
+    if limit - max_new_tokens < 1:
+        raise UserError(
+            f"--max-new-tokens {max_new_tokens} leaves no room for a prompt in the "
+            f"model's {limit} positions"
+        )
+    return limit - max_new_tokens
+
+
+def _complete(model, tokenizer, enc, stops: Sequence[str], greedy: dict) -> list[str]:
+    """The decoded text each prompt of the batch ``enc`` generates after itself."""
+    prompt_len = enc["input_ids"].shape[1]
+    out = model.generate(
+        input_ids=enc["input_ids"],
+        attention_mask=enc["attention_mask"],
+        stopping_criteria=_stop_criteria(tokenizer, prompt_len, stops),
+        **greedy,
+    )
+    return tokenizer.batch_decode(out[:, prompt_len:], skip_special_tokens=True)
 
 
 # --- k-shot exact match ---------------------------------------------------------------------------
@@ -198,17 +212,7 @@ def evaluate_task(
 ) -> tuple[dict, list[dict]]:
     """k-shot exact-match accuracy. Shots come from ``shot_items`` or else the first ``shots``
     items, which are then not evaluated. Returns (summary, one row per evaluated item)."""
-    if shots < 0:
-        raise UserError(f"--shots must be non-negative, got {shots}")
-    pool = list(shot_items) if shot_items is not None else list(items)
-    if shots > len(pool):
-        raise UserError(f"--shots {shots} asks for more examples than the {len(pool)} available")
-    examples = pool[:shots]
-    evaluated = list(items) if shot_items is not None else list(items)[shots:]
-    if limit is not None:
-        evaluated = evaluated[: max(0, limit)]
-    if not evaluated:
-        raise UserError("no items left to evaluate (after the shots and --limit)")
+    examples, evaluated = _shots_and_questions(items, shots, shot_items, limit)
     prompts = [build_prompt(examples, item["question"]) for item in evaluated]
     start = time.perf_counter()
     outputs = generate(
@@ -220,22 +224,12 @@ def evaluate_task(
         device=device,
         progress=progress,
     )
-    rows = []
-    for index, (item, prompt, output) in enumerate(zip(evaluated, prompts, outputs, strict=True)):
-        extracted, correct = grade_output(output, item["answer"])
-        rows.append(
-            {
-                "index": index,
-                **({"id": item["id"]} if "id" in item else {}),
-                "question": item["question"],
-                "answer": item["answer"],
-                "gold": gold_answer(item["answer"]),
-                "prompt": prompt,
-                "output": output,
-                "extracted": extracted,
-                "correct": correct,
-            }
+    rows = [
+        _graded(index, item, prompt, output)
+        for index, (item, prompt, output) in enumerate(
+            zip(evaluated, prompts, outputs, strict=True)
         )
+    ]
     n_correct = sum(row["correct"] for row in rows)
     summary = {
         "shots": shots,
@@ -246,3 +240,34 @@ def evaluate_task(
         "seconds": round(time.perf_counter() - start, 3),
     }
     return summary, rows
+
+
+def _shots_and_questions(items, shots: int, shot_items, limit: int | None):
+    """The solved examples every prompt starts with, and the items to evaluate."""
+    if shots < 0:
+        raise UserError(f"--shots must be non-negative, got {shots}")
+    pool = list(shot_items) if shot_items is not None else list(items)
+    if shots > len(pool):
+        raise UserError(f"--shots {shots} asks for more examples than the {len(pool)} available")
+    evaluated = list(items) if shot_items is not None else list(items)[shots:]
+    if limit is not None:
+        evaluated = evaluated[: max(0, limit)]
+    if not evaluated:
+        raise UserError("no items left to evaluate (after the shots and --limit)")
+    return pool[:shots], evaluated
+
+
+def _graded(index: int, item: dict, prompt: str, output: str) -> dict:
+    """One evaluated item's row: its prompt, the model's output and whether it is correct."""
+    extracted, correct = grade_output(output, item["answer"])
+    return {
+        "index": index,
+        **({"id": item["id"]} if "id" in item else {}),
+        "question": item["question"],
+        "answer": item["answer"],
+        "gold": gold_answer(item["answer"]),
+        "prompt": prompt,
+        "output": output,
+        "extracted": extracted,
+        "correct": correct,
+    }

@@ -70,52 +70,68 @@ def run_sweep(
     ratios = sorted(set(float(r) for r in ratios))
     inputs = [tokens, ref_losses, eval_tokens, model if model and Path(model).exists() else None]
     claim_output_dir(out, SWEEP_KIND, inputs)  # new or an earlier sweep: never a user's directory
+    paths = {"tokens": str(tokens), "ref_losses": str(ref_losses), "eval_tokens": str(eval_tokens)}
+    data = ModelDataArguments(
+        **paths, model=model, preset=None if model else preset, seq_len=seq_len
+    )
     results = []
     for ratio in ratios:
         run_dir = out / "runs" / f"ratio-{ratio:g}"
         result_file = run_dir / "sweep_result.json"
         if result_file.exists() and not overwrite:
             results.append(read_json(result_file))
-            if progress:
-                print(f"ratio {ratio:g}: reusing {result_file}")
+            _say(progress, f"ratio {ratio:g}: reusing {result_file}")
             continue
         if run_dir.exists() or run_dir.is_symlink():  # an unfinished or replaced run: afresh
             check_replaceable(run_dir, RUN_KIND, inputs, "sweep run")
             remove_path(run_dir)
-        args = replace(training, output_dir=str(run_dir), max_steps=max_steps, seed=seed,
-                       selection="token", ratio=ratio, score=score)  # fmt: skip
-        data = ModelDataArguments(
-            tokens=str(tokens),
-            model=model,
-            preset=None if model else preset,
-            ref_losses=str(ref_losses),
-            eval_tokens=str(eval_tokens),
-            seq_len=seq_len,
-        )
-        if progress:
-            print(f"ratio {ratio:g}: training {max_steps} steps into {run_dir}")
-        t0 = time.perf_counter()
-        trainer = run_training(data, args)
-        history = trainer.state.log_history
-        evals = [h["eval_loss"] for h in history if "eval_loss" in h]
-        trains = [h["loss"] for h in history if "loss" in h]
-        result = {
-            "ratio": ratio,
-            "eval_loss": evals[-1] if evals else float("nan"),
-            "final_train_loss": trains[-1] if trains else float("nan"),
-            "max_steps": max_steps,
-            "seed": seed,
-            "seconds": time.perf_counter() - t0,
-            "tokens_seen": int(trainer.state.num_input_tokens_seen),
-            "run_dir": str(run_dir),
-        }
-        del trainer
-        gc.collect()
-        write_json_atomic(result_file, result, sort_keys=False)
-        results.append(result)
-        if progress:
-            print(f"ratio {ratio:g}: held-out loss {result['eval_loss']:.4f}")
+        run = {"output_dir": str(run_dir), "max_steps": max_steps, "seed": seed}
+        args = replace(training, **run, selection="token", ratio=ratio, score=score)
+        _say(progress, f"ratio {ratio:g}: training {max_steps} steps into {run_dir}")
+        results.append(_train(data, args))
+        write_json_atomic(result_file, results[-1], sort_keys=False)
+        _say(progress, f"ratio {ratio:g}: held-out loss {results[-1]['eval_loss']:.4f}")
+    settings = {
+        **paths,
+        "preset": data.preset,
+        "model": model,
+        "max_steps": max_steps,
+        "seed": seed,
+        "score": score,
+        "training_args": given_options(training),
+    }
+    return _write_files(out, ratios, results, settings)
 
+
+def _say(progress: bool, line: str) -> None:
+    if progress:
+        print(line)
+
+
+def _train(data: ModelDataArguments, args: SelectiveTrainingArguments) -> dict:
+    """Train one run; returns its sweep_result.json record."""
+    t0 = time.perf_counter()
+    trainer = run_training(data, args)
+    history = trainer.state.log_history
+    evals = [h["eval_loss"] for h in history if "eval_loss" in h]
+    trains = [h["loss"] for h in history if "loss" in h]
+    result = {
+        "ratio": args.ratio,
+        "eval_loss": evals[-1] if evals else float("nan"),
+        "final_train_loss": trains[-1] if trains else float("nan"),
+        "max_steps": args.max_steps,
+        "seed": args.seed,
+        "seconds": time.perf_counter() - t0,
+        "tokens_seen": int(trainer.state.num_input_tokens_seen),
+        "run_dir": args.output_dir,
+    }
+    del trainer  # its model and optimizer: freed before the next ratio trains
+    gc.collect()
+    return result
+
+
+def _write_files(out: Path, ratios: list[float], results: list[dict], settings: dict) -> dict:
+    """sweep.json, sweep.md and fig9_sweep.png; returns run_sweep's result."""
     losses = [float("nan") if r["eval_loss"] is None else r["eval_loss"] for r in results]
     summary = sel.sweep_summary(ratios, losses)
     data = {
@@ -123,39 +139,38 @@ def run_sweep(
         "eval_loss": losses,
         "summary": summary,
         "runs": results,
-        "settings": {
-            "tokens": str(tokens),
-            "ref_losses": str(ref_losses),
-            "eval_tokens": str(eval_tokens),
-            "preset": None if model else preset,
-            "model": model,
-            "max_steps": max_steps,
-            "seed": seed,
-            "score": score,
-            "training_args": given_options(training),
-        },
+        "settings": settings,
     }
-    files = [write_json_atomic(out / "sweep.json", data, sort_keys=False)]
-    lines = ["| ratio | held-out loss | vs ratio 1.0 |", "|---:|---:|---:|"]
-    for row in summary["rows"]:
-        gap = row.get("vs_all_tokens")
-        gap_text = "" if gap is None or not math.isfinite(gap) else f"{gap:+.4f}"
-        mark = " (best)" if row["ratio"] == summary["best_ratio"] else ""
-        lines.append(f"| {row['ratio']:g}{mark} | {row['eval_loss']:.4f} | {gap_text} |")
-    table = "\n".join(lines)
+    table = _markdown_table(summary)
+    model, preset = settings["model"], settings["preset"]
+    steps, seed = settings["max_steps"], settings["seed"]
     md = [
         "# Selection-ratio sweep",
         "",
-        f"SLM (score {score}) at each ratio, {max_steps} steps, seed {seed}, "
+        f"SLM (score {settings['score']}) at each ratio, {steps} steps, seed {seed}, "
         f"{'model ' + str(model) if model else 'preset ' + str(preset)}; held-out loss on "
-        f"`{eval_tokens}`. Paper (Fig. 9): ~60% best for 1B on math.",
+        f"`{settings['eval_tokens']}`. Paper (Fig. 9): ~60% best for 1B on math.",
         "",
         table,
         "",
         "![sweep](fig9_sweep.png)",
         "",
     ]
-    files.append(write_text_atomic(out / "sweep.md", "\n".join(md)))
-    note = f" — {max_steps} steps, seed {seed}"
-    files.append(plots.sweep(ratios, losses, summary, out / "fig9_sweep.png", note))
+    note = f" — {steps} steps, seed {seed}"
+    files = [
+        write_json_atomic(out / "sweep.json", data, sort_keys=False),
+        write_text_atomic(out / "sweep.md", "\n".join(md)),
+        plots.sweep(ratios, losses, summary, out / "fig9_sweep.png", note),
+    ]
     return {"summary": summary, "markdown_table": table, "files": files, "data": data}
+
+
+def _markdown_table(summary: dict) -> str:
+    """Held-out loss at each ratio and its gap to ratio 1.0, the best ratio marked."""
+    lines = ["| ratio | held-out loss | vs ratio 1.0 |", "|---:|---:|---:|"]
+    for row in summary["rows"]:
+        gap = row.get("vs_all_tokens")
+        gap_text = "" if gap is None or not math.isfinite(gap) else f"{gap:+.4f}"
+        mark = " (best)" if row["ratio"] == summary["best_ratio"] else ""
+        lines.append(f"| {row['ratio']:g}{mark} | {row['eval_loss']:.4f} | {gap_text} |")
+    return "\n".join(lines)
