@@ -41,19 +41,15 @@ def run_selection(
     """Re-score both runs' checkpoints on the same windows, select as the SLM run did, write the
     files; returns the summary line, the paths, the data and the selection arrays."""
     slm_dir, clm_dir = runs
-    options = run_options(slm_dir)
-    selection = options.get("selection", {})
-    if selection.get("selection") != "token":
-        raise UserError(
-            f"{slm_dir} is not an SLM run (its selection is {selection.get('selection')!r})"
-        )
-    ratio = float(selection.get("ratio", 0.6) if ratio is None else ratio)
+    options = run_options(slm_dir)  # rho.run_options.RunOptions
+    selection = options.selection
+    if selection.selection != "token":
+        raise UserError(f"{slm_dir} is not an SLM run (its selection is {selection.selection!r})")
+    ratio = selection.ratio if ratio is None else float(ratio)
     check_ratio(ratio, "--ratio")
-    score = selection.get("score", "excess")
-    scope = selection.get("scope", "batch")
-    trained_on = options.get("data") or {}
-    tokens_dir = tokens_dir or trained_on.get("tokens")
-    losses_dir = losses_dir or trained_on.get("ref_losses")
+    score, scope = selection.score, selection.scope
+    tokens_dir = tokens_dir or (options.data and options.data.tokens)
+    losses_dir = losses_dir or (options.data and options.data.ref_losses)
     if not tokens_dir or not losses_dir:
         raise UserError(
             f"give --tokens and --losses: {slm_dir}/{OPTIONS_FILE} names no offline reference "
@@ -61,7 +57,7 @@ def run_selection(
         )
     tokens = TokenStore(tokens_dir)
     ref_store = LossStore(losses_dir)
-    seq_len = int(options.get("seq_len") or ref_store.seq_len)
+    seq_len = options.seq_len or ref_store.seq_len
     ref_store.check_matches(tokens, seq_len)
     claim_output_dir(out, SELECTION_KIND, [*runs, tokens_dir, losses_dir])  # never a user's
 
