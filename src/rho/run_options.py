@@ -19,7 +19,7 @@ from rho.errors import UserError
 from rho.files import read_json
 from rho.schema import Count, Hash, Name, Size, Strict, validate
 
-VERSION = 2  # 2: the identity fields (tokens_hash, ref_losses_hash, model_config)
+VERSION = 2  # 2: the identity fields (tokens_hash, ref_losses_hash, architecture)
 # Config entries that say how a model was saved or run, not what it is.
 NOT_ARCHITECTURE = frozenset(
     {"transformers_version", "_name_or_path", "torch_dtype", "dtype", "use_cache", "architectures"}
@@ -69,7 +69,7 @@ class RunOptions(Strict):
     seq_len: Size | None = None
     tokens_hash: Hash | None = None  # the TokenStore's content_hash
     ref_losses_hash: Hash | None = None  # the LossStore's loss_hash, where the run reads it
-    model_config: dict[str, Any] | None = None  # the model's architecture (see model_config)
+    architecture: dict[str, Any] | None = None  # the model's config (see architecture)
     distributed: DistributedFacts | None = None
 
     def to_json(self) -> dict:
@@ -81,7 +81,7 @@ def selection_record(selection: dict) -> RunOptions:
     return RunOptions(version=VERSION, selection=validate(SelectionOptions, selection, "selection"))
 
 
-def model_config(model) -> dict:
+def architecture(model) -> dict:
     """A model's architecture as rho_options.json records it (its config, as JSON, without the
     entries that say how it was saved or run)."""
     config = json.loads(model.config.to_json_string(use_diff=False))
@@ -127,7 +127,7 @@ def first_difference(then: RunOptions, now: RunOptions) -> str | None:
             f"--ref_losses {now.data.ref_losses} is not the LossStore the checkpoint trained "
             f"with ({then.data.ref_losses})"
         )
-    old, new = then.model_config or {}, now.model_config or {}
+    old, new = then.architecture or {}, now.architecture or {}
     for key in sorted(old.keys() | new.keys()):
         if old.get(key) != new.get(key):
             model = f"--model {now.data.model}" if now.data.model else f"--preset {now.data.preset}"

@@ -21,8 +21,8 @@ from rho.run_options import (
     DataOptions,
     DistributedFacts,
     RunOptions,
+    architecture,
     check_continues,
-    model_config,
 )
 from rho.runs import prepare_run_dir
 from rho.schema import validate
@@ -152,7 +152,7 @@ def run_record(trainer, data: ModelDataArguments, losses, seq_len: int) -> RunOp
         seq_len=seq_len,
         tokens_hash=trainer.train_dataset.tokens.meta["content_hash"],
         ref_losses_hash=losses.meta.get("loss_hash") if reads_losses else None,
-        model_config=model_config(trainer.model),
+        architecture=architecture(trainer.model),
     )
 
 
