@@ -3,7 +3,7 @@ and the readers every later stage uses.
 
     OUTPUT_DIR/
       metrics.jsonl        one JSON object per log (training and evaluation), rank 0 only
-      rho_options.json     the selection, data and seq_len options of the run
+      rho_options.json     what the run trains: its options and inputs (rho.run_options)
       rho_compute.json     cumulative compute counters (also in each checkpoint, for resume)
       checkpoint-N/        the Trainer's checkpoints (N = optimizer step), each built in a
                            scratch sibling .checkpoint-N.tmp-PID-* and renamed into place whole
@@ -42,6 +42,7 @@ from rho.files import (
 )
 from rho.run_options import RunOptions, read_run_options
 from rho.schema import Count, Name, Strict, validate
+from rho.testhook import hold
 
 METRICS_FILE = "metrics.jsonl"
 OPTIONS_FILE = "rho_options.json"
@@ -243,6 +244,7 @@ def publish_checkpoint(written: Path, final: Path, state, args) -> None:
         best_model_checkpoint=state.best_model_checkpoint,
         use_mtime=True,
     )
+    hold("checkpoint.published")  # tests only: killed exactly here
 
 
 # --- Starting, resuming or replacing a run directory -------------------------------------------
