@@ -17,8 +17,11 @@ from pydantic import Field
 
 from rho.errors import UserError
 from rho.files import read_json
+from rho.options import SELECTIONS
 from rho.schema import Count, Hash, Name, Size, Strict, validate
+from rho.select import SCOPES, SCORES
 
+OPTIONS_FILE = "rho_options.json"
 VERSION = 2  # 2: the identity fields (tokens_hash, ref_losses_hash, architecture)
 # Config entries that say how a model was saved or run, not what it is.
 NOT_ARCHITECTURE = frozenset(
@@ -29,12 +32,10 @@ NOT_ARCHITECTURE = frozenset(
 class SelectionOptions(Strict):
     """The fields of rho.options.SelectionArguments."""
 
-    selection: Literal["none", "token", "sample", "sample+token"]
+    selection: Literal[SELECTIONS]
     ratio: Annotated[float, Field(gt=0, le=1)]
-    score: Literal[
-        "excess", "learner", "reference", "random", "reference-entropy", "reference+entropy"
-    ]
-    scope: Literal["batch", "sequence"]
+    score: Literal[SCORES]
+    scope: Literal[SCOPES]
     ratio_warmup_steps: Count
     candidate_factor: Annotated[int, Field(ge=1, le=1 << 20)]
 
@@ -97,11 +98,11 @@ def check_continues(checkpoint: str | Path, now: RunOptions) -> None:
     """A resumed run must train what its checkpoint trained: the same tokens, reference losses,
     selection, window length and model architecture. Else a one-line UserError naming the
     first difference."""
-    then = read_run_options(Path(checkpoint) / "rho_options.json")
+    then = read_run_options(Path(checkpoint) / OPTIONS_FILE)
     start_afresh = "(start afresh with --overwrite, or resume with the run's own options)"
     if then.tokens_hash is None or then.data is None:
         raise UserError(
-            f"cannot resume from {checkpoint}: its rho_options.json does not record what it "
+            f"cannot resume from {checkpoint}: its {OPTIONS_FILE} does not record what it "
             f"trained on (written by an older rho, or from Python) {start_afresh}"
         )
     difference = first_difference(then, now)

@@ -40,12 +40,11 @@ from rho.files import (
     write_json_atomic,
     write_text_atomic,
 )
-from rho.run_options import RunOptions, read_run_options
+from rho.run_options import OPTIONS_FILE, RunOptions, read_run_options
 from rho.schema import Count, Name, Strict, validate
 from rho.testhook import hold
 
 METRICS_FILE = "metrics.jsonl"
-OPTIONS_FILE = "rho_options.json"
 COMPUTE_FILE = "rho_compute.json"
 RUN_KIND = "rho.Run"  # output_kind of a run directory (see rho.files.mark_output)
 MANIFEST_FILE = "rho_manifest.json"
