@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from helpers import markov_docs, write_texts
+from helpers import markov_docs, targs, write_texts
 
 from rho.cli import main
 from rho.errors import UserError
@@ -184,6 +184,16 @@ def test_run_options_mirror_the_option_dataclasses():
         assert set(model.model_fields) == {f.name for f in dataclasses.fields(options)}
         assert all(field.is_required() for field in model.model_fields.values())
     assert RunOptions.model_fields["selection"].is_required()
+
+
+def test_the_record_of_options_given_from_python(stores, tmp_path):
+    from rho.training import build_trainer
+
+    data = ModelDataArguments(tokens=Path(stores.tokens), preset="tiny", seq_len=SEQ)
+    record = build_trainer(data, targs(tmp_path / "run", selection="none")).rho_options
+    assert record.data.tokens == str(stores.tokens) and record.ref_losses_hash is None
+    assert record.tokens_hash == stores.store.meta["content_hash"] and record.seq_len == SEQ
+    assert RunOptions.model_validate(record.to_json()) == record  # written as it is read
 
 
 @pytest.mark.parametrize(

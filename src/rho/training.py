@@ -4,6 +4,7 @@ and run a SelectiveTrainer (plain CLM, SLM, online RHO-LOSS) into a run director
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -148,12 +149,17 @@ def run_record(trainer, data: ModelDataArguments, losses, seq_len: int) -> RunOp
     return RunOptions(
         version=VERSION,
         selection=trainer.rho_options.selection,
-        data=validate(DataOptions, asdict(data), "the training options"),
+        data=validate(DataOptions, paths_as_text(asdict(data)), "the training options"),
         seq_len=seq_len,
         tokens_hash=trainer.train_dataset.tokens.meta["content_hash"],
         ref_losses_hash=losses.meta.get("loss_hash") if reads_losses else None,
         architecture=architecture(trainer.model),
     )
+
+
+def paths_as_text(options: dict) -> dict:
+    """Options given from Python may hold Paths; the record holds their text."""
+    return {k: str(v) if isinstance(v, os.PathLike) else v for k, v in options.items()}
 
 
 def datasets(data: ModelDataArguments, args, tokens: TokenStore, losses, seq_len: int) -> tuple:
