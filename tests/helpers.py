@@ -11,11 +11,13 @@ import random
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from rho.experiment.report import PAPER
 from rho.runs import METRICS_FILE
 from rho.store import TokenStore
+from rho.testhook import HOLD_ENV
 from rho.trainer import SelectiveTrainingArguments
 
 # --- Documents and corpus files ----------------------------------------------------------------
@@ -184,6 +186,25 @@ def last_record(run_dir: str | Path, key: str = "flops_train") -> dict:
 # One thread per process: tiny models gain nothing from more, and on a busy machine threads that
 # wait for each other make runs many times slower.
 SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def hold_env(point: str, n: int, file: Path) -> dict:
+    """The environment that stops a `rho` subprocess the ``n``th time it passes ``point``
+    (rho.testhook): it writes ``file`` and waits there, to be signalled at a known point."""
+    return {**SUBPROCESS_ENV, HOLD_ENV: f"{point}:{n}:{file}"}
+
+
+def wait_until_held(file: Path, proc: subprocess.Popen, guard: float = 600) -> None:
+    """Until ``proc`` waits at its hold point; ``guard`` seconds only stop a hung test."""
+    deadline = time.monotonic() + guard
+    while not file.exists():
+        if proc.poll() is not None:
+            err = proc.stderr.read()[-3000:] if proc.stderr else ""
+            raise AssertionError(f"rho ended before its hold point (rc {proc.returncode}):\n{err}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError("rho never reached its hold point")
+        time.sleep(0.01)
 
 
 def run_rho(

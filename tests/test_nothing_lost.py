@@ -10,13 +10,12 @@ import resource
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from helpers import SUBPROCESS_ENV, run_rho
+from helpers import SUBPROCESS_ENV, hold_env, run_rho, wait_until_held
 from safetensors.torch import load_file, save_file
 
 from rho.errors import UserError
@@ -142,17 +141,6 @@ def test_dynamics_and_sweep_refuse_an_out_holding_user_files(
 # --- 2. A killed run leaves nothing later commands trust ------------------------------------------
 
 
-def wait_for(condition, proc: subprocess.Popen, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if proc.poll() is not None:
-            raise AssertionError(f"rho train ended early:\n{proc.stderr.read()[-3000:]}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError("timed out")
-        time.sleep(0.05)
-
-
 def metrics_steps(out: Path) -> list[int]:
     """The steps of the training-loss records (one per step with --logging_steps 1)."""
     records = [json.loads(line) for line in (out / METRICS_FILE).read_text().splitlines()]
@@ -163,16 +151,20 @@ def metrics_steps(out: Path) -> list[int]:
 def test_killed_train_resumes_from_its_last_whole_checkpoint(tmp_path, token_store):
     out = tmp_path / "run"
     args = train_args(token_store, out, "--max_steps", 400, "--save_steps", 3)
+    held = tmp_path / "held"  # killed where it waits after publishing its third checkpoint
     proc = subprocess.Popen(
         [sys.executable, "-m", "rho", *map(str, args)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
-        env=SUBPROCESS_ENV,
+        env=hold_env("checkpoint.published", 3, held),
     )
-    wait_for(lambda: len(whole_checkpoints(out)) >= 3, proc)
-    os.kill(proc.pid, signal.SIGKILL)
+    try:
+        wait_until_held(held, proc)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    assert [step for step, _ in whole_checkpoints(out)] == [3, 6, 9]
     # What kill -9 in the middle of a save leaves (the old Trainer wrote checkpoints in place):
     # a newer checkpoint with the model but no trainer state, no optimizer, no manifest.
     newest = whole_checkpoints(out)[-1][0]

@@ -7,12 +7,19 @@ import json
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 import torch
-from helpers import SUBPROCESS_ENV, make_docs, rho_command, run_rho, tokenized
+from helpers import (
+    SUBPROCESS_ENV,
+    hold_env,
+    make_docs,
+    rho_command,
+    run_rho,
+    tokenized,
+    wait_until_held,
+)
 
 from rho.cli import main
 from rho.embed import EmbeddingStore, embed_units
@@ -191,23 +198,20 @@ def test_kill_9_mid_embedding_resumes_to_identical_embeddings(tmp_path, token_st
     args += ["--seq-len", "16", "--batch-size", "1", "--embed-model", model_dir]
     args += ["--embeddings", emb, "--out", tmp_path / "out"]
     n_batches = token_store.n_windows(16)
+    held = tmp_path / "held"  # killed where it waits after recording a fifth of the batches
+    env = hold_env("embed.recorded", max(1, n_batches // 5), held)
     proc = subprocess.Popen(
         [sys.executable, "-m", "rho", *map(str, args)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**SUBPROCESS_ENV, "RHO_EMBED_SAVE_EVERY_S": "0.02"},
+        env={**env, "RHO_EMBED_SAVE_EVERY_S": "0"},  # record after every batch
     )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            if embedding_batches_done(emb / "progress") >= n_batches // 5:
-                break
-        except (OSError, ValueError, EOFError):
-            pass  # not written yet
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    _, stderr = proc.communicate(timeout=60)
+    try:
+        wait_until_held(held, proc)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+    _, stderr = proc.communicate(timeout=600)
     assert proc.returncode == -signal.SIGKILL, stderr[-2000:]
     done = embedding_batches_done(emb / "progress")
     assert 0 < done < n_batches, "the run ended before it was killed"

@@ -7,14 +7,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import SUBPROCESS_ENV, run_rho, torch_threads
+from helpers import SUBPROCESS_ENV, hold_env, run_rho, torch_threads, wait_until_held
 
 from rho import score as score_mod
 from rho import windows as windows_mod
@@ -110,26 +109,26 @@ def batches_done(progress: Path) -> int:
 
 
 def interrupt_midway(args: list, sig: signal.Signals, progress, n_batches: int) -> str:
-    """Start `rho ARGS` (recording progress often), send ``sig`` once a fifth more of the batches
-    are done, and return its stderr."""
-    start = batches_done(progress)
+    """Start `rho ARGS` (recording progress after every batch), send ``sig`` while it waits
+    after recording a fifth of the batches (rho.testhook), and return its stderr."""
+    held = progress.parent.parent / "held"
     proc = subprocess.Popen(
         [sys.executable, "-m", "rho", *map(str, args)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**SUBPROCESS_ENV, "RHO_SCORE_SAVE_EVERY_S": "0.05"},  # record often
+        env={
+            **hold_env("score.recorded", max(1, n_batches // 5), held),
+            "RHO_SCORE_SAVE_EVERY_S": "0",  # record after every batch
+        },
     )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            if batches_done(progress) >= start + n_batches // 5:
-                break
-        except (OSError, ValueError, EOFError):
-            pass  # not written yet
-        time.sleep(0.01)
-    proc.send_signal(sig)
-    _, stderr = proc.communicate(timeout=60)
+    try:
+        wait_until_held(held, proc)
+        proc.send_signal(sig)
+        _, stderr = proc.communicate(timeout=600)
+    finally:
+        proc.kill()
+        held.unlink(missing_ok=True)
     expected = 130 if sig == signal.SIGINT else -signal.SIGKILL
     assert proc.returncode == expected, stderr[-2000:]
     assert 0 < batches_done(progress) < n_batches, "the run ended before it was interrupted"

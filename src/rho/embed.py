@@ -41,6 +41,7 @@ from rho.loss_writer import done_batches, existing_run, progress_file, remove_pr
 from rho.models import model_fingerprint
 from rho.schema import Count, Hash, Name, Strict
 from rho.store import FORMAT_VERSION, TokenStore, read_store_meta, reserve_disk_space
+from rho.testhook import hold
 from rho.windows import batch_windows, check_positions, max_positions, window_ids
 
 EMBEDDINGS = "rho.Embeddings"
@@ -329,6 +330,7 @@ def _embed_batches(model, tokens, out: Path, meta: dict, batches, device) -> Non
             if time.perf_counter() - last_save >= SAVE_EVERY_S:
                 rows.record(record_file, my_done)
                 last_save = time.perf_counter()
+                hold("embed.recorded")  # tests only: killed exactly here
     except KeyboardInterrupt:
         rows.record(record_file, my_done)  # Ctrl-C: keep every finished batch
         raise

@@ -3,7 +3,7 @@ and the readers every later stage uses.
 
     OUTPUT_DIR/
       metrics.jsonl        one JSON object per log (training and evaluation), rank 0 only
-      rho_options.json     the selection, data and seq_len options of the run
+      rho_options.json     what the run trains: its options and inputs (rho.run_options)
       rho_compute.json     cumulative compute counters (also in each checkpoint, for resume)
       checkpoint-N/        the Trainer's checkpoints (N = optimizer step), each built in a
                            scratch sibling .checkpoint-N.tmp-PID-* and renamed into place whole
@@ -40,9 +40,11 @@ from rho.files import (
     write_json_atomic,
     write_text_atomic,
 )
+from rho.run_options import OPTIONS_FILE, RunOptions, read_run_options
+from rho.schema import Count, Name, Strict, validate
+from rho.testhook import hold
 
 METRICS_FILE = "metrics.jsonl"
-OPTIONS_FILE = "rho_options.json"
 COMPUTE_FILE = "rho_compute.json"
 RUN_KIND = "rho.Run"  # output_kind of a run directory (see rho.files.mark_output)
 MANIFEST_FILE = "rho_manifest.json"
@@ -61,9 +63,9 @@ class MetricsFileCallback(TrainerCallback):
                 f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
 
 
-def write_run_files(output_dir: str | Path, options: dict, counters: dict) -> None:
+def write_run_files(output_dir: str | Path, options: RunOptions, counters: dict) -> None:
     """The run's options and compute counters beside a saved model."""
-    write_json_atomic(Path(output_dir) / OPTIONS_FILE, options)
+    write_json_atomic(Path(output_dir) / OPTIONS_FILE, options.to_json())
     write_json_atomic(Path(output_dir) / COMPUTE_FILE, counters, sort_keys=False)
 
 
@@ -84,6 +86,18 @@ def checkpoint_step(path: str | Path) -> int | None:
 
 
 # --- Whole models: the manifest ------------------------------------------------------------------
+
+
+class Manifest(Strict):
+    """rho_manifest.json: the step a model was saved at, and each of its files' size."""
+
+    step: Count
+    files: dict[Name, Count]
+
+
+def read_manifest(directory: str | Path) -> Manifest:
+    file = Path(directory) / MANIFEST_FILE
+    return validate(Manifest, read_json(file), f"{file} is damaged")
 
 
 def final_model_files(run_dir: Path) -> list[Path]:
@@ -121,10 +135,8 @@ def manifest_problem(directory: str | Path) -> str | None:
     if not file.is_file():
         return f"no {MANIFEST_FILE} (its save was cut short, or rho did not write it)"
     try:
-        manifest = read_json(file)
-        sizes = dict(manifest["files"])
-        int(manifest["step"])
-    except (UserError, KeyError, TypeError, ValueError):
+        sizes = read_manifest(directory).files
+    except UserError:
         return f"{MANIFEST_FILE} is damaged"
     for name, size in sizes.items():
         path = Path(directory) / name
@@ -164,7 +176,7 @@ def run_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
         raise UserError(f"run directory {run_dir} does not exist")
     found = whole_checkpoints(run_dir)
     if manifest_problem(run_dir) is None:
-        final = int(read_json(run_dir / MANIFEST_FILE)["step"])
+        final = read_manifest(run_dir).step
         if not found or final > found[-1][0]:
             found.append((final, run_dir))
     if not found:
@@ -231,6 +243,7 @@ def publish_checkpoint(written: Path, final: Path, state, args) -> None:
         best_model_checkpoint=state.best_model_checkpoint,
         use_mtime=True,
     )
+    hold("checkpoint.published")  # tests only: killed exactly here
 
 
 # --- Starting, resuming or replacing a run directory -------------------------------------------
@@ -258,13 +271,7 @@ def prepare_run_dir(
             found = whole_checkpoints(path)
             return str(found[-1][1]) if found else None
         return resume
-    if overwrite and resume == "last":
-        raise UserError("--overwrite starts afresh: it cannot also resume (drop one of them)")
-    if resume and resume != "last":
-        check_whole_checkpoint(resume)
-    inside = bool(resume) and path.resolve() in Path(resume or ".").resolve().parents
-    if overwrite and inside:
-        raise UserError("--overwrite would delete the checkpoint given to resume from")
+    _check_resume_flags(path, resume, overwrite)
     held = path.is_dir() and any(p.name != MARKER for p in path.iterdir())
     if resume == "last" and not held:
         raise UserError(f"--resume_from_checkpoint last: {path} holds no run to continue")
@@ -278,14 +285,36 @@ def prepare_run_dir(
         if commit:
             clear_output_dir(path)
         return resume
+    resume = _resume_point(path, resume)
+    if commit:
+        _cut_back(path, checkpoint_step(resume))
+    return resume
+
+
+def _inside(run_dir: Path, checkpoint: str | None) -> bool:
+    return bool(checkpoint) and run_dir.resolve() in Path(checkpoint).resolve().parents
+
+
+def _check_resume_flags(path: Path, resume: str | None, overwrite: bool) -> None:
+    if overwrite and resume == "last":
+        raise UserError("--overwrite starts afresh: it cannot also resume (drop one of them)")
+    if resume and resume != "last":
+        check_whole_checkpoint(resume)
+    if overwrite and _inside(path, resume):
+        raise UserError("--overwrite would delete the checkpoint given to resume from")
+
+
+def _resume_point(path: Path, resume: str | None) -> str:
+    """The checkpoint an existing run directory continues from: the newest whole one, asked
+    for by name or as ``last``."""
     checkpoints = whole_checkpoints(path)
     if resume is None:
         raise UserError(_occupied(path, checkpoints))
     if resume == "last":
         if not checkpoints:
             raise UserError(f"--resume_from_checkpoint last: {path} holds no whole checkpoint")
-        resume, inside = str(checkpoints[-1][1]), True
-    if not inside:
+        resume = str(checkpoints[-1][1])
+    if not _inside(path, resume):
         raise UserError(
             f"--output_dir {path} holds another rho run: resume {resume} into a new directory"
         )
@@ -296,8 +325,6 @@ def prepare_run_dir(
             f"({getattr(newest, 'name', None)} is): resume from that, or start afresh with "
             "--overwrite"
         )
-    if commit:
-        _cut_back(path, checkpoint_step(resume))
     return resume
 
 
@@ -325,7 +352,7 @@ def _cut_back(run_dir: Path, step: int) -> None:
     drop_manifest(run_dir)
     file = run_dir / METRICS_FILE
     if file.exists():
-        lines = file.read_text().splitlines()
+        lines = file.read_text(errors="replace").splitlines()  # a damaged log is no traceback
         kept = [line for line in lines if _record_step(line) <= step]
         write_text_atomic(file, "".join(line + "\n" for line in kept))
 
@@ -333,17 +360,17 @@ def _cut_back(run_dir: Path, step: int) -> None:
 def _record_step(line: str) -> float:
     try:
         return float(json.loads(line).get("step", math.inf))
-    except (ValueError, AttributeError, TypeError):
-        return math.inf  # a torn last line of a killed run
+    except (ValueError, AttributeError, TypeError, OverflowError):
+        return math.inf  # a torn last line of a killed run, or a damaged one
 
 
-def run_options(run_dir: str | Path) -> dict:
+def run_options(run_dir: str | Path) -> RunOptions:
     """rho_options.json of a run (the run directory's, else its newest checkpoint's)."""
     candidates = [Path(run_dir) / OPTIONS_FILE]
     candidates += [p / OPTIONS_FILE for _, p in reversed(run_checkpoints(run_dir))]
     for file in candidates:
         if file.exists():
-            return read_json(file)
+            return read_run_options(file)
     raise UserError(f"{run_dir} has no {OPTIONS_FILE} (not a `rho train` run?)")
 
 

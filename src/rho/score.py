@@ -28,6 +28,7 @@ from rho.errors import UserError
 from rho.files import check_not_input, output_lock
 from rho.models import load_model, model_fingerprint, parse_dtype
 from rho.store import LossStore, TokenStore, n_windows
+from rho.testhook import hold
 from rho.windows import batch_windows, check_positions, default_device, iter_window_losses
 
 # How often finished batches are recorded (seconds); tests set 0 to record after every batch.
@@ -177,6 +178,7 @@ def _score_batches(model, tokens, out: Path, meta: dict, batches, device, progre
             if time.perf_counter() - last_save >= SAVE_EVERY_S:
                 losses.record(record_file, my_done)
                 last_save = time.perf_counter()
+                hold("score.recorded")  # tests only: interrupted exactly here
     except KeyboardInterrupt:
         losses.record(record_file, my_done)  # Ctrl-C: keep every finished batch, resume here
         raise

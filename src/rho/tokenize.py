@@ -31,6 +31,7 @@ from rho.files import (
     check_not_input,
     check_replaceable,
     clean_stale_scratch,
+    hash_dir,
     one_line,
     output_lock,
     remove_path,
@@ -275,18 +276,12 @@ def _prepare(sources, out, tokenizer, train_vocab, text_field) -> None:
 
 
 def _fingerprint(source: Source) -> dict:
-    """What a source's parts depend on: its bytes (a file's sha256; a dataset directory's file
-    names, sizes and modification times)."""
+    """What a source's parts depend on: its content (the sha256 of a file; of a dataset
+    directory's file names and bytes), never sizes and times, which an edit can leave as they
+    were."""
     path = source.path
-    entry = {"path": str(path), "domain": source.domain, "sha256": None}
-    if path.is_file():
-        entry["sha256"] = sha256_file(path)
-    else:
-        files = sorted(p for p in path.rglob("*") if p.is_file())
-        entry["files"] = [
-            [str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns] for p in files
-        ]
-    return entry
+    digest = sha256_file(path) if path.is_file() else hash_dir(path)
+    return {"path": str(path), "domain": source.domain, "sha256": digest}
 
 
 def _resumable(parts: Path, key: dict) -> bool:

@@ -31,6 +31,7 @@ from rho.loss import STAT_KEYS, selective_mean, slm_loss, stats_from_sums, token
 from rho.meter import ComputeMeter
 from rho.models import check_not_same_model, count_parameters
 from rho.options import SelectionArguments
+from rho.run_options import selection_record
 from rho.runs import (
     MetricsFileCallback,
     check_whole_checkpoint,
@@ -116,7 +117,7 @@ class SelectiveTrainer(Trainer):
         self.model_accepts_loss_kwargs = True
         self.ref_model = ref_model
         self.keep_rule: KeepRule = keep_rule
-        self.rho_options: dict = {"selection": self.args.selection_options()}
+        self.rho_options = selection_record(self.args.selection_options())  # rho.run_options
         has_offline = getattr(self.train_dataset, "losses", None) is not None
         score = self.args.score
         if self.args.needs_reference and ref_model is None and not has_offline:

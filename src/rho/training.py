@@ -4,6 +4,7 @@ and run a SelectiveTrainer (plain CLM, SLM, online RHO-LOSS) into a run director
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -16,7 +17,16 @@ from rho.files import check_not_input, output_lock
 from rho.loss_writer import check_finite_share
 from rho.models import build_model, load_model
 from rho.options import DEFAULT_SEQ_LEN, ModelDataArguments
+from rho.run_options import (
+    VERSION,
+    DataOptions,
+    DistributedFacts,
+    RunOptions,
+    architecture,
+    check_continues,
+)
 from rho.runs import prepare_run_dir
+from rho.schema import validate
 from rho.store import LossStore, TokenStore
 from rho.trainer import SelectiveTrainer, SelectiveTrainingArguments
 from rho.windows import check_positions
@@ -63,15 +73,15 @@ def check_sharding(args: SelectiveTrainingArguments) -> None:
         )
 
 
-def distributed_facts(trainer) -> dict:
+def distributed_facts(trainer) -> DistributedFacts:
     """How a finished run was spread over processes (recorded in rho_options.json): the world
     size, the wrapper around the model, and DDP's find_unused_parameters when it was DDP."""
     wrapped = trainer.model_wrapped
-    return {
-        "world_size": trainer.args.world_size,
-        "wrapper": type(wrapped).__name__,
-        "find_unused_parameters": getattr(wrapped, "find_unused_parameters", None),
-    }
+    return DistributedFacts(
+        world_size=trainer.args.world_size,
+        wrapper=type(wrapped).__name__,
+        find_unused_parameters=getattr(wrapped, "find_unused_parameters", None),
+    )
 
 
 def model_inputs(data: ModelDataArguments) -> list:
@@ -114,6 +124,47 @@ def build_trainer(
                 "`rho score --entropy` (an online --ref_model gives losses only)"
             )
         losses.require_entropy(f"--score {args.score}")
+    train_set, eval_set = datasets(data, args, tokens, losses, seq_len)
+    stores = [tokens] + ([eval_set.tokens] if eval_set is not None else [])
+    model, ref_model = models(data, args, stores, seq_len, allow_missing_weights)
+    trainer = SelectiveTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_set,
+        eval_dataset=eval_set,
+        data_collator=WindowCollator(seq_len, pad_id=tokens.eos_id),
+        processing_class=tokens.tokenizer(),
+        ref_model=ref_model,
+    )
+    if ref_model is not None:  # after the trainer's checks that it is not the learner
+        check_positions(ref_model, seq_len, "--seq_len")
+    trainer.rho_options = run_record(trainer, data, losses, seq_len)
+    return trainer
+
+
+def run_record(trainer, data: ModelDataArguments, losses, seq_len: int) -> RunOptions:
+    """rho_options.json of the run: its options, and what a resume must continue (the
+    tokens', the reference losses' and the model's identity)."""
+    reads_losses = losses is not None and trainer.args.needs_reference
+    return RunOptions(
+        version=VERSION,
+        selection=trainer.rho_options.selection,
+        data=validate(DataOptions, paths_as_text(asdict(data)), "the training options"),
+        seq_len=seq_len,
+        tokens_hash=trainer.train_dataset.tokens.meta["content_hash"],
+        ref_losses_hash=losses.meta.get("loss_hash") if reads_losses else None,
+        architecture=architecture(trainer.model),
+    )
+
+
+def paths_as_text(options: dict) -> dict:
+    """Options given from Python may hold Paths; the record holds their text."""
+    return {k: str(v) if isinstance(v, os.PathLike) else v for k, v in options.items()}
+
+
+def datasets(data: ModelDataArguments, args, tokens: TokenStore, losses, seq_len: int) -> tuple:
+    """The training windows (with the reference's values the selection reads) and the
+    held-out windows (None without --eval_tokens)."""
     if losses is not None and args.needs_reference:
         losses.check_matches(tokens, seq_len)  # before reading it against the tokens' mask
         # recorded when the store was finished (no pass over every value at start-up), over the
@@ -122,55 +173,35 @@ def build_trainer(
         check_finite_share(losses.finite_fraction(tokens), where)
         if args.needs_entropy:
             check_finite_share(losses.finite_fraction(tokens, "entropies"), where, "entropies")
-    train_set = WindowDataset(
-        tokens,
-        seq_len,
-        losses if args.needs_reference else None,
-        entropy=args.needs_entropy,
-    )
-    eval_set = None
-    if data.eval_tokens:
-        eval_store = TokenStore(data.eval_tokens)
-        if eval_store.meta.get("tokenizer_hash") != tokens.meta.get("tokenizer_hash"):
-            raise UserError(f"{data.eval_tokens} was tokenized with another tokenizer")
-        eval_set = WindowDataset(eval_store, seq_len)
+    reference = losses if args.needs_reference else None
+    train_set = WindowDataset(tokens, seq_len, reference, entropy=args.needs_entropy)
+    if not data.eval_tokens:
+        return train_set, None
+    eval_store = TokenStore(data.eval_tokens)
+    if eval_store.meta.get("tokenizer_hash") != tokens.meta.get("tokenizer_hash"):
+        raise UserError(f"{data.eval_tokens} was tokenized with another tokenizer")
+    return train_set, WindowDataset(eval_store, seq_len)
 
-    tokenizer = tokens.tokenizer()
+
+def models(data: ModelDataArguments, args, stores: list, seq_len: int, allow_missing: bool):
+    """The model to train (loaded, or built from --preset) and the online reference (None
+    unless the selection reads one and no LossStore gives its losses); ``stores``: the
+    training TokenStore, then the held-out one if any."""
+    tokens = stores[0]
+    load = dict(trust_remote_code=data.trust_remote_code, allow_missing_weights=allow_missing)
     if data.model:
-        model = load_model(
-            data.model,
-            trust_remote_code=data.trust_remote_code,
-            allow_missing_weights=allow_missing_weights,
-        )
+        model = load_model(data.model, **load)
     else:
         model = build_model(data.preset, tokens.vocab_size, seed=args.seed, max_positions=seq_len)
-    tokens.check_model_vocab(model, "the training model")
-    if data.eval_tokens:
-        eval_store.check_model_vocab(model, "the training model")
+    for store in stores:
+        store.check_model_vocab(model, "the training model")
     check_positions(model, seq_len, "--seq_len")
-    ref_model = None
-    if data.ref_model and args.needs_reference and losses is None:
-        ref_model = load_model(
-            data.ref_model,
-            trust_remote_code=data.trust_remote_code,
-            allow_missing_weights=allow_missing_weights,
-        )
-        tokens.check_model_vocab(ref_model, "the reference model")
-        check_same_vocabulary(data.ref_model, tokenizer)
-
-    trainer = SelectiveTrainer(
-        model=model,
-        args=args,
-        train_dataset=train_set,
-        eval_dataset=eval_set,
-        data_collator=WindowCollator(seq_len, pad_id=tokens.eos_id),
-        processing_class=tokenizer,
-        ref_model=ref_model,
-    )
-    if ref_model is not None:  # after the trainer's checks that it is not the learner
-        check_positions(ref_model, seq_len, "--seq_len")
-    trainer.rho_options.update(data=asdict(data), seq_len=seq_len)
-    return trainer
+    if not (data.ref_model and args.needs_reference and not data.ref_losses):
+        return model, None
+    ref_model = load_model(data.ref_model, **load)
+    tokens.check_model_vocab(ref_model, "the reference model")
+    check_same_vocabulary(data.ref_model, tokens.tokenizer())
+    return model, ref_model
 
 
 def run_training(
@@ -191,10 +222,12 @@ def run_training(
         where = (args.output_dir, args.resume_from_checkpoint, run.overwrite, model_inputs(data))
         resume = prepare_run_dir(*where, writer=rank0, commit=False)  # refusals before any work
         trainer = build_trainer(data, args, run.allow_missing_weights)
+        if resume:  # every rank: each would otherwise train on what the checkpoint did not
+            check_continues(resume, trainer.rho_options)
         if rank0:  # every input checked: now make, clear or cut back the run directory
             prepare_run_dir(*where, commit=True)
         trainer.train(resume_from_checkpoint=resume)
-        trainer.rho_options["distributed"] = distributed_facts(trainer)
+        trainer.rho_options.distributed = distributed_facts(trainer)
         trainer.save_model()
         if trainer.eval_dataset is not None:
             trainer.evaluate()

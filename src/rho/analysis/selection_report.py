@@ -40,19 +40,21 @@ class _SlmOptions:
 def _slm_options(slm_dir: Path, ratio: float | None) -> _SlmOptions:
     """The SLM run's selection (``ratio`` given overrides its ratio) and the stores it trained on;
     refuses a run that is not SLM."""
-    options = run_options(slm_dir)
-    selection = options.get("selection", {})
-    if selection.get("selection") != "token":
-        raise UserError(
-            f"{slm_dir} is not an SLM run (its selection is {selection.get('selection')!r})"
-        )
-    ratio = float(selection.get("ratio", 0.6) if ratio is None else ratio)
+    options = run_options(slm_dir)  # rho.run_options.RunOptions
+    selection = options.selection
+    if selection.selection != "token":
+        raise UserError(f"{slm_dir} is not an SLM run (its selection is {selection.selection!r})")
+    ratio = selection.ratio if ratio is None else float(ratio)
     check_ratio(ratio, "--ratio")
-    score = selection.get("score", "excess")
-    scope = selection.get("scope", "batch")
-    trained_on = options.get("data") or {}
-    tokens, ref_losses = trained_on.get("tokens"), trained_on.get("ref_losses")
-    return _SlmOptions(ratio, score, scope, tokens, ref_losses, options.get("seq_len"))
+    data = options.data
+    return _SlmOptions(
+        ratio,
+        selection.score,
+        selection.scope,
+        data.tokens if data else None,
+        data.ref_losses if data else None,
+        options.seq_len,
+    )
 
 
 def _open_inputs(runs: list[Path], out: Path, slm: _SlmOptions, tokens_dir, losses_dir):
