@@ -10,6 +10,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from rho.errors import UserError
 from rho.select import (
@@ -23,6 +24,17 @@ from rho.select import (
 
 SELECTIONS = ("none", "token", "sample", "sample+token")
 DEFAULT_SEQ_LEN = 256
+
+
+def option(help: str, default: Any = dataclasses.MISSING, *, factory: Any = None, **metadata):
+    """A field of an options dataclass (every command's, and the experiment's config): its
+    `--help` text, its default (none: the option is required; ``factory``: a mutable default)
+    and any other metadata key (argparse's, or those rho.commands.parser reads: positional,
+    group, repeat, exactly, set_by, stages)."""
+    meta = {"help": help, **metadata}
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
 
 
 @dataclass

@@ -6,9 +6,9 @@ import json
 from dataclasses import dataclass
 
 from rho import distributed as dist
-from rho.commands.parser import Command, option
+from rho.commands.parser import Command
 from rho.errors import UserError
-from rho.options import parse_device
+from rho.options import option, parse_device
 from rho.prune import BYS, UNITS, prune_store
 
 PROTOTYPE = "--by prototype (embeddings, k-means with faiss, SemDeDup)"  # its --help section
