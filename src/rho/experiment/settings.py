@@ -17,6 +17,7 @@ from pathlib import Path
 
 from rho.errors import UserError
 from rho.experiment.arms import ARMS, CORE_ARMS, NAMES
+from rho.experiment.preflight import check_models
 from rho.experiment.schedule import training_options
 from rho.models import PRESETS
 from rho.options import option
@@ -255,8 +256,8 @@ class ExperimentConfig:
         for name in ("seq_len", "batch_size", "evals", "candidate_factor"):
             if getattr(self, name) < (2 if name == "seq_len" else 1):
                 raise UserError(f"--{name} must be positive, got {getattr(self, name)}")
-        for name in ("train_tokens", "base_tokens", "vocab", "eval_windows", "ref_tokens",
-                     "curated_tokens"):  # fmt: skip
+        counts = ("train_tokens", "base_tokens", "vocab", "eval_windows", "ref_tokens")
+        for name in (*counts, "curated_tokens"):
             if getattr(self, name) < 0:
                 raise UserError(f"--{name} must be >= 0")
         accumulation = self.training.get("gradient_accumulation_steps", 1)
@@ -274,6 +275,7 @@ class ExperimentConfig:
             if (name == "seeds" and not seeds) or len(set(seeds)) != len(seeds):
                 raise UserError(f"--{name} must be distinct integers")
         self.arm_list  # noqa: B018 (validates)
+        self.heldout_sets()  # validates NAME=FILE[,FILE...]
         unknown = {a.strip() for a in self.seeded_arms.split(",") if a.strip()} - {*ARMS, "all"}
         if unknown:
             raise UserError(f"--seeded_arms: unknown arm {sorted(unknown)[0]!r}")
@@ -300,8 +302,7 @@ class ExperimentConfig:
         self.heldout = [
             f"{name}={','.join(expand(files))}" for name, files in self.heldout_sets().items()
         ]
-        if self.base in PRESETS and not self.from_scratch and not self.base_data:
-            raise UserError(f"a preset --base {self.base} needs --base_data (or --from_scratch)")
+        check_models(self)
 
     def as_dict(self) -> dict:
         return asdict(self)
