@@ -93,6 +93,22 @@ class SelectionArguments:
                 "(or rho prune --by for whole windows)"
             )
 
+    def check_references(self, offline: bool, online: bool, entropy: bool) -> None:
+        """The reference the score needs is there: losses (``offline``: a LossStore, or
+        ``online``: a reference model) and, for the entropy scores, a LossStore that may hold
+        the entropy (``entropy``; an online model gives losses only)."""
+        if self.needs_reference and not (offline or online):
+            raise UserError(
+                f"--selection {self.selection} with --score {self.score} needs --ref_losses or "
+                "--ref_model"
+            )
+        if self.needs_entropy and not entropy:
+            raise UserError(
+                f"--score {self.score} needs the reference's entropy: give --ref_losses a "
+                "LossStore scored with `rho score --entropy` (an online --ref_model gives losses "
+                "only)"
+            )
+
     def selection_options(self) -> dict:
         """The selection fields alone (recorded in rho_options.json as "selection")."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(SelectionArguments)}
