@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from rho.errors import UserError
-from rho.experiment.arms import ARMS, CORE_ARMS, NAMES
+from rho.experiment.arms import ARMS, CORE_ARMS, DEFAULTS, NAMES
 from rho.experiment.preflight import check_models
 from rho.experiment.schedule import training_options
 from rho.models import PRESETS
@@ -115,7 +115,7 @@ class ExperimentConfig:
         "arms' budget; then the reference arm's runs are the scoring references)",
     )
     self_reference: float = option(
-        default=0.1,
+        default=DEFAULTS["self_reference"],
         stages=("sample",),
         help="the self-reference arms (slm-self, slm-entropy): the share of the corpus's "
         "windows (a seeded sample, which stays in the corpus) the base is trained on, one pass, "
@@ -133,10 +133,12 @@ class ExperimentConfig:
     )
     prune_keep: float = option(default=0.5, stages=("prune",), help="pruned arms: windows kept")
     proto_keep: float = option(
-        default=0.5, stages=("proto",), help="prototype arms: share of corpus windows kept"
+        default=DEFAULTS["proto_keep"],
+        stages=("proto",),
+        help="prototype arms: share of corpus windows kept",
     )
     proto_from: str = option(
-        default="hard",
+        default=DEFAULTS["proto_from"],
         stages=("proto",),
         help="prototype arms: keep the windows farthest from (hard) or nearest to (easy) their "
         "k-means centroid (Sorscher et al.: hard when data is abundant, easy when scarce)",
