@@ -2,13 +2,17 @@
 dataclasses (their field docs are the `--help`), with what every command shares:
 
 - ``--config FILE.yaml``: the file's keys are option names; its values sit between the
-  dataclass defaults and the command line (flags win). Unknown keys are one error naming them.
+  dataclass defaults and the command line (flags win). Read by rho.config_file: a regular
+  file, bounded, each option once, every value checked against its field and its choices.
 - both spellings of every option (``--seq_len``, ``--seq-len``): HfArgumentParser adds the
   hyphen alias of each underscore field.
-- field metadata besides argparse's own: ``positional`` (an argument without a flag, as in
-  `rho inspect STORE`), ``group`` (its section of `--help`), ``repeat`` (one value per use, as
-  in `--domain a --domain b`), ``exactly`` (a list of exactly that many values) and ``set_by``
-  (not an option: the command sets the field itself, as rho sweep does each run's output_dir).
+- field metadata besides argparse's own (rho.options.option): ``positional`` (an argument
+  without a flag, as in `rho inspect STORE`), ``group`` (its section of `--help`), ``repeat``
+  (one value per use, as in `--domain a --domain b`), ``exactly`` (a list of exactly that many
+  values) and ``set_by`` (not an option: the command sets the field itself, as rho sweep does
+  each run's output_dir). HfArgumentParser hands every field's metadata to ``add_argument``,
+  which ``Arguments`` overrides to apply these keys: only public argparse and
+  HfArgumentParser API is used.
 - errors are one line (UserError: exit 2), like every error a user can fix.
 """
 

@@ -15,6 +15,7 @@ import glob
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from rho.config_file import read_config
 from rho.errors import UserError
 from rho.experiment.arms import ARMS, CORE_ARMS, DEFAULTS, NAMES
 from rho.experiment.preflight import check_models
@@ -380,6 +381,4 @@ def expand(patterns: list[str]) -> list[str]:
 def load_yaml(path: str | Path) -> dict:
     """A config file's fields, checked against ExperimentConfig's before anything runs
     (rho.config_file: bounded, strict, keys once)."""
-    from rho.config_file import read_config
-
     return read_config(path, (ExperimentConfig,))
