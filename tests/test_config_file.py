@@ -32,19 +32,19 @@ def test_task_files_are_regular_files_too():
         read_task_file("/dev/zero")
 
 
-@pytest.mark.parametrize(
-    ("text", "message"),
-    [
-        ("seq-len: 8\nseq_len: 16\n", "'seq-len' and 'seq_len' are the same option"),
-        ("seq_len: 8\nseq_len: 16\n", "the key 'seq_len' is given twice"),
-        ("dtype: float8\n", "dtype is 'float8' \\(choose from float32, bfloat16, float16\\)"),
-    ],
-)
-def test_score_config_keys_once_and_choices(tmp_path, text, message):
-    config = tmp_path / "c.yaml"
-    config.write_text(text)
-    with pytest.raises(UserError, match=message):
-        parse_options("score", [*SCORE, "--config", config])
+CONFIG_ERRORS = {
+    "seq-len: 8\nseq_len: 16\n": "'seq-len' and 'seq_len' are the same option",
+    "seq_len: 8\nseq_len: 16\n": "the key 'seq_len' is given twice",
+    "dtype: float8\n": "dtype is 'float8' \\(choose from float32, bfloat16, float16\\)",
+}
+
+
+def test_score_config_keys_once_and_choices(tmp_path):
+    """Each option once (either spelling, or a YAML key repeated); a choice as the flag's."""
+    for text, message in CONFIG_ERRORS.items():
+        (tmp_path / "c.yaml").write_text(text)
+        with pytest.raises(UserError, match=message):
+            parse_options("score", [*SCORE, "--config", tmp_path / "c.yaml"])
 
 
 @pytest.mark.parametrize("key", ["save_strategy", "optim", "lr_scheduler_type"])
