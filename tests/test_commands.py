@@ -291,7 +291,7 @@ def test_doc_command_line_parses(where, argv, files, whole, tmp_path, monkeypatc
             (tmp_path / name).write_text(text)
         p.parse_namespace(rest)  # every option known, of its type; the required ones given
         return
-    known = set(p._option_string_actions)
+    known = p.flags()
     for token in rest:
         name = token.split("=")[0]
         if re.fullmatch(r"--[a-z][\w-]*", name):

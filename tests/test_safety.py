@@ -320,7 +320,7 @@ def test_bad_values_give_one_line(tmp_path, corpus, token_store, losses, capsys)
     assert "seq_len 0" in cli_error(capsys, "inspect", bad_seq)
     train = ("train", "--tokens", token_store.path, "--preset", "tiny", "--selection", "none")
     err = cli_error(capsys, *train, "--per_device_train_batch_size", "0", "--output_dir", "r")
-    assert "--per_device_train_batch_size must be positive" in err
+    assert "--per_device_train_batch_size must be at least 1" in err
     assert "is a file" in cli_error(capsys, *train, "--output_dir", tmp_path / "a-file")
     too_big = ("--out", tmp_path / "t", "--train-tokenizer", "100000000000")
     assert "100,000,000,000" in cli_error(capsys, "tokenize", corpus, *too_big)

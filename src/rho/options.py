@@ -10,6 +10,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from rho.errors import UserError
 from rho.select import (
@@ -23,6 +24,17 @@ from rho.select import (
 
 SELECTIONS = ("none", "token", "sample", "sample+token")
 DEFAULT_SEQ_LEN = 256
+
+
+def option(help: str, default: Any = dataclasses.MISSING, *, factory: Any = None, **metadata):
+    """A field of an options dataclass (every command's, and the experiment's config): its
+    `--help` text, its default (none: the option is required; ``factory``: a mutable default)
+    and any other metadata key (argparse's, or those rho.commands.parser reads: positional,
+    group, repeat, exactly, set_by, stages)."""
+    meta = {"help": help, **metadata}
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
 
 
 @dataclass
@@ -79,6 +91,22 @@ class SelectionArguments:
             raise UserError(
                 f"--score {self.score} ranks tokens, not windows: use it with --selection token "
                 "(or rho prune --by for whole windows)"
+            )
+
+    def check_references(self, offline: bool, online: bool, entropy: bool) -> None:
+        """The reference the score needs is there: losses (``offline``: a LossStore, or
+        ``online``: a reference model) and, for the entropy scores, a LossStore that may hold
+        the entropy (``entropy``; an online model gives losses only)."""
+        if self.needs_reference and not (offline or online):
+            raise UserError(
+                f"--selection {self.selection} with --score {self.score} needs --ref_losses or "
+                "--ref_model"
+            )
+        if self.needs_entropy and not entropy:
+            raise UserError(
+                f"--score {self.score} needs the reference's entropy: give --ref_losses a "
+                "LossStore scored with `rho score --entropy` (an online --ref_model gives losses "
+                "only)"
             )
 
     def selection_options(self) -> dict:

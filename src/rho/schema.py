@@ -1,18 +1,17 @@
-"""The schema layer: every JSON and YAML file rho reads is loaded here, bounded, and its values
-checked against a typed schema before anything uses them.
+"""The schema layer: every JSON file rho reads is loaded here, bounded, and the values of every
+JSON and YAML file (rho.config_file) checked against a typed schema before anything uses them.
 
+- Files are read only when regular and no larger than their cap (``read_text_bounded``): a
+  FIFO or /dev/zero is refused before reading, not read forever.
 - JSON (``parse_json``, ``read_json_file``) is parsed by pydantic-core's Rust parser, which
   refuses nesting deeper than 200 levels, integers of thousands of digits and lone surrogate
   escapes (``"\\ud800"``) with an error instead of a RecursionError, a ValueError or a string
-  that later breaks an encoder; files are size-capped before they are read.
-- YAML (``read_yaml_file``) is composed by a SafeLoader, then refused when it is larger than
-  ``MAX_YAML_BYTES``, deeper than ``MAX_DEPTH``, holds a cycle, or would expand (through
-  anchors and aliases) to more than ``MAX_YAML_NODES`` values: a 700-byte "billion laughs" is
-  a one-line error, not 3.5 GB.
+  that later breaks an encoder.
 - Values are validated with pydantic v2 in strict mode (``validate``): no silent coercion
   (``"complete": "no"`` is not a boolean, ``seq_len: 1e30`` is not an integer), bounded
   integers, finite floats. ``check_fields`` validates a mapping against a dataclass's field
-  types (the experiment YAML against ``ExperimentConfig``).
+  types and choices (a config file against a command's options, ``--training`` against
+  TrainingArguments).
 
 Every failure is a ``UserError`` of one line naming the file and the field.
 """
@@ -20,8 +19,10 @@ Every failure is a ``UserError`` of one line naming the file and the field.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
 import reprlib
+import stat
 import types
 import typing
 from functools import cache
@@ -29,15 +30,11 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import pydantic_core
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from rho.errors import UserError
 
 MAX_JSON_BYTES = 256 << 20  # a meta.json, eval.json or run file is a few kB
-MAX_YAML_BYTES = 1 << 20
-MAX_YAML_NODES = 100_000  # values after expanding aliases
-MAX_DEPTH = 64
 MAX_COUNT = 1 << 48  # tokens, documents, items: far beyond any real corpus
 MAX_INT = 1 << 53  # the largest integer a config may hold (exact in a float)
 
@@ -101,18 +98,26 @@ def json_reason(err: ValueError) -> str:
 
 
 def read_text_bounded(path: str | Path, max_bytes: int, what: str = "") -> bytes:
-    """A file's bytes, refused before reading when larger than ``max_bytes``."""
+    """A regular file's bytes, refused before reading when larger than ``max_bytes`` (and
+    read no further than that, should it grow meanwhile)."""
     path = Path(path)
     label = f"{what} {path}".strip()
     try:
-        size = path.stat().st_size
-        if size > max_bytes:
-            raise UserError(f"{label} is too large ({size:,} bytes, at most {max_bytes:,})")
-        return path.read_bytes()
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            kind = "a directory" if stat.S_ISDIR(info.st_mode) else "a device, FIFO or socket"
+            raise UserError(f"{label} is not a regular file ({kind})")
+        if info.st_size > max_bytes:
+            raise UserError(f"{label} is too large ({info.st_size:,} bytes, at most {max_bytes:,})")
+        with path.open("rb") as f:
+            raw = f.read(max_bytes + 1)
     except FileNotFoundError:
         raise UserError(f"{label} is missing") from None
-    except OSError as err:  # a directory, no permission, an I/O error
+    except OSError as err:  # no permission, an I/O error
         raise UserError(f"{label} is unreadable: {squeeze(err)}") from None
+    if len(raw) > max_bytes:
+        raise UserError(f"{label} is too large (more than {max_bytes:,} bytes)")
+    return raw
 
 
 def read_json_file(path: str | Path, max_bytes: int = MAX_JSON_BYTES) -> dict:
@@ -125,85 +130,6 @@ def read_json_file(path: str | Path, max_bytes: int = MAX_JSON_BYTES) -> dict:
     if not isinstance(data, dict):
         raise UserError(f"{path} is corrupted: not a JSON object")
     return data
-
-
-# --- YAML ---------------------------------------------------------------------------------------
-
-
-class BoundedLoader(yaml.SafeLoader):
-    """PyYAML's SafeLoader; ``read_yaml_file`` checks the composed node graph before any value
-    is constructed (aliases in PyYAML share one object, but anything that walks the result, a
-    hash or a JSON dump, expands them)."""
-
-
-def check_yaml_nodes(root: yaml.Node, where: str) -> None:
-    """Refuse a node graph that expands to more than MAX_YAML_NODES values, nests deeper than
-    MAX_DEPTH, or refers to itself. Iterative, and linear in the distinct nodes."""
-    expanded: dict[int, int] = {}  # id(node) -> values it expands to
-    stack: list[tuple[yaml.Node, int, bool]] = [(root, 1, False)]
-    open_nodes: set[int] = set()
-    while stack:
-        node, depth, children_done = stack.pop()
-        key = id(node)
-        if children_done:
-            open_nodes.discard(key)
-            total = 1 + sum(expanded[id(child)] for child in _children(node))
-            if total > MAX_YAML_NODES:
-                raise UserError(
-                    f"{where}: expands to more than {MAX_YAML_NODES:,} values (anchors and "
-                    "aliases repeated over and over?)"
-                )
-            expanded[key] = total
-            continue
-        if key in expanded:
-            continue
-        if key in open_nodes:
-            raise UserError(f"{where}: an alias refers to a value that contains it (a cycle)")
-        if depth > MAX_DEPTH:
-            raise UserError(f"{where}: nested deeper than {MAX_DEPTH} levels")
-        open_nodes.add(key)
-        stack.append((node, depth, True))
-        stack.extend((child, depth + 1, False) for child in _children(node))
-
-
-def _children(node: yaml.Node) -> list[yaml.Node]:
-    if isinstance(node, yaml.SequenceNode):
-        return list(node.value)
-    if isinstance(node, yaml.MappingNode):
-        return [part for pair in node.value for part in pair]
-    return []
-
-
-def parse_yaml(text: str, where: str) -> Any:
-    """One YAML document, bounded (see ``check_yaml_nodes``), with safe types only."""
-    loader = None
-    try:
-        loader = BoundedLoader(text)  # its reader refuses control characters at once
-        node = loader.get_single_node()
-        if node is None:
-            return None
-        check_yaml_nodes(node, where)
-        return loader.construct_document(node)
-    except UserError:
-        raise
-    except yaml.YAMLError as err:
-        raise UserError(f"{where} is not valid YAML: {squeeze(err)}") from None
-    except (ValueError, TypeError, OverflowError) as err:  # e.g. an integer of 5,000 digits
-        raise UserError(f"{where}: a value cannot be read ({squeeze(err, 100)})") from None
-    except RecursionError:  # the composer recurses: nesting deeper than the interpreter allows
-        raise UserError(f"{where}: nested far too deep") from None
-    finally:
-        if loader is not None:
-            loader.dispose()
-
-
-def read_yaml_file(path: str | Path, max_bytes: int = MAX_YAML_BYTES, what: str = "") -> Any:
-    raw = read_text_bounded(path, max_bytes, what)
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise UserError(f"{what} {path}: not valid UTF-8 (byte {err.start})".strip()) from None
-    return parse_yaml(text, f"{what} {path}".strip())
 
 
 # --- Typed validation ---------------------------------------------------------------------------
@@ -247,8 +173,9 @@ def field_types(cls) -> dict[str, Any]:
 
 def check_fields(cls, data: dict, where: str) -> dict:
     """Validate a mapping against a dataclass's field types, strictly (bounded ints, finite
-    floats, booleans only as booleans); every key must be a field. A float field also takes a
-    number written as text, as YAML 1.1 reads ``1e-3``. Returns the values, converted."""
+    floats, booleans only as booleans), and against its choices (an Enum in the type, or a
+    ``choices`` metadata key) as the flag would be; every key must be a field. A float field also
+    takes a number written as text, as YAML 1.1 reads ``1e-3``. Returns the values, converted."""
     types = field_types(cls)
     unknown = sorted(str(k) for k in data if k not in types)
     if unknown:
@@ -259,7 +186,33 @@ def check_fields(cls, data: dict, where: str) -> dict:
         if isinstance(value, str) and float in (tp, *typing.get_args(tp)):
             value = _float_text(value, f"{where}: {name}")
         out[name] = validate(tp, value, where, name)
+        allowed = field_choices(cls).get(name)
+        if allowed is not None and value is not None:
+            for item in value if isinstance(value, list) else [value]:
+                if item not in allowed:
+                    choose = squeeze(", ".join(map(str, allowed)), 200)
+                    raise UserError(f"{where}: {name} is {show(item)} (choose from {choose})")
     return out
+
+
+@cache
+def field_choices(cls) -> dict[str, tuple]:
+    """The values each field allows, where it has a closed set: its ``choices`` metadata, or
+    the values of an Enum its type names (TrainingArguments' ``IntervalStrategy | str``)."""
+    hints = typing.get_type_hints(cls)
+    found = {}
+    for f in dataclasses.fields(cls):
+        if "choices" in f.metadata:
+            found[f.name] = tuple(f.metadata["choices"])
+            continue
+        enums = [t for t in (hints[f.name], *typing.get_args(hints[f.name])) if _is_enum(t)]
+        if enums:
+            found[f.name] = tuple(x.value for e in enums for x in e)
+    return found
+
+
+def _is_enum(tp) -> bool:
+    return isinstance(tp, type) and issubclass(tp, enum.Enum)
 
 
 def _float_text(text: str, where: str) -> float:

@@ -119,18 +119,8 @@ class SelectiveTrainer(Trainer):
         self.keep_rule: KeepRule = keep_rule
         self.rho_options = selection_record(self.args.selection_options())  # rho.run_options
         has_offline = getattr(self.train_dataset, "losses", None) is not None
-        score = self.args.score
-        if self.args.needs_reference and ref_model is None and not has_offline:
-            raise UserError(
-                f"score {score!r} needs reference losses: give --ref_losses "
-                "(a LossStore) or --ref_model (online)"
-            )
-        if self.args.needs_entropy and not getattr(self.train_dataset, "entropy", False):
-            raise UserError(
-                f"score {score!r} needs the reference's entropy: give --ref_losses "
-                "a LossStore scored with `rho score --entropy` (an online --ref_model gives "
-                "losses only)"
-            )
+        has_entropy = getattr(self.train_dataset, "entropy", False)
+        self.args.check_references(has_offline, ref_model is not None, has_entropy)
         if ref_model is not None:
             check_not_same_model(self.model, ref_model)
             ref_model.to(self.args.device).eval().requires_grad_(False)

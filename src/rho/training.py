@@ -101,10 +101,7 @@ def build_trainer(
         raise UserError("give exactly one of --model and --preset")
     if data.ref_losses and data.ref_model:
         raise UserError("give one of --ref_losses (offline) and --ref_model (online), not both")
-    batch_size = args.per_device_train_batch_size
-    if batch_size < 1:
-        raise UserError(f"--per_device_train_batch_size must be positive, got {batch_size}")
-    from rho.options import check_training_arguments  # NaN rates, 0 accumulation steps ...
+    from rho.options import check_training_arguments  # NaN rates, 0 batch or accumulation ...
 
     check_training_arguments(args)
     check_sharding(args)
@@ -112,17 +109,9 @@ def build_trainer(
     tokens = TokenStore(data.tokens)
     losses = LossStore(data.ref_losses) if data.ref_losses else None
     seq_len = data.seq_len or (losses.seq_len if losses else DEFAULT_SEQ_LEN)
-    if args.needs_reference and losses is None and data.ref_model is None:
-        raise UserError(
-            f"--selection {args.selection} with --score {args.score} needs "
-            "--ref_losses or --ref_model"
-        )
+    offline, online = losses is not None, data.ref_model is not None
+    args.check_references(offline, online, entropy=offline)
     if args.needs_entropy:
-        if losses is None:
-            raise UserError(
-                f"--score {args.score} needs --ref_losses: a LossStore scored with "
-                "`rho score --entropy` (an online --ref_model gives losses only)"
-            )
         losses.require_entropy(f"--score {args.score}")
     train_set, eval_set = datasets(data, args, tokens, losses, seq_len)
     stores = [tokens] + ([eval_set.tokens] if eval_set is not None else [])

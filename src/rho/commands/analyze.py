@@ -11,9 +11,10 @@ from rho.analysis.common import check_positive, print_files
 from rho.analysis.dynamics_report import run_dynamics
 from rho.analysis.html_report import run_html
 from rho.analysis.selection_report import run_selection
-from rho.commands.parser import DEVICE, Command, option
+from rho.commands.parser import DEVICE, Command
 from rho.errors import UserError
 from rho.models import DTYPES
+from rho.options import option
 from rho.select import check_ratio
 from rho.store import TokenStore
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rho.commands.parser import Command, option
+from rho.commands.parser import Command
 from rho.experiment.demo import SETTINGS, demo_defaults, run_demo
 from rho.experiment.settings import ExperimentConfig
+from rho.options import option
 
 
 @dataclass

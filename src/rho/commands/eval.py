@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rho.commands.parser import DEVICE, Command, option
+from rho.commands.parser import DEVICE, Command
 from rho.errors import UserError
 from rho.eval.results import compare_runs
 from rho.eval.run import run_eval
 from rho.models import DTYPES
+from rho.options import option
 
 LOSS = "held-out loss"  # the sections of its --help
 TASKS = "few-shot tasks"

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rho.commands.parser import Command, option
+from rho.commands.parser import Command
 from rho.inspect_store import describe
+from rho.options import option
 
 
 @dataclass

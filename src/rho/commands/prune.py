@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from rho import distributed as dist
-from rho.commands.parser import Command, option
+from rho.commands.parser import Command
 from rho.errors import UserError
-from rho.options import parse_device
+from rho.options import option, parse_device
 from rho.prune import BYS, UNITS, prune_store
 
 PROTOTYPE = "--by prototype (embeddings, k-means with faiss, SemDeDup)"  # its --help section
-# The --by prototype options without a default: given with another --by, they are a mistake.
-PROTOTYPE_ONLY = "embed_model embed_layer embeddings seq_len clusters dedup device".split()
+# The --by prototype options' defaults, applied with --by prototype only: given with another
+# --by, any of them is a mistake (so in the dataclass each defaults to None: not given).
+PROTOTYPE_DEFAULTS = {"embed_layer": -1, "batch_size": 16, "keep_from": "hard", "seed": 0}
 
 
 def prototype_option(help: str, default=None, **metadata):
@@ -59,13 +60,13 @@ class PruneOptions:
         "window length for --unit window (default: the losses'); for documents, the most tokens "
         "embedded: longer documents are truncated (default: the model's positions)"
     )
-    batch_size: int = prototype_option("units per forward pass", 16)
+    batch_size: int | None = prototype_option("units per forward pass (default: 16)")
     clusters: int | None = prototype_option(
         "k of k-means (default: round(sqrt(units)), at least 2)"
     )
-    keep_from: str = prototype_option(
-        "hard: keep the units farthest from their centroid (abundant data); easy: nearest",
-        "hard",
+    keep_from: str | None = prototype_option(
+        "hard: keep the units farthest from their centroid (abundant data); easy: nearest "
+        "(default: hard)",
         choices=("hard", "easy"),
     )
     dedup: float | None = prototype_option(
@@ -73,13 +74,17 @@ class PruneOptions:
         "one is at least this, in (0, 1] (e.g. 0.95); --keep stays a fraction of all units "
         "(fewer are kept if fewer survive)"
     )
-    seed: int = prototype_option("k-means seed", 0)
+    seed: int | None = prototype_option("k-means seed (default: 0)")
     device: str | None = prototype_option("cpu, cuda, cuda:1 ... for embedding (default: best)")
 
     def __post_init__(self):
-        given = [n for n in PROTOTYPE_ONLY if getattr(self, n) is not None]
+        mine = [f.name for f in fields(self) if f.metadata.get("group") == PROTOTYPE]
+        given = [name for name in mine if getattr(self, name) is not None]
         if self.ranked_by != "prototype" and given:
             raise UserError(f"--{given[0].replace('_', '-')} is an option of --by prototype")
+        for name, default in PROTOTYPE_DEFAULTS.items():
+            if getattr(self, name) is None:
+                setattr(self, name, default)
 
     @property
     def ranked_by(self) -> str:
@@ -91,7 +96,7 @@ def main(options: PruneOptions) -> int:
     if options.ranked_by == "prototype":
         prototype = {
             "embed_model": options.embed_model,
-            "layer": -1 if options.embed_layer is None else options.embed_layer,
+            "layer": options.embed_layer,
             "embeddings": options.embeddings,
             "seq_len": options.seq_len,
             "batch_size": options.batch_size,

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from transformers.utils import logging as hf_logging
 
 from rho import distributed as dist
-from rho.commands.parser import DEVICE, Command, option
+from rho.commands.parser import DEVICE, Command
 from rho.models import DTYPES
+from rho.options import option
 from rho.score import score_store
 
 

@@ -6,9 +6,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rho.analysis.common import check_positive, print_files
-from rho.commands.parser import Command, option
+from rho.commands.parser import Command
 from rho.errors import UserError
 from rho.experiment.sweep import run_sweep, training_defaults
+from rho.options import option
 from rho.select import SCORES, check_ratio
 from rho.trainer import SelectiveTrainingArguments
 

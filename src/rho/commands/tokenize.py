@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rho import distributed as dist
-from rho.commands.parser import Command, option
+from rho.commands.parser import Command
 from rho.inspect_store import describe
+from rho.options import option
 from rho.tokenize import tokenize_corpus
 
 

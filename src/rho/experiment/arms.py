@@ -73,18 +73,22 @@ class Arm:
         return SelectionArguments(selection=self.selection, score=self.score, **kw)
 
     def text(self, cfg: dict, mix_share: float) -> str:
+        cfg = DEFAULTS | cfg  # results written before these options existed
         return self.description.format(
             ratio=cfg["ratio"],
             share=mix_share,
             keep=cfg["prune_keep"],
             factor=cfg["candidate_factor"],
-            proto_keep=cfg.get("proto_keep", 0.5),
-            proto_from=SIDES[cfg.get("proto_from", "hard")],
-            self_share=cfg.get("self_reference", 0.1),
+            proto_keep=cfg["proto_keep"],
+            proto_from=SIDES[cfg["proto_from"]],
+            self_share=cfg["self_reference"],
         )
 
 
 SIDES = {"hard": "farthest from", "easy": "nearest to"}  # prototype pruning's --proto_from
+# ExperimentConfig's defaults of the options added after the first results.json: an older one
+# reads as these.
+DEFAULTS = {"proto_keep": 0.5, "proto_from": "hard", "self_reference": 0.1}
 _SCORED = ("reference", "score")
 ARMS: dict[str, Arm] = {
     arm.name: arm

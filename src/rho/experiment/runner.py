@@ -25,6 +25,7 @@ from rho.experiment.analyses import analyse
 from rho.experiment.arms import ARMS
 from rho.experiment.facts import summarise
 from rho.experiment.plan import Stage, plan
+from rho.experiment.preflight import check_sizes
 from rho.experiment.prepare import build_mix, draw_windows, inputs_key, prepare
 from rho.experiment.report import write_report
 from rho.experiment.settings import ExperimentConfig
@@ -118,7 +119,9 @@ class Runner:
         return max(1, tokens // (view.batch_size * view.seq_len))
 
     def build_data(self, stage: Stage, directory: Path) -> dict:
-        return prepare(self.cfg.view("data"), directory)
+        data = prepare(self.cfg.view("data"), directory)
+        check_sizes(self.cfg, data)  # before any stage trains on or draws from a store
+        return data
 
     def build_mix(self, stage: Stage, directory: Path) -> dict:
         return build_mix(self.cfg.view("mix"), self.data, directory)

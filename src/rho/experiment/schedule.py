@@ -1,44 +1,100 @@
-"""`rho experiment`'s ``training`` option: transformers.TrainingArguments for every training
-run, checked before any work. The experiment's own flags set the schedule's fields."""
+"""`rho experiment`'s schedule: the transformers.TrainingArguments it derives from its own
+options (``OWNED``, set in every run by ``owned_arguments``), and its ``training`` option (every
+other TrainingArguments field), checked before any work."""
 
 from __future__ import annotations
 
-import json
-from dataclasses import fields
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from functools import cache
+from pathlib import Path
+from typing import Any
 
 from rho.errors import UserError
 
-# TrainingArguments the experiment derives from its own options: set them by those flags.
-SCHEDULE_OWNED = {
-    "output_dir": "--out", "max_steps": "--train_tokens", "num_train_epochs": "--train_tokens",
-    "per_device_train_batch_size": "--batch_size", "per_device_eval_batch_size": "--batch_size",
-    "learning_rate": "--learning_rate", "seed": "--seeds", "data_seed": "--seeds",
-    "eval_strategy": "--evals", "eval_steps": "--evals", "save_strategy": "(the experiment)",
-    "save_steps": "--evals", "logging_steps": "--evals",
-}  # fmt: skip
+MAX_TRAINING_CHARS = 1 << 16  # the --training JSON (a few options)
+# TrainingArguments with side effects rho does not support: pushing to the Hugging Face Hub.
+UNSUPPORTED_PREFIXES = ("push_to_hub", "hub_")
+
+
+@dataclass(frozen=True)
+class Run:
+    """What one training run's owned arguments are derived from."""
+
+    directory: Path
+    cfg: Any  # the stage's view of the config
+    steps: int
+    seed: int
+    lr: float
+    save: bool
+
+    @property
+    def every(self) -> int:  # steps between evaluations
+        return max(1, self.steps // self.cfg.evals)
+
+    @property
+    def accumulation(self) -> int:
+        return self.cfg.training.get("gradient_accumulation_steps", 1)
+
+
+Value = Callable[[Run], Any] | None  # None: not set (left at the TrainingArguments default)
+# field -> (the experiment's option that sets it, its value in a run)
+OWNED: dict[str, tuple[str, Value]] = {
+    "output_dir": ("--out", lambda r: str(r.directory)),
+    "max_steps": ("--train_tokens", lambda r: r.steps),
+    "num_train_epochs": ("--train_tokens", None),
+    # a step is always --batch_size windows: accumulation splits it into micro-batches
+    "per_device_train_batch_size": ("--batch_size", lambda r: r.cfg.batch_size // r.accumulation),
+    "per_device_eval_batch_size": ("--batch_size", lambda r: r.cfg.batch_size),
+    "learning_rate": ("--learning_rate", lambda r: r.lr),
+    "seed": ("--seeds", lambda r: r.seed),
+    "data_seed": ("--seeds", lambda r: r.seed),
+    "eval_strategy": ("--evals", lambda r: "steps"),
+    "eval_steps": ("--evals", lambda r: r.every),
+    "save_strategy": ("(the experiment)", lambda r: "steps" if r.save else "no"),
+    "save_steps": ("--evals", lambda r: r.every),
+    "logging_steps": ("--evals", lambda r: max(1, r.every // 2)),
+}
+
+
+def owned_arguments(directory: Path, cfg, steps: int, seed: int, lr: float, save: bool) -> dict:
+    """The TrainingArguments of one run that the experiment's own options set."""
+    run = Run(directory, cfg, steps, seed, lr, save)
+    return {name: value(run) for name, (_, value) in OWNED.items() if value is not None}
 
 
 def training_options(value: dict | str | None) -> dict:
-    """``--training`` as a mapping of TrainingArguments fields (JSON on the command line): an
-    unknown field, or one the experiment sets from its own options, is one line."""
-    from transformers import TrainingArguments
+    """``--training`` as a mapping of TrainingArguments fields (JSON on the command line, parsed
+    bounded), each value checked strictly against its field's type and choices: an unknown
+    field, one the experiment sets from its own options, or one rho does not support (pushing
+    to the Hub) is one line."""
+    from rho.schema import check_fields, parse_json
 
     if value is None or value == "":
         return {}
     if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as err:
-            msg = f"--training is not JSON ({err.msg}): write '{{\"bf16\": true}}'"
-            raise UserError(msg) from None
+        if len(value) > MAX_TRAINING_CHARS:
+            raise UserError(f"--training is too long ({len(value):,} characters)")
+        value = parse_json(value, "--training is not JSON")
     if not isinstance(value, dict):
         raise UserError("--training must be a mapping of TrainingArguments options")
-    known = {f.name for f in fields(TrainingArguments)}
     for name in value:
-        if name in SCHEDULE_OWNED:
-            raise UserError(
-                f"training: {name} is set by the experiment: use {SCHEDULE_OWNED[name]}"
-            )
-        if name not in known:
+        if name in OWNED:
+            raise UserError(f"training: {name} is set by the experiment: use {OWNED[name][0]}")
+        if name not in training_fields():
             raise UserError(f"training: {name!r} is not a transformers.TrainingArguments option")
-    return dict(value)
+        if name.startswith(UNSUPPORTED_PREFIXES):
+            raise UserError(f"training: {name}: rho experiment does not push to the Hub")
+    return check_fields(training_type(), value, "training")
+
+
+@cache
+def training_type() -> type:
+    from transformers import TrainingArguments
+
+    return TrainingArguments
+
+
+@cache
+def training_fields() -> frozenset[str]:
+    return frozenset(f.name for f in fields(training_type()) if f.init)

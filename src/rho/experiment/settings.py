@@ -12,13 +12,16 @@ defaults; flags given on the command line win.
 from __future__ import annotations
 
 import glob
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from rho.config_file import read_config
 from rho.errors import UserError
-from rho.experiment.arms import ARMS, CORE_ARMS, NAMES
+from rho.experiment.arms import ARMS, CORE_ARMS, DEFAULTS, NAMES
+from rho.experiment.preflight import check_models
 from rho.experiment.schedule import training_options
 from rho.models import PRESETS
+from rho.options import option
 from rho.select import check_ratio
 
 STAGES = ("data", "mix", "base", "proxy", "sample", "reference", "self-reference", "draw", "score",
@@ -26,23 +29,6 @@ STAGES = ("data", "mix", "base", "proxy", "sample", "reference", "self-reference
 # every training run's schedule
 TRAINING = ("base", "proxy", "reference", "self-reference", "arms")
 FILE_FIELDS = ("curated", "corpus", "heldout", "base_data")  # keyed by content, not path
-
-
-_DECLARED: list[tuple[str, ...]] = []  # the stages of each option(), in field order
-
-
-def option(default=None, *, stages: tuple[str, ...], help: str, factory=None):
-    """A config field, with the stages that read it (an empty tuple: it only chooses which
-    stages exist, or where they go). The stages are kept beside the field, not in its metadata:
-    HfArgumentParser hands every metadata key to argparse."""
-    unknown = set(stages) - set(STAGES)
-    if unknown:
-        raise ValueError(f"unknown stage {sorted(unknown)}")
-    _DECLARED.append(tuple(stages))
-    meta = {"help": help}
-    if factory is not None:
-        return field(default_factory=factory, metadata=meta)
-    return field(default=default, metadata=meta)
 
 
 @dataclass
@@ -66,9 +52,9 @@ class ExperimentConfig:
         "target axis (e.g. target=math.jsonl general=web.jsonl); each is "
         "split into validation and test",
     )
-    out: str = option("rho-experiment", stages=(), help="run directory")
+    out: str = option(default="rho-experiment", stages=(), help="run directory")
     base: str = option(
-        "1m",
+        default="1m",
         stages=("data", "base"),
         help="the model every arm continues from: a preset (tiny, 1m, 5m, ...: "
         "pretrained here on --base_data), a model directory or a hub name",
@@ -78,27 +64,29 @@ class ExperimentConfig:
         stages=("data",),
         help="text to pretrain a preset base on (the paper's setting)",
     )
-    base_tokens: int = option(0, stages=("base", "proxy"), help="base pretraining budget (tokens)")
+    base_tokens: int = option(
+        default=0, stages=("base", "proxy"), help="base pretraining budget (tokens)"
+    )
     reference_base: str | None = option(
-        None,
+        default=None,
         stages=("proxy",),
         help="the proxy arms' (slm-proxy) reference start, smaller than --base: a preset "
         "(pretrained here on --base_data like the base, cached) or a model directory with the "
         "data's tokenizer; its pretraining, training and scoring are charged at its own size",
     )
     from_scratch: bool = option(
-        False,
+        default=False,
         stages=("base", "proxy"),
         help="no base: every arm and the reference start from a fresh preset",
     )
     tokenizer: str | None = option(
-        None,
+        default=None,
         stages=("data",),
         help="HF tokenizer (default: a model base's own, else trained on the data)",
     )
-    vocab: int = option(2048, stages=("data",), help="vocabulary of a trained tokenizer")
+    vocab: int = option(default=2048, stages=("data",), help="vocabulary of a trained tokenizer")
     arms: str = option(
-        ",".join(CORE_ARMS),
+        default=",".join(CORE_ARMS),
         stages=(),
         help=f"comma list of {', '.join(NAMES)}; or all (the proxy arms only with "
         "--reference_base)",
@@ -109,7 +97,7 @@ class ExperimentConfig:
         help="seeds (data order) of the --seeded_arms; other arms use the first",
     )
     seeded_arms: str = option(
-        "clm,slm", stages=(), help="arms run over every seed (comma list, or all)"
+        default="clm,slm", stages=(), help="arms run over every seed (comma list, or all)"
     )
     reference_seeds: list[int] = option(
         factory=list,
@@ -119,92 +107,98 @@ class ExperimentConfig:
         "i (cycling), so their spread includes the reference's",
     )
     train_tokens: int = option(
-        0, stages=("arms", "draw", "reference"), help="per-arm budget (0: one pass)"
+        default=0, stages=("arms", "draw", "reference"), help="per-arm budget (0: one pass)"
     )
     ref_tokens: int = option(
-        0,
+        default=0,
         stages=("reference",),
         help="the scoring reference's training budget on the curated data, in tokens (0: the "
         "arms' budget; then the reference arm's runs are the scoring references)",
     )
     self_reference: float = option(
-        0.1,
+        default=DEFAULTS["self_reference"],
         stages=("sample",),
         help="the self-reference arms (slm-self, slm-entropy): the share of the corpus's "
         "windows (a seeded sample, which stays in the corpus) the base is trained on, one pass, "
         "to score the corpus without curated data",
     )
     curated_tokens: int = option(
-        0,
+        default=0,
         stages=("data",),
         help="use at most this many tokens of the curated files: a seeded sample of whole "
         "documents (the curated-scarce regime; 0: all of them)",
     )
-    ratio: float = option(0.6, stages=("analyses",), help="SLM: fraction of tokens kept")
+    ratio: float = option(default=0.6, stages=("analyses",), help="SLM: fraction of tokens kept")
     mix_share: float = option(
-        0.2, stages=("mix",), help="clm-mix: share of curated tokens in the mixed corpus"
+        default=0.2, stages=("mix",), help="clm-mix: share of curated tokens in the mixed corpus"
     )
-    prune_keep: float = option(0.5, stages=("prune",), help="pruned arms: windows kept")
+    prune_keep: float = option(default=0.5, stages=("prune",), help="pruned arms: windows kept")
     proto_keep: float = option(
-        0.5, stages=("proto",), help="prototype arms: share of corpus windows kept"
+        default=DEFAULTS["proto_keep"],
+        stages=("proto",),
+        help="prototype arms: share of corpus windows kept",
     )
     proto_from: str = option(
-        "hard",
+        default=DEFAULTS["proto_from"],
         stages=("proto",),
         help="prototype arms: keep the windows farthest from (hard) or nearest to (easy) their "
         "k-means centroid (Sorscher et al.: hard when data is abundant, easy when scarce)",
     )
     proto_dedup: float = option(
-        0.0,
+        default=0.0,
         stages=("proto",),
         help="prototype arms: drop near-duplicates above this cosine similarity inside a "
         "cluster first (SemDeDup; 0: off)",
     )
     embed_layer: int = option(
-        -1,
+        default=-1,
         stages=("embed",),
         help="prototype arms: the base's hidden state that embeds a window (-1: the last; 0: "
         "the input token embeddings, a lookup with no forward pass)",
     )
-    candidate_factor: int = option(4, stages=(), help="RHO-LOSS: candidates per window")
+    candidate_factor: int = option(default=4, stages=(), help="RHO-LOSS: candidates per window")
     seq_len: int = option(
-        256,
+        default=256,
         stages=(*TRAINING, "sample", "draw", "score", "embed", "proto", "analyses"),
         help="window length (tokens)",
     )
-    batch_size: int = option(16, stages=(*TRAINING, "draw"), help="windows per optimizer step")
-    learning_rate: float = option(
-        1e-3, stages=("reference", "self-reference", "arms"), help="arms and references"
+    batch_size: int = option(
+        default=16, stages=(*TRAINING, "draw"), help="windows per optimizer step"
     )
-    base_learning_rate: float = option(3e-3, stages=("base", "proxy"), help="base pretraining")
+    learning_rate: float = option(
+        default=1e-3, stages=("reference", "self-reference", "arms"), help="arms and references"
+    )
+    base_learning_rate: float = option(
+        default=3e-3, stages=("base", "proxy"), help="base pretraining"
+    )
     training: dict | str | None = option(
-        None,
+        default=None,
         stages=TRAINING,
         help="transformers.TrainingArguments options for every training run, as a mapping "
         "(config: training: {bf16: true, gradient_accumulation_steps: 4}; flag: JSON). The "
         "schedule's own options (--batch_size: windows per optimizer step, --learning_rate, "
         "--seeds, --evals) are set by their flags, not here",
     )
-    evals: int = option(8, stages=TRAINING, help="validation evaluations per run")
+    evals: int = option(default=8, stages=TRAINING, help="validation evaluations per run")
     eval_windows: int = option(
-        48,
+        default=48,
         stages=TRAINING,
         help="validation windows per axis for the curves (0: the whole validation set)",
     )
     validation_fraction: float = option(
-        0.5, stages=("data",), help="share of each held-out set used for validation"
+        default=0.5, stages=("data",), help="share of each held-out set used for validation"
     )
     decontam_threshold: float = option(
-        0.05,
+        default=0.05,
         stages=("data",),
         help="drop held-out documents sharing more than this share of 13-grams",
     )
     dynamics_checkpoints: int = option(
-        5, stages=("analyses",), help="CLM checkpoints scored for token-loss dynamics"
+        default=5, stages=("analyses",), help="CLM checkpoints scored for token-loss dynamics"
     )
-    analyze: bool = option(True, stages=(), help="selection analyses and HTML")
+    analyze: bool = option(default=True, stages=(), help="selection analyses and HTML")
     choices: str = option(
-        "",
+        default="",
         stages=(),
         help="how the config's settings were chosen, for the report (default: the report says "
         "nothing in the run chose them)",
@@ -265,11 +259,10 @@ class ExperimentConfig:
         for name in ("seq_len", "batch_size", "evals", "candidate_factor"):
             if getattr(self, name) < (2 if name == "seq_len" else 1):
                 raise UserError(f"--{name} must be positive, got {getattr(self, name)}")
-        for name in ("train_tokens", "base_tokens", "vocab", "eval_windows", "ref_tokens"):
+        counts = ("train_tokens", "base_tokens", "vocab", "eval_windows", "ref_tokens")
+        for name in (*counts, "curated_tokens"):
             if getattr(self, name) < 0:
                 raise UserError(f"--{name} must be >= 0")
-        if self.ref_tokens < 0 or self.curated_tokens < 0:
-            raise UserError("--ref_tokens and --curated_tokens must be >= 0")
         accumulation = self.training.get("gradient_accumulation_steps", 1)
         if not isinstance(accumulation, int) or accumulation < 1 or self.batch_size % accumulation:
             raise UserError(f"training: gradient_accumulation_steps {accumulation!r} must be a "
@@ -285,6 +278,7 @@ class ExperimentConfig:
             if (name == "seeds" and not seeds) or len(set(seeds)) != len(seeds):
                 raise UserError(f"--{name} must be distinct integers")
         self.arm_list  # noqa: B018 (validates)
+        self.heldout_sets()  # validates NAME=FILE[,FILE...]
         unknown = {a.strip() for a in self.seeded_arms.split(",") if a.strip()} - {*ARMS, "all"}
         if unknown:
             raise UserError(f"--seeded_arms: unknown arm {sorted(unknown)[0]!r}")
@@ -311,8 +305,7 @@ class ExperimentConfig:
         self.heldout = [
             f"{name}={','.join(expand(files))}" for name, files in self.heldout_sets().items()
         ]
-        if self.base in PRESETS and not self.from_scratch and not self.base_data:
-            raise UserError(f"a preset --base {self.base} needs --base_data (or --from_scratch)")
+        check_models(self)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -325,9 +318,11 @@ class ExperimentConfig:
         return ConfigView(self, reads(stage, extra), stage)
 
 
-# Field name -> the stages that read it. zip(strict) fails at import if a field was declared
-# without option(): no field can be forgotten by the stage keys.
-STAGES_OF = dict(zip((f.name for f in fields(ExperimentConfig)), _DECLARED, strict=True))
+# Field name -> the stages that read it (its ``stages`` metadata, which every field must have:
+# no field can be forgotten by the stage keys).
+STAGES_OF = {f.name: tuple(f.metadata["stages"]) for f in fields(ExperimentConfig)}
+if {s for stages in STAGES_OF.values() for s in stages} - set(STAGES):
+    raise ValueError("a field of ExperimentConfig names an unknown stage")
 
 
 def reads(stage: str, extra: tuple[str, ...] = ()) -> tuple[str, ...]:
@@ -364,6 +359,8 @@ def heldout_sets(items: list[str]) -> dict[str, list[str]]:
         if name in sets:
             raise UserError(f"--heldout {name!r} is given twice")
         sets[name] = [f for f in files.split(",") if f]
+        if not sets[name]:
+            raise UserError(f"--heldout {item!r} names no file: write NAME=FILE[,FILE...]")
     return sets
 
 
@@ -382,15 +379,6 @@ def expand(patterns: list[str]) -> list[str]:
 
 
 def load_yaml(path: str | Path) -> dict:
-    """A config file's fields: loaded bounded (size, depth, alias expansion) and every value
-    checked against its field's type before anything runs (rho.schema)."""
-    from rho.schema import check_fields, read_yaml_file
-
-    if not Path(path).exists():
-        raise UserError(f"config {path} does not exist")
-    data = read_yaml_file(path, what="config")
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise UserError(f"config {path} must be a mapping of option: value")
-    return check_fields(ExperimentConfig, data, f"config {path}")
+    """A config file's fields, checked against ExperimentConfig's before anything runs
+    (rho.config_file: bounded, strict, keys once)."""
+    return read_config(path, (ExperimentConfig,))

@@ -18,6 +18,7 @@ from rho.data import WindowDataset
 from rho.errors import UserError
 from rho.eval.heldout import evaluate_store
 from rho.experiment.prepare import SPLITS
+from rho.experiment.schedule import owned_arguments
 from rho.files import one_line
 from rho.models import PRESETS, count_parameters
 from rho.options import ModelDataArguments, SelectionArguments
@@ -84,27 +85,14 @@ def training_arguments(
     own selection (default: none), then the config's ``training`` options on top (bf16 on a
     GPU, gradient accumulation, ...). A step is always ``batch_size`` windows: accumulation
     splits it into smaller micro-batches."""
-    every = max(1, steps // cfg.evals)
-    accumulation = cfg.training.get("gradient_accumulation_steps", 1)
     schedule = dict(
         **(selection or SelectionArguments(selection="none")).selection_options(),
-        output_dir=str(directory),
-        max_steps=steps,
-        per_device_train_batch_size=cfg.batch_size // accumulation,
-        per_device_eval_batch_size=cfg.batch_size,
-        learning_rate=lr,
+        **owned_arguments(directory, cfg, steps, seed, lr, save),
         lr_scheduler_type="cosine",
         warmup_steps=max(1, steps // 20),
         weight_decay=0.1,
         adam_beta2=0.95,
         max_grad_norm=1.0,
-        logging_steps=max(1, every // 2),
-        eval_strategy="steps",
-        eval_steps=every,
-        save_strategy="steps" if save else "no",
-        save_steps=every,
-        seed=seed,
-        data_seed=seed,
         report_to="none",
         use_cpu=not torch.cuda.is_available(),
         disable_tqdm=True,
