@@ -1,8 +1,10 @@
 """Results files: ``eval.json`` (for machines), ``eval.md`` (for people), the per-item
 ``task_outputs.jsonl``, the Markdown tables printed by ``rho eval``, and ``--compare``.
 
-Every run of ``rho eval`` merges its results into ``eval.json`` in its output directory (other
-sections kept) and rewrites ``eval.md`` from it; ``compare_runs`` puts runs side by side.
+The output directory is one rho made (``--out`` or ``MODEL/rho_eval``, marked as a ``rho.eval``
+output), never one holding a user's files. Every run of ``rho eval`` merges its results into
+its ``eval.json`` (other sections kept) and rewrites ``eval.md`` from it; ``compare_runs`` puts
+runs side by side.
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rho.errors import UserError
-from rho.files import write_json_atomic, write_text_atomic
+from rho.files import write_atomic, write_json_atomic, write_text_atomic
 from rho.schema import EvalRecord, parse_json, read_json_file, validate
 
+EVAL_DIR = "rho_eval"  # the default output: this subdirectory of the model directory
+EVAL_KIND = "rho.eval"  # its marker's kind (rho.files.MARKER)
 EVAL_FILE = "eval.json"
 EVAL_MD = "eval.md"
 TASK_OUTPUTS = "task_outputs.jsonl"
@@ -122,20 +126,22 @@ def save_eval(out: Path, section: str, key: str | None, value: dict, model: str)
 
 
 def save_task_outputs(out: Path, task: str, rows: list[dict]) -> Path:
-    """Replace this task's rows in task_outputs.jsonl, keeping other tasks' rows."""
+    """Replace this task's rows in task_outputs.jsonl, keeping every other line as it is (other
+    tasks' rows, and a line that does not parse: nothing is dropped unread)."""
     out.mkdir(parents=True, exist_ok=True)
     file = out / TASK_OUTPUTS
     kept = []
     if file.exists():
-        for line in file.read_text(encoding="utf-8", errors="replace").splitlines():
+        for line in file.read_text(encoding="utf-8", errors="surrogateescape").splitlines():
             try:
                 row = parse_json(line, str(file))
             except UserError:
-                continue
-            if isinstance(row, dict) and row.get("task") != task:
+                row = None
+            if not (isinstance(row, dict) and row.get("task") == task):
                 kept.append(line)
     new = [json.dumps({"task": task, **row}, ensure_ascii=False) for row in rows]
-    write_text_atomic(file, "".join(line + "\n" for line in kept + new))
+    text = "".join(line + "\n" for line in kept + new)
+    write_atomic(file, lambda f: f.write(text.encode("utf-8", errors="surrogateescape")))
     return file
 
 
@@ -161,13 +167,17 @@ def compare_rows(record: dict) -> dict[str, tuple[float | None, bool]]:
 
 
 def _read_run(run: str | Path) -> tuple[str, dict]:
-    """(label, record) of a run directory or an eval.json."""
+    """(label, record) of a run directory (its eval.json, else its ``rho_eval``'s) or an
+    eval.json."""
     path = Path(run)
     file = path if path.is_file() else path / EVAL_FILE
+    if path.is_dir() and not file.exists() and (path / EVAL_DIR / EVAL_FILE).exists():
+        file = path / EVAL_DIR / EVAL_FILE
     if not file.exists():
         raise UserError(f"{run}: no {EVAL_FILE} (run `rho eval` on it first)")
     record = read_eval_file(file)
-    return (file.parent if file.name == EVAL_FILE else file).name or str(run), record
+    named = path if path.is_dir() else file.parent if file.name == EVAL_FILE else file
+    return named.name or str(run), record
 
 
 def compare_runs(runs: Sequence[str | Path]) -> str:
