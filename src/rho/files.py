@@ -199,13 +199,11 @@ def check_replaceable(
         raise UserError(f"{what} {path} is {said}, not a {kind}: rho will not replace it")
 
 
-def claim_output_dir(
+def check_claimable(
     path: str | Path, kind: str, inputs: Iterable = (), what: str = "--out"
 ) -> bool:
-    """The one check for a directory output filled in place (a run directory, an analysis's
-    output): it must be new, empty, or one rho made as a ``kind`` output (``check_replaceable``),
-    never a directory holding someone else's files. Creates and marks it; returns True when it
-    already held a ``kind`` output (the caller resumes, refuses or clears it)."""
+    """``claim_output_dir``'s check alone (nothing created): True when ``path`` holds a ``kind``
+    output already."""
     path = Path(path)
     empty = path.is_dir() and not path.is_symlink() and not any(path.iterdir())
     if not empty:
@@ -214,8 +212,18 @@ def claim_output_dir(
         check_not_input(path, inputs, what)
         if path.resolve() in Path.cwd().resolve().parents:
             raise UserError(f"{what} {path} is a parent of the working directory")
-    existed = path.exists() and not empty
-    path.mkdir(parents=True, exist_ok=True)
+    return path.exists() and not empty
+
+
+def claim_output_dir(
+    path: str | Path, kind: str, inputs: Iterable = (), what: str = "--out"
+) -> bool:
+    """The one check for a directory output filled in place (a run directory, an analysis's
+    output): it must be new, empty, or one rho made as a ``kind`` output (``check_replaceable``),
+    never a directory holding someone else's files. Creates and marks it; returns True when it
+    already held a ``kind`` output (the caller resumes, refuses or clears it)."""
+    existed = check_claimable(path, kind, inputs, what)
+    Path(path).mkdir(parents=True, exist_ok=True)
     if not existed:
         mark_output(path, kind)
     return existed

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rho.errors import UserError
-from rho.files import write_atomic, write_json_atomic, write_text_atomic
+from rho.files import claim_output_dir, write_atomic, write_json_atomic, write_text_atomic
 from rho.schema import EvalRecord, parse_json, read_json_file, validate
 
 EVAL_DIR = "rho_eval"  # the default output: this subdirectory of the model directory
@@ -111,9 +111,16 @@ def load_eval(out: Path) -> dict:
     return read_eval_file(file)
 
 
+def open_output(out: Path) -> Path:
+    """The output directory, made and marked as a ``rho.eval`` output if new (``rho eval``
+    checked it before any work: new, empty or an earlier eval's)."""
+    claim_output_dir(out, EVAL_KIND)
+    return out
+
+
 def save_eval(out: Path, section: str, key: str | None, value: dict, model: str) -> dict:
     """Merge one result into ``out``/eval.json (other sections kept) and rewrite eval.md."""
-    out.mkdir(parents=True, exist_ok=True)
+    open_output(out)
     record = load_eval(out)
     record["model"] = model
     if key is None:
@@ -128,20 +135,19 @@ def save_eval(out: Path, section: str, key: str | None, value: dict, model: str)
 def save_task_outputs(out: Path, task: str, rows: list[dict]) -> Path:
     """Replace this task's rows in task_outputs.jsonl, keeping every other line as it is (other
     tasks' rows, and a line that does not parse: nothing is dropped unread)."""
-    out.mkdir(parents=True, exist_ok=True)
+    open_output(out)
     file = out / TASK_OUTPUTS
     kept = []
     if file.exists():
-        for line in file.read_text(encoding="utf-8", errors="surrogateescape").splitlines():
+        for line in filter(None, file.read_bytes().split(b"\n")):
             try:
                 row = parse_json(line, str(file))
             except UserError:
                 row = None
             if not (isinstance(row, dict) and row.get("task") == task):
                 kept.append(line)
-    new = [json.dumps({"task": task, **row}, ensure_ascii=False) for row in rows]
-    text = "".join(line + "\n" for line in kept + new)
-    write_atomic(file, lambda f: f.write(text.encode("utf-8", errors="surrogateescape")))
+    new = [json.dumps({"task": task, **row}, ensure_ascii=False).encode() for row in rows]
+    write_atomic(file, lambda f: f.write(b"".join(line + b"\n" for line in kept + new)))
     return file
 
 

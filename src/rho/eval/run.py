@@ -19,11 +19,12 @@ from rho.eval.results import (
     TASK_OUTPUTS,
     lm_eval_table,
     loss_table,
+    open_output,
     save_eval,
     save_task_outputs,
     tasks_table,
 )
-from rho.files import claim_output_dir, write_json_atomic
+from rho.files import check_claimable, write_json_atomic
 from rho.options import check_output_path, parse_device
 from rho.store import TokenStore
 
@@ -39,8 +40,8 @@ def _output_dir(out: str | None, model: str, inputs: list) -> Path:
     else:
         raise UserError(f"--model {model!r} is not a local directory: pass --out DIR")
     check_output_path(path, what)
-    claim_output_dir(path, EVAL_KIND, [p for p in inputs if p and Path(p).exists()], what)
-    return path
+    check_claimable(path, EVAL_KIND, [p for p in inputs if p and Path(p).exists()], what)
+    return path  # made and marked with the first result (rho.eval.results)
 
 
 def _check(model, tokens, tasks, lm_eval_tasks, batch_size, max_new_tokens, seq_len, device):
@@ -145,8 +146,7 @@ def _harness(name: str, lm_eval_tasks: str, out: Path, **options) -> None:
     if not names:
         raise UserError("--lm-eval-tasks is empty")
     results = run_lm_eval(name, names, **options)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / LM_EVAL_FILE, results)
+    write_json_atomic(open_output(out) / LM_EVAL_FILE, results)
     metrics = lm_eval_metrics(results)
     save_eval(out, "lm_eval", None, {"metrics": metrics, "file": LM_EVAL_FILE}, name)
     print(f"\nlm-evaluation-harness (full results in {out / LM_EVAL_FILE}):\n")
