@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from helpers import torch_threads, write_jsonl
 from transformers import AutoTokenizer, TrainerCallback
 
-from rho.chat import Conversation, render, render_plain, response_mask
+from rho.chat import Conversation, render, render_plain
 from rho.cli import main
 from rho.errors import UserError
 from rho.inspect_store import describe
@@ -28,6 +28,7 @@ from rho.options import ModelDataArguments
 from rho.prune import prune_store
 from rho.score import score_store
 from rho.store import LossStore, TokenStore, loss_positions, window_starts
+from rho.token_parts import token_noise
 from rho.tokenize import tokenize_corpus
 from rho.trainer import DUMP_ENV, SelectiveTrainingArguments
 from rho.training import build_trainer
@@ -89,11 +90,11 @@ def test_template_spans_follow_the_template_even_when_it_trims():
         render(conv, rewrites_history)
 
 
-def test_response_mask_marks_tokens_overlapping_a_span():
-    offsets = [(0, 4), (4, 5), (5, 9), (9, 10), (10, 10)]
-    assert response_mask(offsets, [(5, 10)]).tolist() == [False, False, True, True, False]
-    assert response_mask(offsets, [(3, 6)]).tolist() == [True, True, True, False, False]
-    assert response_mask(offsets, []).tolist() == [False] * 5
+def test_the_mask_marks_tokens_overlapping_a_response_span():
+    offsets = [(0, 4), (4, 5), (5, 9), (9, 10), (10, 10)]  # marked as noise spans are
+    assert token_noise(offsets, [(5, 10)], 10).tolist() == [False, False, True, True, False]
+    assert token_noise(offsets, [(3, 6)], 10).tolist() == [True, True, True, False, False]
+    assert token_noise(offsets, [], 10).tolist() == [False] * 5
 
 
 def test_loss_positions_leave_out_conversations_begun_in_an_earlier_window():

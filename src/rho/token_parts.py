@@ -155,17 +155,20 @@ class Encoder:
     def encode(self, docs: list[Document]) -> Encoded:
         pieces = [(i, a, b) for i, doc in enumerate(docs) for a, b in pieces_of(doc.text)]
         ids: list = [None] * len(pieces)
-        offsets: dict[int, list] = {}
+        marks: dict[int, np.ndarray] = {}  # per noisy piece, made at once: offsets are big
         for noisy in (False, True):
             which = [k for k, (i, _, _) in enumerate(pieces) if bool(docs[i].noise_spans) == noisy]
             for first in range(0, len(which), ENCODE_BATCH):
                 part = which[first : first + ENCODE_BATCH]
                 texts = [docs[i].text[a:b] for i, a, b in (pieces[k] for k in part)]
-                got, spans = self._encode(texts, offsets=noisy)
+                got, offsets = self._encode(texts, offsets=noisy)
                 for j, k in enumerate(part):
                     ids[k] = got[j]
                     if noisy:
-                        offsets[k] = spans[j]
+                        i, a, b = pieces[k]
+                        spans = [(x - a, y - a) for x, y in docs[i].noise_spans]
+                        marks[k] = token_noise(offsets[j], spans, b - a)
+                del offsets
         piece_lengths = np.fromiter(map(len, ids), np.int64, len(ids))
         # An id that does not fit the dtype raises OverflowError here, never wraps silently.
         flat = np.fromiter(chain.from_iterable(ids), self.dtype, int(piece_lengths.sum()))
@@ -173,18 +176,13 @@ class Encoder:
         lengths = np.bincount(owner, weights=piece_lengths, minlength=len(docs)).astype(np.int64)
         packed = np.insert(flat, np.cumsum(lengths), np.asarray(self.eos_id, self.dtype))
         lengths += 1
-        marks = None
-        if offsets:
-            marks = np.zeros(len(packed), dtype=bool)  # EOS and clean documents: clean
-            starts = np.cumsum(lengths) - lengths
-            bounds = np.searchsorted(owner, np.arange(len(docs) + 1))  # a document's pieces
-            for i, doc in enumerate(docs):
-                if doc.noise_spans:
-                    ks = range(bounds[i], bounds[i + 1])
-                    spans = np.concatenate([offsets[k] + pieces[k][1] for k in ks])
-                    noise = token_noise(spans, doc.noise_spans, len(doc.text))
-                    marks[starts[i] : starts[i] + len(noise)] = noise
-        return Encoded(packed, lengths, marks)
+        packed_marks = None
+        if marks:  # EOS and clean documents: clean
+            packed_marks = np.zeros(len(packed), dtype=bool)
+            starts = np.cumsum(piece_lengths) - piece_lengths + owner  # owner: the EOS before
+            for k, mark in marks.items():
+                packed_marks[starts[k] : starts[k] + len(mark)] = mark
+        return Encoded(packed, lengths, packed_marks)
 
 
 def backend_of(tokenizer):
