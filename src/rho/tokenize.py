@@ -41,9 +41,9 @@ from rho.store import (
     tokenizer_hash,
     write_token_store,
 )
+from rho.token_assembly import assemble
 from rho.token_parts import (
     PARTS_FORMAT,
-    assemble,
     backend_of,
     encode_slot,
     encode_slot_in_worker,
