@@ -5,8 +5,8 @@ closing a chunk once its records reach ``chunk_bytes``: the cut depends on the i
 chunk is encoded into a part directory of its own, built in a scratch sibling and renamed into
 place, so a part is whole or absent. Ranks (torchrun) and worker processes (--workers) share the
 chunks: chunk c goes to slot c mod slots; every slot reads every record but parses only its own.
-A rerun skips the parts already there (whoever wrote them), and ``assemble`` concatenates them
-in chunk order (rho.token_assembly), so the TokenStore's bytes do not depend on who encoded which chunk, or when.
+A rerun skips the parts already there (whoever wrote them), and rho.token_assembly concatenates
+them in chunk order, so the TokenStore's bytes do not depend on who encoded which chunk, or when.
 
 A parts directory (``.OUT.parts`` beside the output) holds ``meta.json`` (what the parts were
 made from, and the run id in their names), ``tokenizer/`` (the HF tokenizer the store will
