@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from rho import chat, token_parts
 from rho import distributed as dist
 from rho.corpus import Source, expand_inputs, iter_documents
+from rho.disk import disk_error_message
 from rho.errors import UserError
 from rho.files import (
     building,
@@ -112,6 +113,12 @@ def tokenize_corpus(
             if rank0 and getattr(err, "bad_input", True):
                 remove_path(parts_dir(out))
             raise
+        except Exception as err:
+            refused = disk_error_message(err, out)
+            if refused is None or not rank0:
+                raise
+            remove_path(parts_dir(out))  # kept, they would hold the full disk full
+            raise UserError(f"{refused}; the partial parts were removed") from None
 
 
 def _tokenize_conversations(
