@@ -28,14 +28,8 @@ import numpy as np
 
 from rho.errors import UserError
 
-# The readers moved to rho.reading; their old names here stay importable.
-from rho.reading import (  # noqa: F401
-    blocks,
-    hash_arrays,
-    hash_dir,
-    read_slice,
-    sha256_file,
-)
+# The readers live in rho.reading; importable from here too, where the other modules find them.
+from rho.reading import blocks, hash_arrays, hash_dir, read_slice, sha256_file  # noqa: F401
 
 # A directory that holds this file was made by rho as a whole output of the named kind (run
 # directories, demo/experiment directories, analysis and eval outputs); stores are known by

@@ -76,22 +76,7 @@ def tokenize_corpus(
     The store is the same either way, and a rerun after a crash resumes.
     ``format="messages"``: chat conversations with a loss mask (rho.chat), in one process."""
     out = Path(out)
-    if (tokenizer is None) == (train_vocab is None):
-        raise UserError("give exactly one of --tokenizer and --train-tokenizer")
-    if workers < 1:
-        raise UserError(f"--workers must be at least 1, got {workers}")
-    if train_vocab is not None:
-        check_train_vocab(train_vocab)
-    sources = expand_inputs(inputs, domains)
-    inputs_used = [s.path for s in sources]
-    if tokenizer is not None and Path(tokenizer).exists():
-        inputs_used.append(Path(tokenizer))
-    check_not_input(out, inputs_used)
-    check_output_path(out)
-    if (out.exists() or out.is_symlink()) and not overwrite:
-        raise UserError(f"{out} already exists (pass --overwrite to replace it)")
-    if overwrite:
-        check_replaceable(out, TOKEN_STORE)
+    sources = _checked_sources(inputs, out, tokenizer, train_vocab, domains, workers, overwrite)
     # The one dispatch point between plain documents and chat conversations (rho.chat).
     if format == "messages":
         return _tokenize_conversations(
@@ -119,6 +104,27 @@ def tokenize_corpus(
                 raise
             remove_path(parts_dir(out))  # kept, they would hold the full disk full
             raise UserError(f"{refused}; the partial parts were removed") from None
+
+
+def _checked_sources(inputs, out: Path, tokenizer, train_vocab, domains, workers, overwrite):
+    """The inputs' sources, once the options and the output are checked (before any work)."""
+    if (tokenizer is None) == (train_vocab is None):
+        raise UserError("give exactly one of --tokenizer and --train-tokenizer")
+    if workers < 1:
+        raise UserError(f"--workers must be at least 1, got {workers}")
+    if train_vocab is not None:
+        check_train_vocab(train_vocab)
+    sources = expand_inputs(inputs, domains)
+    inputs_used = [s.path for s in sources]
+    if tokenizer is not None and Path(tokenizer).exists():
+        inputs_used.append(Path(tokenizer))
+    check_not_input(out, inputs_used)
+    check_output_path(out)
+    if (out.exists() or out.is_symlink()) and not overwrite:
+        raise UserError(f"{out} already exists (pass --overwrite to replace it)")
+    if overwrite:
+        check_replaceable(out, TOKEN_STORE)
+    return sources
 
 
 def _tokenize_conversations(

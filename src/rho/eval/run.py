@@ -104,20 +104,10 @@ def run_eval(
         _few_shot(model, loaded, tok, task_items, shot_items, out, **few_shot, **run)
     if lm_eval_tasks:
         del loaded  # the harness loads its own copy
-        _harness(
-            model,
-            lm_eval_tasks,
-            out,
-            include_path=lm_eval_include,
-            include_defaults=not lm_eval_local_only,
-            limit=limit,
-            num_fewshot=num_fewshot,
-            batch_size=batch_size,
-            device=device,
-            dtype=dtype,
-            tokenizer=tokenizer,
-            trust_remote_code=trust_remote_code,
-        )
+        harness = {"include_path": lm_eval_include, "include_defaults": not lm_eval_local_only}
+        harness |= {"limit": limit, "num_fewshot": num_fewshot, "batch_size": batch_size}
+        harness |= {"device": device, "dtype": dtype, "tokenizer": tokenizer}
+        _harness(model, lm_eval_tasks, out, trust_remote_code=trust_remote_code, **harness)
     print(f"\nwrote {out / EVAL_FILE} and {out / EVAL_MD}")
     return out
 
