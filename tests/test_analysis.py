@@ -203,5 +203,13 @@ def test_html_never_replaces_a_file_it_did_not_write(workspace, capsys):
     page_file = workspace / "again.html"
     assert main(base + ["--out", str(page_file)]) == 0
     assert main(base + ["--out", str(page_file)]) == 0  # its own page: replaced
+    user = workspace / "user_dir"  # a file reached through a link: kept, even with --overwrite
+    user.mkdir()
+    (user / "mine.html").write_bytes(b"mine\n")
+    (workspace / "link").symlink_to(user)
+    assert main(base + ["--out", str(workspace / "link" / "mine.html"), "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert "through the symbolic link" in err and len(err.strip().splitlines()) == 1
+    assert (user / "mine.html").read_bytes() == b"mine\n"
     assert main(base + ["--out", str(notes), "--overwrite"]) == 0
     assert notes.read_text().startswith("<!DOCTYPE html>")

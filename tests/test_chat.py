@@ -9,6 +9,7 @@ import json
 import math
 import random
 import shutil
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ import torch.nn.functional as F
 from helpers import torch_threads, write_jsonl
 from transformers import AutoTokenizer, TrainerCallback
 
-from rho.chat import Conversation, render, render_plain, response_mask
+from rho.chat import Conversation, render, render_plain
 from rho.cli import main
 from rho.errors import UserError
 from rho.inspect_store import describe
@@ -28,6 +29,7 @@ from rho.options import ModelDataArguments
 from rho.prune import prune_store
 from rho.score import score_store
 from rho.store import LossStore, TokenStore, loss_positions, window_starts
+from rho.token_parts import token_noise
 from rho.tokenize import tokenize_corpus
 from rho.trainer import DUMP_ENV, SelectiveTrainingArguments
 from rho.training import build_trainer
@@ -89,11 +91,11 @@ def test_template_spans_follow_the_template_even_when_it_trims():
         render(conv, rewrites_history)
 
 
-def test_response_mask_marks_tokens_overlapping_a_span():
-    offsets = [(0, 4), (4, 5), (5, 9), (9, 10), (10, 10)]
-    assert response_mask(offsets, [(5, 10)]).tolist() == [False, False, True, True, False]
-    assert response_mask(offsets, [(3, 6)]).tolist() == [True, True, True, False, False]
-    assert response_mask(offsets, []).tolist() == [False] * 5
+def test_the_mask_marks_tokens_overlapping_a_response_span():
+    offsets = [(0, 4), (4, 5), (5, 9), (9, 10), (10, 10)]  # marked as noise spans are
+    assert token_noise(offsets, [(5, 10)], 10).tolist() == [False, False, True, True, False]
+    assert token_noise(offsets, [(3, 6)], 10).tolist() == [True, True, True, False, False]
+    assert token_noise(offsets, [], 10).tolist() == [False] * 5
 
 
 def test_loss_positions_leave_out_conversations_begun_in_an_earlier_window():
@@ -378,3 +380,46 @@ def test_pruned_windows_keep_the_mask_they_trained_with(tmp_path, chat_store, ch
     assert carried.has_entropy and carried.meta["loss_mask"] is True
     # recorded over the pruned store's loss positions: rho train accepts it as it is
     assert carried.meta["finite_fraction"] == carried.meta["entropy_finite_fraction"] == 1.0
+
+
+@pytest.mark.slow
+def test_messages_tokenize_memory_stays_close_to_texts(tmp_path, chat_store):
+    """One long assistant message takes about the memory of the same characters as plain text
+    (it once took 3x: the whole text's offsets as Python lists). Measured as Python's traced
+    allocation peak (tracemalloc, numpy included): exact bytes, no clock."""
+    rng = random.Random(5)
+    text = " ".join(rng.choice(WORDS) for _ in range(40_000))  # ~165,000 characters
+    plain = write_jsonl(tmp_path / "text.jsonl", [{"text": text}])
+    chat = write_jsonl(tmp_path / "chat.jsonl", [{"messages": [
+        {"role": "user", "content": "go"}, {"role": "assistant", "content": text}]}])  # fmt: skip
+
+    def peak(path, format: str, out: str) -> int:
+        tracemalloc.start()
+        try:
+            tokenize_corpus([str(path)], tmp_path / out, tokenizer=chat_store.tokenizer_dir,
+                            format=format, progress=False)  # fmt: skip
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    peak(plain, "text", "warm-text"), peak(chat, "messages", "warm-chat")  # lazy imports
+    as_text, as_messages = peak(plain, "text", "t"), peak(chat, "messages", "m")
+    assert as_messages < 1.5 * as_text, (as_messages, as_text)
+
+
+def test_chats_with_nothing_to_learn_are_refused_at_tokenize(tmp_path, chat_store, capsys):
+    """No assistant turn anywhere, or a role typo, is one line at tokenize (it once went on to
+    score and train with 0 loss tokens); no store is left."""
+    tok = chat_store.tokenizer_dir
+    no_answer = [{"messages": [{"role": "user", "content": "hi"}]}] * 3
+    typo = [conversations(1)[0], {"messages": [{"role": "asistant", "content": "hi"}]}]
+    for name, records, says in (
+        ("none", no_answer, "no token carries loss: no conversation has an 'assistant' turn"),
+        ("typo", typo, "typo.jsonl:2: message 1: unknown role 'asistant'"),
+    ):
+        path = write_jsonl(tmp_path / f"{name}.jsonl", records)
+        args = ["tokenize", path, "--format", "messages", "--tokenizer", tok, "--out"]
+        assert main([str(a) for a in [*args, tmp_path / f"o-{name}"]]) == 2
+        err = capsys.readouterr().err
+        assert says in err and err.count("\n") == 1, err
+        assert not (tmp_path / f"o-{name}").exists()

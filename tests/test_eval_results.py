@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
-from helpers import rho_command
+from helpers import make_task, rho_command
 
 from rho.errors import UserError
-from rho.eval.results import save_eval
+from rho.eval.results import open_output, save_eval, save_task_outputs
 
 
 def _run(tmp_path: Path, name: str, loss: float, accuracy: float) -> Path:
@@ -68,3 +70,39 @@ def test_compare_refuses_hostile_json(tmp_path):
         (run / "eval.json").write_text(text)
         with pytest.raises(UserError, match="unreadable or corrupted"):
             rho_command("eval", ["--compare", str(run)])
+
+
+def test_eval_never_writes_among_a_users_files(tmp_path, eval_checkpoint):
+    """--out naming a user's directory (or a link to one) is refused in one line; without --out
+    the results go to a rho_eval directory rho makes in the checkpoint. The user's eval.md and
+    task_outputs.jsonl (one of its lines no parser reads) stay byte for byte."""
+    task = make_task(tmp_path)
+    mine = {"eval.md": b"# my notes\n", "task_outputs.jsonl": b'{"task": "add"}\nnot json\n'}
+    user, model = tmp_path / "user", tmp_path / "ckpt"
+    user.mkdir()
+    shutil.copytree(eval_checkpoint, model)
+    for folder in (user, model):
+        for name, data in mine.items():
+            (folder / name).write_bytes(data)
+    (tmp_path / "link").symlink_to(user)
+    argv = ["--model", str(model), "--task", str(task), "--shots", "2", "--max-new-tokens", "4"]
+    argv.append("--quiet")
+    with pytest.raises(UserError, match="a directory rho did not make .*will not replace it"):
+        rho_command("eval", [*argv, "--out", str(user)])
+    with pytest.raises(UserError, match="is not a directory rho made"):
+        rho_command("eval", [*argv, "--out", str(tmp_path / "link")])
+    assert rho_command("eval", argv) == 0
+    assert rho_command("eval", argv) == 0  # its own directory: the results are merged again
+    for folder in (user, model):
+        assert {name: (folder / name).read_bytes() for name in mine} == mine
+    out = model / "rho_eval"
+    assert (out / ".rho-output").read_text().startswith("rho.eval\n")
+    assert json.loads((out / "eval.json").read_text())["tasks"]["add"]["items"] == 5
+    assert rho_command("eval", ["--compare", str(model)]) == 0  # the run's rho_eval is found
+
+
+def test_task_outputs_keep_the_lines_they_cannot_parse(tmp_path):
+    file = open_output(tmp_path / "e") / "task_outputs.jsonl"
+    file.write_bytes(b'not json\n{"task": "a", "x": 1}\n{"task": "b"}\n\xff\n')
+    save_task_outputs(tmp_path / "e", "a", [{"x": 2}])
+    assert file.read_bytes() == b'not json\n{"task": "b"}\n\xff\n{"task": "a", "x": 2}\n'

@@ -449,7 +449,7 @@ def test_long_document_in_pieces_equals_whole_encoding(tmp_path, monkeypatch, to
         if i % 500 == 0:
             parts.append("it's 1999 — café ∑x ")
     long_text = "".join(parts)
-    assert len(tokenize_mod.pieces_of(long_text, 1000)) > 20
+    assert len(token_parts.pieces_of(long_text, 1000)) > 20
     texts = [long_text, "a short one", long_text[:2500] + "   "]
     spans = [[[990, 1010], [5000, 7300], [len(long_text) - 3, len(long_text) + 5]], [], [[0, 1]]]
     records = [{"text": t, "noise_spans": s} for t, s in zip(texts, spans, strict=True)]

@@ -30,23 +30,30 @@ import gzip
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from itertools import islice
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from rho.corpus import Source
+from rho.corpus import Document, Source
 from rho.errors import UserError
-from rho.files import one_line, sha256_file
+from rho.files import one_line
+from rho.reading import sha256_file
 from rho.schema import ChatRecord, parse_json, validate
 from rho.store import TokenStore, smallest_token_dtype, write_token_store
+from rho.token_parts import Encoded, Encoder, backend_of
+from rho.tokenizer_setup import vocab_size_of
 
 RESPONSE_ROLE = "assistant"
 MESSAGES_FIELD = "messages"
-ENCODE_BATCH = 256  # conversations per tokenizer call
+# The roles chat templates know; any other (a typo such as "asistant") is refused, not silently
+# made prompt.
+ROLES = ("system", "developer", "user", RESPONSE_ROLE, "tool", "function", "ipython")
+ENCODE_BATCH = 256  # conversations per batch
 _MARK = "RHOxRESPONSExMARK"  # letters only: no template escapes or splits it
 JSONL = (".jsonl", ".jsonl.gz", ".json.gz", ".ndjson")
 
-Span = tuple[int, int]
+Span = tuple[int, int]  # [start, end) characters
 
 
 @dataclass
@@ -82,7 +89,11 @@ def _conversation(raw: bytes, where: str, domain: str | None) -> Conversation:
         raise UserError(f"{where}: no {MESSAGES_FIELD!r} field (a list of role/content messages)")
     checked = validate(ChatRecord, record, where)
     messages = [{"role": m.role, "content": m.content} for m in checked.messages]
-    for m in messages:
+    for k, m in enumerate(messages):
+        if m["role"] not in ROLES:
+            raise UserError(
+                f"{where}: message {k + 1}: unknown role {m['role']!r} (one of {', '.join(ROLES)})"
+            )
         try:  # a lone surrogate escape would break the tokenizer and the meta.json later
             m["content"].encode("utf-8")
             m["role"].encode("utf-8")
@@ -155,85 +166,48 @@ def render(conv: Conversation, render_fn) -> tuple[str, list[Span]]:
     return text, spans
 
 
-def response_mask(offsets: np.ndarray, spans: list[Span]) -> np.ndarray:
-    """Bool per token: does its [start, end) character span overlap any response span?"""
-    offsets = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
-    mask = np.zeros(len(offsets), dtype=bool)
-    for a, b in spans:
-        mask |= (offsets[:, 0] < b) & (offsets[:, 1] > a)
-    return mask
-
-
-def encode(tok, convs: list[Conversation], render_fn, dtype) -> list[tuple[np.ndarray, ...]]:
-    """(ids with EOS appended, loss mask) per conversation."""
-    rendered = [render(c, render_fn) for c in convs]
-    encoded = tok(
-        [text for text, _ in rendered],
-        add_special_tokens=False,  # a template writes its own BOS and markers into the text
-        return_offsets_mapping=True,
-        verbose=False,
-    )
-    out = []
-    for i, conv in enumerate(convs):
-        mask = response_mask(encoded["offset_mapping"][i], rendered[i][1])
-        ends_with_response = conv.messages[-1]["role"] == RESPONSE_ROLE
-        ids = np.asarray([*encoded["input_ids"][i], tok.eos_token_id], dtype=dtype)
-        out.append((ids, np.append(mask, ends_with_response)))
-    return out
+def encode(encoder: Encoder, convs: list[Conversation], render_fn) -> Encoded:
+    """The conversations' ids (EOS after each) and loss mask: a token carries loss when its
+    characters overlap a response span (rho.token_parts marks them as it marks noise spans,
+    encoding a long text in pieces); each EOS when its conversation ends with a response."""
+    docs = []
+    for conv in convs:
+        text, spans = render(conv, render_fn)
+        docs.append(Document(text, conv.domain, spans))
+    got = encoder.encode(docs)
+    mask = got.marks if got.marks is not None else np.zeros(len(got.ids), dtype=bool)
+    mask[np.cumsum(got.lengths) - 1] = [c.messages[-1]["role"] == RESPONSE_ROLE for c in convs]
+    return Encoded(got.ids, got.lengths, mask)
 
 
 # --- The stage (rho.tokenize dispatches --format messages here) -----------------------------------
 
 
-def tokenize_conversations(
-    sources, out, work, tokenizer, train_vocab, text_field, workers, overwrite, progress
-) -> TokenStore:
-    """Conversations -> TokenStore with ``loss_mask.npy``, in ``work`` (scratch) then ``out``.
-    The signature is rho.tokenize's stage's; ``text_field`` and ``workers`` are refused other
-    than their defaults."""
-    from rho.tokenize import load_tokenizer, train_tokenizer
+def plain_texts(sources: list[Source]) -> Iterator[str]:
+    """The conversations as a tokenizer trained by rho sees them (it has no chat template)."""
+    return (render_plain(c.messages) for c in read_conversations(sources))
 
-    if text_field != "text":
-        raise UserError(f"--format messages reads the {MESSAGES_FIELD!r} field: drop --text-field")
-    if workers != 1:
-        raise UserError("--format messages encodes in one process: drop --workers")
-    if train_vocab is not None:  # a trained tokenizer has no template: train on what it will see
-        texts = (render_plain(c.messages) for c in read_conversations(sources))
-        tok = train_tokenizer(texts, train_vocab, work / "tokenizer")
-    else:
-        tok = load_tokenizer(tokenizer)
-        tok.save_pretrained(work / "tokenizer")
+
+def tokenize_conversations(sources, out, work, tok, overwrite, progress) -> TokenStore:
+    """Conversations -> TokenStore with ``loss_mask.npy``, encoded with ``tok`` (saved in
+    ``work``/tokenizer) into ``work`` (scratch), then written to ``out``. Refused when no token
+    carries loss (no assistant turn anywhere: nothing to learn)."""
     if tok.eos_token_id is None:
         raise UserError("the tokenizer has no EOS token: conversations cannot be separated")
-    vocab_size = max(len(tok), max(tok.get_vocab().values(), default=0) + 1)
-    dtype = smallest_token_dtype(vocab_size)
-    render_fn = renderer(tok)
-    lengths, domains, names = [], [], {}
-    bar = tqdm(desc="tokenize", unit="conv", disable=None if progress else True)
-    batch: list[Conversation] = []
-    with open(work / "tokens.raw", "wb") as raw, open(work / "mask.raw", "wb") as masks:
-
-        def flush():
-            for conv, (ids, mask) in zip(batch, encode(tok, batch, render_fn, dtype), strict=True):
-                ids.tofile(raw)
-                mask.tofile(masks)
-                lengths.append(len(ids))
-                domains.append(names.setdefault(conv.domain or "default", len(names)))
-            bar.update(len(batch))
-            batch.clear()
-
-        for conv in read_conversations(sources):
-            batch.append(conv)
-            if len(batch) == ENCODE_BATCH:
-                flush()
-        flush()
-    bar.close()
+    vocab_size = vocab_size_of(tok)
+    encoder = Encoder(backend_of(tok) or tok, tok.eos_token_id, smallest_token_dtype(vocab_size))
+    lengths, domains, names, n_loss = _encode_all(sources, work, encoder, renderer(tok), progress)
     if not lengths:
         raise UserError("the corpus is empty: no conversation in the inputs")
-    tokens = np.memmap(work / "tokens.raw", dtype=dtype, mode="r")
+    if not n_loss:
+        raise UserError(
+            f"no token carries loss: no conversation has an {RESPONSE_ROLE!r} turn, so there is "
+            "nothing to learn"
+        )
+    tokens = np.memmap(work / "tokens.raw", dtype=encoder.dtype, mode="r")
     mask = np.memmap(work / "mask.raw", dtype=bool, mode="r")
-    domain_names = list(names)
-    has_domains = domain_names != ["default"]
+    has_domains = names != ["default"]
+    template = "chat template" if has_chat_template(tok) else "plain"
     store = write_token_store(
         out,
         tokens,
@@ -242,22 +216,39 @@ def tokenize_conversations(
         vocab_size=vocab_size,
         eos_id=tok.eos_token_id,
         doc_domains=np.asarray(domains) if has_domains else None,
-        domain_names=domain_names if has_domains else None,
+        domain_names=names if has_domains else None,
         loss_mask=mask,
-        sources=[
-            {
-                "path": str(s.path),
-                "domain": s.domain,
-                "sha256": sha256_file(s.path) if s.path.is_file() else None,
-                "format": "messages",
-                "template": "chat template" if has_chat_template(tok) else "plain",
-            }
-            for s in sources
-        ],
+        sources=[_source_entry(s, template) for s in sources],
         overwrite=overwrite,
     )
     del tokens, mask
     return store
+
+
+def _encode_all(sources, work, encoder: Encoder, render_fn, progress):
+    """Every conversation into ``work``/tokens.raw and mask.raw, a batch at a time. Returns
+    (tokens per conversation, domain code per conversation, domain names, loss tokens)."""
+    lengths, domains, names, n_loss = [], [], {}, 0
+    bar = tqdm(desc="tokenize", unit="conv", disable=None if progress else True)
+    with open(work / "tokens.raw", "wb") as raw, open(work / "mask.raw", "wb") as masks:
+        convs = read_conversations(sources)
+        while batch := list(islice(convs, ENCODE_BATCH)):
+            got = encode(encoder, batch, render_fn)
+            raw.write(got.ids.data)
+            masks.write(got.marks.data)
+            lengths.extend(got.lengths.tolist())
+            n_loss += int(got.marks.sum())
+            domains.extend(names.setdefault(c.domain or "default", len(names)) for c in batch)
+            bar.update(len(batch))
+    bar.close()
+    return lengths, domains, list(names), n_loss
+
+
+def _source_entry(source: Source, template: str) -> dict:
+    path = source.path
+    sha = sha256_file(path) if path.is_file() else None
+    return {"path": str(path), "domain": source.domain, "sha256": sha, "format": "messages",
+            "template": template}  # fmt: skip
 
 
 def first_conversation(sources: list[Source]) -> Conversation | None:

@@ -13,6 +13,7 @@ import re
 import sys
 
 from rho import __version__
+from rho.disk import disk_error_message
 from rho.errors import UserError
 from rho.files import one_line
 
@@ -48,6 +49,17 @@ def unsafe_pickle_message(err: pickle.UnpicklingError) -> str:
     return f"refused to load unsafe pickled data (loading it could run code): {reason}"
 
 
+def _output_of(argv: list[str]) -> str | None:
+    """The output a command names (``--out``/``--output_dir``), for an error that names none."""
+    for flag in ("--out", "--output_dir", "--output-dir"):
+        for i, arg in enumerate(argv):
+            if arg == flag and i + 1 < len(argv):
+                return argv[i + 1]
+            if arg.startswith(flag + "="):
+                return arg.split("=", 1)[1]
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -76,3 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `rho inspect ... | head -1`: the reader left; exit quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except Exception as err:  # noqa: BLE001 (only a refused write is caught; the rest re-raised)
+        message = disk_error_message(err, _output_of(rest))
+        if message is None:
+            raise  # a bug in rho: its traceback
+        print(f"rho {name}: error: {message}", file=sys.stderr)
+        return 2

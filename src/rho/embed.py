@@ -98,9 +98,7 @@ def batch_ids(tokens: TokenStore, unit: str, seq_len: int, batch: range):
 
 
 @torch.inference_mode()
-def mean_last_hidden(
-    model, ids: torch.Tensor, mask: torch.Tensor, layer: int = -1
-) -> torch.Tensor:
+def mean_last_hidden(model, ids: torch.Tensor, mask: torch.Tensor, layer: int = -1) -> torch.Tensor:
     """(B, L) ids and mask -> (B, hidden) float32 mean over the mask of one hidden state: the
     last (-1), or ``layer`` of the model's hidden states (0: the input token embeddings, a
     lookup with no forward pass)."""

@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import json
 import math
-import mmap
 import os
 import shutil
 import tempfile
@@ -29,6 +27,9 @@ from pathlib import Path
 import numpy as np
 
 from rho.errors import UserError
+
+# The readers live in rho.reading; importable from here too, where the other modules find them.
+from rho.reading import blocks, hash_arrays, hash_dir, read_slice, sha256_file  # noqa: F401
 
 # A directory that holds this file was made by rho as a whole output of the named kind (run
 # directories, demo/experiment directories, analysis and eval outputs); stores are known by
@@ -127,84 +128,12 @@ def read_jsonl(path: str | Path) -> list[dict]:
     return records
 
 
-# --- Hashes ------------------------------------------------------------------------------------
-
-
-def sha256_file(path: str | Path, h=None) -> str:
-    h = h or hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-# Stores are memory-mapped, but a process that reads a whole store (or random windows all over
-# one) through its map keeps every page it touched mapped, the kernel's fault-around adding 64 KiB
-# per touch: its RSS grows with the store. The readers below read such an array from its file
-# instead (the kernel's page cache keeps the pages, and reclaims them when it must).
-
-
-def _whole_map(array: np.ndarray) -> bool:
-    """A whole memory-mapped 1-D .npy (not a slice of one: a slice's ``offset`` is its
-    parent's)."""
-    return (
-        isinstance(array, np.memmap)
-        and isinstance(array.base, mmap.mmap)
-        and bool(array.filename)
-        and array.ndim == 1
-        and array.flags.c_contiguous
-    )
-
-
-def blocks(array: np.ndarray, size: int = 1 << 22) -> Iterator[np.ndarray]:
-    """The consecutive blocks of a 1-D array, as fresh arrays; a whole memory-mapped one is read
-    from its file, so a pass over a whole store leaves the process's RSS flat."""
-    if not _whole_map(array):
-        for start in range(0, len(array), size):
-            yield np.ascontiguousarray(array[start : start + size])
-        return
-    with open(array.filename, "rb") as f:
-        f.seek(array.offset)
-        for start in range(0, len(array), size):
-            yield np.fromfile(f, dtype=array.dtype, count=min(size, len(array) - start))
-
-
-def read_slice(array: np.ndarray, start: int, stop: int) -> np.ndarray:
-    """``array[start:stop]`` (1-D, a step of 1) as a fresh array; from the file for a whole
-    memory-mapped one, so windows read all over a store leave the process's RSS flat."""
-    start, stop = max(0, start), min(stop, len(array))
-    if not _whole_map(array) or stop <= start:
-        return np.array(array[start:stop])
-    with open(array.filename, "rb") as f:
-        f.seek(array.offset + start * array.itemsize)
-        return np.fromfile(f, dtype=array.dtype, count=stop - start)
-
-
-def hash_arrays(*arrays: np.ndarray) -> str:
-    h = hashlib.sha256()
-    for array in arrays:
-        array = array if isinstance(array, np.ndarray) else np.asarray(array)
-        h.update(f"{array.dtype.str}{array.shape}".encode())
-        for block in blocks(array):
-            h.update(block.tobytes())
-    return h.hexdigest()
-
-
 def save_npy(path: str | Path, array: np.ndarray) -> None:
     """``np.save`` of a 1-D array, block by block (a memory-mapped one through ``blocks``)."""
     with open(path, "wb") as f:
         np.lib.format.write_array_header_1_0(f, np.lib.format.header_data_from_array_1_0(array))
         for block in blocks(array):
             f.write(block.tobytes())
-
-
-def hash_dir(path: str | Path) -> str:
-    """Content hash of every file under a directory (names and bytes)."""
-    h = hashlib.sha256()
-    for file in sorted(p for p in Path(path).rglob("*") if p.is_file()):
-        h.update(str(file.relative_to(path)).encode())
-        sha256_file(file, h)
-    return h.hexdigest()
 
 
 # --- Outputs: what --overwrite may replace ------------------------------------------------------
@@ -264,13 +193,11 @@ def check_replaceable(
         raise UserError(f"{what} {path} is {said}, not a {kind}: rho will not replace it")
 
 
-def claim_output_dir(
+def check_claimable(
     path: str | Path, kind: str, inputs: Iterable = (), what: str = "--out"
 ) -> bool:
-    """The one check for a directory output filled in place (a run directory, an analysis's
-    output): it must be new, empty, or one rho made as a ``kind`` output (``check_replaceable``),
-    never a directory holding someone else's files. Creates and marks it; returns True when it
-    already held a ``kind`` output (the caller resumes, refuses or clears it)."""
+    """``claim_output_dir``'s check alone (nothing created): True when ``path`` holds a ``kind``
+    output already."""
     path = Path(path)
     empty = path.is_dir() and not path.is_symlink() and not any(path.iterdir())
     if not empty:
@@ -279,8 +206,18 @@ def claim_output_dir(
         check_not_input(path, inputs, what)
         if path.resolve() in Path.cwd().resolve().parents:
             raise UserError(f"{what} {path} is a parent of the working directory")
-    existed = path.exists() and not empty
-    path.mkdir(parents=True, exist_ok=True)
+    return path.exists() and not empty
+
+
+def claim_output_dir(
+    path: str | Path, kind: str, inputs: Iterable = (), what: str = "--out"
+) -> bool:
+    """The one check for a directory output filled in place (a run directory, an analysis's
+    output): it must be new, empty, or one rho made as a ``kind`` output (``check_replaceable``),
+    never a directory holding someone else's files. Creates and marks it; returns True when it
+    already held a ``kind`` output (the caller resumes, refuses or clears it)."""
+    existed = check_claimable(path, kind, inputs, what)
+    Path(path).mkdir(parents=True, exist_ok=True)
     if not existed:
         mark_output(path, kind)
     return existed
@@ -439,8 +376,22 @@ def check_output_file(
         raise UserError(f"--out {path} is a directory: give a file name")
     if path.is_symlink():
         raise UserError(f"--out {path} is a symbolic link: give a plain file name")
+    link = _linked_parent(path)
+    if link is not None and path.exists():
+        raise UserError(
+            f"--out {path} is reached through the symbolic link {link}: rho will not replace a "
+            "file through it (give its real path)"
+        )
     if path.exists() and not overwrite:
         with open(path, "rb") as f:
             head = f.read(4096)
         if signature.encode() not in head:
             raise UserError(f"--out {path} exists and rho did not write it: pass --overwrite")
+
+
+def _linked_parent(path: Path) -> Path | None:
+    """The first directory on the way to ``path`` that is a symbolic link, or None."""
+    for parent in reversed(Path(os.path.abspath(path)).parents):
+        if parent.is_symlink():
+            return parent
+    return None

@@ -5,8 +5,8 @@ closing a chunk once its records reach ``chunk_bytes``: the cut depends on the i
 chunk is encoded into a part directory of its own, built in a scratch sibling and renamed into
 place, so a part is whole or absent. Ranks (torchrun) and worker processes (--workers) share the
 chunks: chunk c goes to slot c mod slots; every slot reads every record but parses only its own.
-A rerun skips the parts already there (whoever wrote them), and ``assemble`` concatenates them
-in chunk order, so the TokenStore's bytes do not depend on who encoded which chunk, or when.
+A rerun skips the parts already there (whoever wrote them), and rho.token_assembly concatenates
+them in chunk order, so the TokenStore's bytes do not depend on who encoded which chunk, or when.
 
 A parts directory (``.OUT.parts`` beside the output) holds ``meta.json`` (what the parts were
 made from, and the run id in their names), ``tokenizer/`` (the HF tokenizer the store will
@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 from collections.abc import Iterable, Iterator
-from contextlib import nullcontext
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
@@ -36,8 +34,7 @@ import numpy as np
 from pydantic import Field
 
 from rho.corpus import Document, Source, iter_records
-from rho.errors import UserError
-from rho.files import building, fsync_tree, read_json, remove_path, write_json_atomic
+from rho.files import building, fsync_tree, read_json, write_json_atomic
 from rho.schema import Count, Name, Size, Strict, validate
 
 PARTS_FORMAT = "rho.TokenizeParts"
@@ -133,39 +130,44 @@ class Encoder:
         # encode_batch_fast (tokenizers >= 0.21) skips the offsets: same ids, less work
         self._fast = getattr(tokenizer, "encode_batch_fast", None) if self.rust else None
 
-    def _encode(self, texts: list[str], offsets: bool) -> tuple[list, list | None]:
-        """Ids (lists) of each text and, if asked, its (n, 2) character offsets (arrays)."""
+    def _encode(self, texts: list[str], offsets: bool) -> tuple[list, Iterator | None]:
+        """Ids (lists) of each text and, if asked, its (n, 2) character offsets (arrays, made
+        one at a time as they are read: a batch's together are big)."""
         if not self.rust:
             out = self.tokenizer(
                 texts, add_special_tokens=False, return_offsets_mapping=offsets, verbose=False
             )
-            spans = [np.asarray(o, np.int64).reshape(-1, 2) for o in out["offset_mapping"]]
-            return out["input_ids"], spans if offsets else None
+            if not offsets:
+                return out["input_ids"], None
+            spans = (np.asarray(o, np.int64).reshape(-1, 2) for o in out["offset_mapping"])
+            return out["input_ids"], spans
         encode = self.tokenizer.encode_batch if offsets or not self._fast else self._fast
         encodings = encode(texts, add_special_tokens=False)
         ids = [e.ids for e in encodings]
         if not offsets:
             return ids, None
-        spans = [  # through a flat iterator: an array of tuples is much slower
+        spans = (  # through a flat iterator: an array of tuples is much slower
             np.fromiter(chain.from_iterable(e.offsets), np.int64, 2 * len(e)).reshape(-1, 2)
             for e in encodings
-        ]
+        )
         return ids, spans
 
     def encode(self, docs: list[Document]) -> Encoded:
         pieces = [(i, a, b) for i, doc in enumerate(docs) for a, b in pieces_of(doc.text)]
         ids: list = [None] * len(pieces)
-        offsets: dict[int, list] = {}
+        marks: dict[int, np.ndarray] = {}  # per noisy piece, made at once: offsets are big
         for noisy in (False, True):
             which = [k for k, (i, _, _) in enumerate(pieces) if bool(docs[i].noise_spans) == noisy]
             for first in range(0, len(which), ENCODE_BATCH):
                 part = which[first : first + ENCODE_BATCH]
                 texts = [docs[i].text[a:b] for i, a, b in (pieces[k] for k in part)]
-                got, spans = self._encode(texts, offsets=noisy)
-                for j, k in enumerate(part):
-                    ids[k] = got[j]
+                got, offsets = self._encode(texts, offsets=noisy)
+                for k, piece_ids in zip(part, got, strict=True):
+                    ids[k] = piece_ids
                     if noisy:
-                        offsets[k] = spans[j]
+                        i, a, b = pieces[k]
+                        spans = [(x - a, y - a) for x, y in docs[i].noise_spans]
+                        marks[k] = token_noise(next(offsets), spans, b - a)
         piece_lengths = np.fromiter(map(len, ids), np.int64, len(ids))
         # An id that does not fit the dtype raises OverflowError here, never wraps silently.
         flat = np.fromiter(chain.from_iterable(ids), self.dtype, int(piece_lengths.sum()))
@@ -173,18 +175,13 @@ class Encoder:
         lengths = np.bincount(owner, weights=piece_lengths, minlength=len(docs)).astype(np.int64)
         packed = np.insert(flat, np.cumsum(lengths), np.asarray(self.eos_id, self.dtype))
         lengths += 1
-        marks = None
-        if offsets:
-            marks = np.zeros(len(packed), dtype=bool)  # EOS and clean documents: clean
-            starts = np.cumsum(lengths) - lengths
-            bounds = np.searchsorted(owner, np.arange(len(docs) + 1))  # a document's pieces
-            for i, doc in enumerate(docs):
-                if doc.noise_spans:
-                    ks = range(bounds[i], bounds[i + 1])
-                    spans = np.concatenate([offsets[k] + pieces[k][1] for k in ks])
-                    noise = token_noise(spans, doc.noise_spans, len(doc.text))
-                    marks[starts[i] : starts[i] + len(noise)] = noise
-        return Encoded(packed, lengths, marks)
+        packed_marks = None
+        if marks:  # EOS and clean documents: clean
+            packed_marks = np.zeros(len(packed), dtype=bool)
+            starts = np.cumsum(piece_lengths) - piece_lengths + owner  # owner: the EOS before
+            for k, mark in marks.items():
+                packed_marks[starts[k] : starts[k] + len(mark)] = mark
+        return Encoded(packed, lengths, packed_marks)
 
 
 def backend_of(tokenizer):
@@ -320,87 +317,3 @@ def encode_slot_in_worker(args: tuple, threads: int) -> tuple[int, int, int]:
     workers together use the cores once."""
     os.environ["RAYON_NUM_THREADS"] = str(threads)  # read when its thread pool first starts
     return encode_slot(*args)
-
-
-# --- Assembly -------------------------------------------------------------------------------------
-
-
-class DamagedPart(UserError):
-    """A part whose files do not match its record; the other parts are kept for the rerun."""
-
-    bad_input = False
-
-
-@dataclass
-class Assembled:
-    tokens: Path  # raw ids of every chunk, in order
-    lengths: np.ndarray  # tokens per document
-    domains: np.ndarray  # per document, into names
-    names: list[str]
-    noise: Path | None  # raw bools per token, or None
-
-
-def _read_part(path: Path, itemsize: int) -> tuple[dict, np.ndarray, np.ndarray]:
-    """A part's record, lengths and domain codes, checked against its files: a damaged part is
-    removed (a rerun redoes it) and refused in one line."""
-    try:
-        info = validate(TokenizePart, read_json(path / "part.json"), f"{path}/part.json")
-        lengths = np.load(path / "lengths.npy", allow_pickle=False)
-        codes = np.load(path / "domains.npy", allow_pickle=False)
-        sizes = {
-            "tokens.bin": info.n_tokens * itemsize,
-            "noise.bin": info.n_tokens if info.noise else None,
-        }
-        ok = (
-            lengths.shape == (info.n_docs,) and lengths.dtype == np.int64
-            and codes.shape == (info.n_docs,) and codes.dtype == np.int32
-            and int(lengths.sum()) == info.n_tokens and bool((lengths >= 1).all())
-            and bool(((codes >= 0) & (codes < len(info.domains))).all())
-            and all((path / n).is_file() and (path / n).stat().st_size == s
-                    for n, s in sizes.items() if s is not None)
-        )  # fmt: skip
-    except (UserError, ValueError, OSError) as err:
-        ok, why = False, err
-    else:
-        why = "its files do not match its record"
-    if not ok:
-        remove_path(path)
-        raise DamagedPart(f"{path} was damaged ({why}) and is removed: rerun to redo it")
-    return info.model_dump(), lengths, codes
-
-
-def assemble(parts: Path, plan: dict, n_chunks: int) -> Assembled:
-    """Every chunk's part, in chunk order, into ``tokens.raw`` (and ``noise.raw``) in ``parts``;
-    domain names numbered in order of first appearance, as one pass over the corpus would."""
-    paths = [part_path(parts, c, plan["run_id"]) for c in range(n_chunks)]
-    missing = sum(not p.is_dir() for p in paths)
-    if missing:
-        raise RuntimeError(f"{missing} of {n_chunks} chunks were not tokenized: rerun to finish")
-    itemsize = np.dtype(plan["dtype"]).itemsize
-    read = [_read_part(p, itemsize) for p in paths]
-    any_noise = any(info["noise"] for info, _, _ in read)
-    names: dict[str, int] = {}
-    domains = []
-    noise_path = parts / "noise.raw" if any_noise else None
-    with (
-        open(parts / "tokens.raw", "wb") as tokens,
-        open(noise_path, "wb") if any_noise else nullcontext() as noise,
-    ):
-        for path, (info, _, codes) in zip(paths, read, strict=True):
-            with open(path / "tokens.bin", "rb") as f:
-                shutil.copyfileobj(f, tokens, 1 << 22)
-            if any_noise and info["noise"]:
-                with open(path / "noise.bin", "rb") as f:
-                    shutil.copyfileobj(f, noise, 1 << 22)
-            elif any_noise:
-                for done in range(0, info["n_tokens"], 1 << 24):  # a clean part: all False
-                    noise.write(bytes(min(1 << 24, info["n_tokens"] - done)))
-            local = [names.setdefault(n, len(names)) for n in info["domains"]]
-            domains.append(np.asarray(local, dtype=np.int64)[codes] if len(codes) else codes)
-    return Assembled(
-        parts / "tokens.raw",
-        np.concatenate([np.zeros(0, np.int64), *(lengths for _, lengths, _ in read)]),
-        np.concatenate([np.zeros(0, np.int64), *domains]),
-        list(names),
-        noise_path,
-    )

@@ -12,33 +12,30 @@ import multiprocessing
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from pathlib import Path
 
 import numpy as np
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from tqdm.auto import tqdm
-from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+from rho import chat, token_parts
 from rho import distributed as dist
-from rho import token_parts
 from rho.corpus import Source, expand_inputs, iter_documents
+from rho.disk import disk_error_message
 from rho.errors import UserError
 from rho.files import (
     building,
     check_not_input,
     check_replaceable,
     clean_stale_scratch,
-    hash_dir,
-    one_line,
     output_lock,
     remove_path,
     sha256_file,
     write_json_atomic,
 )
 from rho.options import check_output_path
+from rho.reading import hash_dir
 from rho.store import (
     TOKEN_STORE,
     TokenStore,
@@ -46,67 +43,16 @@ from rho.store import (
     tokenizer_hash,
     write_token_store,
 )
+from rho.token_assembly import assemble
 from rho.token_parts import (
     PARTS_FORMAT,
-    assemble,
     backend_of,
     encode_slot,
     encode_slot_in_worker,
     parts_dir,
-    pieces_of,
     read_plan,
 )
-
-EOS_TOKEN = "<|endoftext|>"
-MIN_TRAIN_VOCAB, MAX_TRAIN_VOCAB = 300, 1 << 20
-
-
-# --- Tokenizers -----------------------------------------------------------------------------------
-
-
-def train_tokenizer(texts: Iterator[str], vocab_size: int, out_dir: str | Path):
-    """Train a byte-level BPE on ``texts`` and save it as an HF tokenizer in ``out_dir``."""
-    check_train_vocab(vocab_size)
-    core = Tokenizer(models.BPE())
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    core.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=[EOS_TOKEN],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    pieces = (text[a:b] for text in texts for a, b in pieces_of(text))
-    core.train_from_iterator(pieces, trainer=trainer)
-    wrapped = PreTrainedTokenizerFast(
-        tokenizer_object=core, eos_token=EOS_TOKEN, bos_token=EOS_TOKEN, pad_token=EOS_TOKEN
-    )
-    wrapped.save_pretrained(out_dir)
-    # transformers 5: reload from disk; bare constructors can silently give an empty tokenizer.
-    tokenizer = AutoTokenizer.from_pretrained(out_dir)
-    if len(tokenizer) < 257:
-        raise RuntimeError(f"trained tokenizer in {out_dir} came back empty")
-    return tokenizer
-
-
-def check_train_vocab(vocab_size: int) -> None:
-    if not MIN_TRAIN_VOCAB <= vocab_size <= MAX_TRAIN_VOCAB:
-        raise UserError(
-            f"--train-tokenizer needs a vocabulary of at least {MIN_TRAIN_VOCAB} and at most "
-            f"{MAX_TRAIN_VOCAB:,}, got {vocab_size:,}"
-        )
-
-
-def load_tokenizer(name_or_dir: str | Path):
-    name = str(name_or_dir)
-    # A path that is not there would otherwise be tried as a hub name (network, slow, confusing).
-    if not Path(name).exists() and (Path(name).is_absolute() or name.startswith(".")):
-        raise UserError(f"tokenizer directory {name} does not exist")
-    try:
-        return AutoTokenizer.from_pretrained(name)
-    except Exception as err:  # noqa: BLE001 (tokenizers raises plain Exception for bad files)
-        raise UserError(f"cannot load tokenizer {name!r}: {one_line(err, 160)}") from None
-
+from rho.tokenizer_setup import check_train_vocab, load_tokenizer, train_tokenizer, vocab_size_of
 
 # --- The stage ------------------------------------------------------------------------------------
 
@@ -131,22 +77,7 @@ def tokenize_corpus(
     The store is the same either way, and a rerun after a crash resumes.
     ``format="messages"``: chat conversations with a loss mask (rho.chat), in one process."""
     out = Path(out)
-    if (tokenizer is None) == (train_vocab is None):
-        raise UserError("give exactly one of --tokenizer and --train-tokenizer")
-    if workers < 1:
-        raise UserError(f"--workers must be at least 1, got {workers}")
-    if train_vocab is not None:
-        check_train_vocab(train_vocab)
-    sources = expand_inputs(inputs, domains)
-    inputs_used = [s.path for s in sources]
-    if tokenizer is not None and Path(tokenizer).exists():
-        inputs_used.append(Path(tokenizer))
-    check_not_input(out, inputs_used)
-    check_output_path(out)
-    if (out.exists() or out.is_symlink()) and not overwrite:
-        raise UserError(f"{out} already exists (pass --overwrite to replace it)")
-    if overwrite:
-        check_replaceable(out, TOKEN_STORE)
+    sources = _checked_sources(inputs, out, tokenizer, train_vocab, domains, workers, overwrite)
     # The one dispatch point between plain documents and chat conversations (rho.chat).
     if format == "messages":
         return _tokenize_conversations(
@@ -168,16 +99,47 @@ def tokenize_corpus(
             if rank0 and getattr(err, "bad_input", True):
                 remove_path(parts_dir(out))
             raise
+        except Exception as err:
+            refused = disk_error_message(err, out)
+            if refused is None or not rank0:
+                raise
+            remove_path(parts_dir(out))  # kept, they would hold the full disk full
+            raise UserError(f"{refused}; the partial parts were removed") from None
+
+
+def _checked_sources(inputs, out: Path, tokenizer, train_vocab, domains, workers, overwrite):
+    """The inputs' sources, once the options and the output are checked (before any work)."""
+    if (tokenizer is None) == (train_vocab is None):
+        raise UserError("give exactly one of --tokenizer and --train-tokenizer")
+    if workers < 1:
+        raise UserError(f"--workers must be at least 1, got {workers}")
+    if train_vocab is not None:
+        check_train_vocab(train_vocab)
+    sources = expand_inputs(inputs, domains)
+    inputs_used = [s.path for s in sources]
+    if tokenizer is not None and Path(tokenizer).exists():
+        inputs_used.append(Path(tokenizer))
+    check_not_input(out, inputs_used)
+    check_output_path(out)
+    if (out.exists() or out.is_symlink()) and not overwrite:
+        raise UserError(f"{out} already exists (pass --overwrite to replace it)")
+    if overwrite:
+        check_replaceable(out, TOKEN_STORE)
+    return sources
 
 
 def _tokenize_conversations(
     sources, out, tokenizer, train_vocab, text_field, workers, overwrite, progress
 ) -> TokenStore:
     """``--format messages``: rho.chat's stage, in this one process (its conversations and loss
-    mask do not go through the parts that torchrun ranks share: a run under torchrun is
-    refused; rho.chat refuses --workers), with scratch space beside the output."""
-    from rho import chat
-
+    mask do not go through the parts that torchrun ranks share), with scratch space beside the
+    output."""
+    if text_field != "text":
+        raise UserError(
+            f"--format messages reads the {chat.MESSAGES_FIELD!r} field: drop --text-field"
+        )
+    if workers != 1:
+        raise UserError("--format messages encodes in one process: drop --workers")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every rank says so: none waits
         raise UserError("--format messages encodes in one process: run it without torchrun")
     if chat.first_conversation(sources) is None:  # before any costly work
@@ -189,9 +151,12 @@ def _tokenize_conversations(
         prefix = f".{out.name}.tmp-{os.getpid()}-work-"
         work = Path(tempfile.mkdtemp(dir=out.parent, prefix=prefix))
         try:
-            store = chat.tokenize_conversations(
-                sources, out, work, tokenizer, train_vocab, text_field, workers, overwrite, progress
-            )
+            if train_vocab is not None:  # a trained tokenizer has no template: train on its text
+                tok = train_tokenizer(chat.plain_texts(sources), train_vocab, work / "tokenizer")
+            else:
+                tok = load_tokenizer(tokenizer)
+                tok.save_pretrained(work / "tokenizer")
+            store = chat.tokenize_conversations(sources, out, work, tok, overwrite, progress)
         finally:
             remove_path(work)
         remove_path(parts_dir(out))  # a killed plain run's parts for this output: replaced now
@@ -256,9 +221,7 @@ def _prepare(sources, out, tokenizer, train_vocab, text_field) -> None:
                 shutil.move(scratch / "tokenizer", tmp / "tokenizer")
             if tok.eos_token_id is None:
                 raise UserError("the tokenizer has no EOS token: documents cannot be separated")
-            # Some tokenizers have ids beyond len(tok) (holes in the vocabulary): size by the
-            # largest id.
-            vocab_size = max(len(tok), max(tok.get_vocab().values(), default=0) + 1)
+            vocab_size = vocab_size_of(tok)
             backend = backend_of(tok)
             if backend is not None:
                 (tmp / "encoder.json").write_text(backend.to_str(), encoding="utf-8")

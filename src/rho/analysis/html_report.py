@@ -17,6 +17,18 @@ from rho.files import check_output_file, write_text_atomic
 from rho.store import LossStore, TokenStore
 from rho.windows import losses_of_windows, window_ids
 
+NO_MODEL = (
+    "No --model given, so no learner losses: tokens are coloured by their reference loss and the "
+    "lowest-reference-loss tokens are selected (score 'reference'), not by {score} loss. Give "
+    "--model CKPT to see the excess loss SLM ranks by."
+)
+
+SELECTION = (
+    "Selection: the top {ratio:.0%} of scored tokens by {score} score, ranked across all {n} "
+    "windows ({length} tokens each) together, like one training batch; each passage shows the "
+    "first {show} tokens of its window. "
+)
+
 
 def run_html(
     tokens_dir,
@@ -35,9 +47,8 @@ def run_html(
     device: str | None = None,
     overwrite: bool = False,
 ) -> dict:
-    """Pick passages, score and select their tokens, write the page; returns the summary line,
-    the paths and the score used (``reference`` when no model is given). An existing ``out``
-    is replaced only if rho wrote it, or with ``overwrite``; never an input."""
+    """Pick passages, score and select their tokens, write the page (``out``: a file rho wrote,
+    or any with ``overwrite``; never an input); returns the summary, paths and score used."""
     check_output_file(out, page.GENERATOR, overwrite, [tokens_dir, losses_dir, model])
     tokens = TokenStore(tokens_dir)
     ref_store = LossStore(losses_dir)
@@ -45,85 +56,93 @@ def run_html(
     ref_store.check_matches(tokens, seq_len)
     notes = []
     if model is None and score != "reference":
-        notes.append(
-            f"No --model given, so no learner losses: tokens are coloured by their reference "
-            f"loss and the lowest-reference-loss tokens are selected (score 'reference'), not by "
-            f"{score} loss. Give --model CKPT to see the excess loss SLM ranks by."
-        )
+        notes.append(NO_MODEL.format(score=score))
         score = "reference"
-
-    n_full = tokens.n_tokens // seq_len
-    if n_full:
-        window_domains = common.domains_at(tokens, np.arange(n_full) * seq_len)
-        indices = page.pick_windows(n_full, passages, window_domains)
-        ids = window_ids(tokens.tokens, seq_len, indices)
-    else:  # a store shorter than one window: show what there is
-        indices = [0]
-        ids = np.asarray(tokens.tokens[:], dtype=np.int64)[None]
+    indices, ids = _windows(tokens, seq_len, passages)
     length = ids.shape[1]
     ref = np.stack([ref_store.window(int(i))[:length] for i in indices])
     learner = None
     if model is not None:
-        net = common.load_checked_model(
-            Path(model), tokens.vocab_size, dtype, common.device_from(device), length
-        )
+        device_ = common.device_from(device)
+        net = common.load_checked_model(Path(model), tokens.vocab_size, dtype, device_, length)
         learner = losses_of_windows(net, ids, batch_size, net.device)
         del net
-    valid = sel.valid_positions(ref, *([learner] if learner is not None else []))
-    shown = {"excess": None, "learner": learner, "reference": ref}
-    if learner is not None:
-        shown["excess"] = learner - ref
-    values = shown[score]
-    scores = sel.scores_for(score, learner if learner is not None else ref, ref)
-    selected = sel.select(scores, valid, ratio, "batch")
-
-    noise = None
-    if tokens.noise_mask is not None:
-        noise = np.stack(
-            [np.asarray(tokens.noise_mask[i * seq_len : i * seq_len + length]) for i in indices]
-        )
+    values, valid, selected = _select(ref, learner, score, ratio)
+    noise = _noise(tokens, indices, seq_len, length)
     show = min(passage_tokens, length)
-    passage_domains = None
-    if tokens.doc_domains is not None:
-        passage_domains = []
-        for i in indices:  # the domains of the documents the shown tokens belong to
-            first, last = i * seq_len, min(i * seq_len + show, tokens.n_tokens) - 1
-            d_first, d_last = np.searchsorted(tokens.doc_offsets, [first, last], "right") - 1
-            starts = np.maximum(tokens.doc_offsets[d_first : d_last + 1], first)
-            passage_domains.append(", ".join(dict.fromkeys(common.domains_at(tokens, starts))))
-    tokenizer = tokens.tokenizer()
     passages_ = page.passages_from_arrays(
-        tokenizer,
+        tokens.tokenizer(),
         ids.reshape(-1),
         np.where(valid, values, np.nan).reshape(-1),
         selected.reshape(-1),
         None if noise is None else noise.reshape(-1),
         [k * length for k in range(len(indices))],
         show,
-        passage_domains,
+        _passage_domains(tokens, indices, seq_len, show),
     )
     notes.append(
-        f"Selection: the top {ratio:.0%} of scored tokens by {score} score, ranked across all "
-        f"{len(indices)} windows ({length} tokens each) together, like one training batch; "
-        f"each passage shows the first {show} tokens of its window. "
-        f"Tokens: {tokens.path}; reference losses: {ref_store.path}"
+        SELECTION.format(ratio=ratio, score=score, n=len(indices), length=length, show=show)
+        + f"Tokens: {tokens.path}; reference losses: {ref_store.path}"
         + (f"; learner: {model}." if model else ".")
     )
-    if title is None:
-        what = {"excess": "excess loss", "learner": "learner loss", "reference": "reference loss"}
-        title = f"Tokens selected by {what[score]} — {tokens.path.name}"
+    title = title or f"Tokens selected by {score} loss — {tokens.path.name}"
     text = page.render_page(passages_, title=title, ratio=ratio, score=score, note=" ".join(notes))
     write_text_atomic(out, text)
+    summary = _summary(len(indices), selected, valid, noise, score)
+    return {"summary": summary, "files": [out], "score": score}
+
+
+def _select(ref: np.ndarray, learner: np.ndarray | None, score: str, ratio: float):
+    """(the values shown, the scored positions, the selected ones), selected as one training
+    batch would be."""
+    valid = sel.valid_positions(ref, *([learner] if learner is not None else []))
+    shown = {"learner": learner, "reference": ref}
+    if learner is not None:
+        shown["excess"] = learner - ref
+    scores = sel.scores_for(score, learner if learner is not None else ref, ref)
+    return shown[score], valid, sel.select(scores, valid, ratio, "batch")
+
+
+def _windows(tokens: TokenStore, seq_len: int, passages: int) -> tuple[list, np.ndarray]:
+    """The windows to show (a spread over the domains) and their ids; a store shorter than one
+    window shows what there is."""
+    n_full = tokens.n_tokens // seq_len
+    if not n_full:
+        return [0], np.asarray(tokens.tokens[:], dtype=np.int64)[None]
+    window_domains = common.domains_at(tokens, np.arange(n_full) * seq_len)
+    indices = page.pick_windows(n_full, passages, window_domains)
+    return indices, window_ids(tokens.tokens, seq_len, indices)
+
+
+def _noise(tokens: TokenStore, indices, seq_len: int, length: int) -> np.ndarray | None:
+    """The windows' ground-truth noise marks (a demo store's), or None."""
+    if tokens.noise_mask is None:
+        return None
+    return np.stack([tokens.noise_mask[i * seq_len : i * seq_len + length] for i in indices])
+
+
+def _passage_domains(tokens: TokenStore, indices, seq_len: int, show: int) -> list | None:
+    """Per passage, the domains of the documents its shown tokens belong to."""
+    if tokens.doc_domains is None:
+        return None
+    found = []
+    for i in indices:
+        first, last = i * seq_len, min(i * seq_len + show, tokens.n_tokens) - 1
+        d_first, d_last = np.searchsorted(tokens.doc_offsets, [first, last], "right") - 1
+        starts = np.maximum(tokens.doc_offsets[d_first : d_last + 1], first)
+        found.append(", ".join(dict.fromkeys(common.domains_at(tokens, starts))))
+    return found
+
+
+def _summary(n_passages: int, selected, valid, noise, score: str) -> str:
     summary = (
-        f"{len(indices)} passages, {int(selected.sum()):,} of {int(valid.sum()):,} scored "
+        f"{n_passages} passages, {int(selected.sum()):,} of {int(valid.sum()):,} scored "
         f"tokens selected ({score})"
     )
-    if noise is not None:
-        noisy = valid & noise
-        clean = valid & ~noise
-        if noisy.any():
-            summary += (
-                f"; selected {selected[noisy].mean():.0%} of noise tokens vs "
-                f"{selected[clean].mean():.0%} of clean ones"
-            )
-    return {"summary": summary, "files": [out], "score": score}
+    if noise is not None and (valid & noise).any():
+        noisy, clean = valid & noise, valid & ~noise
+        summary += (
+            f"; selected {selected[noisy].mean():.0%} of noise tokens vs "
+            f"{selected[clean].mean():.0%} of clean ones"
+        )
+    return summary

@@ -24,7 +24,9 @@ class EvalOptions:
 
     model: str | None = option("checkpoint directory or hub name", None)
     compare: list[str] | None = option("run dirs (or eval.json)", None, metavar="RUN")
-    out: str | None = option("where eval.json / eval.md go (default: the checkpoint dir)", None)
+    out: str | None = option(
+        "a directory rho makes for eval.json / eval.md (default: CHECKPOINT/rho_eval)", None
+    )
     dtype: str = option("the model's precision", "float32", choices=tuple(DTYPES))
     device: str | None = option(DEVICE, None)
     batch_size: int = option("windows / prompts per batch", 16)

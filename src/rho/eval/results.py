@@ -1,8 +1,10 @@
 """Results files: ``eval.json`` (for machines), ``eval.md`` (for people), the per-item
 ``task_outputs.jsonl``, the Markdown tables printed by ``rho eval``, and ``--compare``.
 
-Every run of ``rho eval`` merges its results into ``eval.json`` in its output directory (other
-sections kept) and rewrites ``eval.md`` from it; ``compare_runs`` puts runs side by side.
+The output directory is one rho made (``--out`` or ``MODEL/rho_eval``, marked as a ``rho.eval``
+output), never one holding a user's files. Every run of ``rho eval`` merges its results into
+its ``eval.json`` (other sections kept) and rewrites ``eval.md`` from it; ``compare_runs`` puts
+runs side by side.
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rho.errors import UserError
-from rho.files import write_json_atomic, write_text_atomic
+from rho.files import claim_output_dir, write_atomic, write_json_atomic, write_text_atomic
 from rho.schema import EvalRecord, parse_json, read_json_file, validate
 
+EVAL_DIR = "rho_eval"  # the default output: this subdirectory of the model directory
+EVAL_KIND = "rho.eval"  # its marker's kind (rho.files.MARKER)
 EVAL_FILE = "eval.json"
 EVAL_MD = "eval.md"
 TASK_OUTPUTS = "task_outputs.jsonl"
@@ -107,9 +111,16 @@ def load_eval(out: Path) -> dict:
     return read_eval_file(file)
 
 
+def open_output(out: Path) -> Path:
+    """The output directory, made and marked as a ``rho.eval`` output if new (``rho eval``
+    checked it before any work: new, empty or an earlier eval's)."""
+    claim_output_dir(out, EVAL_KIND)
+    return out
+
+
 def save_eval(out: Path, section: str, key: str | None, value: dict, model: str) -> dict:
     """Merge one result into ``out``/eval.json (other sections kept) and rewrite eval.md."""
-    out.mkdir(parents=True, exist_ok=True)
+    open_output(out)
     record = load_eval(out)
     record["model"] = model
     if key is None:
@@ -122,20 +133,21 @@ def save_eval(out: Path, section: str, key: str | None, value: dict, model: str)
 
 
 def save_task_outputs(out: Path, task: str, rows: list[dict]) -> Path:
-    """Replace this task's rows in task_outputs.jsonl, keeping other tasks' rows."""
-    out.mkdir(parents=True, exist_ok=True)
+    """Replace this task's rows in task_outputs.jsonl, keeping every other line as it is (other
+    tasks' rows, and a line that does not parse: nothing is dropped unread)."""
+    open_output(out)
     file = out / TASK_OUTPUTS
     kept = []
     if file.exists():
-        for line in file.read_text(encoding="utf-8", errors="replace").splitlines():
+        for line in filter(None, file.read_bytes().split(b"\n")):
             try:
                 row = parse_json(line, str(file))
             except UserError:
-                continue
-            if isinstance(row, dict) and row.get("task") != task:
+                row = None
+            if not (isinstance(row, dict) and row.get("task") == task):
                 kept.append(line)
-    new = [json.dumps({"task": task, **row}, ensure_ascii=False) for row in rows]
-    write_text_atomic(file, "".join(line + "\n" for line in kept + new))
+    new = [json.dumps({"task": task, **row}, ensure_ascii=False).encode() for row in rows]
+    write_atomic(file, lambda f: f.write(b"".join(line + b"\n" for line in kept + new)))
     return file
 
 
@@ -161,13 +173,17 @@ def compare_rows(record: dict) -> dict[str, tuple[float | None, bool]]:
 
 
 def _read_run(run: str | Path) -> tuple[str, dict]:
-    """(label, record) of a run directory or an eval.json."""
+    """(label, record) of a run directory (its eval.json, else its ``rho_eval``'s) or an
+    eval.json."""
     path = Path(run)
     file = path if path.is_file() else path / EVAL_FILE
+    if path.is_dir() and not file.exists() and (path / EVAL_DIR / EVAL_FILE).exists():
+        file = path / EVAL_DIR / EVAL_FILE
     if not file.exists():
         raise UserError(f"{run}: no {EVAL_FILE} (run `rho eval` on it first)")
     record = read_eval_file(file)
-    return (file.parent if file.name == EVAL_FILE else file).name or str(run), record
+    named = path if path.is_dir() else file.parent if file.name == EVAL_FILE else file
+    return named.name or str(run), record
 
 
 def compare_runs(runs: Sequence[str | Path]) -> str:

@@ -11,31 +11,37 @@ from rho.eval.fewshot import evaluate_task, load_task, load_tokenizer, read_task
 from rho.eval.heldout import check_same_tokenizer, evaluate_store, prepare_model
 from rho.eval.lm_eval_bridge import lm_eval_metrics, run_lm_eval
 from rho.eval.results import (
+    EVAL_DIR,
     EVAL_FILE,
+    EVAL_KIND,
     EVAL_MD,
     LM_EVAL_FILE,
     TASK_OUTPUTS,
     lm_eval_table,
     loss_table,
+    open_output,
     save_eval,
     save_task_outputs,
     tasks_table,
 )
-from rho.files import write_json_atomic
+from rho.files import check_claimable, write_json_atomic
 from rho.options import check_output_path, parse_device
 from rho.store import TokenStore
 
 
-def _output_dir(out: str | None, model: str) -> Path:
+def _output_dir(out: str | None, model: str, inputs: list) -> Path:
+    """Where the results go: ``--out``, or a ``rho_eval`` subdirectory of a local model
+    directory; either way a directory rho makes and marks (or an earlier eval's), never one
+    holding a user's files."""
     if out:
-        if Path(out).exists() and not Path(out).is_dir():
-            raise UserError(f"--out {out} is a file: give a directory")
-        check_output_path(out)
-        return Path(out)
-    if Path(model).is_dir():
-        check_output_path(Path(model) / "eval.json", "--model")
-        return Path(model)
-    raise UserError(f"--model {model!r} is not a local directory: pass --out DIR")
+        path, what = Path(out), "--out"
+    elif Path(model).is_dir():
+        path, what = Path(model) / EVAL_DIR, "--model"
+    else:
+        raise UserError(f"--model {model!r} is not a local directory: pass --out DIR")
+    check_output_path(path, what)
+    check_claimable(path, EVAL_KIND, [p for p in inputs if p and Path(p).exists()], what)
+    return path  # made and marked with the first result (rho.eval.results)
 
 
 def _check(model, tokens, tasks, lm_eval_tasks, batch_size, max_new_tokens, seq_len, device):
@@ -77,14 +83,16 @@ def run_eval(
 ) -> Path:
     """Evaluate ``model`` on held-out TokenStores (``tokens``), few-shot task files (``tasks``)
     and lm-evaluation-harness tasks (``lm_eval_tasks``, comma-separated); every result goes to
-    ``out``/eval.json and eval.md (default: the checkpoint directory), which is returned."""
+    ``out``/eval.json and eval.md (default: the checkpoint directory's ``rho_eval``), which is
+    returned."""
     _check(model, tokens, tasks, lm_eval_tasks, batch_size, max_new_tokens, seq_len, device)
-    out = _output_dir(out, model)
     run = {"batch_size": batch_size, "device": device, "progress": progress}
     loaded = None  # the model, loaded once for the held-out stores and the tasks
     stores = [TokenStore(path) for path in tokens]
     task_items = [load_task(spec) for spec in tasks]
     shot_items = read_task_file(shots_file) if shots_file else None
+    inputs = [*tokens, *tasks, shots_file, tokenizer, lm_eval_include]
+    out = _output_dir(out, model, inputs)
     if stores or task_items:
         _, loaded = prepare_model(model, dtype, trust_remote_code)
     for store in stores:
@@ -96,20 +104,10 @@ def run_eval(
         _few_shot(model, loaded, tok, task_items, shot_items, out, **few_shot, **run)
     if lm_eval_tasks:
         del loaded  # the harness loads its own copy
-        _harness(
-            model,
-            lm_eval_tasks,
-            out,
-            include_path=lm_eval_include,
-            include_defaults=not lm_eval_local_only,
-            limit=limit,
-            num_fewshot=num_fewshot,
-            batch_size=batch_size,
-            device=device,
-            dtype=dtype,
-            tokenizer=tokenizer,
-            trust_remote_code=trust_remote_code,
-        )
+        harness = {"include_path": lm_eval_include, "include_defaults": not lm_eval_local_only}
+        harness |= {"limit": limit, "num_fewshot": num_fewshot, "batch_size": batch_size}
+        harness |= {"device": device, "dtype": dtype, "tokenizer": tokenizer}
+        _harness(model, lm_eval_tasks, out, trust_remote_code=trust_remote_code, **harness)
     print(f"\nwrote {out / EVAL_FILE} and {out / EVAL_MD}")
     return out
 
@@ -138,8 +136,7 @@ def _harness(name: str, lm_eval_tasks: str, out: Path, **options) -> None:
     if not names:
         raise UserError("--lm-eval-tasks is empty")
     results = run_lm_eval(name, names, **options)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / LM_EVAL_FILE, results)
+    write_json_atomic(open_output(out) / LM_EVAL_FILE, results)
     metrics = lm_eval_metrics(results)
     save_eval(out, "lm_eval", None, {"metrics": metrics, "file": LM_EVAL_FILE}, name)
     print(f"\nlm-evaluation-harness (full results in {out / LM_EVAL_FILE}):\n")
