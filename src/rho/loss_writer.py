@@ -86,7 +86,7 @@ def check_finite_share(share: float, what: str, kind: str = "losses") -> None:
         raise UserError(
             f"{what}: only {share:.1%} of the reference {kind} are finite (rho needs at least "
             f"{MIN_FINITE_FRACTION:.0%}): the reference model gives NaN or inf (broken weights, "
-            "float16 overflow?)"
+            "float16 overflow?), or the store was damaged since it was scored"
         )
 
 
@@ -197,12 +197,12 @@ def done_batches(out: Path, meta: dict, n_batches: int) -> np.ndarray:
     """Batches recorded as finished by any rank of this store's run (resumes included)."""
     done = np.zeros(n_batches, dtype=bool)
     for file in sorted((out / "progress").glob(f"rank*-{meta['run_id']}.npy")):
-        try:
-            marks = np.load(file, allow_pickle=False)
+        try:  # mapped: a damaged header's huge shape is refused, never allocated
+            marks = np.load(file, mmap_mode="r", allow_pickle=False)
         except NPY_ERRORS:
             continue  # unreadable: those batches are simply scored again
         if marks.shape == (n_batches,) and marks.dtype == bool:
-            done |= marks
+            done |= np.asarray(marks)
     return done
 
 

@@ -27,7 +27,7 @@ import torch
 from rho import distributed as dist
 from rho.errors import UserError
 from rho.files import building, check_not_input, mark_output, output_lock, write_json_atomic
-from rho.loss_writer import loss_store_meta, write_loss_store
+from rho.loss_writer import check_mostly_finite, loss_store_meta, write_loss_store
 from rho.options import check_output_path
 from rho.score import score_store
 from rho.select import ENTROPY_SCORES, check_ratio, n_keep, rank_average, token_scores
@@ -221,6 +221,13 @@ def open_inputs(tokens, losses, base_losses, by: str, opts: dict):
 def _prune(tokens, losses, base, out: Path, keep, unit, by, overwrite) -> dict:
     """Score the units by their losses, keep the best, and write the output."""
     seq_len = losses.seq_len
+    # every value is read to rank anyway: one more pass refuses values damaged since `rho
+    # score` finished them (mostly NaN), instead of trusting the share it recorded
+    for store in (losses, base):
+        if store is not None:
+            check_mostly_finite(store.ref_loss, seq_len, str(store.path), tokens)
+    if by in ENTROPY_SCORES:
+        check_mostly_finite(losses.ref_entropy, seq_len, str(losses.path), tokens, "entropies")
     bounds = unit_bounds(tokens, unit, seq_len)
     scores = unit_scores(
         losses.ref_loss,
