@@ -60,6 +60,7 @@ def run_html(
     else:  # a store shorter than one window: show what there is
         indices = [0]
         ids = np.asarray(tokens.tokens[:], dtype=np.int64)[None]
+    common.check_ids(ids, tokens.vocab_size)
     length = ids.shape[1]
     ref = np.stack([ref_store.window(int(i))[:length] for i in indices])
     learner = None
