@@ -43,8 +43,9 @@ def test_byte_lengths_sum_to_utf8_bytes(tmp_path):
 # --- Held-out loss per domain ---------------------------------------------------------------------
 
 
-def _direct(model, store: TokenStore, seq_len: int) -> dict[int, list[float]]:
-    """Per domain: [nats, tokens, bytes], from a plain forward + F.cross_entropy per window."""
+def _direct(model, store: TokenStore, seq_len: int, carries=None) -> dict[int, list[float]]:
+    """Per domain: [nats, tokens, bytes], from a plain forward + F.cross_entropy per window
+    (only over the positions ``carries`` marks, when given)."""
     tok = store.tokenizer()
     special = set(tok.all_special_ids)
     ids = np.asarray(store.tokens, dtype=np.int64)
@@ -59,6 +60,8 @@ def _direct(model, store: TokenStore, seq_len: int) -> dict[int, list[float]]:
             logits = model(input_ids=window[None]).logits[0].double()
             losses = F.cross_entropy(logits[:-1], window[1:], reduction="none")
             for offset, loss in enumerate(losses.tolist(), start=start + 1):
+                if carries is not None and not carries[offset]:
+                    continue
                 t = int(ids[offset])
                 n_bytes = 0 if t in special else len(tok.decode([t]).encode("utf-8"))
                 entry = sums.setdefault(int(domains[offset]), [0.0, 0, 0])
@@ -99,6 +102,36 @@ def test_per_domain_loss_on_hand_made_store(tmp_path, eval_store, eval_model):
         assert got["perplexity"] == pytest.approx(math.exp(nats / count), rel=1e-5)
     total = sum(v[0] for v in direct.values())
     assert result["overall"]["loss"] == pytest.approx(total / n_scored, rel=1e-5)
+
+
+def test_only_tokens_that_carry_loss_are_evaluated(tmp_path, eval_store, eval_model, capsys):
+    """Of a store with a loss mask (instruction data), a token counts where the mask marks it
+    and its conversation starts in its window, as in training; a store with none is one line."""
+    offsets = np.asarray(eval_store.doc_offsets)
+    positions = np.arange(eval_store.n_tokens)
+    mask = (positions - offsets[np.searchsorted(offsets, positions, "right") - 1]) >= 3
+    seq_len = 32
+    doc_start = offsets[np.searchsorted(offsets, positions, "right") - 1]
+    carries = mask & (doc_start >= positions - positions % seq_len)
+    kwargs = dict(
+        vocab_size=eval_store.vocab_size,
+        eos_id=eval_store.eos_id,
+        doc_domains=eval_store.doc_domains,
+        domain_names=eval_store.domain_names,
+    )
+    args = (np.asarray(eval_store.tokens), offsets, eval_store.tokenizer_dir)
+    masked = write_token_store(tmp_path / "masked", *args, loss_mask=mask, **kwargs)
+    result = evaluate_store(eval_model, masked, seq_len=seq_len, progress=False)
+    direct = _direct(eval_model, masked, seq_len, carries)
+    n_carried = sum(v[1] for v in direct.values())
+    assert 0 < result["overall"]["tokens"] == n_carried == carries.sum() < mask.sum()
+    assert result["overall"]["loss"] == pytest.approx(
+        sum(v[0] for v in direct.values()) / n_carried, rel=1e-5
+    )
+    assert result["overall"]["bytes"] == sum(v[2] for v in direct.values())
+    silent = write_token_store(tmp_path / "silent", *args, loss_mask=mask & False, **kwargs)
+    with pytest.raises(UserError, match="no token that carries loss under its loss mask"):
+        evaluate_store(eval_model, silent, seq_len=seq_len, progress=False)
 
 
 def test_bits_per_byte_equals_direct_computation(eval_store, eval_model):

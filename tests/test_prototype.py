@@ -7,6 +7,7 @@ import json
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -248,7 +249,8 @@ def test_torchrun_two_ranks_embed_and_prune_like_one_process(tmp_path, planted):
     assert report_one == report_two
 
 
-def empty_store(tmp_path, token_store) -> TokenStore:
+def empty_store(tmp_path, token_store) -> Path:
+    """A TokenStore of no tokens (rho never writes one: a hand-made or damaged store)."""
     import shutil
 
     path = tmp_path / "empty"
@@ -260,7 +262,7 @@ def empty_store(tmp_path, token_store) -> TokenStore:
     meta = {**token_store.meta, "n_tokens": 0, "n_docs": 0, "max_token_id": 0}
     meta.update(content_hash=hash_arrays(tokens, offsets), has_noise_mask=False, domains=[])
     write_json_atomic(path / "meta.json", meta)
-    return TokenStore(path)
+    return path
 
 
 @pytest.mark.parametrize(
@@ -272,13 +274,13 @@ def empty_store(tmp_path, token_store) -> TokenStore:
         (["--dedup", "0"], "--dedup must be in (0, 1], got 0.0"),
         (["--dedup", "1.01"], "--dedup must be in (0, 1], got 1.01"),
         (["--embed-model", None], "--by prototype needs --embed-model"),
-        (["--tokens", "EMPTY"], "no units to cluster (empty store)"),
+        (["--tokens", "EMPTY"], "empty holds no tokens (corrupted store)"),
     ],
 )
 def test_bad_input_is_one_line(tmp_path, token_store, model_dir, capsys, extra, message):
     args = {"--tokens": token_store.path, "--embed-model": model_dir, "--out": tmp_path / "o"}
     for flag, value in zip(extra[::2], extra[1::2], strict=True):
-        args[flag] = empty_store(tmp_path, token_store).path if value == "EMPTY" else value
+        args[flag] = empty_store(tmp_path, token_store) if value == "EMPTY" else value
     argv = ["prune", "--by", "prototype"]
     argv += [str(a) for flag, value in args.items() if value is not None for a in (flag, value)]
     assert main(argv) == 2

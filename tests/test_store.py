@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from rho import store as store_mod
+from rho import store_files
 from rho.cli import main
 from rho.errors import UserError
 from rho.files import commit_output, prepare_output, save_npy_atomic, write_json_atomic
@@ -249,10 +250,10 @@ def test_a_full_disk_is_one_line_not_sigbus(tmp_path):
     resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, old_limit[1]))
     try:
         with pytest.raises(UserError, match="cannot create .*ref_loss.npy"):
-            store_mod.allocate_npy(tmp_path / "ref_loss.npy", 1 << 22, np.float16)
+            store_files.allocate_npy(tmp_path / "ref_loss.npy", 1 << 22, np.float16)
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, old_limit)
         signal.signal(signal.SIGXFSZ, old_handler)
-    array = store_mod.allocate_npy(tmp_path / "ok.npy", 1000, np.float16)
+    array = store_files.allocate_npy(tmp_path / "ok.npy", 1000, np.float16)
     array[:] = 1.0
     assert (tmp_path / "ok.npy").stat().st_blocks * 512 >= 2000  # the blocks are there

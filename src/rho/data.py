@@ -85,6 +85,7 @@ class WindowDataset(Dataset):
             item["loss_mask"] = carries_loss
         if self.losses is not None:
             item["ref_loss"] = self.losses.window(index)
+            item["ref_store"] = str(self.losses.path)  # named if its values are refused
         if self.entropy:
             item["ref_entropy"] = self.losses.window_entropy(index)
         return item
@@ -117,5 +118,21 @@ class WindowCollator:
                 values = torch.full((n, length), float("nan"))
                 for row, item in enumerate(items):
                     values[row, : len(item[key])] = torch.as_tensor(item[key])
+                check_reference(values, labels, key, items[0].get("ref_store"))
                 batch[key] = values
         return batch
+
+
+def check_reference(values: torch.Tensor, labels: torch.Tensor, key: str, store) -> None:
+    """Refuse a batch whose targets (every labelled token but the first of a window, which has
+    no context) carry no finite reference value: the selection would keep nothing and the step
+    train on nothing. A finished LossStore holds at least 90% finite values (rho.loss_writer),
+    so this is a store corrupted since, whatever share it records."""
+    targets = labels[:, 1:] != -100
+    if targets.any() and not torch.isfinite(values[:, 1:][targets]).any():
+        what = "losses" if key == "ref_loss" else "entropies"
+        raise UserError(
+            f"{store or 'the LossStore'}: a training batch has no finite reference {what} at "
+            f"any of its {int(targets.sum()):,} target tokens (corrupted since it was scored? "
+            "check it with `rho inspect --verify`)"
+        )

@@ -40,7 +40,8 @@ from rho.files import (
 from rho.loss_writer import done_batches, existing_run, progress_file, remove_progress
 from rho.models import model_fingerprint
 from rho.schema import Count, Hash, Name, Strict
-from rho.store import FORMAT_VERSION, TokenStore, read_store_meta, reserve_disk_space
+from rho.store import TokenStore
+from rho.store_files import FORMAT_VERSION, open_npy, read_store_meta, reserve_disk_space
 from rho.testhook import hold
 from rho.windows import batch_windows, check_positions, max_positions, window_ids
 
@@ -150,18 +151,14 @@ class EmbeddingStore:
             raise UserError(f"{self.path} embeds other tokens than {tokens.path} (hash mismatch)")
 
     def verify(self) -> None:
+        """The rows are the ones ``finish`` checked finite and hashed (one pass over them)."""
         if hash_arrays(self.embeddings) != self.meta.get("embedding_hash"):
             raise UserError(f"{self.path}: embeddings do not match their hash (corrupted)")
 
 
 def load_rows(path: Path, meta: dict) -> np.ndarray:
     shape = (meta["n_units"], meta["hidden"])
-    try:
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except FileNotFoundError:
-        raise UserError(f"{path} is missing") from None
-    except (ValueError, OSError, EOFError) as err:
-        raise UserError(f"{path} is truncated or corrupted ({type(err).__name__})") from None
+    array = open_npy(path)
     if array.shape != shape or array.dtype.str != "<f2":
         raise UserError(
             f"{path} is corrupted: holds {array.dtype.str} {array.shape}, meta.json says <f2 "
@@ -175,11 +172,11 @@ def create_or_resume(out: Path, meta: dict, overwrite: bool) -> dict:
     resume (a finished one is reused); returns its meta. Rank 0, holding the store's lock."""
     old = None
     if not overwrite:
-        old = existing_run(out, EMBEDDINGS, "an embedding store", meta, RESUME_KEYS, "embeddings",
+        old = existing_run(out, EMBEDDINGS, EmbeddingsMeta, meta, RESUME_KEYS, "embeddings",
                            "remove it or choose another --embeddings")  # fmt: skip
     if old is not None:
-        if old.get("layer", -1) != meta["layer"]:  # stores from before layers held the last
-            raise UserError(f"{out} holds embeddings of another layer ({old.get('layer', -1)}):"
+        if old["layer"] != meta["layer"]:  # stores from before layers held the last (-1)
+            raise UserError(f"{out} holds embeddings of another layer ({old['layer']}):"
                             " remove it or choose another --embeddings")  # fmt: skip
         EmbeddingStore(out, complete=False)  # validated, truncation included
         return old
@@ -204,7 +201,7 @@ class RowFile:
     """Writes rows into embeddings.npy at their offsets with pwrite (each rank its own bytes)."""
 
     def __init__(self, path: Path, hidden: int):
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
+        array = open_npy(path)
         self.offset, self.row_bytes = array.offset, 2 * hidden
         del array
         self.path = path
@@ -257,16 +254,10 @@ def embed_units(
     layer: int = -1,
 ) -> EmbeddingStore:
     """Embed every unit of ``tokens`` with ``model`` (loaded) into an embedding store at
-    ``out`` (default: beside the TokenStore); reruns resume, a finished store is reused, and
-    under torchrun the ranks share the batches. Every rank returns the finished store."""
-    if unit not in UNITS:
-        raise UserError(f"--unit must be one of {', '.join(UNITS)}")
-    if batch_size < 1:
-        raise UserError(f"--batch-size must be positive, got {batch_size}")
-    depth = getattr(model.config, "num_hidden_layers", None)
-    if depth is not None and not -(depth + 1) <= layer <= depth:
-        raise UserError(f"--embed-layer {layer}: the embedding model has hidden states 0..{depth}"
-                        f" (or -1 for the last)")  # fmt: skip
+    ``out`` (default: beside the TokenStore); reruns resume, a finished store is reused once
+    its rows match their hash, and under torchrun the ranks share the batches. Every rank
+    returns the finished store."""
+    check_embed_options(model, unit, batch_size, layer)
     device = device or torch.device("cpu")
     tokens.check_model_vocab(model, "the embedding model")
     seq_len = embedding_seq_len(model, unit, seq_len)
@@ -299,15 +290,36 @@ def embed_units(
         dist.checked(lambda: create_or_resume(out, meta, overwrite), device=device)
         dist.barrier()
         meta = EmbeddingStore(out, complete=False).meta
-        if not meta.get("complete"):
-            batches = unit_batches(tokens, unit, seq_len, int(meta["batch_size"]))
-            _embed_batches(model, tokens, out, meta, batches, device)
-            dist.barrier()
-            if not done_batches(out, meta, len(batches)).all():
-                raise RuntimeError(f"{out}: some batches were not embedded; rerun to finish")
-            dist.checked(lambda: finish(out, meta, len(batches)), device=device)
-            dist.barrier()
-    return EmbeddingStore(out, tokens)
+        reused = meta["complete"]
+        if not reused:
+            _embed_all(model, tokens, out, meta, device)
+    store = EmbeddingStore(out, tokens)
+    if reused:  # bytes changed since they were checked finite and hashed are never clustered
+        store.verify()
+    return store
+
+
+def check_embed_options(model, unit: str, batch_size: int, layer: int) -> None:
+    """One line for each option out of range, before any work."""
+    if unit not in UNITS:
+        raise UserError(f"--unit must be one of {', '.join(UNITS)}")
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be positive, got {batch_size}")
+    depth = getattr(model.config, "num_hidden_layers", None)
+    if depth is not None and not -(depth + 1) <= layer <= depth:
+        raise UserError(f"--embed-layer {layer}: the embedding model has hidden states 0..{depth}"
+                        f" (or -1 for the last)")  # fmt: skip
+
+
+def _embed_all(model, tokens: TokenStore, out: Path, meta: dict, device) -> None:
+    """Every rank embeds its unfinished batches; then the store is finished (rank 0)."""
+    batches = unit_batches(tokens, meta["unit"], meta["seq_len"], int(meta["batch_size"]))
+    _embed_batches(model, tokens, out, meta, batches, device)
+    dist.barrier()
+    if not done_batches(out, meta, len(batches)).all():
+        raise RuntimeError(f"{out}: some batches were not embedded; rerun to finish")
+    dist.checked(lambda: finish(out, meta, len(batches)), device=device)
+    dist.barrier()
 
 
 def _embed_batches(model, tokens, out: Path, meta: dict, batches, device) -> None:

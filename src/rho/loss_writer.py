@@ -26,21 +26,28 @@ from rho.files import (
     save_npy_atomic,
     write_json_atomic,
 )
+from rho.schema import LossStoreMeta, Strict
 from rho.store import (
     FINITE_RECORDS,
-    FORMAT_VERSION,
-    LOSS_STORE,
     TokenStore,
     finite_fraction,
-    load_npy,
     loss_summary,
     should_have_value,
     window_chunk,
     window_starts,
 )
+from rho.store_files import (
+    FORMAT_VERSION,
+    LOSS_STORE,
+    NPY_ERRORS,
+    allocate_npy,
+    load_npy,
+    open_npy,
+    read_loss_meta,
+    read_store_meta,
+)
 
 RESUME_KEYS = ("token_hash", "seq_len", "model_hash", "score_dtype", "has_entropy")
-RESUME_DEFAULTS = {"has_entropy": False}  # a store from before entropy holds none
 ENTROPY_FILE = "ref_entropy.npy"
 # A reference whose loss is NaN or infinite on more than a tenth of the tokens that should have
 # one (every token but the window starts) is broken (NaN weights, fp16 overflow): refused.
@@ -79,7 +86,7 @@ def check_finite_share(share: float, what: str, kind: str = "losses") -> None:
         raise UserError(
             f"{what}: only {share:.1%} of the reference {kind} are finite (rho needs at least "
             f"{MIN_FINITE_FRACTION:.0%}): the reference model gives NaN or inf (broken weights, "
-            "float16 overflow?)"
+            "float16 overflow?), or the store was damaged since it was scored"
         )
 
 
@@ -109,27 +116,29 @@ def loss_store_meta(
 def existing_run(
     out: Path,
     kind: str,
-    name: str,
+    schema: type[Strict],
     meta: dict,
     keys,
     what: str,
     hint: str,
-    defaults: dict | None = None,
 ) -> dict | None:
     """The meta of a store already at ``out`` that a writer of ``kind`` may resume (its ``keys``
-    equal ``meta``'s; a key an older store lacks counts as its value in ``defaults``), or None
-    when there is none; anything else is a one-line refusal naming the store (``name``),
-    ``what`` it holds and the ``hint`` past it. Shared by every resumable writer (LossStore,
-    embeddings)."""
+    equal ``meta``'s; its meta.json checked against ``schema``, a key an older store lacks
+    taking the schema's default), or None when there is none; anything else is a one-line
+    refusal naming the store, ``what`` it holds and the ``hint`` past it. An unfinished store
+    without a run id (from before them) starts a fresh run: none of its records count. Shared
+    by every resumable writer (LossStore, embeddings)."""
     if not (out.exists() or out.is_symlink()):
         return None
-    old = read_json(out / "meta.json") if (out / "meta.json").is_file() else {}
-    if old.get("format") != kind:
-        raise UserError(f"{out} exists and is not {name} ({hint})")
-    defaults = defaults or {}
-    changed = [k for k in keys if old.get(k, defaults.get(k)) != meta.get(k)]
+    if not (out / "meta.json").is_file() or read_json(out / "meta.json").get("format") != kind:
+        raise UserError(f"{out} exists and holds no {what} of rho's to resume ({hint})")
+    old = read_store_meta(out, kind, schema)
+    changed = [k for k in keys if old.get(k) != meta.get(k)]
     if changed:
         raise UserError(f"{out} holds {what} of another run ({', '.join(changed)} differ): {hint}")
+    if not old["complete"] and old.get("run_id") is None:
+        old["run_id"] = secrets.token_hex(8)
+        write_json_atomic(out / "meta.json", old)
     return old
 
 
@@ -138,20 +147,16 @@ def create_or_resume(tokens: TokenStore, out: Path, meta: dict, overwrite: bool)
     to resume; returns the store's meta. (Rank 0 only, holding the store's lock.)"""
     old = None
     if not overwrite:
-        old = existing_run(out, LOSS_STORE, "a LossStore", meta, RESUME_KEYS, "losses",
-                           "pass --overwrite to replace it", RESUME_DEFAULTS)  # fmt: skip
+        old = existing_run(out, LOSS_STORE, LossStoreMeta, meta, RESUME_KEYS, "losses",
+                           "pass --overwrite to replace it")  # fmt: skip
     if old is not None:
         for name in value_files(old):  # truncated or corrupted
             load_npy(out / name, tokens.n_tokens, ("float16",))
-        if not old.get("complete") and "run_id" not in old:
-            old["run_id"] = secrets.token_hex(8)  # a store from before run ids: start afresh
-            write_json_atomic(out / "meta.json", old)
         return old
     meta = {**meta, "run_id": secrets.token_hex(8)}
     with building(out, overwrite, LOSS_STORE) as tmp:
-        from rho.store import allocate_npy  # disk reserved up front: a full disk is one line
-
         for name in value_files(meta):  # losses, and entropies with --entropy
+            # disk reserved up front: a full disk is one line
             values = allocate_npy(tmp / name, tokens.n_tokens, np.float16)
             offset = values.offset
             del values  # NaN written through the file: none of it stays mapped (RSS)
@@ -180,7 +185,8 @@ def remove_progress(out: Path) -> None:
     """Delete a finished job's progress files (call after its meta says complete)."""
     for file in (out / "progress").glob("*"):
         file.unlink(missing_ok=True)
-    (out / "progress").rmdir()
+    if (out / "progress").is_dir():  # a damaged store may have lost it: nothing to remove
+        (out / "progress").rmdir()
 
 
 def progress_file(out: Path, meta: dict, rank: int, world: int) -> Path:
@@ -191,12 +197,12 @@ def done_batches(out: Path, meta: dict, n_batches: int) -> np.ndarray:
     """Batches recorded as finished by any rank of this store's run (resumes included)."""
     done = np.zeros(n_batches, dtype=bool)
     for file in sorted((out / "progress").glob(f"rank*-{meta['run_id']}.npy")):
-        try:
-            marks = np.load(file, allow_pickle=False)
-        except (ValueError, OSError, EOFError):
+        try:  # mapped: a damaged header's huge shape is refused, never allocated
+            marks = np.load(file, mmap_mode="r", allow_pickle=False)
+        except NPY_ERRORS:
             continue  # unreadable: those batches are simply scored again
         if marks.shape == (n_batches,) and marks.dtype == bool:
-            done |= marks
+            done |= np.asarray(marks)
     return done
 
 
@@ -209,7 +215,7 @@ class LossFile:
     def __init__(self, *paths: Path):
         self.paths, self.offsets, self.fds = list(paths), [], []
         for path in self.paths:
-            array = np.load(path, mmap_mode="r")
+            array = open_npy(path)
             if array.dtype.str != "<f2":
                 raise UserError(f"{path} is not little-endian float16 (corrupted)")
             self.offsets.append(array.offset)  # bytes of .npy header before the data
@@ -298,6 +304,5 @@ def write_loss_store(
 
 
 def read_meta(out: Path) -> dict:
-    from rho.store import read_loss_meta  # every field type-checked (rho.schema)
-
+    """A LossStore's meta.json, every field type-checked (rho.schema)."""
     return read_loss_meta(out)

@@ -122,6 +122,8 @@ def prototype_select(
     vectors = np.asarray(vectors)
     k = check_options(len(vectors), clusters, keep, dedup, keep_from)
     x = normalise(vectors)
+    if not np.isfinite(x).all():  # faiss would fail on them; rho.embed never writes them
+        raise UserError("the embeddings hold NaN or inf values (a corrupted embedding store?)")
     _, nearest, similarity = kmeans(x, k, seed, niter)
     distance = 1.0 - similarity.astype(np.float64)
     survivors = semdedup(x, nearest, dedup) if dedup is not None else np.ones(len(x), bool)

@@ -27,7 +27,7 @@ import torch
 from rho import distributed as dist
 from rho.errors import UserError
 from rho.files import building, check_not_input, mark_output, output_lock, write_json_atomic
-from rho.loss_writer import loss_store_meta, write_loss_store
+from rho.loss_writer import check_mostly_finite, loss_store_meta, write_loss_store
 from rho.options import check_output_path
 from rho.score import score_store
 from rho.select import ENTROPY_SCORES, check_ratio, n_keep, rank_average, token_scores
@@ -149,32 +149,9 @@ def prune_store(
     ``by="prototype"`` takes ``prototype``: embed_model (required), embeddings, seq_len,
     batch_size, clusters, keep_from, dedup, seed, device (see rho.commands.prune); ``losses`` is
     optional then (given, their seq_len is the windows' and they are carried over)."""
-    if unit not in UNITS:
-        raise UserError(f"--unit must be one of {', '.join(UNITS)}")
-    if by not in BYS:
-        raise UserError(f"--by must be one of {', '.join(BYS)}")
-    if by == "excess" and base_losses is None:
-        raise UserError("--by excess needs --base-losses (a base model's LossStore)")
-    if base_losses is not None and by not in ("excess", "prototype"):
-        raise UserError(f"--base-losses is for --by excess, not --by {by}")
-    if by != "prototype" and losses is None:
-        raise UserError(f"--by {by} needs --losses (the reference LossStore)")
-    if by == "prototype" and base_losses is not None:
-        raise UserError("--base-losses is for --by excess, not --by prototype")
-    tokens = tokens if isinstance(tokens, TokenStore) else TokenStore(tokens)
-    if losses is not None:
-        losses = losses if isinstance(losses, LossStore) else LossStore(losses)
-        losses.check_matches(tokens)
-        if by in ENTROPY_SCORES:
-            losses.require_entropy(f"--by {by}")
+    check_choices(unit, by, losses, base_losses)
     opts = dict(prototype or {})
-    seq_len = losses.seq_len if losses is not None else opts.get("seq_len")
-    if losses is not None and opts.get("seq_len") not in (None, seq_len):
-        raise UserError(f"--seq-len {opts['seq_len']} differs from the losses' seq_len {seq_len}")
-    base = None
-    if by == "excess":
-        base = base_losses if isinstance(base_losses, LossStore) else LossStore(base_losses)
-        base.check_matches(tokens, seq_len)
+    tokens, losses, base, seq_len = open_inputs(tokens, losses, base_losses, by, opts)
     out = Path(out)
     inputs = [tokens.path, None if losses is None else losses.path]
     inputs += [None if base is None else base.path, ref_model, opts.get("embed_model")]
@@ -208,9 +185,49 @@ def prune_store(
     return report
 
 
+def check_choices(unit: str, by: str, losses, base_losses) -> None:
+    """One line for a unit, score or combination of stores that cannot prune."""
+    if unit not in UNITS:
+        raise UserError(f"--unit must be one of {', '.join(UNITS)}")
+    if by not in BYS:
+        raise UserError(f"--by must be one of {', '.join(BYS)}")
+    if by == "excess" and base_losses is None:
+        raise UserError("--by excess needs --base-losses (a base model's LossStore)")
+    if base_losses is not None and by != "excess":
+        raise UserError(f"--base-losses is for --by excess, not --by {by}")
+    if by != "prototype" and losses is None:
+        raise UserError(f"--by {by} needs --losses (the reference LossStore)")
+
+
+def open_inputs(tokens, losses, base_losses, by: str, opts: dict):
+    """(TokenStore, LossStore or None, base LossStore or None, seq_len or None), opened and
+    checked to fit together."""
+    tokens = tokens if isinstance(tokens, TokenStore) else TokenStore(tokens)
+    if losses is not None:
+        losses = losses if isinstance(losses, LossStore) else LossStore(losses)
+        losses.check_matches(tokens)
+        if by in ENTROPY_SCORES:
+            losses.require_entropy(f"--by {by}")
+    seq_len = losses.seq_len if losses is not None else opts.get("seq_len")
+    if losses is not None and opts.get("seq_len") not in (None, seq_len):
+        raise UserError(f"--seq-len {opts['seq_len']} differs from the losses' seq_len {seq_len}")
+    base = None
+    if by == "excess":
+        base = base_losses if isinstance(base_losses, LossStore) else LossStore(base_losses)
+        base.check_matches(tokens, seq_len)
+    return tokens, losses, base, seq_len
+
+
 def _prune(tokens, losses, base, out: Path, keep, unit, by, overwrite) -> dict:
     """Score the units by their losses, keep the best, and write the output."""
     seq_len = losses.seq_len
+    # every value is read to rank anyway: one more pass refuses values damaged since `rho
+    # score` finished them (mostly NaN), instead of trusting the share it recorded
+    for store in (losses, base):
+        if store is not None:
+            check_mostly_finite(store.ref_loss, seq_len, str(store.path), tokens)
+    if by in ENTROPY_SCORES:
+        check_mostly_finite(losses.ref_entropy, seq_len, str(losses.path), tokens, "entropies")
     bounds = unit_bounds(tokens, unit, seq_len)
     scores = unit_scores(
         losses.ref_loss,

@@ -1,5 +1,7 @@
-"""TokenStore and LossStore: the on-disk contracts between stages, and the alignment rule.
-(The LossStore's one writer is rho.loss_writer; `rho inspect` is rho.inspect_store.)
+"""TokenStore and LossStore: the on-disk contracts between stages. (The alignment rule is
+rho.alignment, imported from here too; the stores' files are opened and checked by
+rho.store_files; the LossStore's one writer is rho.loss_writer; `rho inspect` is
+rho.inspect_store.)
 
 A TokenStore is a directory: ``tokens.npy`` (uint16/uint32, documents packed one after another,
 each ending with EOS), ``doc_offsets.npy`` (int64, n_docs + 1 starts), optional
@@ -22,15 +24,14 @@ is renamed into place, so a crash never leaves a half-written store that looks w
 
 from __future__ import annotations
 
-import errno
 import math
-import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 from transformers import AutoTokenizer
 
+from rho.alignment import loss_positions, n_windows, window_bounds, window_starts
 from rho.errors import UserError
 from rho.files import (
     blocks,
@@ -44,136 +45,17 @@ from rho.files import (
     write_json_atomic,
 )
 from rho.models import model_vocab_size
-from rho.schema import LossStoreMeta, Strict, TokenStoreMeta, read_json_file, show, validate
-
-FORMAT_VERSION = 1
-TOKEN_STORE = "rho.TokenStore"
-LOSS_STORE = "rho.LossStore"
-
-# --- The alignment rule: written here once, used by scoring, training and analysis. -------------
-# The token stream is cut into non-overlapping windows of seq_len tokens from position 0 (the last
-# one may be shorter). ref_loss[i] = -log p(tokens[i] | tokens[window_start .. i-1]); it is NaN at
-# each window start, where there is no context.
-
-
-def n_windows(n_tokens: int, seq_len: int) -> int:
-    """Number of windows covering the stream (the last may be partial)."""
-    if seq_len < 2:
-        raise UserError(f"seq_len must be at least 2, got {seq_len}")
-    return math.ceil(n_tokens / seq_len)
-
-
-def window_bounds(window: int, seq_len: int, n_tokens: int) -> tuple[int, int]:
-    """[start, end) of a window in the token stream."""
-    start = window * seq_len
-    return start, min(start + seq_len, n_tokens)
-
-
-def window_starts(n_tokens: int, seq_len: int) -> np.ndarray:
-    """Bool per token: True where a window starts (no context, NaN reference loss)."""
-    mask = np.zeros(n_tokens, dtype=bool)
-    mask[::seq_len] = True
-    return mask
-
-
-# Instruction data (a TokenStore with a loss mask, one conversation per document): a token carries
-# loss, and is scored, only where the mask marks it AND its conversation starts inside its window.
-# The tail of a conversation that began in an earlier window carries none there: its prompt is
-# not in the window's context, and a response is not learnt without its prompt. Every reference
-# loss and entropy outside these positions is NaN.
-
-
-def loss_positions(
-    loss_mask: np.ndarray, doc_offsets: np.ndarray, start: int, end: int, seq_len: int
-) -> np.ndarray:
-    """Bool per token of [start, end), ``start`` a window start: the tokens that carry loss under
-    the rule above."""
-    if start % seq_len:
-        raise ValueError(f"{start} is not a window start for seq_len {seq_len}")
-    positions = np.arange(start, end)
-    window_first = np.arange(start, end, seq_len)
-    # the first conversation start at or after each window's start (doc_offsets ends at n_tokens)
-    first_doc = np.asarray(doc_offsets)[np.searchsorted(doc_offsets, window_first)]
-    in_tail = positions < first_doc[(positions - start) // seq_len]
-    return read_slice(loss_mask, start, end).astype(bool, copy=False) & ~in_tail
-
-
-# --- Reading stores ------------------------------------------------------------------------
-
-
-def load_npy(
-    path: Path, expected_len: int | None = None, dtypes: tuple[str, ...] | None = None
-) -> np.ndarray:
-    """Memory-map a 1-D .npy, turning truncation and corruption into one-line errors."""
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"{path} is missing")
-    try:
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError, EOFError) as err:
-        raise UserError(f"{path} is truncated or corrupted ({one_line(err, 80)})") from None
-    if array.ndim != 1 or (dtypes is not None and array.dtype.name not in dtypes):
-        raise UserError(
-            f"{path} is corrupted: holds a {array.dtype.name} array of shape {array.shape}, "
-            f"expected 1-D {' or '.join(dtypes or ('any dtype',))}"
-        )
-    if expected_len is not None and len(array) != expected_len:
-        raise UserError(f"{path} holds {len(array)} entries, meta.json says {expected_len}")
-    return array
-
-
-def read_store_meta(path: Path, kind: str, schema: type[Strict]) -> dict:
-    """A store's meta.json, checked: its format is ``kind`` ("rho.TokenStore" ...), its version
-    is ours, and every field has the type and range of ``schema`` (rho.schema)."""
-    name = kind.removeprefix("rho.")
-    if not (path / "meta.json").is_file():
-        raise UserError(f"{path} is not a {name} directory (no meta.json)")
-    meta = read_json_file(path / "meta.json")
-    if meta.get("format") != kind:
-        raise UserError(f"{path} is not a {name} (meta.json format is wrong)")
-    if meta.get("version") != FORMAT_VERSION:
-        raise UserError(f"{path}: unsupported {name} version {show(meta.get('version'))}")
-    validate(schema, meta, f"{path}/meta.json is corrupted")
-    return meta
-
-
-def read_loss_meta(path: str | Path) -> dict:
-    """A LossStore's meta.json, validated (finished or not)."""
-    return read_store_meta(Path(path), LOSS_STORE, LossStoreMeta)
-
-
-def allocate_npy(path: Path, length: int, dtype) -> np.memmap:
-    """A new 1-D .npy of ``length`` entries, memory-mapped for writing, with its disk space
-    reserved up front: a full disk is a one-line error now, not a SIGBUS when a page of the
-    map is written later (a sparse file's pages get their blocks only then)."""
-    try:
-        array = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=(length,))
-        reserve_disk_space(path)
-    except OSError as err:
-        free = shutil.disk_usage(Path(path).parent).free
-        need = np.dtype(dtype).itemsize * length
-        raise UserError(
-            f"cannot create {path} ({need:,} bytes, {free:,} free on its disk): "
-            f"{err.strerror or err}"
-        ) from None
-    return array
-
-
-def reserve_disk_space(path: Path) -> None:
-    """Give every byte of a file its disk blocks (posix_fallocate); where the filesystem cannot,
-    at least check that the free space suffices."""
-    fd = os.open(path, os.O_RDWR)
-    try:
-        size = os.fstat(fd).st_size
-        try:
-            os.posix_fallocate(fd, 0, size)
-        except OSError as err:
-            if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
-                raise
-            if shutil.disk_usage(Path(path).parent).free < size:
-                raise OSError(errno.ENOSPC, "not enough free disk space") from None
-    finally:
-        os.close(fd)
+from rho.schema import TokenStoreMeta
+from rho.store_files import (
+    CHUNK,
+    FORMAT_VERSION,
+    TOKEN_STORE,
+    check_domains,
+    check_offsets,
+    load_npy,
+    read_loss_meta,
+    read_store_meta,
+)
 
 
 def tokenizer_hash(path: Path) -> str:
@@ -185,14 +67,14 @@ def tokenizer_hash(path: Path) -> str:
     return hash_dir(path)
 
 
+TOKEN_DTYPES = ("uint16", "uint32")
+
+
 def smallest_token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
 
 
 # --- TokenStore ---------------------------------------------------------------------------------
-
-
-CHUNK = 1 << 22  # entries read at a time by whole-array passes (hashes, statistics)
 
 
 def max_chunked(values: np.ndarray) -> int:
@@ -205,26 +87,33 @@ class TokenStore:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.meta = read_store_meta(self.path, TOKEN_STORE, TokenStoreMeta)
-        self.tokens = load_npy(self.path / "tokens.npy", self.n_tokens, ("uint16", "uint32"))
-        self.doc_offsets = load_npy(self.path / "doc_offsets.npy", self.n_docs + 1, ("int64",))
-        if self.doc_offsets[0] != 0 or self.doc_offsets[-1] != self.n_tokens:
-            raise UserError(f"{self.path}/doc_offsets.npy does not span the tokens (corrupted)")
+        dtypes = (self.meta["dtype"],) if self.meta.get("dtype") else TOKEN_DTYPES
+        self.tokens = load_npy(self.path / "tokens.npy", self.n_tokens, dtypes)
+        self.doc_offsets = self._array("doc_offsets.npy", self.n_docs + 1, "int64")
+        check_offsets(self.path / "doc_offsets.npy", self.doc_offsets, self.n_tokens)
         recorded = self.meta.get("max_token_id", 0)  # written by write_token_store: cheap check
         if recorded >= self.vocab_size:
             raise UserError(
                 f"{self.path}/meta.json is corrupted: max_token_id {recorded!r} is outside the "
                 f"vocabulary of {self.vocab_size}"
             )
-        self.doc_domains = self._optional("doc_domains.npy", self.n_docs, ("int16",))
-        self.noise_mask = self._optional("noise_mask.npy", self.n_tokens, ("bool",))
+        self.doc_domains = self._array("doc_domains.npy", self.n_docs, "int16", required=False)
+        if self.doc_domains is not None:
+            check_domains(self.path / "doc_domains.npy", self.doc_domains, self.domain_names)
+        # a mask the meta records must be there; the loss mask is part of the content hash
+        self.noise_mask = self._array("noise_mask.npy", self.n_tokens, "bool",
+                                      required=self.meta["has_noise_mask"])  # fmt: skip
         self.loss_mask = None
-        if self.meta.get("has_loss_mask"):  # part of the content hash: never optional once there
-            self.loss_mask = load_npy(self.path / "loss_mask.npy", self.n_tokens, ("bool",))
+        if self.meta["has_loss_mask"]:
+            self.loss_mask = self._array("loss_mask.npy", self.n_tokens, "bool")
         self._max_token_id: int | None = None
 
-    def _optional(self, name: str, length: int, dtypes: tuple[str, ...]) -> np.ndarray | None:
+    def _array(self, name: str, length: int, dtype: str, required=True) -> np.ndarray | None:
+        """One of the store's arrays (None when an optional one is absent), checked."""
         file = self.path / name
-        return load_npy(file, length, dtypes) if file.exists() else None
+        if not (required or file.exists()):
+            return None
+        return load_npy(file, length, (dtype,))
 
     n_tokens = property(lambda self: int(self.meta["n_tokens"]))
     n_docs = property(lambda self: int(self.meta["n_docs"]))
@@ -293,8 +182,6 @@ class TokenStore:
         """Recompute the content hash (reads every token): catches corrupted bytes."""
         if content_hash(self.tokens, self.doc_offsets, self.loss_mask) != self.content_hash:
             raise UserError(f"{self.path}: tokens do not match their content hash (corrupted)")
-        if np.any(np.diff(self.doc_offsets) < 1):
-            raise UserError(f"{self.path}/doc_offsets.npy is not increasing (corrupted)")
         top = max_chunked(self.tokens)
         if top >= self.vocab_size:
             raise UserError(
@@ -384,11 +271,11 @@ class LossStore:
     ):
         self.path = Path(path)
         self.meta = read_loss_meta(self.path)
-        self.ref_loss = load_npy(self.path / "ref_loss.npy", self.meta["n_tokens"], ("float16",))
+        n = self.meta["n_tokens"]
+        self.ref_loss = load_npy(self.path / "ref_loss.npy", n, ("float16",))
         self.ref_entropy = None
         if self.has_entropy:
-            file = self.path / "ref_entropy.npy"
-            self.ref_entropy = load_npy(file, self.meta["n_tokens"], ("float16",))
+            self.ref_entropy = load_npy(self.path / "ref_entropy.npy", n, ("float16",))
         if tokens is not None:
             self.check_matches(tokens, seq_len)
 
@@ -407,7 +294,7 @@ class LossStore:
 
     def check_matches(self, tokens: TokenStore, seq_len: int | None = None) -> None:
         """The contract: same tokens, same windows, finished. Anything else is a clear error."""
-        if self.token_hash != tokens.content_hash:
+        if self.token_hash != tokens.content_hash or self.meta["n_tokens"] != tokens.n_tokens:
             raise UserError(
                 f"{self.path} was scored on other tokens than {tokens.path} (token hash mismatch)"
             )

@@ -65,6 +65,7 @@ def losses_per_checkpoint(
     paths: list[Path], ids: np.ndarray, vocab_size: int, batch_size: int, dtype: str, device
 ) -> np.ndarray:
     """(C, W, L): every checkpoint's losses on the same (W, L) windows, one model at a time."""
+    check_ids(ids, vocab_size)
     result = []
     for path in paths:
         model = load_checked_model(path, vocab_size, dtype, device, ids.shape[1])
@@ -75,6 +76,17 @@ def losses_per_checkpoint(
 
 
 # --- Checks ------------------------------------------------------------------------------------
+
+
+def check_ids(ids: np.ndarray, vocab_size: int) -> None:
+    """Ids read from a TokenStore are rows of a model of its vocabulary: a damaged store may
+    hold any (checked here on the windows read, not on the whole store)."""
+    top = int(ids.max()) if ids.size else 0
+    if top >= vocab_size:
+        raise UserError(
+            f"the windows analysed hold token id {top}, outside the store's vocabulary of "
+            f"{vocab_size} (corrupted store?)"
+        )
 
 
 def check_positive(name: str, value: int) -> None:

@@ -59,6 +59,7 @@ def run_html(
         notes.append(NO_MODEL.format(score=score))
         score = "reference"
     indices, ids = _windows(tokens, seq_len, passages)
+    common.check_ids(ids, tokens.vocab_size)
     length = ids.shape[1]
     ref = np.stack([ref_store.window(int(i))[:length] for i in indices])
     learner = None

@@ -3,10 +3,12 @@ per domain, and the UTF-8 bytes each token id stands for.
 
 ``evaluate_store`` follows the alignment rule of store.py: the TokenStore is cut into
 non-overlapping ``seq_len`` windows from position 0 and the first token of each window, which has
-no context, is not counted. It reports the mean loss (nats per token), perplexity and bits per
-byte = total nats / ln 2 / total UTF-8 bytes of the scored tokens, overall and per domain (each
-token belongs to its document's domain). Special tokens such as EOS count 0 bytes; their loss is
-counted, as predicting where a document ends is part of modelling the text.
+no context, is not counted; of a store with a loss mask (instruction data) only the tokens that
+carry loss count (rho.store.loss_positions), as in training. It reports the mean loss (nats per
+token), perplexity and bits per byte = total nats / ln 2 / total UTF-8 bytes of the scored
+tokens, overall and per domain (each token belongs to its document's domain). Special tokens such
+as EOS count 0 bytes; their loss is counted, as predicting where a document ends is part of
+modelling the text.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from transformers import AutoTokenizer
 from rho.errors import UserError
 from rho.files import one_line, read_slice
 from rho.models import load_model, parse_dtype
-from rho.store import TokenStore, window_bounds
+from rho.store import TokenStore, should_have_value, window_bounds, window_chunk
 from rho.windows import batch_windows, check_positions, default_device, iter_window_losses
 
 LN2 = math.log(2.0)
@@ -152,6 +154,21 @@ def _domain_of(store: TokenStore, first: int, end: int) -> np.ndarray:
     return np.asarray(store.doc_domains[docs], dtype=np.int64)
 
 
+def check_carries_loss(store: TokenStore, seq_len: int) -> None:
+    """A store whose loss mask leaves no token to evaluate is one line (a pass over the mask,
+    in blocks, before any model runs)."""
+    if store.loss_mask is None:
+        return
+    step = window_chunk(seq_len)
+    for start in range(0, store.n_tokens, step):
+        if should_have_value(start, min(start + step, store.n_tokens), seq_len, store).any():
+            return
+    raise UserError(
+        f"{store.path} has no token that carries loss under its loss mask at --seq-len "
+        f"{seq_len}: nothing to evaluate"
+    )
+
+
 def _metrics(nats: float, tokens: int, n_bytes: int) -> dict:
     loss = nats / tokens if tokens else math.nan
     return {
@@ -182,6 +199,7 @@ def evaluate_store(
     name, model = prepare_model(model, dtype, trust_remote_code)
     store.check_model_vocab(model)
     check_positions(model, min(seq_len, store.n_tokens), "--seq-len")
+    check_carries_loss(store, seq_len)
     device = torch.device(device) if device is not None else default_device()
     model.to(device).eval()
     table = byte_lengths(store.tokenizer(), store.vocab_size)
@@ -199,7 +217,7 @@ def evaluate_store(
         end = window_bounds(windows[-1], seq_len, store.n_tokens)[1]
         ids = read_slice(store.tokens, first, end).astype(np.int64)
         losses = losses.reshape(-1).astype(np.float64)
-        scored = np.arange(first, end) % seq_len != 0  # a window's first token has no context
+        scored = should_have_value(first, end, seq_len, store)  # window starts: no context
         domains = _domain_of(store, first, end)[scored]
         nats += np.bincount(domains, weights=losses[scored], minlength=n_dom)
         counts += np.bincount(domains, minlength=n_dom)
