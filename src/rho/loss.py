@@ -10,12 +10,12 @@ counted.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
+from rho.linear_ce import HeadInputs, chunk_stats
 from rho.select import (
     SCOPES,
     check_choice,
@@ -45,18 +45,10 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, targets, ignore_index, chunk):
-        n = logits.shape[0]
-        losses = torch.zeros(n, dtype=torch.float32, device=logits.device)
-        lse = torch.zeros(n, dtype=torch.float32, device=logits.device)
+        block = lambda rows: logits[rows].float()  # noqa: E731
+        losses, lse, _ = chunk_stats(logits.shape[0], block, targets, ignore_index, chunk)
         valid = targets != ignore_index
-        safe_targets = torch.where(valid, targets, 0)
-        for start in range(0, n, chunk):
-            rows = slice(start, start + chunk)
-            block = logits[rows].float()
-            lse[rows] = torch.logsumexp(block, dim=-1)
-            picked = block.gather(1, safe_targets[rows, None]).squeeze(1)
-            losses[rows] = torch.where(valid[rows], lse[rows] - picked, 0.0)
-        ctx.save_for_backward(logits, safe_targets, valid, lse)
+        ctx.save_for_backward(logits, torch.where(valid, targets, 0), valid, lse)
         ctx.chunk = chunk
         return losses
 
@@ -110,18 +102,11 @@ def token_entropy(logits: torch.Tensor, chunk_tokens: int | None = None) -> torc
     if chunk_tokens < 1:
         raise ValueError(f"chunk_tokens must be positive, got {chunk_tokens}")
     flat = logits.reshape(-1, logits.shape[-1])
-    out = torch.empty(flat.shape[0], dtype=torch.float32, device=logits.device)
-    for start in range(0, flat.shape[0], chunk_tokens):
-        # our own copy even of float32 logits: it is changed in place below
-        block = flat[start : start + chunk_tokens].to(torch.float32, copy=True)
-        lse = torch.logsumexp(block, dim=-1)
-        probs = block.sub(lse[:, None]).exp_()
-        # a -inf logit (a banned token) has probability 0 and must add 0, not 0·(-inf) = NaN
-        block.nan_to_num_(nan=math.nan, posinf=math.inf, neginf=0.0)
-        # softmax(z)·z as one dot product per row: no third chunk-sized tensor
-        expected = torch.bmm(probs[:, None, :], block[:, :, None]).view(-1)
-        out[start : start + chunk_tokens] = lse - expected
-    return out.view(logits.shape[:-1])
+    # our own copy even of float32 logits: entropy_ changes it in place
+    block = lambda rows: flat[rows].to(torch.float32, copy=True)  # noqa: E731
+    nothing = torch.full(flat.shape[:1], -1, device=flat.device)  # no targets: losses unused
+    _, _, entropies = chunk_stats(flat.shape[0], block, nothing, -1, chunk_tokens, entropy=True)
+    return entropies.view(logits.shape[:-1])
 
 
 STAT_KEYS = ("n_valid", "n_selected", "sum_all", "sum_selected", "sum_excess", "n_excess")
@@ -133,7 +118,7 @@ class SLMResult:
 
     loss: torch.Tensor  # mean learner loss over the selected tokens (differentiable)
     selected: torch.Tensor  # bool, shape of targets
-    token_loss: torch.Tensor  # per-token learner loss, float32 (differentiable)
+    token_loss: torch.Tensor  # per-token learner loss, float32 (differentiable from logits)
     sums: dict[str, torch.Tensor]  # counts and sums (STAT_KEYS): add them across batches and ranks
 
     @property
@@ -196,14 +181,17 @@ def selective_mean(
     Unselected positions are masked with ``where`` (not multiplied by 0) so their gradient is
     exactly zero even if their loss is inf. An empty selection gives 0.0 that still backpropagates.
     """
-    total = torch.where(selected, token_loss, 0.0).sum()
+    return _mean(torch.where(selected, token_loss, 0.0).sum(), selected, normalizer)
+
+
+def _mean(total: torch.Tensor, selected: torch.Tensor, normalizer) -> torch.Tensor:
     if normalizer is None:
         normalizer = selected.sum()
     return total / torch.clamp(torch.as_tensor(normalizer, device=total.device), min=1)
 
 
 def slm_loss(
-    logits: torch.Tensor,
+    logits: torch.Tensor | HeadInputs,
     targets: torch.Tensor,
     ref_loss: torch.Tensor | None = None,
     ratio: float = 0.6,
@@ -225,6 +213,10 @@ def slm_loss(
     Adapters may pass ``normalizer`` (the number of tokens selected over a whole optimizer step,
     for gradient accumulation and many ranks) and ``select`` (a drop-in for ``select_topk``, e.g.
     one that ranks across all ranks).
+
+    ``logits`` may be ``HeadInputs`` (hidden states and the output layer, ``rho.linear_ce``):
+    then the whole logits never exist, ``token_loss`` carries no gradient, and only the selected
+    tokens go through the output layer with gradient.
     """
     if targets.dim() < 1:
         raise ValueError("targets must have at least one dimension")
@@ -241,10 +233,23 @@ def slm_loss(
     if ref_entropy is not None:
         ref_entropy = ref_entropy.to(device=targets.device)
 
-    token_loss = token_losses(logits, targets, ignore_index, chunk_tokens)
     valid = valid_mask(targets, ref_loss, ignore_index, ref_entropy)
+    total = real = None
+    if isinstance(logits, torch.Tensor):
+        token_loss = token_losses(logits, targets, ignore_index, chunk_tokens)
+    elif ratio >= 1.0 and logits.fused is None:  # likely every real target is kept: one pass
+        real = targets != ignore_index
+        total, kept = logits.selected_sum(targets, real)
+        token_loss = torch.zeros(targets.shape, device=kept.device).masked_scatter_(real, kept)
+    else:
+        token_loss = logits.token_losses(targets, ignore_index)
     scores = token_scores(score, token_loss, ref_loss, generator, ref_entropy)
     selected = (select or select_topk)(scores, valid, ratio, scope)
-    loss = selective_mean(token_loss, selected, normalizer)
+    if isinstance(logits, torch.Tensor):
+        loss = selective_mean(token_loss, selected, normalizer)
+    else:
+        if total is None or not torch.equal(selected, real):
+            total = logits.selected_sum(targets, selected)[0]
+        loss = _mean(total, selected, normalizer)
     sums = selection_sums(token_loss, selected, valid, ref_loss)
     return SLMResult(loss=loss, selected=selected, token_loss=token_loss, sums=sums)
