@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
@@ -190,6 +191,23 @@ def _mean(total: torch.Tensor, selected: torch.Tensor, normalizer) -> torch.Tens
     return total / torch.clamp(torch.as_tensor(normalizer, device=total.device), min=1)
 
 
+def _head_losses(inputs: HeadInputs, targets, ratio: float, ignore_index: int, normalizer):
+    """(every target's loss, without gradient; selected -> the loss) from hidden states. At
+    ratio 1 every real target is likely kept: one pass then gives their losses and gradients."""
+
+    def loss_of(selected: torch.Tensor, total: torch.Tensor | None = None) -> torch.Tensor:
+        if total is None:
+            total = inputs.selected_sum(targets, selected)[0]
+        return _mean(total, selected, normalizer)
+
+    if ratio < 1.0 or inputs.fused is not None:
+        return inputs.token_losses(targets, ignore_index), loss_of
+    real = targets != ignore_index
+    total, kept = inputs.selected_sum(targets, real)
+    token_loss = torch.zeros(targets.shape, device=kept.device).masked_scatter_(real, kept)
+    return token_loss, lambda sel: loss_of(sel, total if torch.equal(sel, real) else None)
+
+
 def slm_loss(
     logits: torch.Tensor | HeadInputs,
     targets: torch.Tensor,
@@ -234,22 +252,13 @@ def slm_loss(
         ref_entropy = ref_entropy.to(device=targets.device)
 
     valid = valid_mask(targets, ref_loss, ignore_index, ref_entropy)
-    total = real = None
     if isinstance(logits, torch.Tensor):
         token_loss = token_losses(logits, targets, ignore_index, chunk_tokens)
-    elif ratio >= 1.0 and logits.fused is None:  # likely every real target is kept: one pass
-        real = targets != ignore_index
-        total, kept = logits.selected_sum(targets, real)
-        token_loss = torch.zeros(targets.shape, device=kept.device).masked_scatter_(real, kept)
+        loss_of = partial(selective_mean, token_loss, normalizer=normalizer)
     else:
-        token_loss = logits.token_losses(targets, ignore_index)
+        token_loss, loss_of = _head_losses(logits, targets, ratio, ignore_index, normalizer)
     scores = token_scores(score, token_loss, ref_loss, generator, ref_entropy)
     selected = (select or select_topk)(scores, valid, ratio, scope)
-    if isinstance(logits, torch.Tensor):
-        loss = selective_mean(token_loss, selected, normalizer)
-    else:
-        if total is None or not torch.equal(selected, real):
-            total = logits.selected_sum(targets, selected)[0]
-        loss = _mean(total, selected, normalizer)
+    loss = loss_of(selected)
     sums = selection_sums(token_loss, selected, valid, ref_loss)
     return SLMResult(loss=loss, selected=selected, token_loss=token_loss, sums=sums)

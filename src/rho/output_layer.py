@@ -6,8 +6,9 @@ layer as a ``Head``, and a one-off check that the two reproduce the model's own 
 - ``chunked``: hidden states -> ``HeadInputs``: rho's pure-torch chunked linear cross-entropy;
 - ``liger`` / ``cce``: the same, with Liger-Kernel's fused linear cross-entropy or Apple's Cut
   Cross-Entropy doing the per-token and summed losses (CUDA, when installed);
-- ``auto``: ``chunked`` from ``AUTO_MIN_VOCAB`` up, where bench/bench_vocab.py measured it no
-  slower than ``full``; ``full`` below, or for a model whose logits the head cannot reproduce.
+- ``auto``: ``chunked`` (bench/bench_vocab.py measured it no slower than ``full`` on a CPU at
+  every vocabulary tried, 2k to 256k), or ``full`` for a model whose logits the chunked path
+  cannot reproduce.
 """
 
 from __future__ import annotations
@@ -24,7 +25,13 @@ from rho.loss import token_entropy, token_losses
 from rho.select import check_choice
 
 LOSS_IMPLS = ("auto", "chunked", "full", "liger", "cce")
-AUTO_MIN_VOCAB = 32000
+LOSS_IMPL_HELP = (
+    "the output layer's loss path: chunked (never the whole batch x sequence x vocabulary "
+    "logits; the output layer's backward at the selected tokens only), full (the model's "
+    "logits), liger or cce (Liger-Kernel's or Cut Cross-Entropy's fused linear cross-entropy: "
+    "CUDA, when installed), auto (chunked, or full for a model whose logits the chunked path "
+    "cannot reproduce)"
+)
 _PACKAGES = {"liger": "liger_kernel", "cce": "cut_cross_entropy"}
 _RESOLVED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {asked: used}
 
@@ -77,7 +84,11 @@ def head_problem(model: nn.Module) -> str | None:
     if not isinstance(getattr(layer, "weight", None), torch.Tensor):
         return f"{type(inner).__name__} has no linear output layer (get_output_embeddings())"
     head = output_head(inner)
-    ids = torch.arange(16, device=head.weight.device)[None] % head.weight.shape[0]
+    config = inner.config  # a model with learned positions may have fewer than 16
+    n = min(
+        16, getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", 16)
+    )
+    ids = torch.arange(n, device=head.weight.device)[None] % head.weight.shape[0]
     was_training = inner.training
     inner.eval()
     try:
@@ -121,10 +132,7 @@ def _resolve(impl: str, model: nn.Module) -> str:
         raise UserError(f"--loss_impl {impl}: {problem}; use --loss_impl full")
     if impl in _PACKAGES and output_head(model).scale != 1.0:
         raise UserError(f"--loss_impl {impl} has no logit scale: use --loss_impl chunked")
-    if impl == "auto":
-        vocab = output_head(model).weight.shape[0]
-        return "chunked" if vocab >= AUTO_MIN_VOCAB else "full"
-    return impl
+    return "chunked" if impl == "auto" else impl
 
 
 def _liger(rows, head: Head, targets, reduction: str) -> torch.Tensor:
@@ -157,6 +165,15 @@ def head_forward(model: nn.Module, inputs: dict, impl: str):
     return outputs, HeadInputs(hidden, output_head(model), fused=FUSED.get(impl))
 
 
+def forward_outputs(model: nn.Module, inputs: dict, impl: str, logits_needed: bool = False):
+    """(the model's outputs, its logits or, for a resolved impl other than full, its
+    ``HeadInputs``): what ``rho.loss.slm_loss`` takes."""
+    if impl == "full" or logits_needed:
+        outputs = model(**inputs)
+        return outputs, outputs.logits
+    return head_forward(model, inputs, impl)
+
+
 @torch.no_grad()
 def model_token_losses(
     model: nn.Module, inputs: dict, targets: torch.Tensor, impl: str = "auto", entropy=False
@@ -164,9 +181,8 @@ def model_token_losses(
     """Per-target losses (and, with ``entropy``, entropies) of one forward without gradient,
     float32, by the path ``impl`` resolves to. ``inputs``: the model's keyword inputs."""
     inputs = {**inputs, "use_cache": False}  # no key/value cache: nothing is generated
-    if resolve_loss_impl(impl, model) == "full":
-        logits = model(**inputs).logits
-        losses = token_losses(logits, targets)
-        return (losses, token_entropy(logits)) if entropy else losses
-    _, head_inputs = head_forward(model, inputs, resolve_loss_impl(impl, model))
-    return head_inputs.token_losses(targets, entropy=entropy)
+    _, source = forward_outputs(model, inputs, resolve_loss_impl(impl, model))
+    if isinstance(source, HeadInputs):
+        return source.token_losses(targets, entropy=entropy)
+    losses = token_losses(source, targets)
+    return (losses, token_entropy(source)) if entropy else losses
