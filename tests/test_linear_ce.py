@@ -5,20 +5,30 @@ logit scale; refusals in one line."""
 
 from __future__ import annotations
 
+import json
+
+import numpy as np
 import pytest
 import torch
 import transformers
+from helpers import SEQ, rho_command, targs, train_logs
 from torch import nn
+from torch.utils.data import Subset
+from transformers import TrainerCallback
 
 from rho.errors import UserError
 from rho.linear_ce import Head, HeadInputs
 from rho.loss import slm_loss, token_entropy, token_losses
+from rho.options import ModelDataArguments
 from rho.output_layer import (
     forward_hidden,
     head_forward,
     model_token_losses,
     resolve_loss_impl,
 )
+from rho.runs import OPTIONS_FILE
+from rho.store import LossStore
+from rho.training import build_trainer
 
 VOCAB = 97
 SMALL = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=48)
@@ -163,3 +173,60 @@ def test_hidden_states_capture_skips_the_output_matmul_and_restores_the_layer():
     head = Head(model.lm_head.weight)
     torch.testing.assert_close(head.logits(hidden), model(input_ids=ids).logits)
     assert HeadInputs(hidden, head).token_losses(ids).shape == ids.shape
+
+
+# --- Through the trainer and rho score ------------------------------------------------------------
+
+
+class FirstGrads(TrainerCallback):
+    def __init__(self):
+        self.grads: dict[str, torch.Tensor] = {}
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        self.grads = self.grads or {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("selection", ["token", "none"])
+def test_trainer_step_and_records_are_the_same_through_either_path(stores, tmp_path, selection):
+    """Accumulation 2 x batch 2, ratio 0.6: the step's gradient and the selection statistics
+    are the full-logits path's; rho_options.json records the path asked for and the one used."""
+    grads, logs = {}, {}
+    for impl in ("full", "auto"):
+        data = ModelDataArguments(
+            tokens=str(stores.tokens), preset="tiny", ref_losses=str(stores.losses)
+        )
+        args = targs(
+            tmp_path / impl, selection=selection, loss_impl=impl, per_device_train_batch_size=2,
+            gradient_accumulation_steps=2, save_strategy="no",
+        )  # fmt: skip
+        trainer = build_trainer(data, args)
+        trainer.train_dataset = Subset(trainer.train_dataset, range(4))
+        capture = FirstGrads()
+        trainer.add_callback(capture)
+        trainer.train()
+        grads[impl], logs[impl] = capture.grads, train_logs(tmp_path / impl)[0]
+        trainer.save_model()
+        recorded = json.loads((tmp_path / impl / OPTIONS_FILE).read_text())["loss_impl"]
+        used = "full" if impl == "full" else "chunked"
+        assert recorded == {"asked": impl, "learner": used, "reference": None}
+    for name, grad in grads["full"].items():
+        torch.testing.assert_close(grads["auto"][name], grad, atol=1e-6, rtol=1e-4, msg=name)
+    for key in ("selected_fraction", "loss_all", "loss_selected"):
+        assert logs["auto"][key] == pytest.approx(logs["full"][key], abs=1e-5), key
+
+
+def test_rho_score_stores_the_same_losses_and_entropies_either_path(stores, tmp_path):
+    values = {}
+    for impl in ("full", "chunked"):
+        out = tmp_path / impl
+        argv = ["--model", str(stores.ref_dir), "--tokens", str(stores.tokens), "--out", str(out)]
+        argv += ["--seq-len", SEQ, "--device", "cpu", "--entropy", "--loss-impl", impl]
+        assert rho_command("score", argv) == 0
+        store = LossStore(out)
+        values[impl] = np.stack([np.asarray(store.ref_loss), np.asarray(store.ref_entropy)])
+    np.testing.assert_allclose(values["chunked"], values["full"], atol=2e-3, equal_nan=True)
+
+
+def test_bad_loss_impl_is_one_line(stores, tmp_path):
+    with pytest.raises(UserError, match="unknown --loss_impl 'fused'"):
+        targs(tmp_path, loss_impl="fused")
