@@ -230,3 +230,16 @@ def test_rho_score_stores_the_same_losses_and_entropies_either_path(stores, tmp_
 def test_bad_loss_impl_is_one_line(stores, tmp_path):
     with pytest.raises(UserError, match="unknown --loss_impl 'fused'"):
         targs(tmp_path, loss_impl="fused")
+
+
+def test_bf16_autocast_step_is_close_to_the_full_logits():
+    """The trainer's bf16 (autocast over float32 weights): bf16 matmuls, float32 gradients."""
+    model = tiny("llama")
+    ids, targets, ref = batch()
+    with torch.autocast("cpu", torch.bfloat16):
+        full, chunked, full_grads, chunked_grads = both_paths(model, ids, targets, ref)
+    torch.testing.assert_close(chunked.token_loss, full.token_loss.detach(), atol=0.05, rtol=0)
+    for name, grad in full_grads.items():
+        assert chunked_grads[name].dtype == torch.float32
+        gap = (chunked_grads[name] - grad).abs().max()
+        assert gap <= 0.05 * grad.abs().max() + 1e-6, name

@@ -116,7 +116,7 @@ class _SelectedSum(torch.autograd.Function):
                 grad_h[rows] = g @ w
             if grad_w is not None:
                 # in place when the dtypes agree (float32), else through a temporary (bf16 autocast)
-                if grad_w.dtype == g.dtype and not torch.is_autocast_enabled():
+                if grad_w.dtype == g.dtype and not torch.is_autocast_enabled(h.device.type):
                     grad_w.addmm_(g.T, h)
                 else:
                     grad_w += g.T @ h
