@@ -11,7 +11,8 @@
   (ranking, no grad) + 6·k·N·H·V (the selected rows, forward and backward).
 
     python bench/bench_vocab.py                          # 32k, 128k, 256k; batch 4 x seq 2048
-    python bench/bench_vocab.py --vocab 128000 --batch 1 --json
+    python bench/bench_vocab.py --vocab 128256 --batch 1 --json
+    python bench/bench_vocab.py --device cuda --vocab 128256 --json   # bf16 on a GPU
 
 ``--json`` prints, as its last line, one object for the last ``--vocab``: vocab, peak_ratio,
 time_ratio, max_loss_diff, max_grad_diff (and batch, seq, score_time_ratio, flops_ratio).
@@ -31,6 +32,7 @@ from functools import partial
 import torch
 
 RATIO = 0.6
+DEVICE = torch.device("cpu")  # --device
 VARIANTS = ("full", "chunked")
 
 
@@ -42,12 +44,13 @@ def build(vocab: int, batch: int, seq: int):
         intermediate_size=128, max_position_embeddings=seq, tie_word_embeddings=True,
     )  # fmt: skip
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config)
+    dtype = torch.float32 if DEVICE.type == "cpu" else torch.bfloat16
+    model = AutoModelForCausalLM.from_config(config).to(DEVICE, dtype)
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(0, vocab, (batch, seq), generator=g)
     targets = torch.cat([ids[:, 1:], torch.full((batch, 1), -100)], dim=1)
     ref = torch.rand(batch, seq, generator=g) * 10
-    return model, ids, targets, ref
+    return model, ids.to(DEVICE), targets.to(DEVICE), ref.to(DEVICE)
 
 
 def step(model, ids, targets, ref, variant: str):
@@ -71,8 +74,13 @@ def rss_bytes() -> int:
 
 
 def peak_child(variant: str, vocab: int, batch: int, seq: int) -> None:
-    """In a fresh process: the step's peak RSS over the RSS before it, in bytes (printed)."""
+    """In a fresh process: the step's peak RSS (on CUDA: allocated memory) over the amount
+    before it, in bytes (printed)."""
     model, ids, targets, ref = build(vocab, batch, seq)
+    if DEVICE.type == "cuda":
+        before = torch.cuda.memory_allocated()
+        step(model, ids, targets, ref, variant)
+        return print(torch.cuda.max_memory_allocated() - before)
     before = rss_bytes()
     step(model, ids, targets, ref, variant)
     print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before)
@@ -80,7 +88,7 @@ def peak_child(variant: str, vocab: int, batch: int, seq: int) -> None:
 
 def peak(variant: str, vocab: int, batch: int, seq: int) -> int:
     argv = [sys.executable, __file__, "--_peak", variant, "--vocab", str(vocab)]
-    argv += ["--batch", str(batch), "--seq", str(seq)]
+    argv += ["--batch", str(batch), "--seq", str(seq), "--device", str(DEVICE)]
     done = subprocess.run(argv, capture_output=True, text=True, check=True)
     return int(done.stdout.split()[-1])
 
@@ -88,6 +96,8 @@ def peak(variant: str, vocab: int, batch: int, seq: int) -> int:
 def timed(fn) -> float:
     start = time.perf_counter()
     fn()
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
     return time.perf_counter() - start
 
 
@@ -127,14 +137,18 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=2048)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda (bf16 there)")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--_peak", choices=VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    global DEVICE
+    DEVICE = torch.device(args.device)
     torch.set_num_threads(args.threads)
     if args._peak:
         return peak_child(args._peak, args.vocab[0], args.batch, args.seq)
     n = args.batch * args.seq
-    print(f"batch {args.batch} x seq {args.seq}, hidden 64, ratio {RATIO}, {args.threads} thread")
+    print(f"batch {args.batch} x seq {args.seq}, hidden 64, ratio {RATIO}, {DEVICE}", end="")
+    print(f", {args.threads} thread(s)")
     row = {}
     for vocab in args.vocab:
         peaks = {v: peak(v, vocab, args.batch, args.seq) for v in VARIANTS}

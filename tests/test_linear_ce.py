@@ -243,3 +243,16 @@ def test_bf16_autocast_step_is_close_to_the_full_logits():
         assert chunked_grads[name].dtype == torch.float32
         gap = (chunked_grads[name] - grad).abs().max()
         assert gap <= 0.05 * grad.abs().max() + 1e-6, name
+
+
+def test_an_output_layer_called_twice_in_a_forward_is_refused():
+    model = tiny("llama")
+
+    def again(module, args, output):
+        module.lm_head(torch.zeros(1, 32))  # e.g. a multi-token-prediction head
+
+    model.register_forward_hook(again)
+    with pytest.raises(UserError, match="called its output layer 2 times.*--loss_impl full"):
+        resolve_loss_impl("chunked", model)
+    assert resolve_loss_impl("auto", model) == "full"
+    assert "forward" not in vars(model.lm_head)
