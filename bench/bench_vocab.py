@@ -2,7 +2,7 @@
 0.6, backward) through the full logits against the chunked linear cross-entropy
 (rho.linear_ce), for a small-hidden Llama at each vocabulary.
 
-- peak memory: each variant's step in a fresh subprocess, peak RSS (ru_maxrss) minus the RSS
+- peak memory: each variant's step in a fresh subprocess, peak RSS (VmHWM) minus the RSS
   just before the step (model, inputs and Python already resident);
 - step time and scoring (no-grad losses) time: both variants in one process, interleaved, the
   order alternating each repeat; reported as medians of the per-repeat ratios;
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -68,9 +67,12 @@ def step(model, ids, targets, ref, variant: str):
     return result
 
 
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize()
+def rss_bytes(key: str = "VmRSS") -> int:
+    """This process's resident memory (VmRSS) or its high-water mark (VmHWM). VmHWM, not
+    ru_maxrss: Linux carries ru_maxrss over from the parent into a child."""
+    with open("/proc/self/status") as f:
+        line = next(line for line in f if line.startswith(key + ":"))
+    return int(line.split()[1]) * 1024
 
 
 def peak_child(variant: str, vocab: int, batch: int, seq: int) -> None:
@@ -83,7 +85,7 @@ def peak_child(variant: str, vocab: int, batch: int, seq: int) -> None:
         return print(torch.cuda.max_memory_allocated() - before)
     before = rss_bytes()
     step(model, ids, targets, ref, variant)
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before)
+    print(rss_bytes("VmHWM") - before)
 
 
 def peak(variant: str, vocab: int, batch: int, seq: int) -> int:
