@@ -179,9 +179,8 @@ class HeadInputs:
         index = selected.reshape(-1).nonzero().squeeze(1)
         rows = self.hidden.reshape(-1, self.hidden.shape[-1]).index_select(0, index)
         t = targets.reshape(-1)[index]
-        if not torch.is_grad_enabled():
-            with torch.no_grad():
-                losses = self._losses(rows, t, -100, False)[0]
+        if not torch.is_grad_enabled():  # evaluation
+            losses = self._losses(rows, t, -100, False)[0]
             return losses.sum(), losses
         if self.fused is not None:
             return self.fused(rows, self.head, t, "sum"), None
