@@ -109,11 +109,11 @@ def test_ctrl_c_then_resume_with_entropy_is_byte_identical(
 ):
     real, calls = windows_mod.window_losses_and_entropies, {"n": 0}
 
-    def interrupted(model, ids):
+    def interrupted(model, ids, *rest):
         calls["n"] += 1
         if calls["n"] == 30:
             raise KeyboardInterrupt
-        return real(model, ids)
+        return real(model, ids, *rest)
 
     monkeypatch.setattr(windows_mod, "window_losses_and_entropies", interrupted)
     monkeypatch.setattr("rho.score.SAVE_EVERY_S", 1e9)  # only the interrupt records progress

@@ -171,3 +171,70 @@ def test_an_experiment_config_trains_in_bf16_on_the_gpu(tmp_path):
     for path in saved:
         args = torch.load(path, weights_only=False)  # our own run's file
         assert args.bf16 and not args.use_cpu, path
+
+
+# --- The output layer's loss paths (rho.linear_ce, rho.output_layer) --------------------------
+
+
+def bf16_slm_step(model, ids, targets, ref, impl):
+    """(per-token losses, selection, gradients) of one SLM loss step by ``impl``."""
+    from rho.output_layer import forward_outputs, resolve_loss_impl
+
+    model.zero_grad(set_to_none=True)
+    _, source = forward_outputs(model, {"input_ids": ids}, resolve_loss_impl(impl, model))
+    result = slm_loss(source, targets, ref, ratio=0.6)
+    result.loss.backward()
+    grads = {n: p.grad.float().cpu() for n, p in model.named_parameters()}
+    return result.token_loss.detach().cpu(), result.selected.cpu(), grads
+
+
+@pytest.mark.parametrize("impl", ["chunked", "liger", "cce"])
+def test_loss_impls_match_the_full_logits_in_bf16(impl):
+    """Each path's per-token losses, selection and gradients against the full logits', in
+    bf16 (liger and cce: CUDA, when installed)."""
+    if impl != "chunked":
+        pytest.importorskip({"liger": "liger_kernel", "cce": "cut_cross_entropy"}[impl])
+        if DEVICE != "cuda":
+            pytest.skip("fused libraries run on CUDA only")
+    model = build_model("tiny", 32000, seed=0).to(DEVICE, torch.bfloat16)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 32000, (4, 256), generator=g)
+    targets = torch.cat([ids[:, 1:], torch.full((4, 1), -100)], dim=1)
+    targets[0, :16] = -100
+    ref = (torch.rand(4, 256, generator=g) * 10).to(DEVICE)
+    ids, targets = ids.to(DEVICE), targets.to(DEVICE)
+    full = bf16_slm_step(model, ids, targets, ref, "full")
+    ours = bf16_slm_step(model, ids, targets, ref, impl)
+    torch.testing.assert_close(ours[0], full[0], atol=0.05, rtol=0.01)
+    assert ours[1].sum() == full[1].sum() and not ours[1][targets.cpu() == -100].any()
+    assert (ours[1] ^ full[1]).float().mean() < 0.01  # only ties near the cut may differ
+    for name, grad in full[2].items():
+        scale = grad.abs().max().item() + 1e-12
+        assert (ours[2][name] - grad).abs().max().item() <= 0.1 * scale, name
+
+
+@needs_cuda
+def test_chunked_slm_step_peak_memory_at_128k_vocabulary():
+    """Llama 3's vocabulary, batch 4 x 2048, bf16: the chunked path's step needs under a fifth
+    of the full logits path's extra memory (the logits, their float32 chunks and gradient)."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    config = LlamaConfig(
+        vocab_size=128256, hidden_size=256, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=512, max_position_embeddings=2048, tie_word_embeddings=True,
+    )  # fmt: skip
+    model = AutoModelForCausalLM.from_config(config).to("cuda", torch.bfloat16)
+    ids = torch.randint(0, 128256, (4, 2048), device="cuda")
+    targets = torch.cat([ids[:, 1:], torch.full((4, 1), -100, device="cuda")], dim=1)
+    ref = torch.rand(4, 2048, device="cuda") * 10
+    peaks = {}
+    for impl in ("chunked", "full", "chunked"):  # the first chunked step warms up
+        model.zero_grad(set_to_none=True)
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        bf16_slm_step(model, ids, targets, ref, impl)
+        torch.cuda.synchronize()
+        peaks[impl] = torch.cuda.max_memory_allocated() - before
+    print(f"peak over the model: full {peaks['full'] >> 20} MiB, chunked {peaks['chunked'] >> 20}")
+    assert peaks["chunked"] <= 0.2 * peaks["full"], peaks

@@ -135,6 +135,7 @@ def test_entropy_never_changes_float32_logits_in_place():
 def test_bf16_training_gives_the_loss_bf16_logits(monkeypatch):
 
     import rho.trainer as trainer_module
+    from rho import output_layer
     from rho.data import WindowCollator
     from rho.models import build_model
 
@@ -148,11 +149,13 @@ def test_bf16_training_gives_the_loss_bf16_logits(monkeypatch):
         return wrapped
 
     monkeypatch.setattr(trainer_module, "slm_loss", spy(trainer_module.slm_loss))
-    monkeypatch.setattr(trainer_module, "token_losses", spy(trainer_module.token_losses))
+    # the full-logits path (the chunked one never builds the logits: test_linear_ce.py)
+    monkeypatch.setattr(output_layer, "token_losses", spy(output_layer.token_losses))
     ids = np.random.default_rng(0).integers(0, 100, (8, 32))
     args = trainer_module.SelectiveTrainingArguments(
         output_dir=tempfile.mkdtemp(),
         bf16=True,
+        loss_impl="full",
         use_cpu=True,
         max_steps=1,
         per_device_train_batch_size=4,

@@ -78,11 +78,11 @@ def test_ctrl_c_in_process_saves_progress_and_resumes(
 ):
     real, calls = windows_mod.window_losses, {"n": 0}
 
-    def interrupted(model, ids):
+    def interrupted(model, ids, *rest):
         calls["n"] += 1
         if calls["n"] == 40:
             raise KeyboardInterrupt
-        return real(model, ids)
+        return real(model, ids, *rest)
 
     monkeypatch.setattr(windows_mod, "window_losses", interrupted)
     monkeypatch.setattr(score_mod, "SAVE_EVERY_S", 1e9)  # only the interrupt records progress

@@ -20,8 +20,8 @@ import torch
 
 from rho import distributed as dist
 from rho.data import NOT_MODEL_INPUTS
-from rho.loss import token_losses
 from rho.options import SelectionArguments
+from rho.output_layer import model_token_losses
 from rho.select import top_windows, window_scores
 from rho.windows import IGNORE, to_model, to_store
 
@@ -32,10 +32,11 @@ def forward_losses(
     targets: torch.Tensor,
     chunk: int,
     autocast: Callable[[], AbstractContextManager],
+    loss_impl: str = "auto",
 ) -> torch.Tensor:
     """Per-target losses of ``model`` on ``batch`` (model alignment): forward only, in eval mode,
     under the training autocast, ``chunk`` rows at a time (no more memory than a training
-    forward)."""
+    forward), the output layer by ``loss_impl`` (``rho.output_layer``)."""
     inputs = {k: v for k, v in batch.items() if k not in NOT_MODEL_INPUTS}
     parts, was_training = [], model.training
     model.eval()
@@ -43,8 +44,8 @@ def forward_losses(
         with torch.inference_mode(), autocast():
             for i in range(0, targets.shape[0], chunk):
                 rows = {k: v[i : i + chunk] for k, v in inputs.items()}
-                logits = model(**rows, use_cache=False).logits
-                parts.append(token_losses(logits, targets[i : i + chunk]))
+                losses = model_token_losses(model, rows, targets[i : i + chunk], loss_impl)
+                parts.append(losses)
     finally:
         model.train(was_training)
     return torch.cat(parts).clone()  # a normal tensor again, outside inference mode
@@ -67,6 +68,7 @@ def choose_windows(
     seed: int,
     step: int,
     micro: int,
+    loss_impl: str = "auto",
 ) -> tuple[dict, torch.Tensor, dict]:
     """This rank's share of the best windows of the global candidate batch; how many candidate
     tokens the learner and the online reference scored (forward-only); and what was decided
@@ -76,7 +78,7 @@ def choose_windows(
     n_tokens = float((labels != IGNORE).sum())
     scored = torch.zeros(2, dtype=torch.float64)
     if ref_model is not None and selection.needs_reference:
-        ref = forward_losses(ref_model, batch, targets, batch_size, autocast)
+        ref = forward_losses(ref_model, batch, targets, batch_size, autocast, loss_impl)
         # stored like a LossStore's windows (loss of input_ids[t]), so it travels with the rows
         ref = torch.where(labels == IGNORE, float("nan"), to_store(ref))
         batch = {**batch, "ref_loss": ref}
@@ -84,7 +86,7 @@ def choose_windows(
     ref_loss = to_model(batch["ref_loss"], float("nan")) if "ref_loss" in batch else None
     learner_loss = None
     if score in ("excess", "learner"):
-        learner_loss = forward_losses(learner, batch, targets, batch_size, autocast)
+        learner_loss = forward_losses(learner, batch, targets, batch_size, autocast, loss_impl)
         scored[0] = n_tokens
     if score == "random":
         local = torch.zeros(targets.shape[0], device=targets.device)

@@ -10,12 +10,13 @@ counted.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
+from rho.linear_ce import HeadInputs, chunk_stats
 from rho.select import (
     SCOPES,
     check_choice,
@@ -45,18 +46,10 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, targets, ignore_index, chunk):
-        n = logits.shape[0]
-        losses = torch.zeros(n, dtype=torch.float32, device=logits.device)
-        lse = torch.zeros(n, dtype=torch.float32, device=logits.device)
+        block = lambda rows: logits[rows].float()  # noqa: E731
+        losses, lse, _ = chunk_stats(logits.shape[0], block, targets, ignore_index, chunk)
         valid = targets != ignore_index
-        safe_targets = torch.where(valid, targets, 0)
-        for start in range(0, n, chunk):
-            rows = slice(start, start + chunk)
-            block = logits[rows].float()
-            lse[rows] = torch.logsumexp(block, dim=-1)
-            picked = block.gather(1, safe_targets[rows, None]).squeeze(1)
-            losses[rows] = torch.where(valid[rows], lse[rows] - picked, 0.0)
-        ctx.save_for_backward(logits, safe_targets, valid, lse)
+        ctx.save_for_backward(logits, torch.where(valid, targets, 0), valid, lse)
         ctx.chunk = chunk
         return losses
 
@@ -110,18 +103,11 @@ def token_entropy(logits: torch.Tensor, chunk_tokens: int | None = None) -> torc
     if chunk_tokens < 1:
         raise ValueError(f"chunk_tokens must be positive, got {chunk_tokens}")
     flat = logits.reshape(-1, logits.shape[-1])
-    out = torch.empty(flat.shape[0], dtype=torch.float32, device=logits.device)
-    for start in range(0, flat.shape[0], chunk_tokens):
-        # our own copy even of float32 logits: it is changed in place below
-        block = flat[start : start + chunk_tokens].to(torch.float32, copy=True)
-        lse = torch.logsumexp(block, dim=-1)
-        probs = block.sub(lse[:, None]).exp_()
-        # a -inf logit (a banned token) has probability 0 and must add 0, not 0·(-inf) = NaN
-        block.nan_to_num_(nan=math.nan, posinf=math.inf, neginf=0.0)
-        # softmax(z)·z as one dot product per row: no third chunk-sized tensor
-        expected = torch.bmm(probs[:, None, :], block[:, :, None]).view(-1)
-        out[start : start + chunk_tokens] = lse - expected
-    return out.view(logits.shape[:-1])
+    # our own copy even of float32 logits: entropy_ changes it in place
+    block = lambda rows: flat[rows].to(torch.float32, copy=True)  # noqa: E731
+    nothing = torch.full(flat.shape[:1], -1, device=flat.device)  # no targets: losses unused
+    _, _, entropies = chunk_stats(flat.shape[0], block, nothing, -1, chunk_tokens, entropy=True)
+    return entropies.view(logits.shape[:-1])
 
 
 STAT_KEYS = ("n_valid", "n_selected", "sum_all", "sum_selected", "sum_excess", "n_excess")
@@ -133,7 +119,7 @@ class SLMResult:
 
     loss: torch.Tensor  # mean learner loss over the selected tokens (differentiable)
     selected: torch.Tensor  # bool, shape of targets
-    token_loss: torch.Tensor  # per-token learner loss, float32 (differentiable)
+    token_loss: torch.Tensor  # per-token learner loss, float32 (differentiable from logits)
     sums: dict[str, torch.Tensor]  # counts and sums (STAT_KEYS): add them across batches and ranks
 
     @property
@@ -196,14 +182,34 @@ def selective_mean(
     Unselected positions are masked with ``where`` (not multiplied by 0) so their gradient is
     exactly zero even if their loss is inf. An empty selection gives 0.0 that still backpropagates.
     """
-    total = torch.where(selected, token_loss, 0.0).sum()
+    return _mean(torch.where(selected, token_loss, 0.0).sum(), selected, normalizer)
+
+
+def _mean(total: torch.Tensor, selected: torch.Tensor, normalizer) -> torch.Tensor:
     if normalizer is None:
         normalizer = selected.sum()
     return total / torch.clamp(torch.as_tensor(normalizer, device=total.device), min=1)
 
 
+def _head_losses(inputs: HeadInputs, targets, ratio: float, ignore_index: int, normalizer):
+    """(every target's loss, without gradient; selected -> the loss) from hidden states. At
+    ratio 1 every real target is likely kept: one pass then gives their losses and gradients."""
+
+    def loss_of(selected: torch.Tensor, total: torch.Tensor | None = None) -> torch.Tensor:
+        if total is None:
+            total = inputs.selected_sum(targets, selected)[0]
+        return _mean(total, selected, normalizer)
+
+    if ratio < 1.0 or inputs.fused is not None:
+        return inputs.token_losses(targets, ignore_index), loss_of
+    real = targets != ignore_index
+    total, kept = inputs.selected_sum(targets, real)
+    token_loss = torch.zeros(targets.shape, device=kept.device).masked_scatter_(real, kept)
+    return token_loss, lambda sel: loss_of(sel, total if torch.equal(sel, real) else None)
+
+
 def slm_loss(
-    logits: torch.Tensor,
+    logits: torch.Tensor | HeadInputs,
     targets: torch.Tensor,
     ref_loss: torch.Tensor | None = None,
     ratio: float = 0.6,
@@ -225,6 +231,10 @@ def slm_loss(
     Adapters may pass ``normalizer`` (the number of tokens selected over a whole optimizer step,
     for gradient accumulation and many ranks) and ``select`` (a drop-in for ``select_topk``, e.g.
     one that ranks across all ranks).
+
+    ``logits`` may be ``HeadInputs`` (hidden states and the output layer, ``rho.linear_ce``):
+    then the whole logits never exist, ``token_loss`` carries no gradient, and only the selected
+    tokens go through the output layer with gradient.
     """
     if targets.dim() < 1:
         raise ValueError("targets must have at least one dimension")
@@ -241,10 +251,14 @@ def slm_loss(
     if ref_entropy is not None:
         ref_entropy = ref_entropy.to(device=targets.device)
 
-    token_loss = token_losses(logits, targets, ignore_index, chunk_tokens)
     valid = valid_mask(targets, ref_loss, ignore_index, ref_entropy)
+    if isinstance(logits, torch.Tensor):
+        token_loss = token_losses(logits, targets, ignore_index, chunk_tokens)
+        loss_of = partial(selective_mean, token_loss, normalizer=normalizer)
+    else:
+        token_loss, loss_of = _head_losses(logits, targets, ratio, ignore_index, normalizer)
     scores = token_scores(score, token_loss, ref_loss, generator, ref_entropy)
     selected = (select or select_topk)(scores, valid, ratio, scope)
-    loss = selective_mean(token_loss, selected, normalizer)
+    loss = loss_of(selected)
     sums = selection_sums(token_loss, selected, valid, ref_loss)
     return SLMResult(loss=loss, selected=selected, token_loss=token_loss, sums=sums)

@@ -59,6 +59,15 @@ class DistributedFacts(Strict):
     find_unused_parameters: bool | None
 
 
+class LossImpl(Strict):
+    """How the per-token losses were computed (rho.output_layer): the --loss_impl asked for and
+    what it resolved to for the learner and the online reference (None without one)."""
+
+    asked: Name
+    learner: Name
+    reference: Name | None = None
+
+
 class RunOptions(Strict):
     """rho_options.json. ``data`` and the identity fields are None for a SelectiveTrainer used
     from Python (only its selection is known) and, the identity fields, in a version 1 file;
@@ -72,6 +81,7 @@ class RunOptions(Strict):
     ref_losses_hash: Hash | None = None  # the LossStore's loss_hash, where the run reads it
     architecture: dict[str, Any] | None = None  # the model's config (see architecture)
     distributed: DistributedFacts | None = None
+    loss_impl: LossImpl | None = None
 
     def to_json(self) -> dict:
         return self.model_dump(mode="json")

@@ -27,6 +27,7 @@ from rho import loss_writer
 from rho.errors import UserError
 from rho.files import check_not_input, output_lock
 from rho.models import load_model, model_fingerprint, parse_dtype
+from rho.output_layer import resolve_loss_impl
 from rho.store import LossStore, TokenStore, n_windows
 from rho.testhook import hold
 from rho.windows import batch_windows, check_positions, default_device, iter_window_losses
@@ -63,6 +64,7 @@ def score_store(
     trust_remote_code: bool = False,
     allow_missing_weights: bool = False,
     entropy: bool = False,
+    loss_impl: str = "auto",
 ) -> LossStore:
     """Score every token of ``tokens`` with ``model`` (a path, hub name or loaded model) into a
     LossStore at ``out``. Reruns resume; under torchrun the ranks share the batches. ``entropy``:
@@ -70,22 +72,16 @@ def score_store(
 
     ``dtype``: float32, bfloat16 or float16; default float32 for a path, or the loaded model's
     own dtype. A loaded model is moved to ``device`` and put in eval mode. A model directory
-    lacking some weights is refused unless ``allow_missing_weights``."""
+    lacking some weights is refused unless ``allow_missing_weights``. ``loss_impl``: how the
+    output layer runs (``rho.output_layer``; auto: chunked, never the whole logits)."""
     tokens = tokens if isinstance(tokens, TokenStore) else TokenStore(tokens)
-    out = Path(out)
-    n_windows(tokens.n_tokens, seq_len)  # seq_len >= 2
-    if batch_size < 1:
-        raise UserError(f"--batch-size must be positive, got {batch_size}")
-    check_not_input(out, [tokens.path], "--out")
-    from rho.options import check_output_path, parse_device  # one line for a bad device or out
-
-    check_output_path(out)
-    device = parse_device(device) if device is not None else default_device()
+    out, device = _check_options(tokens, Path(out), seq_len, batch_size, device)
     dist.init_from_env(device)
     model, model_name, dtype = _load(model, dtype, trust_remote_code, allow_missing_weights)
     tokens.check_model_vocab(model)
     check_positions(model, seq_len, "--seq-len")
     model.to(device).eval()
+    resolve_loss_impl(loss_impl, model)  # a path that cannot run: one line before any work
 
     meta = loss_writer.loss_store_meta(
         tokens,
@@ -109,24 +105,43 @@ def score_store(
         if int(meta["batch_size"]) != batch_size and dist.rank() == 0 and progress:
             print(f"{out}: resuming with its batch size {meta['batch_size']}", file=sys.stderr)
         batches = batch_windows(tokens.n_tokens, seq_len, int(meta["batch_size"]))
-        scored, seconds = _score_batches(model, tokens, out, meta, batches, device, progress)
-        dist.barrier()
-        # Every rank checks (no rank waits alone at the last barrier if something is missing).
-        if not loss_writer.done_batches(out, meta, len(batches)).all():
-            raise RuntimeError(f"{out}: some batches were not scored; rerun to finish")
-        scored = int(dist.all_reduce_sum(torch.tensor([scored], device=device)).item())
-        finished = {}
-        dist.checked(
-            lambda: finished.update(
-                loss_writer.finish(out, meta, tokens.n_tokens, len(batches), tokens)
-            ),
-            device=device,
-        )  # finish refuses mostly-NaN losses: every rank raises, none waits at the barrier
-        if dist.rank() == 0 and progress:
-            tok_s = scored / max(seconds, 1e-9)
-            print(ScoreSummary(scored, finished["mean_loss"], seconds, tok_s))
-        dist.barrier()
+        run = _Run(model, tokens, out, meta, device, progress, loss_impl)
+        scored, seconds = _score_batches(run, batches)
+        _finish(run, batches, scored, seconds)
     return LossStore(out, tokens, seq_len)
+
+
+def _check_options(tokens: TokenStore, out: Path, seq_len: int, batch_size: int, device):
+    """(out, the device): every option a user can get wrong, refused in one line."""
+    n_windows(tokens.n_tokens, seq_len)  # seq_len >= 2
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be positive, got {batch_size}")
+    check_not_input(out, [tokens.path], "--out")
+    from rho.options import check_output_path, parse_device  # one line for a bad device or out
+
+    check_output_path(out)
+    return out, parse_device(device) if device is not None else default_device()
+
+
+def _finish(run: _Run, batches: list, scored: int, seconds: float) -> None:
+    """After every rank's batches: check them all, finish the store, print the summary."""
+    out, meta, device = run.out, run.meta, run.device
+    dist.barrier()
+    # Every rank checks (no rank waits alone at the last barrier if something is missing).
+    if not loss_writer.done_batches(out, meta, len(batches)).all():
+        raise RuntimeError(f"{out}: some batches were not scored; rerun to finish")
+    scored = int(dist.all_reduce_sum(torch.tensor([scored], device=device)).item())
+    finished = {}
+    dist.checked(
+        lambda: finished.update(
+            loss_writer.finish(out, meta, run.tokens.n_tokens, len(batches), run.tokens)
+        ),
+        device=device,
+    )  # finish refuses mostly-NaN losses: every rank raises, none waits at the barrier
+    if dist.rank() == 0 and run.progress:
+        tok_s = scored / max(seconds, 1e-9)
+        print(ScoreSummary(scored, finished["mean_loss"], seconds, tok_s))
+    dist.barrier()
 
 
 def _load(model, dtype: str | None, trust_remote_code: bool, allow_missing_weights: bool):
@@ -143,9 +158,23 @@ def _load(model, dtype: str | None, trust_remote_code: bool, allow_missing_weigh
     return model.to(parse_dtype(dtype)), type(model).__name__, dtype
 
 
-def _score_batches(model, tokens, out: Path, meta: dict, batches, device, progress: bool):
+@dataclass
+class _Run:
+    """What one scoring run works with."""
+
+    model: torch.nn.Module
+    tokens: TokenStore
+    out: Path
+    meta: dict
+    device: torch.device
+    progress: bool
+    loss_impl: str
+
+
+def _score_batches(run: _Run, batches: list) -> tuple[int, float]:
     """This rank's unfinished batches (batch b goes to rank b mod world), written and recorded
     as they finish; returns (tokens scored, seconds)."""
+    model, tokens, out, meta, device = run.model, run.tokens, run.out, run.meta, run.device
     done = loss_writer.done_batches(out, meta, len(batches))
     mine = np.zeros(len(batches), dtype=bool)
     mine[dist.rank() :: dist.world_size()] = True
@@ -158,14 +187,16 @@ def _score_batches(model, tokens, out: Path, meta: dict, batches, device, progre
         desc="score",
         unit="tok",
         unit_scale=True,
-        disable=True if not progress or dist.rank() else None,  # None: on a terminal only
+        disable=True if not run.progress or dist.rank() else None,  # None: on a terminal only
     )
     seq_len, entropy = meta["seq_len"], bool(meta.get("has_entropy"))
     losses = loss_writer.LossFile(*(out / name for name in loss_writer.value_files(meta)))
     start = last_save = time.perf_counter()
     try:
         mine = [batches[b] for b in todo]
-        stream = iter_window_losses(model, tokens.tokens, seq_len, mine, device, entropy)
+        stream = iter_window_losses(
+            model, tokens.tokens, seq_len, mine, device, entropy, run.loss_impl
+        )
         for b, (batch, values) in zip(todo, stream, strict=True):
             first = batch.start * seq_len
             rows = values.reshape(2 if entropy else 1, -1)

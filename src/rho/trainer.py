@@ -1,13 +1,13 @@
 """SelectiveTrainer: transformers.Trainer with the selective loss (SLM) and online RHO-LOSS,
 configured by ``SelectiveTrainingArguments`` (TrainingArguments plus the selection options).
 
-It overrides only what the method needs: the loss (``compute_loss`` calls ``rho.loss.slm_loss``),
-the step's normaliser (``get_batch_samples`` counts, before the step, how many tokens the step
-will select on all ranks and micro-batches, with ``rho.select.count_kept``), the choice of
-windows from candidate batches for sample selection (``rho.candidates``), bf16 autocast, and
-logs and saves. Everything else, every ``TrainingArguments`` flag included, is the Trainer's;
-the compute counters are a callback (``rho.meter``). docs/ARCHITECTURE.md has the semantics
-(normalisation, scopes, world consistency, compute counters, debugging dumps).
+It overrides only what the method needs: the loss (``compute_loss``: ``rho.loss.slm_loss`` on
+logits or hidden states, by ``--loss_impl``, ``rho.output_layer``), the step's normaliser
+(``get_batch_samples`` counts, before the step, how many tokens the step will select on all ranks
+and micro-batches), the choice of windows from candidate batches (``rho.candidates``), bf16
+autocast, logs and saves. Everything else is the Trainer's; the compute counters are a callback
+(``rho.meter``). docs/ARCHITECTURE.md has the semantics (normalisation, scopes, world
+consistency, compute counters, debugging dumps).
 """
 
 from __future__ import annotations
@@ -23,15 +23,16 @@ from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from rho import distributed as dist
+from rho import output_layer
 from rho.candidates import choose_windows
 from rho.data import NOT_MODEL_INPUTS
 from rho.errors import UserError
 from rho.files import remove_path
-from rho.loss import STAT_KEYS, selective_mean, slm_loss, stats_from_sums, token_losses
+from rho.loss import STAT_KEYS, slm_loss, stats_from_sums
 from rho.meter import ComputeMeter
 from rho.models import check_not_same_model, count_parameters
 from rho.options import SelectionArguments
-from rho.run_options import selection_record
+from rho.run_options import LossImpl, selection_record
 from rho.runs import (
     MetricsFileCallback,
     check_whole_checkpoint,
@@ -43,7 +44,7 @@ from rho.runs import (
     write_manifest,
     write_run_files,
 )
-from rho.select import KeepRule, count_kept, n_keep, select_topk, unit_sizes
+from rho.select import KeepRule, check_choice, count_kept, n_keep, select_topk, unit_sizes
 from rho.windows import IGNORE, to_model
 
 DUMP_ENV = "RHO_DUMP_SELECTIONS"  # a directory: every micro-batch's selection is saved there
@@ -68,10 +69,12 @@ class SelectiveTrainingArguments(SelectionArguments, TrainingArguments):
             "leaves some parameters unused in a step (DDP then says so)"
         },
     )
+    loss_impl: str = field(default="auto", metadata={"help": output_layer.LOSS_IMPL_HELP})
 
     def __post_init__(self):
         TrainingArguments.__post_init__(self)
         self.check_selection()
+        check_choice(self.loss_impl, output_layer.LOSS_IMPLS, "--loss_impl")
         if self.remove_unused_columns:
             raise UserError(
                 "--remove_unused_columns must be false: rho's batches carry reference losses "
@@ -124,6 +127,11 @@ class SelectiveTrainer(Trainer):
         if ref_model is not None:
             check_not_same_model(self.model, ref_model)
             ref_model.to(self.args.device).eval().requires_grad_(False)
+        resolve = partial(output_layer.resolve_loss_impl, self.args.loss_impl)
+        self.loss_impl, ref_impl = resolve(self.model), ref_model and resolve(ref_model)
+        self.rho_options.loss_impl = LossImpl(
+            asked=self.args.loss_impl, learner=self.loss_impl, reference=ref_impl
+        )
         self._sums: torch.Tensor | None = None
         self._micro = (-1, 0)  # (global step, micro-batch index): seeds random scores, dumps
         n_ref = 0 if ref_model is None else count_parameters(ref_model)
@@ -162,6 +170,7 @@ class SelectiveTrainer(Trainer):
             seed=self.args.seed,
             step=self.state.global_step,
             micro=micro,
+            loss_impl=self.args.loss_impl,
         )
         if os.environ.get(DUMP_ENV):
             name = f"micro{micro}-rank{dist.rank()}-candidates"
@@ -228,24 +237,14 @@ class SelectiveTrainer(Trainer):
 
     # --- the loss -----------------------------------------------------------------------------
 
-    def _reference_entropy(self, inputs: dict) -> torch.Tensor | None:
-        """Reference entropies aligned with the targets (model alignment), or None if not
-        needed (they come from the LossStore only)."""
-        if not self.args.needs_entropy:
-            return None
-        return to_model(inputs["ref_entropy"], float("nan"))
-
     def _reference_losses(self, inputs: dict, targets: torch.Tensor) -> torch.Tensor | None:
         """Reference losses aligned with ``targets`` (model alignment), or None if not needed."""
         if not self.args.needs_reference:
             return None
         if "ref_loss" in inputs:
             return to_model(inputs["ref_loss"], float("nan"))
-        with torch.inference_mode():
-            # use_cache=False: no key/value cache to build for a single scoring pass
-            logits = self.ref_model(input_ids=inputs["input_ids"], use_cache=False).logits
-            ref = token_losses(logits, targets)
-        return ref.clone()  # a normal tensor again, outside inference mode
+        ids = {"input_ids": inputs["input_ids"]}  # no gradient, the impl's output layer path
+        return output_layer.model_token_losses(self.ref_model, ids, targets, self.args.loss_impl)
 
     def _world_select(self, scores, valid, ratio, scope):
         """Rank this micro-batch together with the same micro-batch on every other rank (scores
@@ -267,27 +266,28 @@ class SelectiveTrainer(Trainer):
         return torch.Generator().manual_seed(hash(key) & 0x7FFFFFFF)
 
     def _dump(self, name: str, **arrays: torch.Tensor) -> None:
-        out = Path(os.environ[DUMP_ENV])
-        out.mkdir(parents=True, exist_ok=True)
-        step = self.state.global_step
-        np.savez(
-            out / f"step{step:05d}-{name}.npz", **{k: v.cpu().numpy() for k, v in arrays.items()}
-        )
+        (out := Path(os.environ[DUMP_ENV])).mkdir(parents=True, exist_ok=True)
+        arrays = {k: v.cpu().numpy() for k, v in arrays.items()}
+        np.savez(out / f"step{self.state.global_step:05d}-{name}.npz", **arrays)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         model_inputs = {k: v for k, v in inputs.items() if k not in NOT_MODEL_INPUTS}
-        outputs = model(**model_inputs)
         # Shift the labels, not the logits: the targets end in an ignored column, so the
-        # (B, T, V) logits are used whole (slicing them would copy them in forward and backward).
-        logits, targets = outputs.logits, to_model(inputs["labels"], IGNORE)
+        # (B, T, V) logits (or hidden states) are used whole (a slice would be a copy).
+        targets = to_model(inputs["labels"], IGNORE)
+        logits_needed = not model.training and self.compute_metrics is not None  # for metrics
+        outputs, logits = output_layer.forward_outputs(
+            model, model_inputs, self.loss_impl, logits_needed
+        )
         if not model.training:  # evaluation: plain mean cross-entropy over every target
-            loss = selective_mean(token_losses(logits, targets), targets != IGNORE)
+            loss = slm_loss(logits, targets, ratio=1.0, score="learner").loss
             return (loss, outputs) if return_outputs else loss
 
         self._next_micro()
         token_mode = self.args.selects_tokens
+        needs_entropy = token_mode and self.args.needs_entropy
         world = dist.world_size()
-        batch_scope = self.args.scope == "batch" and world > 1
+        world_select = token_mode and self.args.scope == "batch" and world > 1
         local_select = partial(select_topk, keep=self.keep_rule)
         result = slm_loss(
             logits,
@@ -299,8 +299,9 @@ class SelectiveTrainer(Trainer):
             generator=self._generator() if self.args.score == "random" else None,
             # DDP averages gradients over ranks; scale so the sum over ranks is the step's mean.
             normalizer=None if num_items_in_batch is None else num_items_in_batch / world,
-            select=self._world_select if token_mode and batch_scope else local_select,
-            ref_entropy=self._reference_entropy(inputs) if token_mode else None,
+            select=self._world_select if world_select else local_select,
+            # reference entropies come from the LossStore only
+            ref_entropy=to_model(inputs["ref_entropy"], float("nan")) if needs_entropy else None,
         )
         if os.environ.get(DUMP_ENV):
             name = f"micro{self._micro[1]}-rank{dist.rank()}"

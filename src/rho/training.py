@@ -143,6 +143,7 @@ def run_record(trainer, data: ModelDataArguments, losses, seq_len: int) -> RunOp
         tokens_hash=trainer.train_dataset.tokens.meta["content_hash"],
         ref_losses_hash=losses.meta.get("loss_hash") if reads_losses else None,
         architecture=architecture(trainer.model),
+        loss_impl=trainer.rho_options.loss_impl,
     )
 
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from rho.errors import UserError
 from rho.files import read_slice
-from rho.loss import token_entropy, token_losses
+from rho.output_layer import model_token_losses
 from rho.store import n_windows, window_bounds
 
 IGNORE = -100  # the ignored target id (Hugging Face's and torch's convention)
@@ -38,22 +38,21 @@ def to_store(values: torch.Tensor, fill: float | int = float("nan")) -> torch.Te
 
 
 @torch.inference_mode()
-def window_losses(model, ids: torch.Tensor) -> torch.Tensor:
+def window_losses(model, ids: torch.Tensor, loss_impl: str = "auto") -> torch.Tensor:
     """(B, L) token ids -> (B, L) float32 losses in the store's alignment: NaN at position 0,
-    else the loss of token t given the tokens before it in the window (the alignment rule)."""
-    logits = model(input_ids=ids, use_cache=False).logits  # no KV cache: nothing is generated
-    # Shifting the targets, not slicing the logits, keeps the logits whole (a slice is a copy).
-    return to_store(token_losses(logits, to_model(ids, IGNORE)))
+    else the loss of token t given the tokens before it in the window (the alignment rule).
+    ``loss_impl``: the output layer's path (``rho.output_layer``)."""
+    return to_store(model_token_losses(model, {"input_ids": ids}, to_model(ids, IGNORE), loss_impl))
 
 
 @torch.inference_mode()
-def window_losses_and_entropies(model, ids: torch.Tensor) -> torch.Tensor:
+def window_losses_and_entropies(model, ids: torch.Tensor, loss_impl: str = "auto") -> torch.Tensor:
     """(B, L) token ids -> (2, B, L) float32: the losses of ``window_losses`` and, from the same
-    forward pass, the entropy of the distribution that predicted each token (store alignment:
-    NaN at position 0; both chunked, so memory stays near the logits' own)."""
-    logits = model(input_ids=ids, use_cache=False).logits
-    losses = to_store(token_losses(logits, to_model(ids, IGNORE)))
-    return torch.stack([losses, to_store(token_entropy(logits))])
+    chunks of the same forward pass, the entropy of the distribution that predicted each token
+    (store alignment: NaN at position 0)."""
+    targets = to_model(ids, IGNORE)
+    values = model_token_losses(model, {"input_ids": ids}, targets, loss_impl, entropy=True)
+    return torch.stack([to_store(v) for v in values])
 
 
 def batch_windows(n_tokens: int, seq_len: int, batch_size: int) -> list[range]:
@@ -84,14 +83,16 @@ def iter_window_losses(
     batches: Iterable[Sequence[int]],
     device: torch.device,
     entropy: bool = False,
+    loss_impl: str = "auto",
 ) -> Iterator[tuple[Sequence[int], np.ndarray]]:
     """Run ``model`` over each batch of windows of the token array: yields (batch, its
     (len(batch), L) float32 losses in the store's alignment; with ``entropy``, (2, len(batch), L):
-    losses and entropies). Used by score, eval and analyze."""
+    losses and entropies). ``loss_impl``: see ``rho.output_layer``. Used by score, eval and
+    analyze."""
     for batch in batches:
         ids = torch.from_numpy(window_ids(tokens, seq_len, batch)).to(device)
         run = window_losses_and_entropies if entropy else window_losses
-        yield batch, run(model, ids).float().cpu().numpy()
+        yield batch, run(model, ids, loss_impl).float().cpu().numpy()
 
 
 def losses_of_windows(model, ids: np.ndarray, batch_size: int, device) -> np.ndarray:

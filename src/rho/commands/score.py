@@ -10,6 +10,7 @@ from rho import distributed as dist
 from rho.commands.parser import DEVICE, Command
 from rho.models import DTYPES
 from rho.options import option
+from rho.output_layer import LOSS_IMPL_HELP, LOSS_IMPLS
 from rho.score import score_store
 
 
@@ -30,6 +31,7 @@ class ScoreOptions:
         "(ref_entropy.npy; needed by --score reference-entropy and reference+entropy)",
         False,
     )
+    loss_impl: str = option(LOSS_IMPL_HELP, "auto", choices=LOSS_IMPLS)
     trust_remote_code: bool = option("allow model code", False)
     allow_missing_weights: bool = option(
         "score with a model whose files lack some weights (left at their initial values)", False
@@ -49,6 +51,7 @@ def main(options: ScoreOptions) -> int:
             device=options.device,
             overwrite=options.overwrite,
             entropy=options.entropy,
+            loss_impl=options.loss_impl,
             trust_remote_code=options.trust_remote_code,
             allow_missing_weights=options.allow_missing_weights,
         )
