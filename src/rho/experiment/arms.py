@@ -72,15 +72,16 @@ class Arm:
             kw["candidate_factor"] = cfg.candidate_factor
         return SelectionArguments(selection=self.selection, score=self.score, **kw)
 
-    def text(self, cfg: dict, mix_share: float) -> str:
+    def text(self, cfg, mix_share: float) -> str:
+        """The report's line for this arm, with the config's (ExperimentConfig) settings."""
         return self.description.format(
-            ratio=cfg["ratio"],
+            ratio=cfg.ratio,
             share=mix_share,
-            keep=cfg["prune_keep"],
-            factor=cfg["candidate_factor"],
-            proto_keep=cfg.get("proto_keep", 0.5),
-            proto_from=SIDES[cfg.get("proto_from", "hard")],
-            self_share=cfg.get("self_reference", 0.1),
+            keep=cfg.prune_keep,
+            factor=cfg.candidate_factor,
+            proto_keep=cfg.proto_keep,
+            proto_from=SIDES[cfg.proto_from],
+            self_share=cfg.self_reference,
         )
 
 

@@ -24,6 +24,7 @@ import numpy as np
 from rho.corpora import demo_path
 from rho.errors import UserError
 from rho.experiment.prepare import in_validation
+from rho.experiment.records import Results
 from rho.experiment.runner import EXPERIMENT_KIND, run_experiment
 from rho.experiment.settings import ExperimentConfig, load_yaml
 from rho.files import check_replaceable, mark_output, write_text_atomic
@@ -96,7 +97,7 @@ def clean_math(line: str) -> bool:
     return record.get("domain") == "math" and not record.get("noise_spans")
 
 
-def run_demo(cfg: ExperimentConfig, quick: bool = False, setting: str = "paper") -> dict:
+def run_demo(cfg: ExperimentConfig, quick: bool = False, setting: str = "paper") -> Results:
     """`rho experiment` on the demo's files, written into ``cfg.out``/demo-data first; ``cfg``
     holds demo_defaults(quick, setting) under the user's config and flags."""
     out = Path(cfg.out)

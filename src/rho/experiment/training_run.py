@@ -18,6 +18,7 @@ from rho.data import WindowDataset
 from rho.errors import UserError
 from rho.eval.heldout import evaluate_store
 from rho.experiment.prepare import SPLITS
+from rho.experiment.records import Curve, Data, Final, Trained
 from rho.files import one_line
 from rho.models import PRESETS, count_parameters
 from rho.options import ModelDataArguments, SelectionArguments
@@ -130,8 +131,7 @@ def validation_sample(store: str, seq_len: int, windows: int) -> Subset:
 def train_run(
     directory: Path,
     cfg,
-    stores: dict[str, str],
-    axes: list[str],
+    data: Data,
     *,
     label: str,
     init: str,
@@ -142,78 +142,81 @@ def train_run(
     lr: float,
     ref_losses: str | None = None,
     save_checkpoints: bool = False,
-) -> dict:
+) -> Trained:
     """Train from ``init`` (a preset or a model directory) on ``tokens``; returns the run's
-    result: curve, final validation and test loss per axis, what it trained (steps, warm-up,
+    record: curve, final validation and test loss per axis, what it trained (steps, warm-up,
     tokens, windows read), FLOPs, seconds. ``cfg`` is the stage's view of the config (the
-    schedule fields)."""
+    schedule fields); ``data`` the data stage's record (the held-out stores)."""
     preset = init in PRESETS
-    data = ModelDataArguments(
+    options = ModelDataArguments(
         tokens=tokens,
         model=None if preset else init,
         preset=init if preset else None,
         ref_losses=ref_losses if selection.needs_reference else None,
-        eval_tokens=stores[f"{axes[0]}-validation"],  # checked here, replaced by all axes below
+        eval_tokens=data.split(data.axes[0], "validation"),  # replaced by all axes below
         seq_len=cfg.seq_len,
     )
     run = directory / "run"
     args = training_arguments(run, cfg, steps, seed, lr, save_checkpoints, selection)
-    trainer = build_trainer(data, args)
+    trainer = build_trainer(options, args)
     trainer.eval_dataset = {
-        axis: validation_sample(stores[f"{axis}-validation"], cfg.seq_len, cfg.eval_windows)
-        for axis in axes
+        axis: validation_sample(data.split(axis, "validation"), cfg.seq_len, cfg.eval_windows)
+        for axis in data.axes
     }
     trainer.remove_callback(PrinterCallback)  # raw log dicts go to metrics.jsonl, not the console
-    trainer.add_callback(ConsoleLines(label, axes, steps))
+    trainer.add_callback(ConsoleLines(label, data.axes, steps))
     trainer.add_callback(EvaluateAtEnd())
     trainer.evaluate()  # the starting point of every curve
     trainer.train()
     trainer.save_model()
-    compute, n_params = trainer.compute_logs(), count_parameters(trainer.model)
-    tokens_seen = int(trainer.state.num_input_tokens_seen)
-    trained = {
-        "steps": int(trainer.state.global_step),
-        "warmup_steps": int(args.warmup_steps),
-        # RHO-LOSS reads (forwards) candidate windows beyond those it trains on.
-        "windows_read": int(compute["candidate_windows"] or compute["windows_trained"]),
-        "windows_trained": int(compute["windows_trained"]),
-        "sample_windows": {axis: len(trainer.eval_dataset[axis]) for axis in axes},
-    }
+    trained = trained_counts(trainer, args)
     del trainer
-    final = {
-        split: {
-            axis: evaluate_store(
-                run, stores[f"{axis}-{split}"], cfg.seq_len, cfg.batch_size, progress=False
-            )["overall"]["loss"]  # fmt: skip
-            for axis in axes
-        }
-        for split in SPLITS
-    }
-    return {
-        "run": str(run),
-        "final": final,
-        "curve": curve(run, axes),
-        "train_tokens": tokens_seen,
-        **trained,
-        "flops_train": compute["flops_train"]
-        + compute["flops_candidates"]
-        + compute["flops_ref_online"],
-        "seconds_train": compute["train_seconds"],
-        "n_params": n_params,
-    }
+    return Trained(run=str(run), final=final_losses(run, cfg, data), curve=curve(run, data.axes),
+                   **trained)  # fmt: skip
 
 
-def curve(run: Path, axes: list[str]) -> dict:
+def trained_counts(trainer, args) -> dict:
+    """What a finished trainer trained: steps, warm-up, tokens, windows, FLOPs, seconds."""
+    compute = trainer.compute_logs()
+    return dict(
+        train_tokens=int(trainer.state.num_input_tokens_seen),
+        steps=int(trainer.state.global_step),
+        warmup_steps=int(args.warmup_steps),
+        # RHO-LOSS reads (forwards) candidate windows beyond those it trains on.
+        windows_read=int(compute["candidate_windows"] or compute["windows_trained"]),
+        windows_trained=int(compute["windows_trained"]),
+        sample_windows={axis: len(sample) for axis, sample in trainer.eval_dataset.items()},
+        flops_train=flops(compute),
+        seconds_train=compute["train_seconds"],
+        n_params=count_parameters(trainer.model),
+    )
+
+
+def flops(logged: dict) -> float:
+    """Training FLOPs, candidate forwards and an online reference included."""
+    return logged["flops_train"] + logged["flops_candidates"] + logged["flops_ref_online"]
+
+
+def final_losses(run: Path, cfg, data: Data) -> Final:
+    """The saved model's loss on the whole validation and test sets of every axis."""
+
+    def loss(axis: str, split: str) -> float:
+        result = evaluate_store(run, data.split(axis, split), cfg.seq_len, cfg.batch_size,
+                                progress=False)  # fmt: skip
+        return result["overall"]["loss"]
+
+    return Final(**{split: {axis: loss(axis, split) for axis in data.axes} for split in SPLITS})
+
+
+def curve(run: Path, axes: list[str]) -> Curve:
     """Validation loss per axis at each evaluation, with the trained tokens, FLOPs (candidate
     forwards and an online reference included) and training seconds at that point."""
     points = eval_records(run, f"eval_{axes[0]}_loss")
-    out = {
-        "tokens": [r["tokens_seen"] for r in points],
-        "flops": [r["flops_train"] + r["flops_candidates"] + r["flops_ref_online"] for r in points],
-        "seconds": [r["train_seconds"] for r in points],
-    }
+    tokens = [r["tokens_seen"] for r in points]
+    losses = {}
     for axis in axes:
         key = f"eval_{axis}_loss"
         by_tokens = {r["tokens_seen"]: r[key] for r in eval_records(run, key)}
-        out[axis] = [by_tokens.get(t) for t in out["tokens"]]
-    return out
+        losses[axis] = [by_tokens.get(t) for t in tokens]
+    return Curve(tokens=tokens, flops=[flops(r) for r in points],
+                 seconds=[r["train_seconds"] for r in points], losses=losses)  # fmt: skip
