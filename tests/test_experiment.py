@@ -151,7 +151,7 @@ def test_leaked_document_is_caught_before_training(tmp_path, data):
     cfg = ExperimentConfig(**json.loads(write_config(tmp_path / "c.yaml", data, tmp_path / "o")
                                         .read_text()))  # fmt: skip
     result = prepare(cfg, tmp_path / "stage")
-    dropped = result["decontamination"]["target"]["dropped"]
+    dropped = result.decontamination["target"].dropped
     texts = [json.loads(line)["text"] for line in Path(data["target"]).read_text().splitlines()]
     assert [texts[i] for i in dropped] == [data["leaked"]]
     kept = "".join((tmp_path / "stage" / "heldout" / f"target-{s}.jsonl").read_text()

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict
 
 from rho.analysis.dynamics_report import run_dynamics
 from rho.analysis.html_report import run_html
@@ -16,6 +17,16 @@ from rho.experiment.records import Analyses, Data, DynamicsTable, SelectionRates
 from rho.files import read_json
 from rho.runs import run_checkpoints
 from rho.store import TokenStore
+
+
+class DynamicsFile(BaseModel):
+    """What the analyses read of `rho analyze dynamics`'s dynamics.json."""
+
+    model_config = ConfigDict(extra="ignore")
+    checkpoints: list[str]
+    threshold: float
+    table: DynamicsTable
+    all_tokens_mean_loss: list[float]
 
 
 @dataclass
@@ -75,19 +86,19 @@ def dynamics(cfg, clm: Path, data: Data, directory: Path) -> Analyses:
     continual pretraining) on the target test set."""
     checkpoints = [p for _, p in run_checkpoints(clm)]
     spaced = np.unique(np.linspace(0, len(checkpoints) - 1, cfg.dynamics_checkpoints).round())
-    table = run_dynamics(
+    run_dynamics(
         [checkpoints[int(i)] for i in spaced],
         TokenStore(data.split(data.axes[0], "test")),
         directory / "dynamics",
         seq_len=cfg.seq_len,
         progress=False,
-    )["table"]
-    recorded = read_json(directory / "dynamics" / "dynamics.json")
-    mean = [float(m) for m in recorded["all_tokens_mean_loss"]]
+    )
+    recorded = DynamicsFile.model_validate(read_json(directory / "dynamics" / "dynamics.json"))
+    mean = recorded.all_tokens_mean_loss
     return Analyses(
-        dynamics=DynamicsTable.model_validate(table),
-        dynamics_checkpoints=len(recorded["checkpoints"]),
-        dynamics_threshold=recorded["threshold"],
+        dynamics=recorded.table,
+        dynamics_checkpoints=len(recorded.checkpoints),
+        dynamics_threshold=recorded.threshold,
         dynamics_mean_loss=mean,
         dynamics_loss_fall=mean[0] - mean[-1] if mean else None,
     )

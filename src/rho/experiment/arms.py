@@ -65,12 +65,8 @@ class Arm:
         return 1.0
 
     def selection_arguments(self, cfg) -> SelectionArguments:
-        kw = {}
-        if "ratio" in self.reads:
-            kw["ratio"] = cfg.ratio
-        if "candidate_factor" in self.reads:
-            kw["candidate_factor"] = cfg.candidate_factor
-        return SelectionArguments(selection=self.selection, score=self.score, **kw)
+        own = {k: getattr(cfg, k) for k in ("ratio", "candidate_factor") if k in self.reads}
+        return SelectionArguments(selection=self.selection, score=self.score, **own)
 
     def text(self, cfg, mix_share: float) -> str:
         """The report's line for this arm, with the config's (ExperimentConfig) settings."""

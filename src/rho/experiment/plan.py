@@ -138,22 +138,26 @@ class Planner:
     def base(self) -> None:
         """A preset pretrained on --base_data (cached across run directories by its key), or a
         given model or a fresh preset: nothing to pretrain."""
-        cfg = self.cfg
-        if pretrains_base(cfg):
-            key = self.stages[self.add("base", Kind.BASE, "base", after=("data",), cached=True)].key
-            self.stages["base"] = Stage(f"base-{key}", Kind.BASE, key, ("data",), cached=True)
+        if pretrains_base(self.cfg):
+            self.cache(self.add("base", Kind.BASE, "base", after=("data",), cached=True))
         else:
-            self.add("base", Kind.BASE, "base", base=cfg.base)
+            self.add("base", Kind.BASE, "base", base=self.cfg.base)
 
     def proxy(self) -> None:
         """The proxy references' smaller base, pretrained (and cached) like the base."""
         cfg = self.cfg
         if cfg.reference_base in PRESETS and not cfg.from_scratch:
-            key = self.stages[self.add("proxy", Kind.PROXY, "proxy", after=("data",))].key
-            self.stages["proxy"] = Stage(f"base-{key}", Kind.PROXY, key, ("data",), cached=True)
+            self.cache(self.add("proxy", Kind.PROXY, "proxy", after=("data",)))
         else:  # a given model or a fresh preset
             key = stage_key(stage="proxy", base=cfg.reference_base, scratch=cfg.from_scratch)
             self.stages["proxy"] = Stage("proxy", Kind.PROXY, key)
+
+    def cache(self, name: str) -> None:
+        """Make a pretrained stage a shared cache entry, named by its key: other run
+        directories with the same key find it."""
+        stage = self.stages[name]
+        self.stages[name] = Stage(f"base-{stage.key}", stage.kind, stage.key, stage.after,
+                                  cached=True)  # fmt: skip
 
     def reference(self, source: str, r: int) -> str:
         """A scoring reference: the base (or the proxy) fine-tuned on the curated data, or the

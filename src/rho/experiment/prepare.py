@@ -40,10 +40,10 @@ def inputs_key(cfg) -> dict:
         role: [file_hash(f) for f in getattr(cfg, role)]
         for role in ("curated", "corpus", "base_data")
     }
-    files["heldout"] = {
+    heldout = {
         name: [file_hash(f) for f in paths] for name, paths in heldout_sets(cfg.heldout).items()
     }
-    return files
+    return {**files, "heldout": heldout}
 
 
 def texts_of(path: str) -> list[str]:
@@ -77,11 +77,26 @@ def tokenizer_source(cfg) -> str | None:
 
 def prepare(cfg, directory: Path) -> Data:
     """The data stage (see the module docstring); ``cfg`` is the stage's view of the config."""
-    training_side = {
-        role: [t for f in getattr(cfg, role) for t in texts_of(f)]
-        for role in ("curated", "corpus", "base_data")
-    }
-    index = NgramIndex.build([t for texts in training_side.values() for t in texts])
+    curated, corpus, base = ([t for f in files for t in texts_of(f)]
+                             for files in (cfg.curated, cfg.corpus, cfg.base_data))  # fmt: skip
+    index = NgramIndex.build([*curated, *corpus, *base])
+    split_files, decontam = split_heldout(cfg, index, directory / "heldout")
+    overlap = base_overlap(base, corpus)
+    del curated, corpus, base, index
+    paths, curated_files = tokenize_stores(cfg, split_files, directory)
+    return Data(
+        stores=paths,
+        files=InputFiles(corpus=list(cfg.corpus), curated=list(curated_files)),
+        axes=list(split_files),
+        decontamination=decontam,
+        base_overlap=overlap,
+        tokens={k: TokenStore(p).n_tokens for k, p in paths.items()},
+    )
+
+
+def split_heldout(cfg, index: NgramIndex, directory: Path):
+    """Each held-out set decontaminated against ``index`` and split by document hash into
+    validation and test files; returns {name: {split: file}} and {name: its statistics}."""
     split_files: dict[str, dict[str, str]] = {}
     decontam: dict[str, Decontamination] = {}
     for name, files in heldout_sets(cfg.heldout).items():
@@ -94,12 +109,15 @@ def prepare(cfg, directory: Path) -> Data:
         if not validation or not test:
             raise_small(name, len(texts), len(kept))
         split_files[name] = {
-            split: str(write_docs(directory / "heldout" / f"{name}-{split}.jsonl", docs))
+            split: str(write_docs(directory / f"{name}-{split}.jsonl", docs))
             for split, docs in zip(SPLITS, (validation, test), strict=True)
         }
-    overlap = base_overlap(training_side["base_data"], training_side["corpus"])
-    del training_side, index
+    return split_files, decontam
 
+
+def tokenize_stores(cfg, split_files: dict, directory: Path) -> tuple[dict[str, str], list[str]]:
+    """Every token store by role (the corpus's tokenizer, trained or the base's, for all);
+    returns them and the curated files used (a sample of them under --curated_tokens)."""
     stores = directory / "stores"
     source = tokenizer_source(cfg)
     if source is None:
@@ -117,29 +135,20 @@ def prepare(cfg, directory: Path) -> Data:
     curated = cfg.curated
     if cfg.curated_tokens and curated:
         curated = [str(curated_sample(curated, tok, cfg.curated_tokens, directory / "curated"))]
+    # the self-reference arms need no curated data; a given base no base data
+    roles = [("curated", curated), ("base", cfg.base_data)]
+    roles += [(f"{name}-{split}", [file]) for name, splits in split_files.items()
+              for split, file in splits.items()]  # fmt: skip
     paths = {"corpus": str(corpus.path)}
-    if curated:  # the self-reference arms need none
-        paths["curated"] = store("curated", curated)
-    if cfg.base_data:
-        paths["base"] = store("base", cfg.base_data)
-    for name, splits in split_files.items():
-        for split, file in splits.items():
-            paths[f"{name}-{split}"] = store(f"{name}-{split}", [file])
-    return Data(
-        stores=paths,
-        files=InputFiles(corpus=list(cfg.corpus), curated=list(curated)),
-        axes=list(split_files),
-        decontamination=decontam,
-        base_overlap=overlap,
-        tokens={k: TokenStore(p).n_tokens for k, p in paths.items()},
-    )
+    paths.update({role: store(role, files) for role, files in roles if files})
+    return paths, curated
 
 
 def curated_sample(files: list[str], tokenizer: str, budget: int, directory: Path) -> Path:
     """At most ``budget`` tokens of the curated files: whole documents in a seeded order (at
     least one), written as one jsonl file."""
     texts = [t for f in files for t in texts_of(f) if t.strip()]
-    lengths = [len(ids) for ids in load_tokenizer(tokenizer)(texts)["input_ids"]]
+    lengths = [len(ids) for ids in load_tokenizer(tokenizer)(texts).input_ids]
     order = np.random.default_rng(0).permutation(len(texts))
     used = np.cumsum([lengths[i] + 1 for i in order])  # + the end-of-document token
     take = max(1, int(np.searchsorted(used, budget, side="right")))

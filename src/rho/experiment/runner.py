@@ -115,9 +115,14 @@ class Runner:
         return self.stages.run(stage.name, stage.key, partial(build, self, stage), kind)
 
     # ------------------------------------------------------------------ stage builders
+    def only(self, kind: Kind) -> Record | None:
+        """The record of the plan's one stage of ``kind`` (data, mix, analyses), once run."""
+        names = [name for name, stage in self.plan.items() if stage.kind == kind]
+        return self.results.get(names[0]) if names else None
+
     @property
     def data(self) -> Data:
-        return self.results["data"]
+        return self.only(Kind.DATA)
 
     def model(self, name: str) -> str:
         """The model directory (or preset) of the base or proxy stage."""
@@ -181,7 +186,7 @@ class Runner:
         """``pool`` budgets of whole windows of the source, drawn by the seed (the first n of
         one permutation, so a larger pool holds a smaller one), kept in source order."""
         v = self.cfg.view("draw")
-        source = TokenStore(self.results["mix"].store if stage.source == "mix"
+        source = TokenStore(self.only(Kind.MIX).store if stage.source == "mix"
                             else self.data.store("corpus"))  # fmt: skip
         return draw_windows(source, v.seq_len, round(stage.pool * self.budget_windows(v)),
                             stage.seed, directory / "drawn")  # fmt: skip
@@ -273,14 +278,14 @@ class Runner:
         overhead = self.overheads(runs)
         summary = DataSummary(axes=data.axes, decontamination=data.decontamination,
                               tokens=data.tokens, base_overlap=data.base_overlap,
-                              mix=self.results.get("mix"))  # fmt: skip
+                              mix=self.only(Kind.MIX))  # fmt: skip
         return Results(
             config=cfg,
             data=summary,
             stages={name: stage.key for name, stage in self.plan.items()},
             runs=runs,
             overhead=overhead,
-            analyses=self.results.get("analyses"),
+            analyses=self.only(Kind.ANALYSES),
             seconds={k: round(v, 1) for k, v in self.stages.seconds.items()},
             references={name: self.reference(s) for name, s in self.of_kind(Kind.REFERENCE)},
             draws={name: self.draw(s) for name, s in self.of_kind(Kind.DRAW)},

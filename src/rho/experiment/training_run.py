@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict
 from torch.utils.data import Subset
 from tqdm.auto import tqdm
 from transformers import PrinterCallback, TrainerCallback
@@ -177,24 +178,38 @@ def train_run(
 
 def trained_counts(trainer, args) -> dict:
     """What a finished trainer trained: steps, warm-up, tokens, windows, FLOPs, seconds."""
-    compute = trainer.compute_logs()
+    compute = Logged.model_validate(trainer.compute_logs())
     return dict(
         train_tokens=int(trainer.state.num_input_tokens_seen),
         steps=int(trainer.state.global_step),
         warmup_steps=int(args.warmup_steps),
         # RHO-LOSS reads (forwards) candidate windows beyond those it trains on.
-        windows_read=int(compute["candidate_windows"] or compute["windows_trained"]),
-        windows_trained=int(compute["windows_trained"]),
+        windows_read=compute.candidate_windows or compute.windows_trained,
+        windows_trained=compute.windows_trained,
         sample_windows={axis: len(sample) for axis, sample in trainer.eval_dataset.items()},
-        flops_train=flops(compute),
-        seconds_train=compute["train_seconds"],
+        flops_train=compute.flops,
+        seconds_train=compute.train_seconds,
         n_params=count_parameters(trainer.model),
     )
 
 
-def flops(logged: dict) -> float:
-    """Training FLOPs, candidate forwards and an online reference included."""
-    return logged["flops_train"] + logged["flops_candidates"] + logged["flops_ref_online"]
+class Logged(BaseModel):
+    """The compute rho's trainer logs (rho.meter: its ``compute_logs`` and each record of a
+    run's metrics.jsonl), as far as the experiment reads it."""
+
+    model_config = ConfigDict(extra="ignore")
+    flops_train: float
+    flops_candidates: float
+    flops_ref_online: float
+    train_seconds: float
+    candidate_windows: int = 0
+    windows_trained: int = 0
+    tokens_seen: int = 0
+
+    @property
+    def flops(self) -> float:
+        """Training FLOPs, candidate forwards and an online reference included."""
+        return self.flops_train + self.flops_candidates + self.flops_ref_online
 
 
 def final_losses(run: Path, cfg, data: Data) -> Final:
@@ -211,12 +226,13 @@ def final_losses(run: Path, cfg, data: Data) -> Final:
 def curve(run: Path, axes: list[str]) -> Curve:
     """Validation loss per axis at each evaluation, with the trained tokens, FLOPs (candidate
     forwards and an online reference included) and training seconds at that point."""
-    points = eval_records(run, f"eval_{axes[0]}_loss")
-    tokens = [r["tokens_seen"] for r in points]
+    records = eval_records(run, f"eval_{axes[0]}_loss")
+    points = [Logged.model_validate(r) for r in records]
+    tokens = [p.tokens_seen for p in points]
     losses = {}
     for axis in axes:
         key = f"eval_{axis}_loss"
-        by_tokens = {r["tokens_seen"]: r[key] for r in eval_records(run, key)}
+        by_tokens = {Logged.model_validate(r).tokens_seen: r[key] for r in eval_records(run, key)}
         losses[axis] = [by_tokens.get(t) for t in tokens]
-    return Curve(tokens=tokens, flops=[flops(r) for r in points],
-                 seconds=[r["train_seconds"] for r in points], losses=losses)  # fmt: skip
+    return Curve(tokens=tokens, flops=[p.flops for p in points],
+                 seconds=[p.train_seconds for p in points], losses=losses)  # fmt: skip
