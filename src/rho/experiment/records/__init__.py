@@ -29,7 +29,6 @@ from rho.experiment.records.stage import (
     InputFiles,
     Mix,
     Model,
-    Overlap,
     Scores,
     SelectionRates,
     Trained,
@@ -59,7 +58,7 @@ __all__ = [
     "Amortised", "Analyses", "ArmRun", "BaseOverlap", "ComputeRow", "CostRatios", "Curve",
     "Data", "DataSummary", "Decontamination", "Difference", "Draw", "DynamicsRow",
     "DynamicsTable", "Embedded", "Final", "Frontier", "FrontierEntry", "InputFiles", "Mix",
-    "Model", "Overhead", "Overlap", "Pretrained", "Rank", "Record", "Reference",
+    "Model", "Overhead", "Pretrained", "Rank", "Record", "Reference",
     "ReferencePair", "Results", "Scores", "SelectionRates", "Spread", "Summary", "Target",
     "Totals", "Trained", "Windows", "Winners",
 ]  # fmt: skip

@@ -8,25 +8,15 @@ from typing import Any
 
 from pydantic import model_serializer, model_validator
 
+from rho.experiment.decontam import OverlapStats
 from rho.experiment.records.base import Record
-
-
-class Overlap(Record):
-    """rho.experiment.decontam.OverlapStats, as recorded."""
-
-    documents: int
-    ngrams: int
-    shared_ngrams: int
-    shared_fraction: float
-    documents_with_overlap: int
-    documents_without_ngrams: int
 
 
 class Decontamination(Record):
     n: int
     max_shared_fraction: float
-    before: Overlap
-    after: Overlap
+    before: OverlapStats  # the held-out set's overlap with the training side, before and after
+    after: OverlapStats
     documents_dropped: int
     dropped: list[int]
 
