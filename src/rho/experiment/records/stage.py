@@ -13,6 +13,8 @@ from rho.experiment.records.base import Record
 
 
 class Decontamination(Record):
+    """A held-out set's decontamination (rho.experiment.decontam.DecontamResult.as_dict)."""
+
     n: int
     max_shared_fraction: float
     before: OverlapStats  # the held-out set's overlap with the training side, before and after
