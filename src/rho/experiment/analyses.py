@@ -61,8 +61,9 @@ def selection_rates(sample: SelectionSample, domain_names: list[str]) -> Selecti
     valid = np.broadcast_to(sample.valid, sample.selected.shape).reshape(-1)
     selected = sample.selected.reshape(-1)[valid]
     n = len(sample.checkpoints)
-    out = SelectionRates(checkpoints=sample.checkpoints,
-                         tokens_per_checkpoint=int(valid.sum()) // max(1, n))  # fmt: skip
+    out = SelectionRates(
+        checkpoints=sample.checkpoints, tokens_per_checkpoint=int(valid.sum()) // max(1, n)
+    )
     if sample.noise is not None:
         noise = np.tile(sample.noise, n)[valid]
         clean = ~noise
@@ -104,16 +105,25 @@ def dynamics(cfg, clm: Path, data: Data, directory: Path) -> Analyses:
     )
 
 
-def analyse(cfg, clm: Trained, slm: Trained | None, slm_windows: str | None,
-            slm_losses: str | None, data: Data, out: Path, directory: Path,
-            first: int) -> Analyses:  # fmt: skip
+def analyse(
+    cfg,
+    clm: Trained,
+    slm: Trained | None,
+    slm_windows: str | None,
+    slm_losses: str | None,
+    data: Data,
+    out: Path,
+    directory: Path,
+    first: int,
+) -> Analyses:
     """CLM's token-loss dynamics; SLM's selection (Figures 6, 8) and the highlighted corpus
     (Figure 13) on the windows SLM trained on (``slm_windows``, with their reference losses
     ``slm_losses``). ``cfg`` is the analyses' view of the config."""
     result = dynamics(cfg, Path(clm.run), data, directory)
     if slm is not None:
-        selection = run_selection([Path(slm.run), Path(clm.run)], None, None,
-                                  directory / "selection", windows=64)  # fmt: skip
+        selection = run_selection(
+            [Path(slm.run), Path(clm.run)], None, None, directory / "selection", windows=64
+        )
         corpus = TokenStore(slm_windows)
         sample = selection_sample(selection, corpus, cfg.seq_len)
         result.selection = selection_rates(sample, corpus.domain_names)

@@ -70,8 +70,11 @@ def demo_files(directory: Path, quick: bool, seed: int = 0, setting: str = "pape
     math_held: list[str] = []
     if setting == "scarce":
         salt = "math-heldout"
-        math_held = [line for line in corpus if clean_math(line)
-                     and in_validation(document(line).text, MATH_HELDOUT, salt)]  # fmt: skip
+        math_held = [
+            line
+            for line in corpus
+            if clean_math(line) and in_validation(document(line).text, MATH_HELDOUT, salt)
+        ]
 
     def write(name: str, rows: list[str]) -> str:
         return str(write_text_atomic(directory / f"{name}.jsonl", "".join(rows)))

@@ -40,8 +40,9 @@ def shares_order(runs: Runs, a: str, b: str) -> bool:
     return same_order and seeds[0] == seeds[1] and len(seeds[0]) > 1
 
 
-def summarise(runs: Runs, axes: list[str], overhead: dict, cfg: ExperimentConfig,
-              pretrained_base: bool) -> Summary:  # fmt: skip
+def summarise(
+    runs: Runs, axes: list[str], overhead: dict, cfg: ExperimentConfig, pretrained_base: bool
+) -> Summary:
     """The verdict of the runs: ``overhead`` is each arm's one-off charge; ``pretrained_base``
     whether the base was pretrained here (for the variance the seeds do not cover)."""
     axis = axes[0]
@@ -127,8 +128,9 @@ def uncovered_variance(cfg: ExperimentConfig, pretrained_base: bool) -> list[str
     """What stays fixed across seeds, so the spread over seeds does not include it."""
     fixed = []
     if not cfg.from_scratch:
-        fixed.append("one base model" + (" (pretrained here once, seed 0)" if pretrained_base
-                                         else ""))  # fmt: skip
+        fixed.append(
+            "one base model" + (" (pretrained here once, seed 0)" if pretrained_base else "")
+        )
     fixed.append("one tokenizer")
     fixed.append("one corpus, one curated set and one validation/test split")
     if len(cfg.reference_seeds or cfg.seeds[:1]) < 2:
@@ -151,8 +153,9 @@ def frontier(compute: dict[str, ComputeRow], runs: Runs) -> Frontier:
         if ratio is not None:
             entry.below_clm = max(ratio.values) < 1.0
             if arm != MIX and mix is not None and mix.one_off is not None:
-                entry.against_mix = difference(total.one_off.values, mix.one_off.values,
-                                               paired=shares_order(runs, arm, MIX))  # fmt: skip
+                entry.against_mix = difference(
+                    total.one_off.values, mix.one_off.values, paired=shares_order(runs, arm, MIX)
+                )
         rows[arm] = entry
     reached = {arm: e.ratio_one_off.mean for arm, e in rows.items() if e.ratio_one_off}
     best = min(reached, key=reached.get) if reached else None

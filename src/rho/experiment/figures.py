@@ -40,8 +40,15 @@ def plot_axes(loss_table: dict, path: str | Path, x: str = "target", y: str = "g
         if x not in row or y not in row:
             continue
         sx, sy = row[x], row[y]
-        ax.errorbar(sx.mean, sy.mean, xerr=sx.std, yerr=sy.std, fmt="o", capsize=3,
-                    label=f"{arm} (n={min(sx.n, sy.n)})")  # fmt: skip
+        ax.errorbar(
+            sx.mean,
+            sy.mean,
+            xerr=sx.std,
+            yerr=sy.std,
+            fmt="o",
+            capsize=3,
+            label=f"{arm} (n={min(sx.n, sy.n)})",
+        )
         ax.annotate(arm, (sx.mean, sy.mean), textcoords="offset points", xytext=(5, 5))
     ax.set_xlabel(f"{x} test loss (nats/token)")
     ax.set_ylabel(f"{y} test loss (nats/token)")
@@ -75,11 +82,13 @@ def _mean_band(curves: list[tuple[np.ndarray, np.ndarray]]):
 def _curves(seeds: list[ArmRun], axis: str, column: str) -> list[tuple[np.ndarray, np.ndarray]]:
     """Each seed's (``column``: tokens or FLOPs, validation loss on ``axis``), where it has them."""
     return [
-        (np.asarray(getattr(run.curve, column), dtype=np.float64),
-         np.asarray(run.curve.losses[axis], dtype=np.float64))
+        (
+            np.asarray(getattr(run.curve, column), dtype=np.float64),
+            np.asarray(run.curve.losses[axis], dtype=np.float64),
+        )
         for run in seeds
         if axis in run.curve.losses and getattr(run.curve, column)
-    ]  # fmt: skip
+    ]
 
 
 @plain_text
@@ -121,8 +130,9 @@ def plot_frontier(
         flops, mean, low, high = _mean_band(curves)
         style = "-" if arm in ("clm", "clm-mix") else "--"
         width = 2.2 if arm in ("clm", "clm-mix") else 1.2
-        (line,) = ax.plot(flops, mean, style, lw=width, marker="o", ms=2.5,
-                          label=f"{arm} ({_seeds(len(curves))})")  # fmt: skip
+        (line,) = ax.plot(
+            flops, mean, style, lw=width, marker="o", ms=2.5, label=f"{arm} ({_seeds(len(curves))})"
+        )
         if len(curves) > 1:
             ax.fill_between(flops, low, high, color=line.get_color(), alpha=0.15, lw=0)
     ax.axhline(target, color="0.3", linestyle=":", lw=1, label=f"target {target:.4f}")

@@ -156,20 +156,28 @@ class Planner:
         """Make a pretrained stage a shared cache entry, named by its key: other run
         directories with the same key find it."""
         stage = self.stages[name]
-        self.stages[name] = Stage(f"base-{stage.key}", stage.kind, stage.key, stage.after,
-                                  cached=True)  # fmt: skip
+        self.stages[name] = Stage(
+            f"base-{stage.key}", stage.kind, stage.key, stage.after, cached=True
+        )
 
     def reference(self, source: str, r: int) -> str:
         """A scoring reference: the base (or the proxy) fine-tuned on the curated data, or the
         base trained on a seeded sample of the corpus (self)."""
         start = ("data", "proxy") if source == "proxy" else BASE
         if source == "self":
-            sample = self.add(f"self-sample-seed{r}", Kind.SAMPLE, "sample", after=("data",),
-                              seed=r)  # fmt: skip
+            sample = self.add(
+                f"self-sample-seed{r}", Kind.SAMPLE, "sample", after=("data",), seed=r
+            )
             start = (*BASE, sample)
         fields = "self-reference" if source == "self" else "reference"
-        return self.add(reference_name(self.cfg, source, r), Kind.REFERENCE, fields, after=start,
-                        seed=r, source=source)  # fmt: skip
+        return self.add(
+            reference_name(self.cfg, source, r),
+            Kind.REFERENCE,
+            fields,
+            after=start,
+            seed=r,
+            source=source,
+        )
 
     def draw(self, arm: Arm, seed: int) -> str:
         source = "mix" if arm.data == "mix" else "corpus"
@@ -183,21 +191,42 @@ class Planner:
         who = {"base": "ref", "proxy": "proxy", "self": "self"}[source]
         name = f"score-{who}{self.stages[ref].seed}-{windows}"
         # A self-reference's scores hold its next-token entropy too (slm-entropy reads it).
-        return self.add(name, Kind.SCORE, "score", after=(ref, windows), entropy=source == "self",
-                        links={"windows": windows})  # fmt: skip
+        return self.add(
+            name,
+            Kind.SCORE,
+            "score",
+            after=(ref, windows),
+            entropy=source == "self",
+            links={"windows": windows},
+        )
 
     def pruned(self, arm: Arm, ref: str | None, windows: str) -> tuple[str, str | None, list]:
         """Offline pruning of the drawn ``windows``: by reference loss or by prototypes. Returns
         the stage of the windows kept, of their scores (if pruned by them), the stages charged."""
         if arm.data == "pruned":
             scored = self.score(ref, windows)
-            kept = self.add(f"prune-{scored.removeprefix('score-')}", Kind.PRUNE, "prune",
-                            after=(scored,), links={"windows": scored})  # fmt: skip
+            kept = self.add(
+                f"prune-{scored.removeprefix('score-')}",
+                Kind.PRUNE,
+                "prune",
+                after=(scored,),
+                links={"windows": scored},
+            )
             return kept, kept, [scored, kept]  # the kept windows' losses carry over
-        embedded = self.add(f"embed-{windows}", Kind.EMBED, "embed", after=(*BASE, windows),
-                            links={"windows": windows})  # fmt: skip
-        kept = self.add(f"proto-{windows}", Kind.PROTO, "proto", after=(embedded, windows),
-                        links={"windows": windows})  # fmt: skip
+        embedded = self.add(
+            f"embed-{windows}",
+            Kind.EMBED,
+            "embed",
+            after=(*BASE, windows),
+            links={"windows": windows},
+        )
+        kept = self.add(
+            f"proto-{windows}",
+            Kind.PROTO,
+            "proto",
+            after=(embedded, windows),
+            links={"windows": windows},
+        )
         return kept, None, [embedded, kept]
 
     def pipeline(self, arm: Arm, seed: int) -> tuple[str, str | None, list[str]]:
@@ -224,8 +253,15 @@ class Planner:
         for seed in cfg.seeds_of(arm.name):
             name = f"{arm.name}-seed{seed}"
             if arm.data == "curated":
-                self.add(name, Kind.ARM, "arms", after=BASE, extra_reads=arm.reads,
-                         arm=arm.name, seed=seed)  # fmt: skip
+                self.add(
+                    name,
+                    Kind.ARM,
+                    "arms",
+                    after=BASE,
+                    extra_reads=arm.reads,
+                    arm=arm.name,
+                    seed=seed,
+                )
                 continue
             windows, scores, charges = self.pipeline(arm, seed)
             after = [*BASE, windows] + ([scores] if scores and scores != windows else [])

@@ -77,8 +77,10 @@ def tokenizer_source(cfg) -> str | None:
 
 def prepare(cfg, directory: Path) -> Data:
     """The data stage (see the module docstring); ``cfg`` is the stage's view of the config."""
-    curated, corpus, base = ([t for f in files for t in texts_of(f)]
-                             for files in (cfg.curated, cfg.corpus, cfg.base_data))  # fmt: skip
+    curated, corpus, base = (
+        [t for f in files for t in texts_of(f)]
+        for files in (cfg.curated, cfg.corpus, cfg.base_data)
+    )
     index = NgramIndex.build([*curated, *corpus, *base])
     split_files, decontam = split_heldout(cfg, index, directory / "heldout")
     overlap = base_overlap(base, corpus)
@@ -137,8 +139,11 @@ def tokenize_stores(cfg, split_files: dict, directory: Path) -> tuple[dict[str, 
         curated = [str(curated_sample(curated, tok, cfg.curated_tokens, directory / "curated"))]
     # the self-reference arms need no curated data; a given base no base data
     roles = [("curated", curated), ("base", cfg.base_data)]
-    roles += [(f"{name}-{split}", [file]) for name, splits in split_files.items()
-              for split, file in splits.items()]  # fmt: skip
+    roles += [
+        (f"{name}-{split}", [file])
+        for name, splits in split_files.items()
+        for split, file in splits.items()
+    ]
     paths = {"corpus": str(corpus.path)}
     paths.update({role: store(role, files) for role, files in roles if files})
     return paths, curated

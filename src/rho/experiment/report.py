@@ -49,8 +49,9 @@ def write_report(results: Results, out: Path, title: str) -> str:
     """Write report.md and the plots into ``out``; print and return the summary."""
     axes, summary = results.data.axes, results.summary
     plot_curves(results.runs, out / "curves.png", axis=axes[0])
-    plot_frontier(results.runs, results.overhead, summary.target.loss,
-                  out / "frontier.png", axis=axes[0])  # fmt: skip
+    plot_frontier(
+        results.runs, results.overhead, summary.target.loss, out / "frontier.png", axis=axes[0]
+    )
     if len(axes) > 1:
         plot_axes(summary.losses, out / "axes.png", x=axes[0], y=axes[1])
     text = "\n".join(report_lines(results, title))
@@ -65,8 +66,11 @@ def setting_lines(results: Results) -> list[str]:
     cfg, runs = results.config, results.runs
     lines = [*start_lines(results), *schedule_lines(results), *reference_lines(results)]
     shared = [a for a in runs if ARMS[a].corpus_order]
-    own = {a: "mix" if ARMS[a].data == "mix" else "corpus"
-           for a in runs if not ARMS[a].corpus_order and a != "reference"}  # fmt: skip
+    own = {
+        a: "mix" if ARMS[a].data == "mix" else "corpus"
+        for a in runs
+        if not ARMS[a].corpus_order and a != "reference"
+    }
     order = (
         f"For a given seed, {_names(shared)} train on the same drawn windows in the same order "
         "(their seeds pair)"
@@ -171,10 +175,13 @@ def draw_lines(results: Results) -> list[str]:
     if not draws:
         return []
     sizes = sorted({(d.pool, d.windows, d.of, d.source) for d in draws.values()})
-    parts = [f"{pool:.3g}× the budget ({windows:,} of the {of:,} whole {source} windows)"
-             for pool, windows, of, source in sizes]  # fmt: skip
-    scored = {a: o.tokens_scored for a, o in results.overhead.items()
-              if o.tokens_scored is not None}  # fmt: skip
+    parts = [
+        f"{pool:.3g}× the budget ({windows:,} of the {of:,} whole {source} windows)"
+        for pool, windows, of, source in sizes
+    ]
+    scored = {
+        a: o.tokens_scored for a, o in results.overhead.items() if o.tokens_scored is not None
+    }
     text = (
         "Each arm seed trains on windows drawn for it by its seed: "
         + "; ".join(parts)
@@ -211,7 +218,7 @@ def splits_lines(results: Results) -> list[str]:
             f"chosen before it: {cfg.choices}"
             if cfg.choices
             else "not tuned on the test sets or on the validation sets by this run."
-        ),  # fmt: skip
+        ),
         "",
     ]
 
@@ -272,8 +279,12 @@ def loss_lines(results: Results) -> list[str]:
         "",
     ]
     if summary.reference_pairs:
-        lines += ["### Sensitivity to the reference's seed", "",
-                  pairs_markdown(summary.reference_pairs, axes), ""]  # fmt: skip
+        lines += [
+            "### Sensitivity to the reference's seed",
+            "",
+            pairs_markdown(summary.reference_pairs, axes),
+            "",
+        ]
     if len(axes) > 1:
         lines += ["![test loss on both axes](axes.png)", ""]
     return [*lines, f"![validation {axes[0]} loss vs training tokens](curves.png)", ""]

@@ -6,7 +6,7 @@ pretrained on --base_data, cached by hash across run directories under a lock; o
 model) -> reference × reference seed (the base fine-tuned on curated) -> score (the corpus's
 reference losses, per reference) -> [prune] -> every arm × seed from the base, the same data
 order per seed, schedule and budget -> analyses (CLM checkpoints' dynamics, SLM's selection)
--> report (rho.experiment.report).
+-> results.json (rho.experiment.collect) -> report (rho.experiment.report).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import os
 from functools import partial
 from pathlib import Path
 
-import numpy as np
 from tqdm.auto import tqdm
 from transformers.utils import logging as hf_logging
 
@@ -23,22 +22,16 @@ from rho.embed import embed_units
 from rho.errors import UserError
 from rho.experiment.analyses import analyse
 from rho.experiment.arms import ARMS
-from rho.experiment.facts import summarise
+from rho.experiment.collect import BASE_SEED, collect, only
 from rho.experiment.plan import Kind, Stage, plan
 from rho.experiment.prepare import build_mix, draw_windows, inputs_key, prepare
 from rho.experiment.records import (
     Analyses,
-    ArmRun,
     Data,
-    DataSummary,
-    Draw,
     Embedded,
     Mix,
     Model,
-    Overhead,
-    Pretrained,
     Record,
-    Reference,
     Results,
     Scores,
     Trained,
@@ -58,7 +51,6 @@ from rho.store import TokenStore
 EXPERIMENT_KIND = "rho.Experiment"
 CACHE_ENV = "RHO_CACHE"  # where pretrained bases are cached (default ~/.cache/rho)
 PLAIN = SelectionArguments(selection="none")
-BASE_SEED = 0  # the base is one model, pretrained once
 SELF_SAMPLE = 10_000  # a self-reference's sample: seed + this, apart from the arms' draw seeds
 
 
@@ -97,7 +89,7 @@ class Runner:
         )
         for key, stage in self.plan.items():
             self.results[key] = self.run_stage(key, stage)
-        results = self.collect()
+        results = collect(self.cfg, self.plan, self.results, self.stages.seconds)
         results.write(self.out / "results.json")
         write_report(results, self.out, title)
         return results
@@ -106,8 +98,14 @@ class Runner:
         build, kind = BUILDERS[stage.kind]
         if stage.cached:
             cached = Stages(cache_dir(), self.stages.log)
-            result = cached.run(stage.name, stage.key, partial(build, self, stage), kind,
-                                f"{key} (pretrained, cached)", shared=True)  # fmt: skip
+            result = cached.run(
+                stage.name,
+                stage.key,
+                partial(build, self, stage),
+                kind,
+                f"{key} (pretrained, cached)",
+                shared=True,
+            )
             self.stages.seconds[key] = cached.seconds[stage.name]
             return result
         if stage.kind in (Kind.BASE, Kind.PROXY):  # a given model or a fresh preset
@@ -116,9 +114,7 @@ class Runner:
 
     # ------------------------------------------------------------------ stage builders
     def only(self, kind: Kind) -> Record | None:
-        """The record of the plan's one stage of ``kind`` (data, mix, analyses), once run."""
-        names = [name for name, stage in self.plan.items() if stage.kind == kind]
-        return self.results.get(names[0]) if names else None
+        return only(self.plan, self.results, kind)
 
     @property
     def data(self) -> Data:
@@ -149,11 +145,17 @@ class Runner:
         name = "base" if stage.kind == Kind.BASE else "proxy"
         v = self.cfg.view(name)
         tokens = v.base_tokens or self.data.tokens["base"]
-        return self.train(directory, name, label=name,
-                          init=v.base if name == "base" else v.reference_base,
-                          tokens=self.data.store("base"), selection=PLAIN,
-                          steps=self.steps(tokens, v), seed=BASE_SEED,
-                          lr=v.base_learning_rate)  # fmt: skip
+        return self.train(
+            directory,
+            name,
+            label=name,
+            init=v.base if name == "base" else v.reference_base,
+            tokens=self.data.store("base"),
+            selection=PLAIN,
+            steps=self.steps(tokens, v),
+            seed=BASE_SEED,
+            lr=v.base_learning_rate,
+        )
 
     def budget_windows(self, view) -> int:
         """The windows one arm trains on: its token budget in whole windows."""
@@ -177,69 +179,129 @@ class Runner:
         else:
             v = self.cfg.view("reference")
             data, tokens = self.data.store("curated"), v.ref_tokens or self.corpus_tokens(v)
-        return self.train(directory, "reference", label=stage.name,
-                          init=self.model("proxy" if stage.source == "proxy" else "base"),
-                          tokens=data, selection=PLAIN, steps=self.steps(tokens, v),
-                          seed=stage.seed, lr=v.learning_rate)  # fmt: skip
+        return self.train(
+            directory,
+            "reference",
+            label=stage.name,
+            init=self.model("proxy" if stage.source == "proxy" else "base"),
+            tokens=data,
+            selection=PLAIN,
+            steps=self.steps(tokens, v),
+            seed=stage.seed,
+            lr=v.learning_rate,
+        )
 
     def build_draw(self, stage: Stage, directory: Path) -> Windows:
         """``pool`` budgets of whole windows of the source, drawn by the seed (the first n of
         one permutation, so a larger pool holds a smaller one), kept in source order."""
         v = self.cfg.view("draw")
-        source = TokenStore(self.only(Kind.MIX).store if stage.source == "mix"
-                            else self.data.store("corpus"))  # fmt: skip
-        return draw_windows(source, v.seq_len, round(stage.pool * self.budget_windows(v)),
-                            stage.seed, directory / "drawn")  # fmt: skip
+        source = TokenStore(
+            self.only(Kind.MIX).store if stage.source == "mix" else self.data.store("corpus")
+        )
+        return draw_windows(
+            source,
+            v.seq_len,
+            round(stage.pool * self.budget_windows(v)),
+            stage.seed,
+            directory / "drawn",
+        )
 
     def build_score(self, stage: Stage, directory: Path) -> Scores:
         v = self.cfg.view("score")
         reference = self.results[stage.after[0]]
         store = TokenStore(self.results[stage.windows].tokens)
-        scored = score_store(reference.run, store, directory / "ref_losses", v.seq_len,
-                             progress=False, entropy=stage.entropy)  # fmt: skip
-        return Scores(losses=str(scored.path), store=str(store.path),
-                      scored_tokens=store.n_tokens, n_params=reference.n_params)  # fmt: skip
+        scored = score_store(
+            reference.run,
+            store,
+            directory / "ref_losses",
+            v.seq_len,
+            progress=False,
+            entropy=stage.entropy,
+        )
+        return Scores(
+            losses=str(scored.path),
+            store=str(store.path),
+            scored_tokens=store.n_tokens,
+            n_params=reference.n_params,
+        )
 
     def build_prune(self, stage: Stage, directory: Path) -> Windows:
         v = self.cfg.view("prune")
         scored = self.results[stage.windows]
-        report = prune_store(scored.store, scored.losses, directory / "pruned",
-                             keep=v.prune_keep, unit="window", by="reference",
-                             progress=False)  # fmt: skip
-        return Windows(tokens=str(directory / "pruned" / "tokens"),
-                       losses=str(directory / "pruned" / "ref_losses"),
-                       windows=report["units_kept"])  # fmt: skip
+        report = prune_store(
+            scored.store,
+            scored.losses,
+            directory / "pruned",
+            keep=v.prune_keep,
+            unit="window",
+            by="reference",
+            progress=False,
+        )
+        return Windows(
+            tokens=str(directory / "pruned" / "tokens"),
+            losses=str(directory / "pruned" / "ref_losses"),
+            windows=report["units_kept"],
+        )
 
     def build_embed(self, stage: Stage, directory: Path) -> Embedded:
         """The drawn windows embedded by the base: the mean of a hidden state."""
         v = self.cfg.view("embed")
         model_dir = self.model("base")
         if model_dir in PRESETS:
-            raise UserError("the prototype arms embed with a trained model: not with "
-                            "--from_scratch (give a model --base)")  # fmt: skip
+            raise UserError(
+                "the prototype arms embed with a trained model: not with "
+                "--from_scratch (give a model --base)"
+            )
         store = TokenStore(self.results[stage.windows].tokens)
         model = load_model(model_dir)
-        embed_units(model, model_dir, store, "window", v.seq_len, directory / "embeddings",
-                    layer=v.embed_layer)  # fmt: skip
+        embed_units(
+            model,
+            model_dir,
+            store,
+            "window",
+            v.seq_len,
+            directory / "embeddings",
+            layer=v.embed_layer,
+        )
         # A forward pass costs 2·N per token; the input embeddings are a lookup.
         flops = 0.0 if v.embed_layer == 0 else 2.0 * count_parameters(model) * store.n_tokens
-        return Embedded(embeddings=str(directory / "embeddings"), model=model_dir,
-                        layer=v.embed_layer, embedded_tokens=store.n_tokens,
-                        flops=flops)  # fmt: skip
+        return Embedded(
+            embeddings=str(directory / "embeddings"),
+            model=model_dir,
+            layer=v.embed_layer,
+            embedded_tokens=store.n_tokens,
+            flops=flops,
+        )
 
     def build_proto(self, stage: Stage, directory: Path) -> Windows:
         v = self.cfg.view("proto")
         store = TokenStore(self.results[stage.windows].tokens)
         embedded = self.results[stage.after[0]]
-        options = {"embed_model": embedded.model, "embeddings": embedded.embeddings,
-                   "layer": embedded.layer, "seq_len": v.seq_len, "keep_from": v.proto_from,
-                   "dedup": v.proto_dedup or None, "seed": 0}  # fmt: skip
-        report = prune_store(store, None, directory / "pruned", keep=v.proto_keep,
-                             unit="window", by="prototype", progress=False,
-                             prototype=options)  # fmt: skip
-        return Windows(tokens=str(directory / "pruned" / "tokens"), windows=report["units_kept"],
-                       dropped_by_dedup=report.get("dropped_by_dedup"),
-                       clusters=report.get("clusters"))  # fmt: skip
+        options = {
+            "embed_model": embedded.model,
+            "embeddings": embedded.embeddings,
+            "layer": embedded.layer,
+            "seq_len": v.seq_len,
+            "keep_from": v.proto_from,
+            "dedup": v.proto_dedup or None,
+            "seed": 0,
+        }
+        report = prune_store(
+            store,
+            None,
+            directory / "pruned",
+            keep=v.proto_keep,
+            unit="window",
+            by="prototype",
+            progress=False,
+            prototype=options,
+        )
+        return Windows(
+            tokens=str(directory / "pruned" / "tokens"),
+            windows=report["units_kept"],
+            dropped_by_dedup=report.get("dropped_by_dedup"),
+            clusters=report.get("clusters"),
+        )
 
     def build_arm(self, stage: Stage, directory: Path) -> Trained:
         arm = ARMS[stage.arm]
@@ -249,11 +311,20 @@ class Runner:
         else:
             tokens = self.results[stage.windows].tokens
             losses = self.results[stage.scores].losses if stage.scores else None
-        return self.train(directory, "arms", arm.reads, label=stage.name, init=self.model("base"),
-                          tokens=tokens, selection=arm.selection_arguments(v),
-                          steps=self.steps(self.corpus_tokens(v), v), seed=stage.seed,
-                          lr=v.learning_rate, ref_losses=losses,
-                          save_checkpoints=stage.save)  # fmt: skip
+        return self.train(
+            directory,
+            "arms",
+            arm.reads,
+            label=stage.name,
+            init=self.model("base"),
+            tokens=tokens,
+            selection=arm.selection_arguments(v),
+            steps=self.steps(self.corpus_tokens(v), v),
+            seed=stage.seed,
+            lr=v.learning_rate,
+            ref_losses=losses,
+            save_checkpoints=stage.save,
+        )
 
     def build_analyses(self, stage: Stage, directory: Path) -> Analyses:
         first = self.cfg.seeds[0]
@@ -269,95 +340,6 @@ class Runner:
             directory=directory,
             first=first,
         )
-
-    # ------------------------------------------------------------------ results
-    def collect(self) -> Results:
-        cfg, data = self.cfg, self.data
-        runs = {name: [self.arm_run(name, seed) for seed in cfg.seeds_of(name)]
-                for name in cfg.arm_list}  # fmt: skip
-        overhead = self.overheads(runs)
-        summary = DataSummary(axes=data.axes, decontamination=data.decontamination,
-                              tokens=data.tokens, base_overlap=data.base_overlap,
-                              mix=self.only(Kind.MIX))  # fmt: skip
-        return Results(
-            config=cfg,
-            data=summary,
-            stages={name: stage.key for name, stage in self.plan.items()},
-            runs=runs,
-            overhead=overhead,
-            analyses=self.only(Kind.ANALYSES),
-            seconds={k: round(v, 1) for k, v in self.stages.seconds.items()},
-            references={name: self.reference(s) for name, s in self.of_kind(Kind.REFERENCE)},
-            draws={name: self.draw(s) for name, s in self.of_kind(Kind.DRAW)},
-            base=self.pretrained("base"),
-            proxy=self.pretrained("proxy"),
-            summary=summarise(runs, data.axes, overhead, cfg, "base" in data.tokens),
-        )
-
-    def of_kind(self, kind: Kind) -> list[tuple[str, Stage]]:
-        return [(name, s) for name, s in self.plan.items() if s.kind == kind]
-
-    def arm_run(self, arm: str, seed: int) -> ArmRun:
-        stage = self.plan[f"{arm}-seed{seed}"]
-        return ArmRun(**dict(self.results[stage.name]), seed=seed,
-                      reference_seed=stage.reference_seed, windows=stage.windows)  # fmt: skip
-
-    def reference(self, stage: Stage) -> Reference:
-        run = self.results[stage.name]
-        return Reference(seed=stage.seed, source=stage.source, steps=run.steps,
-                         train_tokens=run.train_tokens, n_params=run.n_params,
-                         flops_train=run.flops_train)  # fmt: skip
-
-    def draw(self, stage: Stage) -> Draw:
-        drawn = self.results[stage.name]
-        return Draw(pool=stage.pool, source=stage.source, seed=stage.seed,
-                    windows=drawn.windows, of=drawn.of)  # fmt: skip
-
-    def pretrained(self, name: str) -> Pretrained | None:
-        """The base or proxy as pretrained here (None: a given model or a fresh preset)."""
-        if name not in self.plan or not self.plan[name].cached:
-            return None
-        run = self.results[name]
-        return Pretrained(seed=BASE_SEED, steps=run.steps, warmup_steps=run.warmup_steps,
-                          train_tokens=run.train_tokens, flops_train=run.flops_train,
-                          n_params=run.n_params)  # fmt: skip
-
-    WHAT = {Kind.PROXY: "proxy pretraining", Kind.REFERENCE: "reference training",
-            Kind.SCORE: "scoring the drawn windows", Kind.PRUNE: "pruning",
-            Kind.EMBED: "embedding the drawn windows", Kind.PROTO: "clustering"}  # fmt: skip
-
-    def charge(self, key: str) -> tuple[float, float]:
-        """(FLOPs, tokens scored) one charged stage costs: a reference's or proxy's training,
-        2·N_ref FLOPs per token scored, the embedding; pruning and clustering cost seconds."""
-        result = self.results[key]
-        if isinstance(result, Trained):
-            return result.flops_train, 0.0
-        if isinstance(result, Scores):
-            return 2.0 * result.n_params * result.scored_tokens, float(result.scored_tokens)
-        if isinstance(result, Embedded):
-            return result.flops, 0.0
-        return 0.0, 0.0
-
-    def overheads(self, runs: dict[str, list[ArmRun]]) -> dict[str, Overhead]:
-        """What each arm is charged before its training: the plan's charges of each of its
-        seeds (see ``charge``) and their seconds, the mean over its seeds. The base is shared
-        by every arm and left out."""
-        out = {}
-        for name, seeds in runs.items():
-            charges = [self.plan[f"{name}-seed{run.seed}"].charges for run in seeds]
-            kinds = {self.plan[key].kind for keys in charges for key in keys}
-            if not kinds:
-                continue
-            costs = [[self.charge(key) for key in keys] for keys in charges]
-            seconds = [sum(self.stages.seconds.get(key, 0.0) for key in keys) for keys in charges]
-            out[name] = Overhead(
-                flops=float(np.mean([sum(f for f, _ in c) for c in costs])),
-                seconds=float(np.mean(seconds)),
-                what=" + ".join(self.WHAT[k] for k in self.WHAT if k in kinds),
-                tokens_scored=float(np.mean([sum(t for _, t in c) for c in costs]))
-                if Kind.SCORE in kinds else None,
-            )  # fmt: skip
-        return out
 
 
 BUILDERS = {

@@ -35,9 +35,11 @@ from rho.experiment.records import (
 from rho.experiment.stats import difference, spread
 
 # Per-seed costs: the name in the tables, the curve's column, the run's whole-run attribute.
-_COSTS = (("tokens", "tokens", "train_tokens"),
-          ("flops_train", "flops", "flops_train"),
-          ("seconds_train", "seconds", "seconds_train"))  # fmt: skip
+_COSTS = (
+    ("tokens", "tokens", "train_tokens"),
+    ("flops_train", "flops", "flops_train"),
+    ("seconds_train", "seconds", "seconds_train"),
+)
 Runs = dict[str, list[ArmRun]]
 
 
@@ -193,13 +195,22 @@ def compute_table(
             baseline=baseline,
             axis=axis,
             target=target,
-        )  # fmt: skip
+        )
         for arm, seeds in runs.items()
     }
 
 
-def _compute_row(seeds, extra: Overhead, base_mean: dict, base_extra: Overhead, amortise, *,
-                 baseline: str, axis: str, target: float) -> ComputeRow:  # fmt: skip
+def _compute_row(
+    seeds,
+    extra: Overhead,
+    base_mean: dict,
+    base_extra: Overhead,
+    amortise,
+    *,
+    baseline: str,
+    axis: str,
+    target: float,
+) -> ComputeRow:
     """One arm's row of ``compute_table``."""
     reach = [_reach(r, target, axis) for r in seeds]
     per_key = {key: [r[key] for r in reach] for key, _, _ in _COSTS}
@@ -209,7 +220,7 @@ def _compute_row(seeds, extra: Overhead, base_mean: dict, base_extra: Overhead, 
     totals = {
         f"{cost}_total": _totals(
             per_key[key], getattr(extra, cost), base_mean[key], getattr(base_extra, cost), amortise
-        )  # fmt: skip
+        )
         for cost, key in (("flops", "flops_train"), ("seconds", "seconds_train"))
     }
     return ComputeRow(
@@ -232,8 +243,13 @@ def _rank(candidates: dict[str, Spread | None], paired=None) -> Rank | None:
         return None
     items.sort(key=lambda kv: kv[1].mean)
     (arm, best), rest = items[0], items[1:]
-    rank = Rank(arm=arm, value=best, ranking=[a for a, _ in items],
-                places={a: i + 1 for i, (a, _) in enumerate(items)}, ranked=len(items))  # fmt: skip
+    rank = Rank(
+        arm=arm,
+        value=best,
+        ranking=[a for a, _ in items],
+        places={a: i + 1 for i, (a, _) in enumerate(items)},
+        ranked=len(items),
+    )
     if rest:
         rank.runner_up, rank.runner_up_value = rest[0]
         both = paired is not None and paired(arm, rest[0][0])
@@ -242,9 +258,11 @@ def _rank(candidates: dict[str, Spread | None], paired=None) -> Rank | None:
 
 
 def winners(
-    loss_table: dict, compute_table: dict[str, ComputeRow] | None = None, paired=None,
+    loss_table: dict,
+    compute_table: dict[str, ComputeRow] | None = None,
+    paired=None,
     tokens_left_out=(),
-) -> Winners:  # fmt: skip
+) -> Winners:
     """Which arm wins on each axis, whichever it is.
 
     ``loss``: per axis, the rank of the arms' mean test losses; ``tokens``: fewest tokens to
@@ -259,23 +277,28 @@ def winners(
     axes: list[str] = []
     for row in loss_table.values():
         axes += [a for a in row if a not in axes]
-    out = Winners(loss={
-        axis: _rank({arm: row.get(axis) for arm, row in loss_table.items()}, paired)
-        for axis in axes
-    })  # fmt: skip
+    out = Winners(
+        loss={
+            axis: _rank({arm: row.get(axis) for arm, row in loss_table.items()}, paired)
+            for axis in axes
+        }
+    )
     if not compute_table:
         return out
     first = next(iter(compute_table.values()))
     out.baseline, out.target = first.baseline, first.target
-    out.tokens = _rank({arm: row.tokens for arm, row in compute_table.items()
-                        if arm not in tokens_left_out}, paired)  # fmt: skip
+    out.tokens = _rank(
+        {arm: row.tokens for arm, row in compute_table.items() if arm not in tokens_left_out},
+        paired,
+    )
     flops = {arm: row.flops_total for arm, row in compute_table.items() if row.flops_total}
     out.flops_one_off = _rank({arm: t.one_off for arm, t in flops.items()}, paired)
     if flops:
         amortised = first.flops_total.amortised
         largest = max(range(len(amortised)), key=lambda i: amortised[i].runs)
-        out.flops_amortised = _rank({arm: t.amortised[largest].total for arm, t in flops.items()},
-                                    paired)  # fmt: skip
+        out.flops_amortised = _rank(
+            {arm: t.amortised[largest].total for arm, t in flops.items()}, paired
+        )
         if out.flops_amortised is not None:
             out.flops_amortised.runs = amortised[largest].runs
     return out

@@ -101,6 +101,18 @@ def _head(cells: list[str]) -> list[str]:
     return [_row(cells), "|" + "---|" * len(cells)]
 
 
+FLOPS_COLUMNS = (
+    "arm",
+    "reached",
+    "tokens trained to reach",
+    "of",
+    "training FLOPs to reach",
+    "overhead FLOPs",
+    "one-off total FLOPs",
+)  # then the amortised ratios
+SECONDS_COLUMNS = ("arm", "training seconds to reach", "overhead seconds", "one-off total seconds")
+
+
 def compute_markdown(
     compute_table: dict[str, ComputeRow], read_per_trained: dict | None = None
 ) -> str:
@@ -118,9 +130,8 @@ def compute_markdown(
         f"Values are mean ± sample std over seeds; in brackets, the ratio to {base}'s whole run "
         "(below 1 is cheaper).",
         "",
-        *_head(["arm", "reached", "tokens trained to reach", "of", "training FLOPs to reach",
-                "overhead FLOPs", "one-off total FLOPs", *amortised, "break-even runs"]),
-    ]  # fmt: skip
+        *_head([*FLOPS_COLUMNS, *amortised, "break-even runs"]),
+    ]
     for arm, row in compute_table.items():
         cells = [
             arm,
@@ -131,8 +142,7 @@ def compute_markdown(
             _num(row.overhead.flops, ".3g"),
         ]
         lines.append(_row(cells + _total_cells(row.flops_total, ".3g", len(runs_n), arm == base)))
-    lines += ["", *_head(["arm", "training seconds to reach", "overhead seconds",
-                          "one-off total seconds", *amortised, "break-even runs"])]  # fmt: skip
+    lines += ["", *_head([*SECONDS_COLUMNS, *amortised, "break-even runs"])]
     for arm, row in compute_table.items():
         cells = [
             arm,
@@ -145,8 +155,9 @@ def compute_markdown(
 
 def _compute_notes(compute_table: dict[str, ComputeRow], read_per_trained: dict) -> list[str]:
     """How the compute tables count, the arms that read more than they train on, overheads."""
-    overheads = [f"{arm}: {row.overhead.what}" for arm, row in compute_table.items()
-                 if row.overhead.what]  # fmt: skip
+    overheads = [
+        f"{arm}: {row.overhead.what}" for arm, row in compute_table.items() if row.overhead.what
+    ]
     reads = [
         f"{arm} reads {r:.3g}× the windows it trains on (forward only; its FLOPs include "
         "them, its token column does not)"
@@ -277,8 +288,11 @@ def frontier_lines(frontier: Frontier) -> list[str]:
         versus = "—" if mix is None else f"{mix.delta:+.3g} FLOPs: {verdict(mix)}"
         lines.append(f"| {arm} | {pm(ratio, '.3g', '×')} | {below} | {versus} |")
     if frontier.best is not None:
-        lines += ["", f"Least one-off FLOPs to the target: {frontier.best}, at "
-                  f"{frontier.best_ratio:.3g}× clm's run."]  # fmt: skip
+        lines += [
+            "",
+            f"Least one-off FLOPs to the target: {frontier.best}, at "
+            f"{frontier.best_ratio:.3g}× clm's run.",
+        ]
     return [*lines, ""]
 
 

@@ -56,8 +56,9 @@ class ConsoleLines(TrainerCallback):
         if len(self.pending) == len(self.axes):
             losses = "  ".join(f"{axis} {self.pending[axis]:.4f}" for axis in self.axes)
             tokens = state.num_input_tokens_seen / 1e6
-            tqdm.write(f"  {self.label:<22} step {state.global_step:>5}  {tokens:6.2f}M tok  "
-                       f"{losses}")  # fmt: skip
+            tqdm.write(
+                f"  {self.label:<22} step {state.global_step:>5}  {tokens:6.2f}M tok  {losses}"
+            )
             self.pending = {}
 
 
@@ -172,8 +173,9 @@ def train_run(
     trainer.save_model()
     trained = trained_counts(trainer, args)
     del trainer
-    return Trained(run=str(run), final=final_losses(run, cfg, data), curve=curve(run, data.axes),
-                   **trained)  # fmt: skip
+    return Trained(
+        run=str(run), final=final_losses(run, cfg, data), curve=curve(run, data.axes), **trained
+    )
 
 
 def trained_counts(trainer, args) -> dict:
@@ -216,8 +218,9 @@ def final_losses(run: Path, cfg, data: Data) -> Final:
     """The saved model's loss on the whole validation and test sets of every axis."""
 
     def loss(axis: str, split: str) -> float:
-        result = evaluate_store(run, data.split(axis, split), cfg.seq_len, cfg.batch_size,
-                                progress=False)  # fmt: skip
+        result = evaluate_store(
+            run, data.split(axis, split), cfg.seq_len, cfg.batch_size, progress=False
+        )
         return result["overall"]["loss"]
 
     return Final(**{split: {axis: loss(axis, split) for axis in data.axes} for split in SPLITS})
@@ -234,5 +237,9 @@ def curve(run: Path, axes: list[str]) -> Curve:
         key = f"eval_{axis}_loss"
         by_tokens = {Logged.model_validate(r).tokens_seen: r[key] for r in eval_records(run, key)}
         losses[axis] = [by_tokens.get(t) for t in tokens]
-    return Curve(tokens=tokens, flops=[p.flops for p in points],
-                 seconds=[p.train_seconds for p in points], losses=losses)  # fmt: skip
+    return Curve(
+        tokens=tokens,
+        flops=[p.flops for p in points],
+        seconds=[p.train_seconds for p in points],
+        losses=losses,
+    )
