@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from helpers import assert_traceable
 
-from rho.experiment.analyses import selection_rates
+from rho.experiment.analyses import SelectionSample, selection_rates
 from rho.experiment.summary import tokens_to_reach
 
 
@@ -24,21 +24,21 @@ def test_tokens_to_reach_interpolates():
 
 def test_selection_rates_hand_computed():
     # Two checkpoints, one window of 4 tokens; token 0 has no reference (window start).
-    sample = {
-        "checkpoints": ["checkpoint-1", "checkpoint-2"],
-        "valid": np.array([[False, True, True, True]]),
-        "selected": np.array([[[False, True, False, True]], [[False, True, True, False]]]),
-        "noise": np.array([False, False, True, True]),
-        "domain": np.array([0, 0, 1, 1], dtype=np.int16),
-    }
+    sample = SelectionSample(
+        checkpoints=["checkpoint-1", "checkpoint-2"],
+        valid=np.array([[False, True, True, True]]),
+        selected=np.array([[[False, True, False, True]], [[False, True, True, False]]]),
+        noise=np.array([False, False, True, True]),
+        domain=np.array([0, 0, 1, 1], dtype=np.int16),
+    )
     rates = selection_rates(sample, ["math", "noise"])
     # Valid tokens over both checkpoints: clean token 1 selected twice; noise tokens 2, 3 once each.
-    assert rates["selection_rate_clean"] == 1.0
-    assert rates["selection_rate_noise"] == 0.5
-    assert rates["clean_precision"] == pytest.approx(0.5)
-    assert rates["noise_fraction"] == pytest.approx(4 / 6)
-    assert rates["selected_fraction_by_domain"] == {"math": 1.0, "noise": 0.5}
-    assert rates["tokens_per_checkpoint"] == 3
+    assert rates.selection_rate_clean == 1.0
+    assert rates.selection_rate_noise == 0.5
+    assert rates.clean_precision == pytest.approx(0.5)
+    assert rates.noise_fraction == pytest.approx(4 / 6)
+    assert rates.selected_fraction_by_domain == {"math": 1.0, "noise": 0.5}
+    assert rates.tokens_per_checkpoint == 3
 
 
 class _Collect(HTMLParser):

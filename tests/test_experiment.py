@@ -16,7 +16,9 @@ from helpers import SUBPROCESS_ENV, assert_traceable, last_record, parse_options
 
 from rho.errors import UserError
 from rho.experiment.arms import ARMS
+from rho.experiment.records import Results
 from rho.experiment.settings import ExperimentConfig, load_yaml
+from rho.files import jsonable
 
 
 def sentences(rng: random.Random, words: list[str], n: int) -> str:
@@ -91,6 +93,10 @@ def test_every_arm_on_two_axes_from_a_config(tmp_path, data):
     run = rho("experiment", "--config", config, cache=tmp_path / "cache")
     assert run.returncode == 0, run.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
+    # results.json is the typed Results of every stage's record, and reads back through it
+    assert (
+        json.loads(json.dumps(jsonable(Results.read(out / "results.json").model_dump()))) == results
+    )
     assert list(results["runs"]) == list(ARMS)
     assert [r["seed"] for r in results["runs"]["slm"]] == [0, 1]
     # SLM's seed i reads reference i's scores; the reference arm has a spread.
@@ -151,7 +157,7 @@ def test_leaked_document_is_caught_before_training(tmp_path, data):
     cfg = ExperimentConfig(**json.loads(write_config(tmp_path / "c.yaml", data, tmp_path / "o")
                                         .read_text()))  # fmt: skip
     result = prepare(cfg, tmp_path / "stage")
-    dropped = result["decontamination"]["target"]["dropped"]
+    dropped = result.decontamination["target"].dropped
     texts = [json.loads(line)["text"] for line in Path(data["target"]).read_text().splitlines()]
     assert [texts[i] for i in dropped] == [data["leaked"]]
     kept = "".join((tmp_path / "stage" / "heldout" / f"target-{s}.jsonl").read_text()

@@ -202,12 +202,12 @@ def test_adding_an_arm_is_one_registry_entry(files, monkeypatch):
     assert half.selection_arguments(cfg).selection == "token"
 
 
-def test_every_arm_is_complete():
+def test_every_arm_is_complete(files):
     for arm in ARMS.values():
         assert arm.data in ("corpus", "mix", "pruned", "proto", "curated"), arm.name
         assert set(arm.overhead) <= {"reference", "score", "prune", "embed"}, arm.name
         assert set(arm.reads) <= set(STAGES_OF), arm.name
-        text = arm.text({"ratio": 0.6, "prune_keep": 0.5, "candidate_factor": 4}, 0.2)
+        text = arm.text(base_config(files), 0.2)
         assert text and "{" not in text, arm.name
 
 
@@ -215,10 +215,10 @@ def test_paired_test_by_hand():
     # Differences -1, -1, -2: mean -4/3, sd 0.577, se 1/3, t = -4, df 2, p = 0.057. The old
     # rule (|Δ| > 2·SE: 1.33 > 0.67) called this supported; the paired t-test does not.
     d = difference([1, 2, 3], [2, 3, 5], paired=True)
-    assert d["test"] == "paired t-test (by seed)" and d["df"] == 2
-    assert d["t"] == pytest.approx(-4.0) and d["se"] == pytest.approx(1 / 3)
-    assert d["p"] == pytest.approx(0.0572, abs=1e-4) and d["supported"] is False
-    assert d["critical"] == pytest.approx(4.303, abs=1e-3)
+    assert d.test == "paired t-test (by seed)" and d.df == 2
+    assert d.t == pytest.approx(-4.0) and d.se == pytest.approx(1 / 3)
+    assert d.p == pytest.approx(0.0572, abs=1e-4) and d.supported is False
+    assert d.critical == pytest.approx(4.303, abs=1e-3)
 
 
 def test_a_proxy_reference_is_pretrained_once_and_shared(files):
@@ -258,15 +258,15 @@ def test_a_draw_is_whole_windows_and_a_larger_draw_holds_a_smaller(token_store, 
     small = draw_windows(store, seq, 5, seed=3, out=tmp_path / "small")
     large = draw_windows(store, seq, 10, seed=3, out=tmp_path / "large")
     other = draw_windows(store, seq, 5, seed=4, out=tmp_path / "other")
-    assert small["of"] == store.n_tokens // seq and small["windows"] == 5
+    assert small.of == store.n_tokens // seq and small.windows == 5
 
     def windows(result):
-        drawn = TokenStore(result["tokens"])
-        assert drawn.n_tokens == result["windows"] * seq  # whole windows only
+        drawn = TokenStore(result.tokens)
+        assert drawn.n_tokens == result.windows * seq  # whole windows only
         return {tuple(drawn.window(i, seq)) for i in range(drawn.n_windows(seq))}
 
     every = {tuple(store.window(i, seq)) for i in range(store.n_tokens // seq)}
     assert windows(small) <= windows(large) <= every
     assert windows(small) != windows(other)  # the seed draws
     everything = draw_windows(store, seq, 10**9, seed=0, out=tmp_path / "all")
-    assert everything["windows"] == everything["of"]  # a draw larger than the source: all of it
+    assert everything.windows == everything.of  # a draw larger than the source: all of it

@@ -65,23 +65,19 @@ class Arm:
         return 1.0
 
     def selection_arguments(self, cfg) -> SelectionArguments:
-        kw = {}
-        if "ratio" in self.reads:
-            kw["ratio"] = cfg.ratio
-        if "candidate_factor" in self.reads:
-            kw["candidate_factor"] = cfg.candidate_factor
-        return SelectionArguments(selection=self.selection, score=self.score, **kw)
+        own = {k: getattr(cfg, k) for k in ("ratio", "candidate_factor") if k in self.reads}
+        return SelectionArguments(selection=self.selection, score=self.score, **own)
 
-    def text(self, cfg: dict, mix_share: float) -> str:
-        cfg = DEFAULTS | cfg  # results written before these options existed
+    def text(self, cfg, mix_share: float) -> str:
+        """The report's line for this arm, with the config's (ExperimentConfig) settings."""
         return self.description.format(
-            ratio=cfg["ratio"],
+            ratio=cfg.ratio,
             share=mix_share,
-            keep=cfg["prune_keep"],
-            factor=cfg["candidate_factor"],
-            proto_keep=cfg["proto_keep"],
-            proto_from=SIDES[cfg["proto_from"]],
-            self_share=cfg["self_reference"],
+            keep=cfg.prune_keep,
+            factor=cfg.candidate_factor,
+            proto_keep=cfg.proto_keep,
+            proto_from=SIDES[cfg.proto_from],
+            self_share=cfg.self_reference,
         )
 
 

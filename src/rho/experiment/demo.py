@@ -16,14 +16,15 @@ the curated set stands for without being it.
 from __future__ import annotations
 
 import gzip
-import json
 from pathlib import Path
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict
 
 from rho.corpora import demo_path
 from rho.errors import UserError
 from rho.experiment.prepare import in_validation
+from rho.experiment.records import Results
 from rho.experiment.runner import EXPERIMENT_KIND, run_experiment
 from rho.experiment.settings import ExperimentConfig, load_yaml
 from rho.files import check_replaceable, mark_output, write_text_atomic
@@ -62,17 +63,18 @@ def demo_files(directory: Path, quick: bool, seed: int = 0, setting: str = "pape
         return [found[i] for i in np.sort(keep)]
 
     corpus = lines("corpus")
-    general = [line for line in corpus if json.loads(line).get("domain") == "general"]
+    general = [line for line in corpus if document(line).domain == "general"]
     salt = "general-heldout"
-    held = {
-        line for line in general if in_validation(json.loads(line)["text"], GENERAL_HELDOUT, salt)
-    }
+    held = {line for line in general if in_validation(document(line).text, GENERAL_HELDOUT, salt)}
 
     math_held: list[str] = []
     if setting == "scarce":
         salt = "math-heldout"
-        math_held = [line for line in corpus if clean_math(line)
-                     and in_validation(json.loads(line)["text"], MATH_HELDOUT, salt)]  # fmt: skip
+        math_held = [
+            line
+            for line in corpus
+            if clean_math(line) and in_validation(document(line).text, MATH_HELDOUT, salt)
+        ]
 
     def write(name: str, rows: list[str]) -> str:
         return str(write_text_atomic(directory / f"{name}.jsonl", "".join(rows)))
@@ -90,13 +92,26 @@ def demo_files(directory: Path, quick: bool, seed: int = 0, setting: str = "pape
     }
 
 
+class DemoDocument(BaseModel):
+    """A line of the shipped demo data, as far as the demo's split reads it."""
+
+    model_config = ConfigDict(extra="ignore")
+    text: str
+    domain: str | None = None
+    noise_spans: list | None = None
+
+
+def document(line: str) -> DemoDocument:
+    return DemoDocument.model_validate_json(line)
+
+
 def clean_math(line: str) -> bool:
     """A corpus math document without injected noise."""
-    record = json.loads(line)
-    return record.get("domain") == "math" and not record.get("noise_spans")
+    record = document(line)
+    return record.domain == "math" and not record.noise_spans
 
 
-def run_demo(cfg: ExperimentConfig, quick: bool = False, setting: str = "paper") -> dict:
+def run_demo(cfg: ExperimentConfig, quick: bool = False, setting: str = "paper") -> Results:
     """`rho experiment` on the demo's files, written into ``cfg.out``/demo-data first; ``cfg``
     holds demo_defaults(quick, setting) under the user's config and flags."""
     out = Path(cfg.out)

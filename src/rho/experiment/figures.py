@@ -1,7 +1,8 @@
 """Figures of a multi-arm, multi-seed experiment (matplotlib through ``Figure`` and the Agg
 canvas, never pyplot, so no global backend is touched; PNG at 120 dpi): every arm on two
 held-out axes at once (``plot_axes``) and the validation curves with their spread over seeds
-(``plot_curves``). Inputs are ``rho.experiment.summary``'s ``loss_table`` and ``runs``."""
+(``plot_curves``). Inputs are ``rho.experiment.summary``'s ``loss_table`` and ``runs`` (arm ->
+rho.experiment.records.ArmRun per seed)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from rho.analysis.plots import plain_text
+from rho.experiment.records import ArmRun
 
 DPI = 120
 
@@ -38,9 +40,16 @@ def plot_axes(loss_table: dict, path: str | Path, x: str = "target", y: str = "g
         if x not in row or y not in row:
             continue
         sx, sy = row[x], row[y]
-        ax.errorbar(sx["mean"], sy["mean"], xerr=sx["std"], yerr=sy["std"], fmt="o", capsize=3,
-                    label=f"{arm} (n={min(sx['n'], sy['n'])})")  # fmt: skip
-        ax.annotate(arm, (sx["mean"], sy["mean"]), textcoords="offset points", xytext=(5, 5))
+        ax.errorbar(
+            sx.mean,
+            sy.mean,
+            xerr=sx.std,
+            yerr=sy.std,
+            fmt="o",
+            capsize=3,
+            label=f"{arm} (n={min(sx.n, sy.n)})",
+        )
+        ax.annotate(arm, (sx.mean, sy.mean), textcoords="offset points", xytext=(5, 5))
     ax.set_xlabel(f"{x} test loss (nats/token)")
     ax.set_ylabel(f"{y} test loss (nats/token)")
     ax.set_title("Test loss by arm, mean ± sample std over seeds (lower-left is better)")
@@ -70,18 +79,25 @@ def _mean_band(curves: list[tuple[np.ndarray, np.ndarray]]):
     return tokens, stack.mean(axis=0), stack.min(axis=0), stack.max(axis=0)
 
 
+def _curves(seeds: list[ArmRun], axis: str, column: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each seed's (``column``: tokens or FLOPs, validation loss on ``axis``), where it has them."""
+    return [
+        (
+            np.asarray(getattr(run.curve, column), dtype=np.float64),
+            np.asarray(run.curve.losses[axis], dtype=np.float64),
+        )
+        for run in seeds
+        if axis in run.curve.losses and getattr(run.curve, column)
+    ]
+
+
 @plain_text
 def plot_curves(runs: dict, path: str | Path, axis: str = "target") -> None:
     """Validation loss on ``axis`` against training tokens: per arm the mean over seeds as a
     line and the min–max over seeds as a band."""
     fig, ax = _figure(7.5, 4.5)
     for arm, seeds in runs.items():
-        curves = []
-        for run in seeds:
-            curve = run.get("curve", {})
-            if axis in curve and curve.get("tokens"):
-                tokens = np.asarray(curve["tokens"], dtype=np.float64)
-                curves.append((tokens, np.asarray(curve[axis], dtype=np.float64)))
+        curves = _curves(seeds, axis, "tokens")
         if not curves:
             continue
         tokens, mean, low, high = _mean_band(curves)
@@ -107,20 +123,16 @@ def plot_frontier(
     the target as a dashed line. clm and clm-mix are the lines to beat."""
     fig, ax = _figure(7.5, 4.8)
     for arm, seeds in runs.items():
-        curves = []
-        extra = float(overhead.get(arm, {}).get("flops", 0.0))
-        for run in seeds:
-            curve = run.get("curve", {})
-            if axis in curve and curve.get("flops"):
-                flops = np.asarray(curve["flops"], dtype=np.float64) + extra
-                curves.append((flops, np.asarray(curve[axis], dtype=np.float64)))
+        extra = overhead[arm].flops if arm in overhead else 0.0
+        curves = [(x + extra, loss) for x, loss in _curves(seeds, axis, "flops")]
         if not curves:
             continue
         flops, mean, low, high = _mean_band(curves)
         style = "-" if arm in ("clm", "clm-mix") else "--"
         width = 2.2 if arm in ("clm", "clm-mix") else 1.2
-        (line,) = ax.plot(flops, mean, style, lw=width, marker="o", ms=2.5,
-                          label=f"{arm} ({_seeds(len(curves))})")  # fmt: skip
+        (line,) = ax.plot(
+            flops, mean, style, lw=width, marker="o", ms=2.5, label=f"{arm} ({_seeds(len(curves))})"
+        )
         if len(curves) > 1:
             ax.fill_between(flops, low, high, color=line.get_color(), alpha=0.15, lw=0)
     ax.axhline(target, color="0.3", linestyle=":", lw=1, label=f"target {target:.4f}")

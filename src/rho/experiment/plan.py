@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from enum import StrEnum
 
 from rho.experiment.arms import ARMS, Arm
 from rho.experiment.settings import FILE_FIELDS, ExperimentConfig
@@ -30,10 +31,28 @@ def stage_key(**parts) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+class Kind(StrEnum):
+    """What a stage does (its value is hashed into its key, so it never changes)."""
+
+    DATA = "data"
+    MIX = "mix"
+    BASE = "base"
+    PROXY = "proxy"
+    SAMPLE = "sample"
+    REFERENCE = "reference"
+    DRAW = "draw"
+    SCORE = "score"
+    PRUNE = "prune"
+    EMBED = "embed"
+    PROTO = "proto"
+    ARM = "arm"
+    ANALYSES = "analyses"
+
+
 @dataclass(frozen=True)
 class Stage:
     name: str
-    kind: str  # data | mix | base | proxy | sample | reference | draw | score | prune | embed | ...
+    kind: Kind
     key: str
     after: tuple[str, ...] = ()  # the stages whose results it reads
     arm: str | None = None
@@ -65,131 +84,203 @@ def reference_name(cfg: ExperimentConfig, source: str, seed: int) -> str:
     return f"reference-seed{seed}" if shares_reference_runs(cfg) else f"ref-seed{seed}"
 
 
+BASE = ("data", "base")  # what every stage that starts from the base reads
+
+
 def plan(cfg: ExperimentConfig, inputs: dict) -> dict[str, Stage]:
     """name -> Stage, in the order they run. ``inputs`` is the data stage's file hashes
     (rho.experiment.prepare.inputs_key)."""
-    stages: dict[str, Stage] = {}
+    planner = Planner(cfg)
+    planner.add("data", Kind.DATA, "data", inputs=inputs)
+    arms = [ARMS[name] for name in cfg.arm_list]
+    if any(arm.data == "mix" for arm in arms):
+        planner.add("mix", Kind.MIX, "mix", after=("data",))
+    planner.base()
+    if any(arm.proxy for arm in arms):  # the proxy arms' references start from their own base
+        planner.proxy()
+    if "reference" in cfg.arm_list and shares_reference_runs(cfg):
+        for r in cfg.reference_seeds_used:
+            planner.reference("base", r)
+    for arm in arms:
+        planner.arm(arm)
+    if cfg.analyze:
+        planner.analyses()
+    return planner.stages
 
-    def add(name, kind, stage, after=(), extra_reads=(), links=None, **identity) -> Stage:
-        """A stage keyed by the fields ``stage`` declares, what it reads and its identity;
-        ``links`` (windows, scores, charges) name stages already in ``after`` or charged."""
-        if name in stages:
-            return stages[name]
-        fields = cfg.fields_read(stage, extra_reads)
-        if stage == "data":  # files count by content (``inputs``), not by where they lie
+
+class Planner:
+    """Builds the plan: each method adds one kind of stage (after those it reads) to
+    ``stages``, in the order they run, and returns its name."""
+
+    def __init__(self, cfg: ExperimentConfig):
+        self.cfg = cfg
+        self.stages: dict[str, Stage] = {}
+
+    def add(self, name, kind, fields_of, after=(), extra_reads=(), links=None, **identity) -> str:
+        """A stage keyed by the fields ``fields_of`` declares (rho.experiment.settings), what it
+        reads and its identity; ``links`` (windows, scores, charges) name stages already in
+        ``after`` or charged. A stage already planned is reused."""
+        if name in self.stages:
+            return name
+        fields = self.cfg.fields_read(fields_of, extra_reads)
+        if fields_of == "data":  # files count by content (``inputs``), not by where they lie
             fields = {k: v for k, v in fields.items() if k not in FILE_FIELDS}
         key = stage_key(
             stage=kind,
             fields=fields,
-            after=[stages[a].key for a in after],
+            after=[self.stages[a].key for a in after],
             **{k: v for k, v in identity.items() if k != "cached"},
         )
         kept = {k: v for k, v in identity.items() if k in Stage.__dataclass_fields__}
-        stages[name] = Stage(name, kind, key, tuple(after), **kept, **(links or {}))
-        return stages[name]
+        self.stages[name] = Stage(name, kind, key, tuple(after), **kept, **(links or {}))
+        return name
 
-    add("data", "data", "data", inputs=inputs)
-    arms = cfg.arm_list
-    if any(ARMS[a].data == "mix" for a in arms):
-        add("mix", "mix", "mix", after=("data",))
-    if pretrains_base(cfg):
-        key = add("base", "base", "base", after=("data",), cached=True).key
-        stages["base"] = Stage(f"base-{key}", "base", key, ("data",), cached=True)
-    else:  # a given model (by name) or a fresh preset: nothing to pretrain
-        add("base", "base", "base", base=cfg.base)
-    base = ("data", "base")
-    if any(ARMS[a].proxy for a in arms):  # the proxy arms' references start from their own base
+    def base(self) -> None:
+        """A preset pretrained on --base_data (cached across run directories by its key), or a
+        given model or a fresh preset: nothing to pretrain."""
+        if pretrains_base(self.cfg):
+            self.cache(self.add("base", Kind.BASE, "base", after=("data",), cached=True))
+        else:
+            self.add("base", Kind.BASE, "base", base=self.cfg.base)
+
+    def proxy(self) -> None:
+        """The proxy references' smaller base, pretrained (and cached) like the base."""
+        cfg = self.cfg
         if cfg.reference_base in PRESETS and not cfg.from_scratch:
-            key = add("proxy", "proxy", "proxy", after=("data",)).key
-            stages["proxy"] = Stage(f"base-{key}", "proxy", key, ("data",), cached=True)
+            self.cache(self.add("proxy", Kind.PROXY, "proxy", after=("data",)))
         else:  # a given model or a fresh preset
             key = stage_key(stage="proxy", base=cfg.reference_base, scratch=cfg.from_scratch)
-            stages["proxy"] = Stage("proxy", "proxy", key)
+            self.stages["proxy"] = Stage("proxy", Kind.PROXY, key)
 
-    def reference(source: str, r: int) -> str:
+    def cache(self, name: str) -> None:
+        """Make a pretrained stage a shared cache entry, named by its key: other run
+        directories with the same key find it."""
+        stage = self.stages[name]
+        self.stages[name] = Stage(
+            f"base-{stage.key}", stage.kind, stage.key, stage.after, cached=True
+        )
+
+    def reference(self, source: str, r: int) -> str:
         """A scoring reference: the base (or the proxy) fine-tuned on the curated data, or the
         base trained on a seeded sample of the corpus (self)."""
-        start = ("data", "proxy") if source == "proxy" else base
+        start = ("data", "proxy") if source == "proxy" else BASE
         if source == "self":
-            sample = add(f"self-sample-seed{r}", "sample", "sample", after=("data",), seed=r)
-            start = (*base, sample.name)
-        name = reference_name(cfg, source, r)
+            sample = self.add(
+                f"self-sample-seed{r}", Kind.SAMPLE, "sample", after=("data",), seed=r
+            )
+            start = (*BASE, sample)
         fields = "self-reference" if source == "self" else "reference"
-        return add(name, "reference", fields, after=start, seed=r, source=source).name
+        return self.add(
+            reference_name(self.cfg, source, r),
+            Kind.REFERENCE,
+            fields,
+            after=start,
+            seed=r,
+            source=source,
+        )
 
-    if "reference" in arms and shares_reference_runs(cfg):
-        for r in cfg.reference_seeds_used:
-            reference("base", r)
-
-    def draw(arm: Arm, seed: int) -> str:
+    def draw(self, arm: Arm, seed: int) -> str:
         source = "mix" if arm.data == "mix" else "corpus"
-        pool = arm.pool(cfg)
+        pool = arm.pool(self.cfg)
         name = f"draw{'-mix' if source == 'mix' else ''}-x{pool:.3g}-seed{seed}"
         after = ("data", "mix") if source == "mix" else ("data",)
-        return add(name, "draw", "draw", after=after, seed=seed, pool=pool, source=source).name
+        return self.add(name, Kind.DRAW, "draw", after=after, seed=seed, pool=pool, source=source)
 
-    def score(ref: str, windows: str) -> str:
-        source = stages[ref].source
+    def score(self, ref: str, windows: str) -> str:
+        source = self.stages[ref].source
         who = {"base": "ref", "proxy": "proxy", "self": "self"}[source]
-        name = f"score-{who}{stages[ref].seed}-{windows}"
+        name = f"score-{who}{self.stages[ref].seed}-{windows}"
         # A self-reference's scores hold its next-token entropy too (slm-entropy reads it).
-        return add(name, "score", "score", after=(ref, windows), entropy=source == "self",
-                   links={"windows": windows}).name  # fmt: skip
+        return self.add(
+            name,
+            Kind.SCORE,
+            "score",
+            after=(ref, windows),
+            entropy=source == "self",
+            links={"windows": windows},
+        )
 
-    def pipeline(arm: Arm, seed: int) -> tuple[str, str | None, list[str]]:
-        """(the stage of the windows it trains on, of their scores, what it is charged)."""
-        windows = draw(arm, seed)
-        scores, charges = None, []
-        ref = None
-        if arm.uses_reference:
-            ref = reference(arm.reference, cfg.reference_for(seed))
-            charges += [ref] + (["proxy"] if arm.proxy and stages["proxy"].cached else [])
+    def pruned(self, arm: Arm, ref: str | None, windows: str) -> tuple[str, str | None, list]:
+        """Offline pruning of the drawn ``windows``: by reference loss or by prototypes. Returns
+        the stage of the windows kept, of their scores (if pruned by them), the stages charged."""
         if arm.data == "pruned":
-            scored = score(ref, windows)
-            windows = add(f"prune-{scored.removeprefix('score-')}", "prune", "prune",
-                          after=(scored,), links={"windows": scored}).name  # fmt: skip
-            scores = windows  # the kept windows' losses carry over
-            charges += [scored, windows]
-        elif arm.data == "proto":
-            embedded = add(f"embed-{windows}", "embed", "embed", after=(*base, windows),
-                           links={"windows": windows}).name  # fmt: skip
-            windows = add(f"proto-{windows}", "proto", "proto", after=(embedded, windows),
-                          links={"windows": windows}).name  # fmt: skip
-            charges += [embedded, windows]
+            scored = self.score(ref, windows)
+            kept = self.add(
+                f"prune-{scored.removeprefix('score-')}",
+                Kind.PRUNE,
+                "prune",
+                after=(scored,),
+                links={"windows": scored},
+            )
+            return kept, kept, [scored, kept]  # the kept windows' losses carry over
+        embedded = self.add(
+            f"embed-{windows}",
+            Kind.EMBED,
+            "embed",
+            after=(*BASE, windows),
+            links={"windows": windows},
+        )
+        kept = self.add(
+            f"proto-{windows}",
+            Kind.PROTO,
+            "proto",
+            after=(embedded, windows),
+            links={"windows": windows},
+        )
+        return kept, None, [embedded, kept]
+
+    def pipeline(self, arm: Arm, seed: int) -> tuple[str, str | None, list[str]]:
+        """(the stage of the windows an arm seed trains on, of their scores, what it is
+        charged)."""
+        windows, scores, charges, ref = self.draw(arm, seed), None, [], None
+        if arm.uses_reference:
+            ref = self.reference(arm.reference, self.cfg.reference_for(seed))
+            charges += [ref] + (["proxy"] if arm.proxy and self.stages["proxy"].cached else [])
+        if arm.data in ("pruned", "proto"):
+            windows, scores, pruning = self.pruned(arm, ref, windows)
+            charges += pruning
         if ref is not None and scores is None:
-            scores = score(ref, windows)
+            scores = self.score(ref, windows)
             charges.append(scores)
         return windows, scores, charges
 
-    first = cfg.seeds[0]
-    for name in arms:
-        arm = ARMS[name]
-        if arm.data == "curated":
-            if shares_reference_runs(cfg):
-                continue  # the reference arm is the reference runs themselves
-            for seed in cfg.seeds_of(name):
-                add(f"{name}-seed{seed}", "arm", "arms", after=base, extra_reads=arm.reads,
-                    arm=name, seed=seed)  # fmt: skip
-            continue
-        for seed in cfg.seeds_of(name):
-            windows, scores, charges = pipeline(arm, seed)
-            after = [*base, windows] + ([scores] if scores and scores != windows else [])
-            add(
-                f"{name}-seed{seed}",
-                "arm",
+    def arm(self, arm: Arm) -> None:
+        """Every seed of an arm, trained from the base on its windows (the reference arm, when
+        its runs are the scoring references, is those runs)."""
+        cfg, first = self.cfg, self.cfg.seeds[0]
+        if arm.data == "curated" and shares_reference_runs(cfg):
+            return
+        for seed in cfg.seeds_of(arm.name):
+            name = f"{arm.name}-seed{seed}"
+            if arm.data == "curated":
+                self.add(
+                    name,
+                    Kind.ARM,
+                    "arms",
+                    after=BASE,
+                    extra_reads=arm.reads,
+                    arm=arm.name,
+                    seed=seed,
+                )
+                continue
+            windows, scores, charges = self.pipeline(arm, seed)
+            after = [*BASE, windows] + ([scores] if scores and scores != windows else [])
+            self.add(
+                name,
+                Kind.ARM,
                 "arms",
                 after=after,
                 extra_reads=arm.reads,
                 links={"windows": windows, "scores": scores, "charges": tuple(charges)},
-                arm=name,
+                arm=arm.name,
                 seed=seed,
                 reference_seed=cfg.reference_for(seed) if arm.uses_reference else None,
-                save=seed == first and name in ("clm", "slm"),  # checkpoints for the analyses
+                save=seed == first and arm.name in ("clm", "slm"),  # checkpoints: the analyses
             )
 
-    if cfg.analyze:
+    def analyses(self) -> None:
+        first = self.cfg.seeds[0]
         after = [f"clm-seed{first}"]
-        if "slm" in arms:
-            after += [f"slm-seed{first}", stages[f"slm-seed{first}"].scores]
-        add("analyses", "analyses", "analyses", after=after)
-    return stages
+        if "slm" in self.cfg.arm_list:
+            after += [f"slm-seed{first}", self.stages[f"slm-seed{first}"].scores]
+        self.add("analyses", Kind.ANALYSES, "analyses", after=after)

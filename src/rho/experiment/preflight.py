@@ -66,12 +66,12 @@ def check_layer(layer: int, layers: int | None) -> None:
         )
 
 
-def check_sizes(cfg, data: dict) -> None:
+def check_sizes(cfg, data) -> None:
     """Every store drawn from or trained on holds at least one whole window of --seq_len
     tokens (``data``: the data stage's result, its token counts by store)."""
     pretrained = {cfg.base, cfg.reference_base} & set(PRESETS) and not cfg.from_scratch
     for store, flag in TRAINED_STORES.items():
-        tokens = data["tokens"].get(store)
+        tokens = data.tokens.get(store)
         if store == "base" and not pretrained:
             continue  # a model --base: its data is not trained on
         if tokens is not None and tokens < cfg.seq_len:

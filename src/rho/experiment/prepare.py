@@ -18,6 +18,7 @@ import numpy as np
 from rho.corpus import expand_inputs, iter_documents
 from rho.errors import UserError
 from rho.experiment.decontam import NgramIndex, decontaminate, read_texts
+from rho.experiment.records import BaseOverlap, Data, Decontamination, InputFiles, Mix, Windows
 from rho.experiment.settings import heldout_sets
 from rho.files import hash_dir, sha256_file, write_text_atomic
 from rho.models import PRESETS
@@ -39,10 +40,10 @@ def inputs_key(cfg) -> dict:
         role: [file_hash(f) for f in getattr(cfg, role)]
         for role in ("curated", "corpus", "base_data")
     }
-    files["heldout"] = {
+    heldout = {
         name: [file_hash(f) for f in paths] for name, paths in heldout_sets(cfg.heldout).items()
     }
-    return files
+    return {**files, "heldout": heldout}
 
 
 def texts_of(path: str) -> list[str]:
@@ -74,31 +75,51 @@ def tokenizer_source(cfg) -> str | None:
     return None
 
 
-def prepare(cfg, directory: Path) -> dict:
+def prepare(cfg, directory: Path) -> Data:
     """The data stage (see the module docstring); ``cfg`` is the stage's view of the config."""
-    training_side = {
-        role: [t for f in getattr(cfg, role) for t in texts_of(f)]
-        for role in ("curated", "corpus", "base_data")
-    }
-    index = NgramIndex.build([t for texts in training_side.values() for t in texts])
+    curated, corpus, base = (
+        [t for f in files for t in texts_of(f)]
+        for files in (cfg.curated, cfg.corpus, cfg.base_data)
+    )
+    index = NgramIndex.build([*curated, *corpus, *base])
+    split_files, decontam = split_heldout(cfg, index, directory / "heldout")
+    overlap = base_overlap(base, corpus)
+    del curated, corpus, base, index
+    paths, curated_files = tokenize_stores(cfg, split_files, directory)
+    return Data(
+        stores=paths,
+        files=InputFiles(corpus=list(cfg.corpus), curated=list(curated_files)),
+        axes=list(split_files),
+        decontamination=decontam,
+        base_overlap=overlap,
+        tokens={k: TokenStore(p).n_tokens for k, p in paths.items()},
+    )
+
+
+def split_heldout(cfg, index: NgramIndex, directory: Path):
+    """Each held-out set decontaminated against ``index`` and split by document hash into
+    validation and test files; returns {name: {split: file}} and {name: its statistics}."""
     split_files: dict[str, dict[str, str]] = {}
-    decontam: dict[str, dict] = {}
+    decontam: dict[str, Decontamination] = {}
     for name, files in heldout_sets(cfg.heldout).items():
         texts = [t for f in files for t in texts_of(f) if t.strip()]
         result = decontaminate(texts, index, cfg.decontam_threshold)
-        decontam[name] = result.as_dict()
+        decontam[name] = Decontamination.model_validate(result.as_dict())
         kept = [t for t, keep in zip(texts, result.keep, strict=True) if keep]
         validation = [t for t in kept if in_validation(t, cfg.validation_fraction)]
         test = [t for t in kept if not in_validation(t, cfg.validation_fraction)]
         if not validation or not test:
             raise_small(name, len(texts), len(kept))
         split_files[name] = {
-            split: str(write_docs(directory / "heldout" / f"{name}-{split}.jsonl", docs))
+            split: str(write_docs(directory / f"{name}-{split}.jsonl", docs))
             for split, docs in zip(SPLITS, (validation, test), strict=True)
         }
-    overlap = base_overlap(training_side["base_data"], training_side["corpus"])
-    del training_side, index
+    return split_files, decontam
 
+
+def tokenize_stores(cfg, split_files: dict, directory: Path) -> tuple[dict[str, str], list[str]]:
+    """Every token store by role (the corpus's tokenizer, trained or the base's, for all);
+    returns them and the curated files used (a sample of them under --curated_tokens)."""
     stores = directory / "stores"
     source = tokenizer_source(cfg)
     if source is None:
@@ -116,69 +137,62 @@ def prepare(cfg, directory: Path) -> dict:
     curated = cfg.curated
     if cfg.curated_tokens and curated:
         curated = [str(curated_sample(curated, tok, cfg.curated_tokens, directory / "curated"))]
+    # the self-reference arms need no curated data; a given base no base data
+    roles = [("curated", curated), ("base", cfg.base_data)]
+    roles += [
+        (f"{name}-{split}", [file])
+        for name, splits in split_files.items()
+        for split, file in splits.items()
+    ]
     paths = {"corpus": str(corpus.path)}
-    if curated:  # the self-reference arms need none
-        paths["curated"] = store("curated", curated)
-    if cfg.base_data:
-        paths["base"] = store("base", cfg.base_data)
-    for name, splits in split_files.items():
-        for split, file in splits.items():
-            paths[f"{name}-{split}"] = store(f"{name}-{split}", [file])
-    return {
-        "stores": paths,
-        "files": {"corpus": list(cfg.corpus), "curated": list(curated)},
-        "axes": list(split_files),
-        "decontamination": decontam,
-        "base_overlap": overlap,
-        "tokens": {k: TokenStore(p).n_tokens for k, p in paths.items()},
-    }
+    paths.update({role: store(role, files) for role, files in roles if files})
+    return paths, curated
 
 
 def curated_sample(files: list[str], tokenizer: str, budget: int, directory: Path) -> Path:
     """At most ``budget`` tokens of the curated files: whole documents in a seeded order (at
     least one), written as one jsonl file."""
     texts = [t for f in files for t in texts_of(f) if t.strip()]
-    lengths = [len(ids) for ids in load_tokenizer(tokenizer)(texts)["input_ids"]]
+    lengths = [len(ids) for ids in load_tokenizer(tokenizer)(texts).input_ids]
     order = np.random.default_rng(0).permutation(len(texts))
     used = np.cumsum([lengths[i] + 1 for i in order])  # + the end-of-document token
     take = max(1, int(np.searchsorted(used, budget, side="right")))
     return write_docs(directory / "curated-sample.jsonl", [texts[i] for i in sorted(order[:take])])
 
 
-def draw_windows(store: TokenStore, seq_len: int, n: int, seed: int, out: Path) -> dict:
+def draw_windows(store: TokenStore, seq_len: int, n: int, seed: int, out: Path) -> Windows:
     """``n`` whole windows of ``store`` drawn by ``seed``: the first n of one permutation (a
     larger draw holds a smaller one), written in stream order under ``out``."""
     full = store.n_tokens // seq_len
     chosen = np.sort(np.random.default_rng(seed).permutation(full)[: min(n, full)])
     write_windows(store, out, chosen, seq_len, {"by": "draw", "seed": seed, "of": full})
-    return {"tokens": str(out / "tokens"), "losses": None, "windows": len(chosen), "of": full}
+    return Windows(tokens=str(out / "tokens"), windows=len(chosen), of=full)
 
 
-def base_overlap(base: list[str], corpus: list[str]) -> dict:
+def base_overlap(base: list[str], corpus: list[str]) -> BaseOverlap:
     """How much of the base's pretraining text is also in the corpus (whole documents, by
     exact text): the arms then continue on text the base has seen."""
     seen = {hash(t) for t in corpus}
     shared = [t for t in base if hash(t) in seen]
-    return {
-        "documents": len(shared),
-        "base_documents": len(base),
-        "corpus_documents": len(corpus),
-        "share_of_corpus_characters": sum(map(len, shared)) / max(1, sum(map(len, corpus))),
-    }
+    return BaseOverlap(
+        documents=len(shared),
+        base_documents=len(base),
+        corpus_documents=len(corpus),
+        share_of_corpus_characters=sum(map(len, shared)) / max(1, sum(map(len, corpus))),
+    )
 
 
-def build_mix(cfg, data: dict, directory: Path) -> dict:
+def build_mix(cfg, data: Data, directory: Path) -> Mix:
     """The clm-mix arm's corpus: the corpus's files with the curated files repeated to bring
     them closest to ``mix_share`` of its tokens (tokenized with the data stage's tokenizer)."""
-    stores = data["stores"]
-    corpus, curated = TokenStore(stores["corpus"]), TokenStore(stores["curated"])
+    corpus, curated = TokenStore(data.store("corpus")), TokenStore(data.store("curated"))
     repeats = mix_repeats(cfg.mix_share, corpus.n_tokens, curated.n_tokens)
-    files = [*data["files"]["corpus"], *data["files"]["curated"] * repeats]
+    files = [*data.files.corpus, *data.files.curated * repeats]
     mix = tokenize_corpus(
         files, directory / "mix", tokenizer=str(corpus.tokenizer_dir), progress=False
     )
     share = (mix.n_tokens - corpus.n_tokens) / mix.n_tokens
-    return {"store": str(mix.path), "repeats": repeats, "share": share, "tokens": mix.n_tokens}
+    return Mix(store=str(mix.path), repeats=repeats, share=share, tokens=mix.n_tokens)
 
 
 def mix_repeats(share: float, corpus_tokens: int, curated_tokens: int) -> int:

@@ -1,8 +1,9 @@
 """Resumable stages: each stage of `rho experiment` writes into its own directory and records,
 when it finishes, a key (a hash of its settings and of the keys of the stages it reads) and
-its result. A rerun skips a stage whose record holds the same key, and redoes, from scratch, a
-stage that is missing, unfinished (killed mid-way) or whose inputs or settings changed; a
-changed stage changes the keys of every stage after it, so they are redone too.
+its result (a typed record, rho.experiment.records). A rerun skips a stage whose record holds
+the same key, and redoes, from scratch, a stage that is missing, unfinished (killed mid-way)
+or whose inputs or settings changed; a changed stage changes the keys of every stage after
+it, so they are redone too.
 """
 
 from __future__ import annotations
@@ -10,12 +11,24 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
+from pydantic import BaseModel, ValidationError
 from tqdm.auto import tqdm
 
+from rho.experiment.records import Record
 from rho.files import output_lock, read_json, remove_path, write_json_atomic
 
 RECORD = "stage.json"
+R = TypeVar("R", bound=Record)
+
+
+class StageRecord(BaseModel):
+    """A finished stage's stage.json: its key, its seconds and its result."""
+
+    key: str
+    seconds: float
+    result: dict[str, Any]
 
 
 class Stages:
@@ -28,37 +41,44 @@ class Stages:
     def path(self, name: str) -> Path:
         return self.root / "stages" / name
 
-    def done(self, name: str, key: str) -> dict | None:
-        record = self.path(name) / RECORD
-        if record.is_file():
-            saved = read_json(record)
-            if saved.get("key") == key:
-                return saved
+    def done(self, name: str, key: str, kind: type[R]) -> tuple[R, float] | None:
+        """The stage's recorded result and seconds, if it finished with this key (a record that
+        does not read back as ``kind`` is redone, like an unfinished one)."""
+        file = self.path(name) / RECORD
+        if not file.is_file():
+            return None
+        try:
+            saved = StageRecord.model_validate(read_json(file))
+            if saved.key == key:
+                return kind.model_validate(saved.result), saved.seconds
+        except ValidationError:
+            pass
         return None
 
     def run(
         self,
         name: str,
         key: str,
-        build: Callable[[Path], dict],
+        build: Callable[[Path], R],
+        kind: type[R],
         title: str = "",
         shared: bool = False,
-    ) -> dict:
-        """The stage's result: recorded, or built now by ``build(directory)``. A ``shared``
-        stage (a cache entry other run directories use too) is built under a lock that a second
-        process waits on; it then finds the record and skips. The record is written last, so a
-        half-built stage is never trusted."""
+    ) -> R:
+        """The stage's result (a ``kind``): recorded, or built now by ``build(directory)``. A
+        ``shared`` stage (a cache entry other run directories use too) is built under a lock
+        that a second process waits on; it then finds the record and skips. The record is
+        written last, so a half-built stage is never trusted."""
         if not shared:
-            return self._run(name, key, build, title)
+            return self._run(name, key, build, kind, title)
         with output_lock(self.path(name), wait=True):
-            return self._run(name, key, build, title)
+            return self._run(name, key, build, kind, title)
 
-    def _run(self, name: str, key: str, build: Callable[[Path], dict], title: str) -> dict:
-        saved = self.done(name, key)
+    def _run(self, name: str, key: str, build: Callable[[Path], R], kind: type[R], title: str) -> R:
+        saved = self.done(name, key, kind)
         if saved is not None:
-            self.seconds[name] = saved["seconds"]
+            result, self.seconds[name] = saved
             self.log(f"  {title or name}: done before (skipped)")
-            return saved["result"]
+            return result
         self.log(f"  {title or name} ...")
         directory = self.path(name)
         remove_path(directory)  # unfinished or stale: start this stage afresh
@@ -67,6 +87,6 @@ class Stages:
         result = build(directory)
         seconds = time.perf_counter() - started
         self.seconds[name] = seconds
-        record = {"key": key, "seconds": round(seconds, 3), "result": result}
-        write_json_atomic(directory / RECORD, record, sort_keys=False)
+        record = StageRecord(key=key, seconds=round(seconds, 3), result=result.model_dump())
+        write_json_atomic(directory / RECORD, record.model_dump(), sort_keys=False)
         return result

@@ -13,22 +13,24 @@ import math
 import numpy as np
 from scipy import stats
 
+from rho.experiment.records import Difference, Spread
+
 ALPHA = 0.05
 WELCH = "Welch's t-test"
 PAIRED = "paired t-test (by seed)"
 
 
-def spread(values) -> dict:
+def spread(values) -> Spread:
     """Mean, sample standard deviation (ddof=1; 0.0 for a single value), count and the values."""
     vals = [float(v) for v in values]
     if not vals:
         raise ValueError("spread of no values")
     n = len(vals)
     std = float(np.std(vals, ddof=1)) if n > 1 else 0.0
-    return {"mean": float(np.mean(vals)), "std": std, "n": n, "values": vals}
+    return Spread(mean=float(np.mean(vals)), std=std, n=n, values=vals)
 
 
-def difference(a, b, paired: bool = False) -> dict:
+def difference(a, b, paired: bool = False) -> Difference:
     """``delta`` = mean(a) − mean(b), tested two-sided at ``ALPHA``.
 
     ``paired``: a[i] and b[i] share a seed (the same data order), so the test is on the
@@ -39,17 +41,7 @@ def difference(a, b, paired: bool = False) -> dict:
     ``supported`` are None when a side has a single value or there is no spread at all."""
     a, b = [float(x) for x in a], [float(x) for x in b]
     delta = float(np.mean(a) - np.mean(b))
-    out = {
-        "delta": delta,
-        "se": None,
-        "test": PAIRED if paired else WELCH,
-        "t": None,
-        "df": None,
-        "critical": None,
-        "p": None,
-        "supported": None,
-        "n": [len(a), len(b)],
-    }
+    out = Difference(delta=delta, test=PAIRED if paired else WELCH, n=[len(a), len(b)])
     if len(a) < 2 or len(b) < 2 or (paired and len(a) != len(b)):
         return out
     if paired:
@@ -59,30 +51,25 @@ def difference(a, b, paired: bool = False) -> dict:
     else:
         se = math.sqrt(np.var(a, ddof=1) / len(a) + np.var(b, ddof=1) / len(b))
         result = stats.ttest_ind(a, b, equal_var=False) if se > 0 else None
-    out["se"] = se
+    out.se = se
     if result is None:  # identical values on both sides: nothing to test
         return out
-    df = float(result.df)
-    out.update(
-        t=float(result.statistic),
-        df=df,
-        p=float(result.pvalue),
-        critical=float(stats.t.ppf(1 - ALPHA / 2, df)),
-        supported=bool(result.pvalue < ALPHA),
-    )
+    out.t, out.df, out.p = float(result.statistic), float(result.df), float(result.pvalue)
+    out.critical = float(stats.t.ppf(1 - ALPHA / 2, out.df))
+    out.supported = bool(result.pvalue < ALPHA)
     return out
 
 
-def verdict(d: dict) -> str:
+def verdict(d: Difference) -> str:
     """The difference in words: the test, its statistic and whether it is supported."""
-    if d["supported"] is None:
-        if d["se"] is None:
+    if d.supported is None:
+        if d.se is None:
             return "untested: an arm has a single seed, so its spread is unknown"
         return "untested: no spread over seeds on either side"
-    df = f"{d['df']:.1f}" if d["test"] == WELCH else f"{d['df']:.0f}"
-    word = "supported" if d["supported"] else "not supported"
-    relation = "<" if d["supported"] else "≥"
+    df = f"{d.df:.1f}" if d.test == WELCH else f"{d.df:.0f}"
+    word = "supported" if d.supported else "not supported"
+    relation = "<" if d.supported else "≥"
     return (
-        f"{word} by {d['test']}: t = {d['t']:.2f}, df = {df}, p = {d['p']:.3f} {relation} "
-        f"{ALPHA} (|t| must exceed {d['critical']:.2f})"
+        f"{word} by {d.test}: t = {d.t:.2f}, df = {df}, p = {d.p:.3f} {relation} "
+        f"{ALPHA} (|t| must exceed {d.critical:.2f})"
     )

@@ -5,6 +5,17 @@ who wins, every arm against the baseline with its test, and the reference-seed p
 from __future__ import annotations
 
 from rho.experiment.arms import ARMS
+from rho.experiment.records import (
+    ComputeRow,
+    Decontamination,
+    Difference,
+    DynamicsTable,
+    Frontier,
+    Rank,
+    Spread,
+    Totals,
+    Winners,
+)
 from rho.experiment.stats import verdict
 
 
@@ -22,14 +33,14 @@ def _num(x: float | None, spec: str = ".4g") -> str:
     return "n/a" if x is None else format(x, spec)
 
 
-def pm(s: dict | None, spec: str = ".4g", unit: str = "") -> str:
+def pm(s: Spread | None, spec: str = ".4g", unit: str = "") -> str:
     """Mean ± sample std of a spread (just the mean for one value; "not reached" for None)."""
     if s is None:
         return "not reached"
     fmt = seconds if spec == "s" else (lambda x: format(x, spec))
-    if s["n"] < 2:
-        return f"{fmt(s['mean'])}{unit}"
-    return f"{fmt(s['mean'])}{unit} ± {fmt(s['std'])}"
+    if s.n < 2:
+        return f"{fmt(s.mean)}{unit}"
+    return f"{fmt(s.mean)}{unit} ± {fmt(s.std)}"
 
 
 def _seeds(n: int) -> str:
@@ -53,12 +64,12 @@ def loss_markdown(loss_table: dict, runs: dict | None = None, split: str = "test
             s = row.get(axis)
             if s is None:
                 cells.append("n/a")
-            elif s["n"] < 2:
-                cells.append(f"{s['mean']:.4f} (1 seed, spread unknown)")
+            elif s.n < 2:
+                cells.append(f"{s.mean:.4f} (1 seed, spread unknown)")
             else:
-                cells.append(f"{s['mean']:.4f} ± {s['std']:.4f} ({_seeds(s['n'])})")
+                cells.append(f"{s.mean:.4f} ± {s.std:.4f} ({_seeds(s.n)})")
         if runs is not None:
-            cells.append(", ".join(str(r.get("seed", "?")) for r in runs.get(arm, [])))
+            cells.append(", ".join(str(r.seed) for r in runs.get(arm, [])))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -67,86 +78,85 @@ def _break_even(n: int | None, is_baseline: bool) -> str:
     return "—" if is_baseline else ("never" if n is None else str(n))
 
 
-def _total_cells(total: dict | None, spec: str, ratio, n_amortise: int, baseline: bool) -> list:
+def _total_cells(total: Totals | None, spec: str, n_amortise: int, baseline: bool) -> list:
     """One-off total (with its ratio), the amortised ratios and the break-even of a cost."""
     if total is None:
         return ["n/a"] * (2 + n_amortise)
     return [
-        pm(total["one_off"], spec) + ratio(total["ratio_one_off"]),
-        *[pm(a["ratio"], ".3g", "×") for a in total["amortised"]],
-        _break_even(total["break_even"], baseline),
+        pm(total.one_off, spec) + _ratio_text(total.ratio_one_off),
+        *[pm(a.ratio, ".3g", "×") for a in total.amortised],
+        _break_even(total.break_even, baseline),
     ]
 
 
-def compute_markdown(compute_table: dict, read_per_trained: dict | None = None) -> str:
+def _ratio_text(s: Spread | None) -> str:
+    return "" if s is None else f" ({pm(s, '.3g', '×')})"
+
+
+def _row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def _head(cells: list[str]) -> list[str]:
+    return [_row(cells), "|" + "---|" * len(cells)]
+
+
+FLOPS_COLUMNS = (
+    "arm",
+    "reached",
+    "tokens trained to reach",
+    "of",
+    "training FLOPs to reach",
+    "overhead FLOPs",
+    "one-off total FLOPs",
+)  # then the amortised ratios
+SECONDS_COLUMNS = ("arm", "training seconds to reach", "overhead seconds", "one-off total seconds")
+
+
+def compute_markdown(
+    compute_table: dict[str, ComputeRow], read_per_trained: dict | None = None
+) -> str:
     """Two tables, FLOPs and wall time: per arm the cost to reach the target (mean ± sample std
     over seeds, × the baseline's whole run), the one-off total with the arm's overhead, the
     total amortised over N runs (× the baseline) and the break-even N; and a paragraph saying
     how each number is counted. ``read_per_trained``: windows read per window trained."""
     if not compute_table:
         return "No runs."
-    read_per_trained = read_per_trained or {}
     first = next(iter(compute_table.values()))
-    base = first["baseline"]
-    runs_n = [a["runs"] for a in (first["flops_total"] or {"amortised": []})["amortised"]]
-
-    def ratio(s):
-        return "" if s is None else f" ({pm(s, '.3g', '×')})"
-
-    head = [
-        "arm",
-        "reached",
-        "tokens trained to reach",
-        "of",
-        "training FLOPs to reach",
-        "overhead FLOPs",
-        "one-off total FLOPs",
-        *[f"amortised over {n} (× {base})" for n in runs_n],
-        "break-even runs",
-    ]
+    base = first.baseline
+    runs_n = [a.runs for a in first.flops_total.amortised] if first.flops_total else []
+    amortised = [f"amortised over {n} (× {base})" for n in runs_n]
     lines = [
         f"Values are mean ± sample std over seeds; in brackets, the ratio to {base}'s whole run "
         "(below 1 is cheaper).",
         "",
-        "| " + " | ".join(head) + " |",
-        "|" + "---|" * len(head),
+        *_head([*FLOPS_COLUMNS, *amortised, "break-even runs"]),
     ]
     for arm, row in compute_table.items():
-        t = row["flops_total"]
         cells = [
             arm,
-            f"{row['reached']}/{row['seeds']}",
-            pm(row["tokens"]) + ratio(row["ratio"]["tokens"]),
+            f"{row.reached}/{row.seeds}",
+            pm(row.tokens) + _ratio_text(row.ratio.tokens),
             f"{ARMS[arm].data} tokens" if arm in ARMS else "",
-            pm(row["flops_train"], ".3g") + ratio(row["ratio"]["flops_train"]),
-            _num(row["overhead"]["flops"], ".3g"),
+            pm(row.flops_train, ".3g") + _ratio_text(row.ratio.flops_train),
+            _num(row.overhead.flops, ".3g"),
         ]
-        cells += _total_cells(t, ".3g", ratio, len(runs_n), arm == base)
-        lines.append("| " + " | ".join(cells) + " |")
-
-    head = [
-        "arm",
-        "training seconds to reach",
-        "overhead seconds",
-        "one-off total seconds",
-        *[f"amortised over {n} (× {base})" for n in runs_n],
-        "break-even runs",
-    ]
-    lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines.append(_row(cells + _total_cells(row.flops_total, ".3g", len(runs_n), arm == base)))
+    lines += ["", *_head([*SECONDS_COLUMNS, *amortised, "break-even runs"])]
     for arm, row in compute_table.items():
-        t = row["seconds_total"]
         cells = [
             arm,
-            pm(row["seconds_train"], "s") + ratio(row["ratio"]["seconds_train"]),
-            seconds(row["overhead"]["seconds"]),
+            pm(row.seconds_train, "s") + _ratio_text(row.ratio.seconds_train),
+            seconds(row.overhead.seconds),
         ]
-        cells += _total_cells(t, "s", ratio, len(runs_n), arm == base)
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append(_row(cells + _total_cells(row.seconds_total, "s", len(runs_n), arm == base)))
+    return "\n".join(lines + _compute_notes(compute_table, read_per_trained or {}))
 
+
+def _compute_notes(compute_table: dict[str, ComputeRow], read_per_trained: dict) -> list[str]:
+    """How the compute tables count, the arms that read more than they train on, overheads."""
     overheads = [
-        f"{arm}: {row['overhead']['what']}"
-        for arm, row in compute_table.items()
-        if row["overhead"]["what"]
+        f"{arm}: {row.overhead.what}" for arm, row in compute_table.items() if row.overhead.what
     ]
     reads = [
         f"{arm} reads {r:.3g}× the windows it trains on (forward only; its FLOPs include "
@@ -154,7 +164,7 @@ def compute_markdown(compute_table: dict, read_per_trained: dict | None = None) 
         for arm, r in read_per_trained.items()
         if r > 1
     ]
-    lines += [
+    lines = [
         "",
         "Costs to reach are interpolated linearly between evaluations, per seed; an arm counts as "
         'reaching only if every seed does (otherwise "not reached"). The one-off total adds the '
@@ -168,40 +178,40 @@ def compute_markdown(compute_table: dict, read_per_trained: dict | None = None) 
         lines += ["", "; ".join(reads) + "."]
     if overheads:
         lines += ["", "Overheads — " + "; ".join(overheads) + "."]
-    return "\n".join(lines)
+    return lines
 
 
-def _lead(rank: dict, spec: str, unit: str = "") -> str:
+def _lead(rank: Rank, spec: str, unit: str = "") -> str:
     """The bracket after a winner: its value vs the runner-up's, and whether the lead is
     supported by the spread over seeds (its test named)."""
     unit = f" {unit}" if unit else ""
-    value = f"{pm(rank['value'], spec)}{unit}"
-    if rank["runner_up"] is None:
+    value = f"{pm(rank.value, spec)}{unit}"
+    if rank.runner_up is None:
         return f"({value}; no other arm to compare)"
-    d = rank["difference"]
-    runner = f"{pm(rank['runner_up_value'], spec)}{unit}"
+    d = rank.difference
+    runner = f"{pm(rank.runner_up_value, spec)}{unit}"
     return (
-        f"({value} vs {runner} for {rank['runner_up']}, the runner-up; the difference, "
-        f"{format(d['delta'], spec)}, is {verdict(d)})"
+        f"({value} vs {runner} for {rank.runner_up}, the runner-up; the difference, "
+        f"{format(d.delta, spec)}, is {verdict(d)})"
     )
 
 
-def winners_markdown(winners: dict, focus: str = "slm", left_out=()) -> str:
+def winners_markdown(winners: Winners, focus: str = "slm", left_out=()) -> str:
     """The winners as plain sentences, one per axis, naming the winner whichever arm it is; when
     it is not ``focus`` (the method under test), where ``focus`` placed. Values are mean ±
     sample std over seeds."""
 
-    def placed(rank: dict) -> str:
-        if rank["arm"] == focus or focus not in rank["ranking"]:
+    def placed(rank: Rank) -> str:
+        if rank.arm == focus or focus not in rank.ranking:
             return ""
-        return f" {focus} is not the winner: it places {rank['places'][focus]} of {rank['ranked']}."
+        return f" {focus} is not the winner: it places {rank.places[focus]} of {rank.ranked}."
 
     lines = []
-    for axis, rank in winners["loss"].items():
+    for axis, rank in winners.loss.items():
         if rank is not None:
             lead = _lead(rank, ".4f", "nats/token")
-            lines.append(f"- On {axis} test loss, {rank['arm']} wins {lead}." + placed(rank))
-    base, target = winners.get("baseline"), winners.get("target")
+            lines.append(f"- On {axis} test loss, {rank.arm} wins {lead}." + placed(rank))
+    base, target = winners.baseline, winners.target
     if base is None:
         return "\n".join(lines)
     reach = f"the target ({target:.4f})"
@@ -211,21 +221,21 @@ def winners_markdown(winners: dict, focus: str = "slm", left_out=()) -> str:
         ("flops_one_off", "Least one-off total FLOPs (training to reach + overhead)", ".3g"),
         ("flops_amortised", "Least total FLOPs amortised over {runs} runs", ".3g"),
     ):
-        rank = winners.get(key)
+        rank = getattr(winners, key)
         if rank is None:
             lines.append(f"- {sentence.format(runs='N')}: no arm reached the target on every seed.")
             continue
-        head = sentence.format(runs=rank.get("runs", "N"))
-        lines.append(f"- {head}: {rank['arm']} {_lead(rank, spec)}." + placed(rank))
+        head = sentence.format(runs=rank.runs or "N")
+        lines.append(f"- {head}: {rank.arm} {_lead(rank, spec)}." + placed(rank))
     return "\n".join(lines)
 
 
-def against_markdown(against: dict) -> str:
+def against_markdown(against: dict[str, dict[str, Difference]]) -> str:
     """Each arm minus the baseline on every axis, with the test and its verdict."""
     lines = ["| arm | axis | difference (nats/token) | verdict |", "|---|---|---|---|"]
     for arm, per_axis in against.items():
         for axis, d in per_axis.items():
-            lines.append(f"| {arm} | {axis} | {d['delta']:+.4f} | {verdict(d)} |")
+            lines.append(f"| {arm} | {axis} | {d.delta:+.4f} | {verdict(d)} |")
     return "\n".join(lines)
 
 
@@ -243,15 +253,68 @@ def pairs_markdown(pairs: dict, axes: list[str]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for arm, rows in pairs.items():
         for r in rows:
-            ref = r["reference_test"] or {}
-            diff = r["minus_clm"] or {}
+            ref = r.reference_test or {}
+            diff = r.minus_clm or {}
             cells = [
                 arm,
-                str(r["seed"]),
-                str(r["reference_seed"]),
+                str(r.seed),
+                str(r.reference_seed),
                 *[_num(ref.get(a), ".4f") for a in axes],
-                *[_num(r["test"].get(a), ".4f") for a in axes],
+                *[_num(r.test.get(a), ".4f") for a in axes],
                 *[_num(diff.get(a), "+.4f") for a in axes],
             ]
             lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def frontier_lines(frontier: Frontier) -> list[str]:
+    """Whether each arm's one-off total beats clm's run and the curated mix's."""
+    lines = [
+        "## The compute frontier",
+        "",
+        "![validation loss against one-off total FLOPs](frontier.png)",
+        "",
+        "| arm | one-off FLOPs to the target (× clm's run) | below clm's run on every seed | "
+        "against the curated mix |",
+        "|---|---|---|---|",
+    ]
+    for arm, e in frontier.arms.items():
+        ratio = e.ratio_one_off
+        if ratio is None:
+            lines.append(f"| {arm} | not reached on every seed | n/a | n/a |")
+            continue
+        below = "yes" if e.below_clm else "no"
+        mix = e.against_mix
+        versus = "—" if mix is None else f"{mix.delta:+.3g} FLOPs: {verdict(mix)}"
+        lines.append(f"| {arm} | {pm(ratio, '.3g', '×')} | {below} | {versus} |")
+    if frontier.best is not None:
+        lines += [
+            "",
+            f"Least one-off FLOPs to the target: {frontier.best}, at "
+            f"{frontier.best_ratio:.3g}× clm's run.",
+        ]
+    return [*lines, ""]
+
+
+def decontam_markdown(decontam: dict[str, Decontamination]) -> str:
+    lines = [
+        "| held-out set | documents before → after | shared 13-grams before → after |",
+        "|---|---|---|",
+    ]
+    for name, d in decontam.items():
+        b, a = d.before, d.after
+        lines.append(
+            f"| {name} | {b.documents} → {a.documents} | "
+            f"{b.shared_fraction:.2%} → {a.shared_fraction:.2%} |"
+        )
+    return "\n".join(lines)
+
+
+def dynamics_markdown(table: DynamicsTable) -> str:
+    """The split of this run's tokens (the paper's own split is quoted in words below, not set
+    beside it as if like for like)."""
+    lines = ["| category | tokens | share of scored tokens |", "|---|---:|---:|"]
+    for row in table.rows:
+        lines.append(f"| {row.category} | {row.count:,} | {row.percent:.1f}% |")
+    lines.append(f"| all scored | {table.scored:,} | |")
     return "\n".join(lines)

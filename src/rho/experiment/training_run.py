@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict
 from torch.utils.data import Subset
 from tqdm.auto import tqdm
 from transformers import PrinterCallback, TrainerCallback
@@ -18,6 +19,7 @@ from rho.data import WindowDataset
 from rho.errors import UserError
 from rho.eval.heldout import evaluate_store
 from rho.experiment.prepare import SPLITS
+from rho.experiment.records import Curve, Data, Final, Trained
 from rho.experiment.schedule import owned_arguments
 from rho.files import one_line
 from rho.models import PRESETS, count_parameters
@@ -55,8 +57,9 @@ class ConsoleLines(TrainerCallback):
         if len(self.pending) == len(self.axes):
             losses = "  ".join(f"{axis} {self.pending[axis]:.4f}" for axis in self.axes)
             tokens = state.num_input_tokens_seen / 1e6
-            tqdm.write(f"  {self.label:<22} step {state.global_step:>5}  {tokens:6.2f}M tok  "
-                       f"{losses}")  # fmt: skip
+            tqdm.write(
+                f"  {self.label:<22} step {state.global_step:>5}  {tokens:6.2f}M tok  {losses}"
+            )
             self.pending = {}
 
 
@@ -118,8 +121,7 @@ def validation_sample(store: str, seq_len: int, windows: int) -> Subset:
 def train_run(
     directory: Path,
     cfg,
-    stores: dict[str, str],
-    axes: list[str],
+    data: Data,
     *,
     label: str,
     init: str,
@@ -130,78 +132,102 @@ def train_run(
     lr: float,
     ref_losses: str | None = None,
     save_checkpoints: bool = False,
-) -> dict:
+) -> Trained:
     """Train from ``init`` (a preset or a model directory) on ``tokens``; returns the run's
-    result: curve, final validation and test loss per axis, what it trained (steps, warm-up,
+    record: curve, final validation and test loss per axis, what it trained (steps, warm-up,
     tokens, windows read), FLOPs, seconds. ``cfg`` is the stage's view of the config (the
-    schedule fields)."""
+    schedule fields); ``data`` the data stage's record (the held-out stores)."""
     preset = init in PRESETS
-    data = ModelDataArguments(
+    options = ModelDataArguments(
         tokens=tokens,
         model=None if preset else init,
         preset=init if preset else None,
         ref_losses=ref_losses if selection.needs_reference else None,
-        eval_tokens=stores[f"{axes[0]}-validation"],  # checked here, replaced by all axes below
+        eval_tokens=data.split(data.axes[0], "validation"),  # replaced by all axes below
         seq_len=cfg.seq_len,
     )
     run = directory / "run"
     args = training_arguments(run, cfg, steps, seed, lr, save_checkpoints, selection)
-    trainer = build_trainer(data, args)
+    trainer = build_trainer(options, args)
     trainer.eval_dataset = {
-        axis: validation_sample(stores[f"{axis}-validation"], cfg.seq_len, cfg.eval_windows)
-        for axis in axes
+        axis: validation_sample(data.split(axis, "validation"), cfg.seq_len, cfg.eval_windows)
+        for axis in data.axes
     }
     trainer.remove_callback(PrinterCallback)  # raw log dicts go to metrics.jsonl, not the console
-    trainer.add_callback(ConsoleLines(label, axes, steps))
+    trainer.add_callback(ConsoleLines(label, data.axes, steps))
     trainer.add_callback(EvaluateAtEnd())
     trainer.evaluate()  # the starting point of every curve
     trainer.train()
     trainer.save_model()
-    compute, n_params = trainer.compute_logs(), count_parameters(trainer.model)
-    tokens_seen = int(trainer.state.num_input_tokens_seen)
-    trained = {
-        "steps": int(trainer.state.global_step),
-        "warmup_steps": int(args.warmup_steps),
-        # RHO-LOSS reads (forwards) candidate windows beyond those it trains on.
-        "windows_read": int(compute["candidate_windows"] or compute["windows_trained"]),
-        "windows_trained": int(compute["windows_trained"]),
-        "sample_windows": {axis: len(trainer.eval_dataset[axis]) for axis in axes},
-    }
+    trained = trained_counts(trainer, args)
     del trainer
-    final = {
-        split: {
-            axis: evaluate_store(
-                run, stores[f"{axis}-{split}"], cfg.seq_len, cfg.batch_size, progress=False
-            )["overall"]["loss"]  # fmt: skip
-            for axis in axes
-        }
-        for split in SPLITS
-    }
-    return {
-        "run": str(run),
-        "final": final,
-        "curve": curve(run, axes),
-        "train_tokens": tokens_seen,
-        **trained,
-        "flops_train": compute["flops_train"]
-        + compute["flops_candidates"]
-        + compute["flops_ref_online"],
-        "seconds_train": compute["train_seconds"],
-        "n_params": n_params,
-    }
+    return Trained(
+        run=str(run), final=final_losses(run, cfg, data), curve=curve(run, data.axes), **trained
+    )
 
 
-def curve(run: Path, axes: list[str]) -> dict:
+def trained_counts(trainer, args) -> dict:
+    """What a finished trainer trained: steps, warm-up, tokens, windows, FLOPs, seconds."""
+    compute = Logged.model_validate(trainer.compute_logs())
+    return dict(
+        train_tokens=int(trainer.state.num_input_tokens_seen),
+        steps=int(trainer.state.global_step),
+        warmup_steps=int(args.warmup_steps),
+        # RHO-LOSS reads (forwards) candidate windows beyond those it trains on.
+        windows_read=compute.candidate_windows or compute.windows_trained,
+        windows_trained=compute.windows_trained,
+        sample_windows={axis: len(sample) for axis, sample in trainer.eval_dataset.items()},
+        flops_train=compute.flops,
+        seconds_train=compute.train_seconds,
+        n_params=count_parameters(trainer.model),
+    )
+
+
+class Logged(BaseModel):
+    """The compute rho's trainer logs (rho.meter: its ``compute_logs`` and each record of a
+    run's metrics.jsonl), as far as the experiment reads it."""
+
+    model_config = ConfigDict(extra="ignore")
+    flops_train: float
+    flops_candidates: float
+    flops_ref_online: float
+    train_seconds: float
+    candidate_windows: int = 0
+    windows_trained: int = 0
+    tokens_seen: int = 0
+
+    @property
+    def flops(self) -> float:
+        """Training FLOPs, candidate forwards and an online reference included."""
+        return self.flops_train + self.flops_candidates + self.flops_ref_online
+
+
+def final_losses(run: Path, cfg, data: Data) -> Final:
+    """The saved model's loss on the whole validation and test sets of every axis."""
+
+    def loss(axis: str, split: str) -> float:
+        result = evaluate_store(
+            run, data.split(axis, split), cfg.seq_len, cfg.batch_size, progress=False
+        )
+        return result["overall"]["loss"]
+
+    return Final(**{split: {axis: loss(axis, split) for axis in data.axes} for split in SPLITS})
+
+
+def curve(run: Path, axes: list[str]) -> Curve:
     """Validation loss per axis at each evaluation, with the trained tokens, FLOPs (candidate
     forwards and an online reference included) and training seconds at that point."""
-    points = eval_records(run, f"eval_{axes[0]}_loss")
-    out = {
-        "tokens": [r["tokens_seen"] for r in points],
-        "flops": [r["flops_train"] + r["flops_candidates"] + r["flops_ref_online"] for r in points],
-        "seconds": [r["train_seconds"] for r in points],
-    }
+    records = eval_records(run, f"eval_{axes[0]}_loss")
+    points = [Logged.model_validate(r) for r in records]
+    tokens = [p.tokens_seen for p in points]
+    losses = {}
     for axis in axes:
         key = f"eval_{axis}_loss"
-        by_tokens = {r["tokens_seen"]: r[key] for r in eval_records(run, key)}
-        out[axis] = [by_tokens.get(t) for t in out["tokens"]]
-    return out
+        by_tokens = {Logged.model_validate(r).tokens_seen: r[key] for r in eval_records(run, key)}
+        losses[axis] = [by_tokens.get(t) for t in tokens]
+    return Curve(
+        tokens=tokens,
+        flops=[p.flops for p in points],
+        seconds=[p.train_seconds for p in points],
+        losses=losses,
+    )
