@@ -76,6 +76,8 @@ def experiment(tmp_path: Path, data: dict, capsys, **options) -> str:
         ({"push_to_hub": True}, "does not push to the Hub"),
         ({"hub_model_id": "me/model"}, "does not push to the Hub"),
         ({"optim": "bogus"}, "optim is 'bogus' \\(choose from"),
+        ({"loss_impl": "bogus"}, "loss_impl is 'bogus'"),
+        ({"ratio": 0.5}, "'ratio' is not a transformers.TrainingArguments option"),
         ('{"warmup_steps": ' + "9" * 5000 + "}", "--training is not JSON"),
         ("[" * 5000 + "]" * 5000, "--training is not JSON"),
         ("x" * 100_000, "--training is too long"),
@@ -84,6 +86,10 @@ def experiment(tmp_path: Path, data: dict, capsys, **options) -> str:
 def test_training_values_are_checked_strictly(training, message):
     with pytest.raises(UserError, match=message):
         ExperimentConfig(training=training)
+
+
+def test_the_loss_path_is_a_training_option():
+    assert ExperimentConfig(training={"loss_impl": "full"}).training == {"loss_impl": "full"}
 
 
 def test_training_flag_is_one_line(capsys):

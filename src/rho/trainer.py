@@ -69,7 +69,10 @@ class SelectiveTrainingArguments(SelectionArguments, TrainingArguments):
             "leaves some parameters unused in a step (DDP then says so)"
         },
     )
-    loss_impl: str = field(default="auto", metadata={"help": output_layer.LOSS_IMPL_HELP})
+    loss_impl: str = field(
+        default="auto",
+        metadata={"help": output_layer.LOSS_IMPL_HELP, "choices": output_layer.LOSS_IMPLS},
+    )
 
     def __post_init__(self):
         TrainingArguments.__post_init__(self)

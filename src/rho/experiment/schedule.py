@@ -88,13 +88,19 @@ def training_options(value: dict | str | None) -> dict:
     return check_fields(training_type(), value, "training")
 
 
+# rho's own training option that every run may take (the selection is the arm's)
+RHO_TRAINING_OPTIONS = frozenset({"loss_impl"})
+
+
 @cache
 def training_type() -> type:
-    from transformers import TrainingArguments
+    from rho.trainer import SelectiveTrainingArguments
 
-    return TrainingArguments
+    return SelectiveTrainingArguments
 
 
 @cache
 def training_fields() -> frozenset[str]:
-    return frozenset(f.name for f in fields(training_type()) if f.init)
+    from transformers import TrainingArguments
+
+    return frozenset(f.name for f in fields(TrainingArguments) if f.init) | RHO_TRAINING_OPTIONS
