@@ -17,7 +17,7 @@ train's first logged step (--logging_steps 1), eval's output.
   ``--score-seconds`` of steady scoring, after which the command is interrupted (Ctrl-C,
   resumable); sizes up to ``--score-full`` tokens are then resumed to completion. A bigger
   store's LossStore, needed to train, is completed from the real losses of its scored windows
-  repeated over the rest (``rho.loss_writer.write_loss_store``), and the report says so.
+  repeated over the rest (``rho.scoring.loss_writer.write_loss_store``), and the report says so.
 - train: `rho train --selection token --preset tiny` for ``--train-steps`` steps of 16 x 256
   tokens, one process; throughput is tokens trained per second inside optimizer steps (the
   run's own ``tokens_seen`` / ``train_seconds``); start-up is launch to the start of the first
@@ -209,8 +209,8 @@ def score_stage(rho, env, store: Path, ref: Path, losses: Path, n_tokens: int, a
 def complete_losses(losses: Path, store: Path) -> None:
     """A bigger store's LossStore for training: the real losses of its first scored batches (the
     run's contiguous prefix) repeated over the rest; scoring it all takes hours on 2 cores."""
-    from rho.loss_writer import loss_store_meta, read_meta, write_loss_store
-    from rho.store import TokenStore
+    from rho.io.store import TokenStore
+    from rho.scoring.loss_writer import loss_store_meta, read_meta, write_loss_store
 
     tokens = TokenStore(store)
     meta = read_meta(losses)
@@ -339,9 +339,9 @@ def report(results: list[dict], args, floor: float) -> str:
         elif s.get("completed_by"):
             note += (
                 f"; its LossStore was completed by {s['completed_by']} for training "
-                f"(rho.loss_writer.write_loss_store, whose whole-store passes of a finished "
-                f"store, hash, statistics and finite share, took {s['whole_store_passes_s']:.1f}"
-                " s with the write)"
+                "(rho.scoring.loss_writer.write_loss_store, whose whole-store passes of a "
+                "finished store, hash, statistics and finite share, took "
+                f"{s['whole_store_passes_s']:.1f} s with the write)"
             )
         lines.append(note)
         t = r["stages"]["train"]
@@ -396,8 +396,8 @@ def main() -> None:
     args = parser.parse_args()
     args.score_full = args.score_full[0]
 
+    from rho.data.tokenize import tokenize_corpus
     from rho.models import build_model
-    from rho.tokenize import tokenize_corpus
 
     root = Path(args.dir)
     root.mkdir(parents=True, exist_ok=True)
@@ -406,7 +406,7 @@ def main() -> None:
         shutil.rmtree(base, ignore_errors=True)
         tokenize_corpus([str(DEMO / "corpus.jsonl.gz")], base, train_vocab=args.vocab,
                         progress=False)  # fmt: skip
-    from rho.store import TokenStore
+    from rho.io.store import TokenStore
 
     base = TokenStore(base)
     args.tokens_per_copy = base.n_tokens

@@ -1,6 +1,7 @@
 """Scoring throughput against training throughput, measured in one run on one preset.
 
-Scoring is what `rho score` runs per batch (``rho.score.window_losses``: a forward pass under
+Scoring is what `rho score` runs per batch (``rho.scoring.score.window_losses``: a forward pass
+under
 ``torch.inference_mode`` plus the chunked per-token cross-entropy). Training is one step of the
 same model with the HF causal-LM loss: forward, backward and an AdamW step. The two alternate,
 repeat after repeat (in alternating order), so machine noise hits both alike; the ratio is the
@@ -20,7 +21,7 @@ import time
 import torch
 
 from rho.models import build_model, count_parameters
-from rho.windows import window_losses
+from rho.scoring.windows import window_losses
 
 
 def timed(fn, steps: int, device: torch.device) -> float:
@@ -91,7 +92,7 @@ def main() -> None:
         f"batch {args.batch_size} x seq {args.seq_len}, {next(scorer.parameters()).dtype}, "
         f"{device}, {torch.get_num_threads()} threads, {args.repeats} x {args.steps} steps"
     )
-    print(f"scoring  {score:>10,.0f} tokens/s   (rho.score.window_losses, inference_mode)")
+    print(f"scoring  {score:>10,.0f} tokens/s   (rho.scoring.score.window_losses, inference_mode)")
     print(f"training {train:>10,.0f} tokens/s   (forward + backward + AdamW step)")
     print(
         f"ratio scoring/training: {statistics.median(ratios):.2f}x "

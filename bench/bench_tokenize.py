@@ -1,6 +1,6 @@
 """`rho tokenize` throughput against the raw Rust tokenizer on the same texts, in one run.
 
-rho's side is ``rho.tokenize.tokenize_corpus``, the library call `rho tokenize` makes: it reads
+rho's side is ``rho.data.tokenize.tokenize_corpus``, the library call `rho tokenize` makes: it reads
 and parses the jsonl file, encodes, packs ids with EOS, writes the chunk parts and the
 TokenStore (tokens, offsets, hash). The raw side is the tokenizer's Rust backend on the texts
 already in memory, in batches of 256, with the ids read out (``[e.ids for e in
@@ -61,8 +61,8 @@ def main() -> None:
     parser.add_argument("--dir", default=None, help="scratch directory (default: a temp dir)")
     args = parser.parse_args()
 
-    from rho.token_parts import backend_of
-    from rho.tokenize import tokenize_corpus
+    from rho.data.token_parts import backend_of
+    from rho.data.tokenize import tokenize_corpus
 
     root = Path(tempfile.mkdtemp(prefix="rho-bench-tokenize-", dir=args.dir))
     try:

@@ -29,8 +29,8 @@ import torch
 
 
 def build_stores(root: Path, vocab: int, n_windows: int, seq_len: int, ref_model):
-    from rho.score import score_store
-    from rho.store import LossStore, write_token_store
+    from rho.io.store import LossStore, write_token_store
+    from rho.scoring.score import score_store
 
     rng = np.random.default_rng(0)
     n_tokens = n_windows * seq_len
@@ -44,7 +44,7 @@ def build_stores(root: Path, vocab: int, n_windows: int, seq_len: int, ref_model
 
 
 def make_trainer(model, out: Path, selection: str, ref_model=None, dataset=None):
-    from rho.trainer import SelectiveTrainer, SelectiveTrainingArguments
+    from rho.training.trainer import SelectiveTrainer, SelectiveTrainingArguments
 
     args = SelectiveTrainingArguments(
         output_dir=str(out), use_cpu=True, report_to="none", disable_tqdm=True, save_strategy="no",
@@ -68,7 +68,7 @@ def main() -> None:
 
     from transformers.utils import logging as hf_logging
 
-    from rho.data import WindowCollator, WindowDataset
+    from rho.data.batches import WindowCollator, WindowDataset
     from rho.models import build_model, count_parameters
 
     hf_logging.set_verbosity_error()

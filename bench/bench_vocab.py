@@ -1,6 +1,6 @@
 """Real vocabularies on a CPU: one SLM loss step (forward, per-token loss, selection at ratio
 0.6, backward) through the full logits against the chunked linear cross-entropy
-(rho.linear_ce), for a small-hidden Llama at each vocabulary.
+(rho.selection.linear_ce), for a small-hidden Llama at each vocabulary.
 
 - peak memory: each variant's step in a fresh subprocess, peak RSS (VmHWM) minus the RSS
   just before the step (model, inputs and Python already resident);
@@ -53,9 +53,10 @@ def build(vocab: int, batch: int, seq: int):
 
 
 def step(model, ids, targets, ref, variant: str):
-    """One SLM loss step as the trainer runs it (rho.trainer.compute_loss, then backward)."""
-    from rho.loss import slm_loss
-    from rho.output_layer import head_forward
+    """One SLM loss step as the trainer runs it (rho.training.trainer.compute_loss, then
+    backward)."""
+    from rho.selection.loss import slm_loss
+    from rho.selection.output_layer import head_forward
 
     model.zero_grad(set_to_none=True)
     if variant == "full":
@@ -104,7 +105,7 @@ def timed(fn) -> float:
 
 
 def compare(vocab: int, batch: int, seq: int, repeats: int) -> dict:
-    from rho.output_layer import model_token_losses
+    from rho.selection.output_layer import model_token_losses
 
     model, ids, targets, ref = build(vocab, batch, seq)
     inputs, results, grads = {"input_ids": ids}, {}, {}

@@ -68,8 +68,8 @@ def peak_tflops(override: float | None) -> tuple[float | None, str]:
 
 
 def build_stores(root: Path, vocab: int, windows: int, seq_len: int, reference, dtype: str):
-    from rho.score import score_store
-    from rho.store import write_token_store
+    from rho.io.store import write_token_store
+    from rho.scoring.score import score_store
 
     ids = np.random.default_rng(0).integers(0, vocab, windows * seq_len)
     (root / "tokenizer").mkdir()  # never decoded: an empty tokenizer folder will do
@@ -85,7 +85,7 @@ def build_stores(root: Path, vocab: int, windows: int, seq_len: int, reference, 
 
 def time_scoring(model, tokens, seq_len: int, batch: int, warmup: int, steps: int) -> float:
     """Tokens/s of window_losses on batches of ``batch`` windows (cycling through the store)."""
-    from rho.windows import window_losses
+    from rho.scoring.windows import window_losses
 
     device = next(model.parameters()).device
     ids = torch.from_numpy(np.asarray(tokens.tokens, dtype=np.int64)).view(-1, seq_len)
@@ -140,9 +140,9 @@ def main() -> None:
     from transformers import Trainer, TrainingArguments
     from transformers.utils import logging as hf_logging
 
-    from rho.data import WindowCollator, WindowDataset
+    from rho.data.batches import WindowCollator, WindowDataset
     from rho.models import build_model, count_parameters
-    from rho.trainer import SelectiveTrainer, SelectiveTrainingArguments
+    from rho.training.trainer import SelectiveTrainer, SelectiveTrainingArguments
 
     hf_logging.set_verbosity_error()
     dtype = "bfloat16" if CUDA else "float32"

@@ -65,7 +65,7 @@ def corpus(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def token_store(tmp_path_factory, corpus):
     """Read-only for tests: copy it before changing anything."""
-    from rho.tokenize import tokenize_corpus
+    from rho.data.tokenize import tokenize_corpus
 
     out = tmp_path_factory.mktemp("stores") / "tokens"
     return tokenize_corpus([str(corpus)], out, train_vocab=400, progress=False)
@@ -85,7 +85,7 @@ def stores(tmp_path_factory):
     """The trainer's: a TokenStore, a LossStore (fp32 scoring) from a separately initialised
     reference model saved with the training tokenizer, and a second corpus with its own
     tokenizer."""
-    from rho.tokenize import tokenize_corpus
+    from rho.data.tokenize import tokenize_corpus
 
     root = tmp_path_factory.mktemp("trainer")
     s = make_stores(root, n_docs=150, corpus_seed=0, ref_seed=123)

@@ -15,10 +15,10 @@ import time
 from pathlib import Path
 
 from rho.experiment.report import PAPER
-from rho.runs import METRICS_FILE
-from rho.store import TokenStore
+from rho.io.store import TokenStore
 from rho.testhook import HOLD_ENV
-from rho.trainer import SelectiveTrainingArguments
+from rho.training.runs import METRICS_FILE
+from rho.training.trainer import SelectiveTrainingArguments
 
 # --- Documents and corpus files ----------------------------------------------------------------
 
@@ -87,7 +87,7 @@ def without_noise(record: dict) -> str:
 def tokenized(root: Path, records: list[dict], vocab: int | None = 300, **options) -> TokenStore:
     """``records`` written to root/corpus.jsonl and tokenized into root/tokens: with a trained
     tokenizer of ``vocab`` ids, or with ``tokenizer=DIR`` (vocab None)."""
-    from rho.tokenize import tokenize_corpus
+    from rho.data.tokenize import tokenize_corpus
 
     corpus = write_jsonl(root / "corpus.jsonl", records)
     out = root / options.pop("name", "tokens")
@@ -134,7 +134,7 @@ def make_stores(root: Path, n_docs: int, corpus_seed: int, ref_seed: int) -> Sto
     """A TokenStore and its LossStore (fp32) from a tiny reference model initialised apart from
     the learner and saved with the training tokenizer."""
     from rho.models import build_model
-    from rho.score import score_store
+    from rho.scoring.score import score_store
 
     s = Stores()
     s.tokens = root / "tokens"
@@ -243,7 +243,7 @@ def parse_options(name: str, argv: list) -> tuple:
 def two_ranks_and_one_process(common: list, tmp_path: Path) -> None:
     """`rho COMMON` under torchrun with 2 ranks × 2 rows (dumps in tmp_path/dump2) and in one
     process × 4 rows (tmp_path/dump1): the same global micro-batches, to compare selections."""
-    from rho.trainer import DUMP_ENV
+    from rho.training.trainer import DUMP_ENV
 
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
     for launch, name, rows in (

@@ -25,10 +25,10 @@ def workspace(tmp_path_factory):
     with checkpoints at steps 2 and 4."""
 
     from rho.models import build_model
-    from rho.options import ModelDataArguments
-    from rho.score import score_store
-    from rho.trainer import SelectiveTrainingArguments
-    from rho.training import run_training
+    from rho.scoring.score import score_store
+    from rho.training.options import ModelDataArguments
+    from rho.training.train import run_training
+    from rho.training.trainer import SelectiveTrainingArguments
 
     root = tmp_path_factory.mktemp("analysis")
     lines = []
@@ -131,7 +131,7 @@ def test_selection_refuses_a_clm_run_as_slm(workspace, capsys):
 
 
 def test_html_command_with_and_without_model(workspace, capsys):
-    from rho.store import TokenStore
+    from rho.io.store import TokenStore
 
     n_windows = TokenStore(workspace / "tokens").n_tokens // SEQ
     base = ["analyze", "html", "--tokens", str(workspace / "tokens"), "--losses"]
@@ -158,7 +158,7 @@ def test_html_command_with_and_without_model(workspace, capsys):
 
 
 def test_decoded_pieces_rebuild_the_text(workspace):
-    from rho.store import TokenStore
+    from rho.io.store import TokenStore
 
     store = TokenStore(workspace / "tokens")
     tokenizer = store.tokenizer()

@@ -1,5 +1,6 @@
-"""Instruction data: `rho tokenize --format messages` (rho.chat), the loss mask beside the tokens,
-the rule for windows that start mid-conversation (rho.store.loss_positions), and what scoring and
+"""Instruction data: `rho tokenize --format messages` (rho.data.chat), the loss mask beside the
+tokens,
+the rule for windows that start mid-conversation (rho.io.store.loss_positions), and what scoring and
 training do with it: prompts are never scored, never selected and get no gradient."""
 
 from __future__ import annotations
@@ -18,21 +19,21 @@ import torch.nn.functional as F
 from helpers import torch_threads, write_jsonl
 from transformers import AutoTokenizer, TrainerCallback
 
-from rho.chat import Conversation, render, render_plain
 from rho.cli import main
+from rho.data.chat import Conversation, render, render_plain
+from rho.data.token_parts import token_noise
+from rho.data.tokenize import tokenize_corpus
 from rho.errors import UserError
-from rho.inspect_store import describe
-from rho.loss import slm_loss
-from rho.loss_writer import finite_fraction
+from rho.io.inspect_store import describe
+from rho.io.store import LossStore, TokenStore, loss_positions, window_starts
 from rho.models import build_model
-from rho.options import ModelDataArguments
-from rho.prune import prune_store
-from rho.score import score_store
-from rho.store import LossStore, TokenStore, loss_positions, window_starts
-from rho.token_parts import token_noise
-from rho.tokenize import tokenize_corpus
-from rho.trainer import DUMP_ENV, SelectiveTrainingArguments
-from rho.training import build_trainer
+from rho.pruning.prune import prune_store
+from rho.scoring.loss_writer import finite_fraction
+from rho.scoring.score import score_store
+from rho.selection.loss import slm_loss
+from rho.training.options import ModelDataArguments
+from rho.training.train import build_trainer
+from rho.training.trainer import DUMP_ENV, SelectiveTrainingArguments
 
 SEQ = 64
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -26,7 +26,7 @@ def test_devices_and_fifos_are_refused_before_reading(tmp_path):
 
 
 def test_task_files_are_regular_files_too():
-    from rho.eval.fewshot import read_task_file
+    from rho.evaluation.fewshot import read_task_file
 
     with pytest.raises(UserError, match="is not a regular file"):
         read_task_file("/dev/zero")

@@ -1,4 +1,5 @@
-"""rho.data: training windows follow the store's alignment rule; partial windows are padded."""
+"""rho.data.batches: training windows follow the store's alignment rule; partial windows are
+padded."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ import pytest
 import torch
 from helpers import make_docs, tokenized
 
-from rho.data import WindowCollator, WindowDataset
+from rho.data.batches import WindowCollator, WindowDataset
 from rho.errors import UserError
-from rho.store import LossStore, window_bounds
+from rho.io.store import LossStore, window_bounds
 
 SEQ = 32
 
@@ -18,7 +19,7 @@ SEQ = 32
 def stores(tmp_path_factory):
     """A TokenStore whose length is not a multiple of SEQ, and its LossStore from a tiny model."""
     from rho.models import build_model
-    from rho.score import score_store
+    from rho.scoring.score import score_store
 
     root = tmp_path_factory.mktemp("data")
     words = "alpha beta gamma delta eps zeta eta theta iota kappa lambda mu nu xi".split()

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from rho.cli import main
-from rho.score import score_store
+from rho.scoring.score import score_store
 
 SEQ = "32"
 

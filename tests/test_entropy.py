@@ -1,6 +1,6 @@
 """The reference's entropy: `rho score --entropy` stores it beside the losses (same alignment,
 same resumable writer, same hash tie), and the entropy scores rank by it in `rho train` and
-`rho prune` (rho.select: reference-entropy, reference+entropy)."""
+`rho prune` (rho.selection.select: reference-entropy, reference+entropy)."""
 
 from __future__ import annotations
 
@@ -14,16 +14,16 @@ import torch
 from helpers import torch_threads
 from scipy.stats import rankdata
 
-from rho import windows as windows_mod
 from rho.cli import main
 from rho.errors import UserError
-from rho.inspect_store import describe
+from rho.io.inspect_store import describe
+from rho.io.store import LossStore, window_starts
 from rho.models import load_model
-from rho.options import ModelDataArguments
-from rho.score import score_store
-from rho.store import LossStore, window_starts
-from rho.trainer import DUMP_ENV, SelectiveTrainingArguments
-from rho.training import build_trainer
+from rho.scoring import windows as windows_mod
+from rho.scoring.score import score_store
+from rho.training.options import ModelDataArguments
+from rho.training.train import build_trainer
+from rho.training.trainer import DUMP_ENV, SelectiveTrainingArguments
 
 SEQ = 32
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -116,7 +116,9 @@ def test_ctrl_c_then_resume_with_entropy_is_byte_identical(
         return real(model, ids, *rest)
 
     monkeypatch.setattr(windows_mod, "window_losses_and_entropies", interrupted)
-    monkeypatch.setattr("rho.score.SAVE_EVERY_S", 1e9)  # only the interrupt records progress
+    monkeypatch.setattr(
+        "rho.scoring.score.SAVE_EVERY_S", 1e9
+    )  # only the interrupt records progress
     out = tmp_path / "l"
     with pytest.raises(KeyboardInterrupt):
         score_store(sharp_ref, token_store, out, SEQ, batch_size=1, entropy=True, progress=False)

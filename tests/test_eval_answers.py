@@ -1,10 +1,10 @@
-"""rho.eval.answers: numeric answer extraction, parsing and grading."""
+"""rho.evaluation.answers: numeric answer extraction, parsing and grading."""
 
 from __future__ import annotations
 
 import pytest
 
-from rho.eval.answers import (
+from rho.evaluation.answers import (
     answers_match,
     extract_answer,
     gold_answer,

@@ -1,4 +1,4 @@
-"""rho.eval.fewshot (with tasks and champ): task files, prompts, generation cut at stop
+"""rho.evaluation.fewshot (with tasks and champ): task files, prompts, generation cut at stop
 sequences, k-shot exact match, and `rho eval --task`."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from helpers import make_task, rho_command, write_jsonl
 
 from rho.errors import UserError
-from rho.eval.answers import answers_match, extract_answer, parse_number
-from rho.eval.fewshot import (
+from rho.evaluation.answers import answers_match, extract_answer, parse_number
+from rho.evaluation.fewshot import (
     STOP_SEQUENCES,
     _stop_criteria,
     build_prompt,

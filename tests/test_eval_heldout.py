@@ -1,4 +1,4 @@
-"""rho.eval.heldout: held-out loss and bits per byte per domain, and `rho eval --tokens`."""
+"""rho.evaluation.heldout: held-out loss and bits per byte per domain, and `rho eval --tokens`."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import torch
 import torch.nn.functional as F
 from helpers import EVAL_WORDS, make_docs, rho_command, write_jsonl, write_texts
 
+from rho.data.tokenize import tokenize_corpus
 from rho.errors import UserError
-from rho.eval.heldout import byte_lengths, evaluate_store
+from rho.evaluation.heldout import byte_lengths, evaluate_store
+from rho.io.store import TokenStore, write_token_store
 from rho.models import build_model
-from rho.store import TokenStore, write_token_store
-from rho.tokenize import tokenize_corpus
 
 # --- Bytes per token ------------------------------------------------------------------------------
 

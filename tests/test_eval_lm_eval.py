@@ -1,4 +1,4 @@
-"""rho.eval.lm_eval_bridge: lm-evaluation-harness on a local task, and its absence."""
+"""rho.evaluation.lm_eval_bridge: lm-evaluation-harness on a local task, and its absence."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from helpers import make_checkpoint, make_eval_store, make_task, rho_command
 
 from rho.errors import UserError
-from rho.eval.lm_eval_bridge import run_lm_eval
+from rho.evaluation.lm_eval_bridge import run_lm_eval
 
 
 @pytest.fixture(scope="module")

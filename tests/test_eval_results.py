@@ -1,4 +1,4 @@
-"""rho.eval.results: eval.json / eval.md, and `rho eval --compare`."""
+"""rho.evaluation.results: eval.json / eval.md, and `rho eval --compare`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from helpers import make_task, rho_command
 
 from rho.errors import UserError
-from rho.eval.results import open_output, save_eval, save_task_outputs
+from rho.evaluation.results import open_output, save_eval, save_task_outputs
 
 
 def _run(tmp_path: Path, name: str, loss: float, accuracy: float) -> Path:
@@ -96,7 +96,7 @@ def test_eval_never_writes_among_a_users_files(tmp_path, eval_checkpoint):
     for folder in (user, model):
         assert {name: (folder / name).read_bytes() for name in mine} == mine
     out = model / "rho_eval"
-    assert (out / ".rho-output").read_text().startswith("rho.eval\n")
+    assert (out / ".rho-output").read_text().startswith("rho.evaluation\n")
     assert json.loads((out / "eval.json").read_text())["tasks"]["add"]["items"] == 5
     assert rho_command("eval", ["--compare", str(model)]) == 0  # the run's rho_eval is found
 

@@ -18,7 +18,7 @@ from rho.errors import UserError
 from rho.experiment.arms import ARMS
 from rho.experiment.records import Results
 from rho.experiment.settings import ExperimentConfig, load_yaml
-from rho.files import jsonable
+from rho.io.files import jsonable
 
 
 def sentences(rng: random.Random, words: list[str], n: int) -> str:
@@ -250,8 +250,8 @@ def test_training_options_reach_the_training_arguments(tmp_path, data):
 def test_a_model_directory_as_base(tmp_path, data):
     """`base: DIR` (any saved AutoModelForCausalLM with its tokenizer): no base pretraining,
     the model's own tokenizer, every arm and the reference continue from it."""
+    from rho.data.tokenize import tokenize_corpus
     from rho.models import build_model
-    from rho.tokenize import tokenize_corpus
 
     store = tokenize_corpus([data["base"]], tmp_path / "tok", train_vocab=400, progress=False)
     base = tmp_path / "base-model"

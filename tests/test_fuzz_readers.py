@@ -1,4 +1,4 @@
-"""Property-based tests of every reader of user files (rho.schema): whatever the input, a reader
+"""Property-based tests of every reader of user files (rho.io.schema): whatever the input, a reader
 returns a clean result or raises one UserError of one line, never any other exception.
 
 Each reader runs 1,000 generated inputs in-process: JSON of any shape (Hypothesis's recursive
@@ -19,15 +19,15 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rho.corpus import Source, read_documents
+from rho.data.corpus import Source, read_documents
 from rho.errors import UserError
-from rho.eval.fewshot import build_prompt, read_task_file
-from rho.eval.results import compare_runs, load_eval, render_markdown
+from rho.evaluation.fewshot import build_prompt, read_task_file
+from rho.evaluation.results import compare_runs, load_eval, render_markdown
 from rho.experiment.settings import ExperimentConfig, load_yaml
-from rho.files import read_json, read_jsonl
-from rho.inspect_store import describe
-from rho.loss_writer import loss_store_meta, read_meta, write_loss_store
-from rho.store import LossStore, TokenStore
+from rho.io.files import read_json, read_jsonl
+from rho.io.inspect_store import describe
+from rho.io.store import LossStore, TokenStore
+from rho.scoring.loss_writer import loss_store_meta, read_meta, write_loss_store
 
 FUZZ = settings(
     max_examples=1000,
@@ -405,7 +405,7 @@ def test_score_device_and_output_are_checked_first(tmp_path, capsys, token_store
 
 
 def test_a_window_that_cannot_fit_in_memory_is_refused_before_allocating(token_store):
-    from rho.data import WindowCollator, WindowDataset
+    from rho.data.batches import WindowCollator, WindowDataset
 
     with pytest.raises(UserError, match="seq_len 100,000,000 needs about"):
         WindowDataset(token_store, 100_000_000)

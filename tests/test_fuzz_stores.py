@@ -21,8 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rho.errors import UserError
-from rho.store import write_token_store
-from rho.windows import batch_windows
+from rho.io.store import write_token_store
+from rho.scoring.windows import batch_windows
 
 SEQ = 16
 FILES = {

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from rho.data import WindowCollator, WindowDataset
-from rho.loss import CHUNK_TOKENS, slm_loss, token_losses
+from rho.data.batches import WindowCollator, WindowDataset
 from rho.models import build_model
-from rho.score import score_store
-from rho.trainer import SelectiveTrainer, SelectiveTrainingArguments
+from rho.scoring.score import score_store
+from rho.selection.loss import CHUNK_TOKENS, slm_loss, token_losses
+from rho.training.trainer import SelectiveTrainer, SelectiveTrainingArguments
 
 DEVICE = os.environ.get("RHO_TEST_DEVICE", "cuda")
 pytestmark = [
@@ -173,12 +173,13 @@ def test_an_experiment_config_trains_in_bf16_on_the_gpu(tmp_path):
         assert args.bf16 and not args.use_cpu, path
 
 
-# --- The output layer's loss paths (rho.linear_ce, rho.output_layer) --------------------------
+# --- The output layer's loss paths (rho.selection.linear_ce, rho.selection.output_layer)
+# --------------------------
 
 
 def bf16_slm_step(model, ids, targets, ref, impl):
     """(per-token losses, selection, gradients) of one SLM loss step by ``impl``."""
-    from rho.output_layer import forward_outputs, resolve_loss_impl
+    from rho.selection.output_layer import forward_outputs, resolve_loss_impl
 
     model.zero_grad(set_to_none=True)
     _, source = forward_outputs(model, {"input_ids": ids}, resolve_loss_impl(impl, model))

@@ -1,4 +1,5 @@
-"""The chunked linear cross-entropy path (rho.linear_ce, rho.output_layer) against the full-logits
+"""The chunked linear cross-entropy path (rho.selection.linear_ce, rho.selection.output_layer)
+against the full-logits
 path: the same per-token losses, entropies, selection and gradients (float32, 1e-5) for tiny
 Llama, Qwen2, Mistral, GPT-NeoX and Gemma2 models built from configs; heads with a bias or a
 logit scale; refusals in one line."""
@@ -17,18 +18,18 @@ from torch.utils.data import Subset
 from transformers import TrainerCallback
 
 from rho.errors import UserError
-from rho.linear_ce import Head, HeadInputs
-from rho.loss import slm_loss, token_entropy, token_losses
-from rho.options import ModelDataArguments
-from rho.output_layer import (
+from rho.io.store import LossStore
+from rho.selection.linear_ce import Head, HeadInputs
+from rho.selection.loss import slm_loss, token_entropy, token_losses
+from rho.selection.output_layer import (
     forward_hidden,
     head_forward,
     model_token_losses,
     resolve_loss_impl,
 )
-from rho.runs import OPTIONS_FILE
-from rho.store import LossStore
-from rho.training import build_trainer
+from rho.training.options import ModelDataArguments
+from rho.training.runs import OPTIONS_FILE
+from rho.training.train import build_trainer
 
 VOCAB = 97
 SMALL = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=48)

@@ -6,8 +6,8 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rho.loss import slm_loss, stats_from_sums, token_entropy, token_losses
-from rho.select import n_keep, rank_average, select_topk, token_scores, valid_mask
+from rho.selection.loss import slm_loss, stats_from_sums, token_entropy, token_losses
+from rho.selection.select import n_keep, rank_average, select_topk, token_scores, valid_mask
 
 
 def logits_with_losses(losses):

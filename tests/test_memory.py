@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from rho.loss import token_entropy, token_losses
+from rho.selection.loss import token_entropy, token_losses
 
 V = 512  # vocabulary
 CHUNK = 16  # rows per chunk: CHUNK × V is far below every N × V below
@@ -134,10 +134,10 @@ def test_entropy_never_changes_float32_logits_in_place():
 
 def test_bf16_training_gives_the_loss_bf16_logits(monkeypatch):
 
-    import rho.trainer as trainer_module
-    from rho import output_layer
-    from rho.data import WindowCollator
+    import rho.training.trainer as trainer_module
+    from rho.data.batches import WindowCollator
     from rho.models import build_model
+    from rho.selection import output_layer
 
     dtypes: list[torch.dtype] = []
 

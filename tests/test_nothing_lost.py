@@ -19,9 +19,9 @@ from helpers import SUBPROCESS_ENV, hold_env, run_rho, wait_until_held
 from safetensors.torch import load_file, save_file
 
 from rho.errors import UserError
-from rho.files import MARKER
-from rho.loss_writer import loss_store_meta, write_loss_store
-from rho.runs import (
+from rho.io.files import MARKER
+from rho.scoring.loss_writer import loss_store_meta, write_loss_store
+from rho.training.runs import (
     MANIFEST_FILE,
     METRICS_FILE,
     RUN_KIND,

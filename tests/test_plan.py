@@ -252,7 +252,7 @@ def test_the_same_files_elsewhere_change_no_key(files, tmp_path):
 
 def test_a_draw_is_whole_windows_and_a_larger_draw_holds_a_smaller(token_store, tmp_path):
     from rho.experiment.prepare import draw_windows
-    from rho.store import TokenStore
+    from rho.io.store import TokenStore
 
     store, seq = token_store, 16
     small = draw_windows(store, seq, 5, seed=3, out=tmp_path / "small")

@@ -23,13 +23,13 @@ from helpers import (
 )
 
 from rho.cli import main
-from rho.embed import EmbeddingStore, embed_units
 from rho.errors import UserError
-from rho.files import hash_arrays, write_json_atomic
+from rho.io.files import hash_arrays, write_json_atomic
+from rho.io.store import TokenStore
 from rho.models import build_model, load_model
-from rho.prototype import keep_by_distance, prototype_select, semdedup
-from rho.prune import prune_store
-from rho.store import TokenStore
+from rho.pruning.prototype import keep_by_distance, prototype_select, semdedup
+from rho.pruning.prune import prune_store
+from rho.scoring.embed import EmbeddingStore, embed_units
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -165,8 +165,8 @@ def test_a_planted_near_duplicate_is_dropped_by_dedup(planted, capsys):
 
 
 def test_windows_carry_their_losses(planted, tmp_path):
-    from rho.score import score_store
-    from rho.store import LossStore
+    from rho.io.store import LossStore
+    from rho.scoring.score import score_store
 
     store, model, _ = planted
     losses = score_store(model, store, tmp_path / "l", 16, batch_size=8, progress=False)

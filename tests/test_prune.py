@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 
 from rho.errors import UserError
-from rho.files import write_json_atomic
-from rho.loss_writer import loss_store_meta
-from rho.prune import keep_top, prune_store, unit_bounds, unit_means, unit_scores
-from rho.store import LossStore, TokenStore, write_token_store
+from rho.io.files import write_json_atomic
+from rho.io.store import LossStore, TokenStore, write_token_store
+from rho.pruning.prune import keep_top, prune_store, unit_bounds, unit_means, unit_scores
+from rho.scoring.loss_writer import loss_store_meta
 
 NAN = float("nan")
 

@@ -1,5 +1,6 @@
 """A resumed `rho train` continues what its checkpoint trained, or is refused in one line naming
-the difference (issue 34); rho_options.json is one typed model (rho.run_options) for its writer
+the difference (issue 34); rho_options.json is one typed model (rho.training.run_options) for its
+writer
 and every reader; damaged run files are one-line errors; tokenize parts resume on content."""
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from helpers import markov_docs, targs, write_texts
 
 from rho.cli import main
 from rho.errors import UserError
-from rho.options import ModelDataArguments, SelectionArguments
-from rho.run_options import DataOptions, RunOptions, SelectionOptions, read_run_options
-from rho.runs import (
+from rho.training.options import ModelDataArguments, SelectionArguments
+from rho.training.run_options import DataOptions, RunOptions, SelectionOptions, read_run_options
+from rho.training.runs import (
     MANIFEST_FILE,
     METRICS_FILE,
     OPTIONS_FILE,
@@ -70,9 +71,9 @@ def refused(capsys, argv: list[str], *needles: str) -> str:
 def other(stores, tmp_path_factory):
     """Other data of the same vocabulary: a TokenStore of other text (same tokenizer) and a
     second LossStore of the shared tokens, from another reference model."""
+    from rho.data.tokenize import tokenize_corpus
     from rho.models import build_model
-    from rho.score import score_store
-    from rho.tokenize import tokenize_corpus
+    from rho.scoring.score import score_store
 
     root = tmp_path_factory.mktemp("other")
     corpus = write_texts(root / "c.jsonl", markov_docs(150, seed=11))
@@ -187,7 +188,7 @@ def test_run_options_mirror_the_option_dataclasses():
 
 
 def test_the_record_of_options_given_from_python(stores, tmp_path):
-    from rho.training import build_trainer
+    from rho.training.train import build_trainer
 
     data = ModelDataArguments(tokens=Path(stores.tokens), preset="tiny", seq_len=SEQ)
     record = build_trainer(data, targs(tmp_path / "run", selection="none")).rho_options
@@ -247,8 +248,8 @@ def test_parts_of_a_dataset_edited_in_place_are_not_reused(tmp_path, monkeypatch
     parts of the killed run are not reused (they once were: 174,489 tokens, not 175,406)."""
     import datasets
 
-    from rho import token_parts
-    from rho.tokenize import tokenize_corpus
+    from rho.data import token_parts
+    from rho.data.tokenize import tokenize_corpus
 
     ds = tmp_path / "ds"
     datasets.Dataset.from_dict({"text": markov_docs(80, seed=1)}).save_to_disk(str(ds))

@@ -23,16 +23,22 @@ import pytest
 import torch
 from helpers import SUBPROCESS_ENV, WORDS, hold_env, make_docs, wait_until_held, write_jsonl
 
-import rho.tokenize as tokenize_mod
-from rho import token_parts
+import rho.data.tokenize as tokenize_mod
 from rho.cli import main
+from rho.data import token_parts
 from rho.errors import UserError
-from rho.files import lock_path, save_npy_atomic
-from rho.loss_writer import create_or_resume, done_batches, finish, loss_store_meta, read_meta
+from rho.io.files import lock_path, save_npy_atomic
+from rho.io.store import LossStore, TokenStore, loss_summary, write_token_store
 from rho.models import build_model, load_model, model_fingerprint
-from rho.score import score_store
-from rho.store import LossStore, TokenStore, loss_summary, write_token_store
-from rho.windows import batch_windows
+from rho.scoring.loss_writer import (
+    create_or_resume,
+    done_batches,
+    finish,
+    loss_store_meta,
+    read_meta,
+)
+from rho.scoring.score import score_store
+from rho.scoring.windows import batch_windows
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SEQ = 32
@@ -419,7 +425,7 @@ def test_killed_tokenize_leaves_scratch_the_next_run_removes(tmp_path, token_sto
     """kill -9 while a part is half written (rho.token_parts' fault hook: the process kills
     itself inside its third part, before the rename): the rerun drops the half part, keeps the
     whole ones, and leaves only the store."""
-    from rho import token_parts
+    from rho.data import token_parts
 
     corpus = big_corpus(tmp_path / "big.jsonl", 4000)
     out = tmp_path / "store"

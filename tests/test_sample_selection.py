@@ -15,10 +15,10 @@ from torch.utils.data import Subset
 
 from rho.errors import UserError
 from rho.models import count_parameters
-from rho.options import ModelDataArguments, SelectionArguments
-from rho.runs import COMPUTE_FILE
-from rho.select import n_keep, top_windows, window_scores
-from rho.training import build_trainer
+from rho.selection.select import n_keep, top_windows, window_scores
+from rho.training.options import ModelDataArguments, SelectionArguments
+from rho.training.runs import COMPUTE_FILE
+from rho.training.train import build_trainer
 
 NAN = float("nan")
 B, FACTOR = 2, 4

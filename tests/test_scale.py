@@ -11,9 +11,8 @@ import time
 import numpy as np
 import pytest
 
-from rho import loss_writer
-from rho.files import blocks, hash_arrays
-from rho.store import (
+from rho.io.files import blocks, hash_arrays
+from rho.io.store import (
     LossStore,
     TokenStore,
     finite_fraction,
@@ -21,7 +20,8 @@ from rho.store import (
     max_chunked,
     write_token_store,
 )
-from rho.windows import batch_windows, window_ids
+from rho.scoring import loss_writer
+from rho.scoring.windows import batch_windows, window_ids
 
 N = 24 << 20  # tokens: 48 MiB of uint16, 48 MiB of float16 losses
 MIB = 1 << 20
@@ -169,7 +169,7 @@ def test_training_trusts_the_recorded_finite_share(big, tmp_path):
     every loss at start-up): here the file is all NaN but the record says 1.0."""
     import json
 
-    from rho.loss_writer import loss_store_meta, write_loss_store
+    from rho.scoring.loss_writer import loss_store_meta, write_loss_store
 
     _, store = big
     out, seq = tmp_path / "losses", 256
@@ -187,7 +187,7 @@ def test_training_trusts_the_recorded_finite_share(big, tmp_path):
 def test_windows_read_all_over_a_store_leave_nothing_mapped(big, tmp_path):
     """Training reads windows all over a store, scoring and eval reads batches through it:
     read from the file, none of it stays mapped (through the map, each touch maps 64 KiB)."""
-    from rho.loss_writer import loss_store_meta, write_loss_store
+    from rho.scoring.loss_writer import loss_store_meta, write_loss_store
 
     _, store = big
     seq = 256

@@ -15,15 +15,15 @@ import torch
 import torch.nn.functional as F
 from helpers import SUBPROCESS_ENV, hold_env, run_rho, torch_threads, wait_until_held
 
-from rho import score as score_mod
-from rho import windows as windows_mod
 from rho.cli import main
 from rho.errors import UserError
-from rho.inspect_store import describe
+from rho.io.inspect_store import describe
+from rho.io.store import LossStore, TokenStore, window_starts
 from rho.models import build_model, load_model
-from rho.score import score_store
-from rho.store import LossStore, TokenStore, window_starts
-from rho.windows import batch_windows
+from rho.scoring import score as score_mod
+from rho.scoring import windows as windows_mod
+from rho.scoring.score import score_store
+from rho.scoring.windows import batch_windows
 
 SEQ = 37  # does not divide the corpus: the last window is partial
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -253,7 +253,7 @@ def test_score_refuses_a_different_run_in_the_same_output(tmp_path, token_store,
 def test_losses_of_other_tokens_or_seq_len_are_refused(
     tmp_path, token_store, model_dir, corpus, capsys
 ):
-    from rho.tokenize import tokenize_corpus
+    from rho.data.tokenize import tokenize_corpus
 
     store = score_store(model_dir, token_store, tmp_path / "l", SEQ, progress=False)
     LossStore(store.path, token_store, SEQ)  # the matching pair opens

@@ -9,12 +9,12 @@ import shutil
 import numpy as np
 import pytest
 
-from rho import store as store_mod
-from rho import store_files
 from rho.cli import main
 from rho.errors import UserError
-from rho.files import commit_output, prepare_output, save_npy_atomic, write_json_atomic
-from rho.store import (
+from rho.io import store as store_mod
+from rho.io import store_files
+from rho.io.files import commit_output, prepare_output, save_npy_atomic, write_json_atomic
+from rho.io.store import (
     LossStore,
     TokenStore,
     load_npy,
@@ -151,7 +151,7 @@ def test_inspect_token_store(token_store, capsys):
 
 
 def test_inspect_loss_store_and_errors(tmp_path, token_store, model_dir, capsys):
-    from rho.score import score_store
+    from rho.scoring.score import score_store
 
     store = score_store(model_dir, token_store, tmp_path / "l", 64, progress=False)
     assert main(["inspect", "--verify", str(store.path)]) == 0
@@ -186,7 +186,7 @@ def test_token_store_meta_field_types_are_checked(tmp_path, token_store, changes
 
 
 def hand_loss_store(token_store, path, **changes):
-    from rho.loss_writer import loss_store_meta, write_loss_store
+    from rho.scoring.loss_writer import loss_store_meta, write_loss_store
 
     meta = loss_store_meta(token_store, 8, 4, model="m", model_hash="ab" * 32)
     write_loss_store(path, token_store, np.zeros(token_store.n_tokens), meta)
@@ -211,7 +211,7 @@ def test_loss_store_meta_field_types_are_checked(tmp_path, token_store, changes,
     path = hand_loss_store(token_store, tmp_path / "L", **changes)
     with pytest.raises(UserError, match=message):
         LossStore(path, token_store, 8)
-    from rho.loss_writer import read_meta  # the scorer's resume path reads the same schema
+    from rho.scoring.loss_writer import read_meta  # the scorer's resume path reads the same schema
 
     with pytest.raises(UserError, match=message):
         read_meta(path)
@@ -225,7 +225,7 @@ def test_a_string_is_not_a_finished_store(tmp_path, token_store):
 
 
 def test_garbage_store_tokenizer_is_one_line(tmp_path, token_store, capsys):
-    from rho.tokenize import load_tokenizer
+    from rho.data.tokenize import load_tokenizer
 
     store = copy_store(token_store, tmp_path)
     (store.path / "tokenizer" / "tokenizer.json").write_text('{"model": {"type": "BPE"')

@@ -18,8 +18,8 @@ SEQ = 32
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory, token_store, model_dir):
     """The shared TokenStore, its reference LossStore and a held-out store (same tokenizer)."""
-    from rho.score import score_store
-    from rho.tokenize import tokenize_corpus
+    from rho.data.tokenize import tokenize_corpus
+    from rho.scoring.score import score_store
 
     root = tmp_path_factory.mktemp("sweep")
     score_store(str(model_dir), token_store, root / "ref_losses", SEQ, progress=False)

@@ -15,12 +15,12 @@ import pytest
 from helpers import SUBPROCESS_ENV, make_docs, run_rho, write_jsonl
 
 import rho
-from rho import token_parts
 from rho.cli import main
+from rho.data import token_parts
+from rho.data.token_parts import token_noise
+from rho.data.tokenize import tokenize_corpus
 from rho.errors import UserError
-from rho.store import TokenStore
-from rho.token_parts import token_noise
-from rho.tokenize import tokenize_corpus
+from rho.io.store import TokenStore
 
 TEXTS = make_docs(12, seed=3)
 
@@ -198,8 +198,8 @@ def test_parts_of_other_inputs_are_never_reused(tmp_path, monkeypatch, token_sto
 def test_a_slot_parses_only_its_own_chunks(tmp_path, token_store):
     """Every slot reads every record but parses only those of its chunks: a broken line in
     slot 1's chunk fails slot 1 alone (so ranks do not all parse the whole corpus)."""
-    from rho.corpus import expand_inputs
-    from rho.tokenize import _prepare
+    from rho.data.corpus import expand_inputs
+    from rho.data.tokenize import _prepare
 
     lines = [json.dumps({"text": t}) for t in make_docs(20, seed=4)]
     lines[15] = "{broken"

@@ -1,4 +1,5 @@
-"""rho.trainer and rho.training: SelectiveTrainer on a real transformers.Trainer, tiny Llama
+"""rho.training.trainer and rho.training.train: SelectiveTrainer on a real transformers.Trainer,
+tiny Llama
 models, real stores."""
 
 from __future__ import annotations
@@ -25,15 +26,15 @@ from helpers import (
 from torch.utils.data import Subset
 from transformers import TrainerCallback
 
-import rho.trainer as rt
-from rho.data import WindowCollator, WindowDataset
+import rho.training.trainer as rt
+from rho.data.batches import WindowCollator, WindowDataset
 from rho.errors import UserError
 from rho.models import build_model, check_not_same_model
-from rho.options import ModelDataArguments, SelectionArguments
-from rho.runs import METRICS_FILE, OPTIONS_FILE
-from rho.select import n_keep
-from rho.trainer import SelectiveTrainer
-from rho.training import build_trainer, run_training
+from rho.selection.select import n_keep
+from rho.training.options import ModelDataArguments, SelectionArguments
+from rho.training.runs import METRICS_FILE, OPTIONS_FILE
+from rho.training.train import build_trainer, run_training
+from rho.training.trainer import SelectiveTrainer
 
 SEED = 0
 
@@ -308,7 +309,7 @@ def test_step_gradient_is_mean_over_all_selected_tokens(stores, tmp_path):
 
 
 def test_a_custom_keep_rule_changes_selection_and_normaliser_together(stores, tmp_path):
-    """How many tokens a selection keeps is one function (rho.select): plug in another (a
+    """How many tokens a selection keeps is one function (rho.selection.select): plug in another (a
     quarter of each unit, floored) and both the selection and the step's normaliser follow."""
 
     def quarter(ratio, sizes):

@@ -16,14 +16,14 @@ from helpers import SEQ, targs, train_logs
 from torch.utils.data import Subset
 from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArguments
 
-from rho.data import WindowCollator, WindowDataset
+from rho.data.batches import WindowCollator, WindowDataset
 from rho.errors import UserError
+from rho.io.store import LossStore, TokenStore
 from rho.models import build_model
-from rho.options import ModelDataArguments, SelectionArguments
-from rho.runs import _rotate_checkpoints
-from rho.store import LossStore, TokenStore
-from rho.trainer import SelectiveTrainer, SelectiveTrainingArguments
-from rho.training import RunDirArguments
+from rho.training.options import ModelDataArguments, SelectionArguments
+from rho.training.runs import _rotate_checkpoints
+from rho.training.train import RunDirArguments
+from rho.training.trainer import SelectiveTrainer, SelectiveTrainingArguments
 
 # The private Trainer methods SelectiveTrainer overrides, and why: whole checkpoints are written
 # into a scratch directory (_get_output_dir) and renamed into place (_save_checkpoint). Every
@@ -63,13 +63,13 @@ def test_every_override_matches_the_trainers_signature(name):
     theirs = list(inspect.signature(getattr(Trainer, name)).parameters)
     assert ours == theirs[: len(ours)], (
         f"transformers {transformers.__version__} changed Trainer.{name}{theirs}; "
-        f"rho.trainer.SelectiveTrainer.{name}{ours} must follow it"
+        f"rho.training.trainer.SelectiveTrainer.{name}{ours} must follow it"
     )
 
 
 def test_the_checkpoint_hooks_still_meet():
     """_save_checkpoint must find its directory through _get_output_dir: rho points that at a
-    scratch directory to write a checkpoint whole (rho.runs.publish_checkpoint)."""
+    scratch directory to write a checkpoint whole (rho.training.runs.publish_checkpoint)."""
     import transformers
 
     source = inspect.getsource(Trainer._save_checkpoint)

@@ -12,8 +12,8 @@ import pytest
 from helpers import assert_one_line_error, run_rho
 from transformers import HfArgumentParser
 
-from rho.runs import OPTIONS_FILE
-from rho.trainer import SelectiveTrainingArguments
+from rho.training.runs import OPTIONS_FILE
+from rho.training.trainer import SelectiveTrainingArguments
 
 
 def parsed(*argv: str) -> SelectiveTrainingArguments:

@@ -13,9 +13,9 @@ import re
 import sys
 
 from rho import __version__
-from rho.disk import disk_error_message
 from rho.errors import UserError
-from rho.files import one_line
+from rho.io.disk import disk_error_message
+from rho.io.files import one_line
 
 SUBCOMMANDS = {  # each is rho.commands.<name> (its options, --help and main)
     "demo": "rho experiment on the shipped demo data",

@@ -14,7 +14,7 @@ import torch
 
 from rho.errors import UserError
 from rho.models import check_vocab, load_model
-from rho.windows import check_positions, default_device, losses_of_windows
+from rho.scoring.windows import check_positions, default_device, losses_of_windows
 
 # --- Windows and positions ---------------------------------------------------------------------
 

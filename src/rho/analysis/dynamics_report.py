@@ -13,11 +13,11 @@ import numpy as np
 from rho.analysis import common, plots
 from rho.analysis import dynamics as dyn
 from rho.analysis.html import decode_pieces
-from rho.files import claim_output_dir, save_npy_atomic, write_json_atomic, write_text_atomic
-from rho.runs import checkpoint_step
-from rho.score import score_store
+from rho.io.files import claim_output_dir, save_npy_atomic, write_json_atomic, write_text_atomic
+from rho.scoring.score import score_store
+from rho.training.runs import checkpoint_step
 
-DYNAMICS_KIND = "rho.AnalyzeDynamics"  # output_kind of its --out (rho.files)
+DYNAMICS_KIND = "rho.AnalyzeDynamics"  # output_kind of its --out (rho.io.files)
 RULE = (
     "fit a least-squares line to each token's loss against x = checkpoint index "
     "normalised to [0, 1]; change = slope x span. change < -threshold: H→L; change > "

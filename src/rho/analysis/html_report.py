@@ -13,9 +13,9 @@ import numpy as np
 from rho.analysis import common
 from rho.analysis import html as page
 from rho.analysis import selection as sel
-from rho.files import check_output_file, write_text_atomic
-from rho.store import LossStore, TokenStore
-from rho.windows import losses_of_windows, window_ids
+from rho.io.files import check_output_file, write_text_atomic
+from rho.io.store import LossStore, TokenStore
+from rho.scoring.windows import losses_of_windows, window_ids
 
 NO_MODEL = (
     "No --model given, so no learner losses: tokens are coloured by their reference loss and the "
@@ -59,7 +59,6 @@ def run_html(
         notes.append(NO_MODEL.format(score=score))
         score = "reference"
     indices, ids = _windows(tokens, seq_len, passages)
-    common.check_ids(ids, tokens.vocab_size)
     length = ids.shape[1]
     ref = np.stack([ref_store.window(int(i))[:length] for i in indices])
     learner = None
@@ -106,13 +105,16 @@ def _select(ref: np.ndarray, learner: np.ndarray | None, score: str, ratio: floa
 
 def _windows(tokens: TokenStore, seq_len: int, passages: int) -> tuple[list, np.ndarray]:
     """The windows to show (a spread over the domains) and their ids; a store shorter than one
-    window shows what there is."""
+    window shows what there is. Their ids are checked against the store's vocabulary."""
     n_full = tokens.n_tokens // seq_len
     if not n_full:
-        return [0], np.asarray(tokens.tokens[:], dtype=np.int64)[None]
-    window_domains = common.domains_at(tokens, np.arange(n_full) * seq_len)
-    indices = page.pick_windows(n_full, passages, window_domains)
-    return indices, window_ids(tokens.tokens, seq_len, indices)
+        indices, ids = [0], np.asarray(tokens.tokens[:], dtype=np.int64)[None]
+    else:
+        window_domains = common.domains_at(tokens, np.arange(n_full) * seq_len)
+        indices = page.pick_windows(n_full, passages, window_domains)
+        ids = window_ids(tokens.tokens, seq_len, indices)
+    common.check_ids(ids, tokens.vocab_size)
+    return indices, ids
 
 
 def _noise(tokens: TokenStore, indices, seq_len: int, length: int) -> np.ndarray | None:

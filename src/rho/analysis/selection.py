@@ -1,7 +1,8 @@
 """Which tokens SLM selects, and how their loss behaves (Rho-1, Figures 6, 8 and 9): pure numpy.
 
 Losses here are ``(W, L)`` window matrices under the alignment rule (NaN at each window start)
-or any array of the same shape as its mask. Selection reuses :func:`rho.select.select_topk`, so
+or any array of the same shape as its mask. Selection reuses
+:func:`rho.selection.select.select_topk`, so
 analyses rank tokens exactly as training does: the top ``ceil(ratio · n_valid)`` scores per
 ranking unit, ties by position.
 """
@@ -13,7 +14,7 @@ import math
 import numpy as np
 import torch
 
-from rho.select import select_topk, token_scores
+from rho.selection.select import select_topk, token_scores
 
 
 def valid_positions(*losses: np.ndarray) -> np.ndarray:
@@ -27,7 +28,8 @@ def valid_positions(*losses: np.ndarray) -> np.ndarray:
 def scores_for(
     score: str, learner: np.ndarray, ref: np.ndarray | None = None, seed: int = 0
 ) -> np.ndarray:
-    """Selection scores (higher is kept first), as in training: see rho.select.token_scores
+    """Selection scores (higher is kept first), as in training: see
+    rho.selection.select.token_scores
     (which refuses an unknown score)."""
     learner_t = torch.as_tensor(np.nan_to_num(np.asarray(learner, dtype=np.float32)))
     ref_t = None if ref is None else torch.as_tensor(np.asarray(ref, dtype=np.float32))

@@ -16,13 +16,13 @@ import numpy as np
 from rho.analysis import common, plots
 from rho.analysis import selection as sel
 from rho.errors import UserError
-from rho.files import claim_output_dir, read_json, write_json_atomic, write_text_atomic
-from rho.runs import OPTIONS_FILE, read_metrics, run_checkpoints, run_options
-from rho.select import check_ratio
-from rho.store import LossStore, TokenStore
-from rho.windows import window_ids
+from rho.io.files import claim_output_dir, read_json, write_json_atomic, write_text_atomic
+from rho.io.store import LossStore, TokenStore
+from rho.scoring.windows import window_ids
+from rho.selection.select import check_ratio
+from rho.training.runs import OPTIONS_FILE, read_metrics, run_checkpoints, run_options
 
-SELECTION_KIND = "rho.AnalyzeSelection"  # output_kind of its --out (rho.files)
+SELECTION_KIND = "rho.AnalyzeSelection"  # output_kind of its --out (rho.io.files)
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class _SlmOptions:
 def _slm_options(slm_dir: Path, ratio: float | None) -> _SlmOptions:
     """The SLM run's selection (``ratio`` given overrides its ratio) and the stores it trained on;
     refuses a run that is not SLM."""
-    options = run_options(slm_dir)  # rho.run_options.RunOptions
+    options = run_options(slm_dir)  # rho.training.run_options.RunOptions
     selection = options.selection
     if selection.selection != "token":
         raise UserError(f"{slm_dir} is not an SLM run (its selection is {selection.selection!r})")

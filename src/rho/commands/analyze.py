@@ -13,10 +13,10 @@ from rho.analysis.html_report import run_html
 from rho.analysis.selection_report import run_selection
 from rho.commands.parser import DEVICE, Command
 from rho.errors import UserError
+from rho.io.store import TokenStore
 from rho.models import DTYPES
-from rho.options import option
-from rho.select import check_ratio
-from rho.store import TokenStore
+from rho.selection.select import check_ratio
+from rho.training.options import option
 
 
 @dataclass

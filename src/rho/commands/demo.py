@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from rho.commands.parser import Command
 from rho.experiment.demo import SETTINGS, demo_defaults, run_demo
 from rho.experiment.settings import ExperimentConfig
-from rho.options import option
+from rho.training.options import option
 
 
 @dataclass

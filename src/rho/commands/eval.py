@@ -1,4 +1,4 @@
-"""`rho eval`: evaluate a checkpoint (rho.eval.run) or put earlier runs side by side."""
+"""`rho eval`: evaluate a checkpoint (rho.evaluation.run) or put earlier runs side by side."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ from dataclasses import dataclass
 
 from rho.commands.parser import DEVICE, Command
 from rho.errors import UserError
-from rho.eval.results import compare_runs
-from rho.eval.run import run_eval
+from rho.evaluation.results import compare_runs
+from rho.evaluation.run import run_eval
 from rho.models import DTYPES
-from rho.options import option
+from rho.training.options import option
 
 LOSS = "held-out loss"  # the sections of its --help
 TASKS = "few-shot tasks"

@@ -1,12 +1,12 @@
-"""`rho inspect`: a one-screen summary of a TokenStore or LossStore (rho.inspect_store)."""
+"""`rho inspect`: a one-screen summary of a TokenStore or LossStore (rho.io.inspect_store)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from rho.commands.parser import Command
-from rho.inspect_store import describe
-from rho.options import option
+from rho.io.inspect_store import describe
+from rho.training.options import option
 
 
 @dataclass

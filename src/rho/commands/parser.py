@@ -2,11 +2,11 @@
 dataclasses (their field docs are the `--help`), with what every command shares:
 
 - ``--config FILE.yaml``: the file's keys are option names; its values sit between the
-  dataclass defaults and the command line (flags win). Read by rho.config_file: a regular
+  dataclass defaults and the command line (flags win). Read by rho.io.config_file: a regular
   file, bounded, each option once, every value checked against its field and its choices.
 - both spellings of every option (``--seq_len``, ``--seq-len``): HfArgumentParser adds the
   hyphen alias of each underscore field.
-- field metadata besides argparse's own (rho.options.option): ``positional`` (an argument
+- field metadata besides argparse's own (rho.training.options.option): ``positional`` (an argument
   without a flag, as in `rho inspect STORE`), ``group`` (its section of `--help`), ``repeat``
   (one value per use, as in `--domain a --domain b`), ``exactly`` (a list of exactly that many
   values) and ``set_by`` (not an option: the command sets the field itself, as rho sweep does
@@ -29,10 +29,10 @@ from typing import Any
 from transformers import HfArgumentParser
 from transformers.hf_argparser import string_to_bool
 
-from rho.config_file import options, read_config
 from rho.errors import UserError
+from rho.io.config_file import options, read_config
 
-# field metadata argparse never sees (rho.options.option)
+# field metadata argparse never sees (rho.training.options.option)
 RHO_KEYS = ("positional", "group", "repeat", "exactly", "set_by", "stages")
 DEVICE = "cpu, cuda, cuda:1 ... (default: best)"  # the help of every --device
 
@@ -101,7 +101,7 @@ class CommandParser:
         return Arguments(self.command, self.prog, {}).flags
 
     def config_values(self, argv: list[str]) -> dict:
-        """``--config``'s values, each checked against its field (rho.config_file)."""
+        """``--config``'s values, each checked against its field (rho.io.config_file)."""
         found = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
         found.add_argument("--config")
         path = found.parse_known_args(argv)[0].config

@@ -1,4 +1,4 @@
-"""`rho prune`: offline pruning of whole documents or windows (rho.prune)."""
+"""`rho prune`: offline pruning of whole documents or windows (rho.pruning.prune)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from dataclasses import dataclass, fields
 from rho import distributed as dist
 from rho.commands.parser import Command
 from rho.errors import UserError
-from rho.options import option, parse_device
-from rho.prune import BYS, UNITS, prune_store
+from rho.pruning.prune import BYS, UNITS, prune_store
+from rho.scoring.windows import parse_device
+from rho.training.options import option
 
 PROTOTYPE = "--by prototype (embeddings, k-means with faiss, SemDeDup)"  # its --help section
 # The --by prototype options' defaults, applied with --by prototype only: given with another

@@ -1,4 +1,4 @@
-"""`rho score`: reference model x TokenStore -> LossStore (rho.score)."""
+"""`rho score`: reference model x TokenStore -> LossStore (rho.scoring.score)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from transformers.utils import logging as hf_logging
 from rho import distributed as dist
 from rho.commands.parser import DEVICE, Command
 from rho.models import DTYPES
-from rho.options import option
-from rho.output_layer import LOSS_IMPL_HELP, LOSS_IMPLS
-from rho.score import score_store
+from rho.scoring.score import score_store
+from rho.selection.output_layer import LOSS_IMPL_HELP, LOSS_IMPLS
+from rho.training.options import option
 
 
 @dataclass

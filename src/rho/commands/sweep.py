@@ -9,9 +9,9 @@ from rho.analysis.common import check_positive, print_files
 from rho.commands.parser import Command
 from rho.errors import UserError
 from rho.experiment.sweep import run_sweep, training_defaults
-from rho.options import option
-from rho.select import SCORES, check_ratio
-from rho.trainer import SelectiveTrainingArguments
+from rho.selection.select import SCORES, check_ratio
+from rho.training.options import option
+from rho.training.trainer import SelectiveTrainingArguments
 
 
 @dataclass

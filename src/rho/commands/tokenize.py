@@ -1,4 +1,4 @@
-"""`rho tokenize`: corpus files -> TokenStore (rho.tokenize)."""
+"""`rho tokenize`: corpus files -> TokenStore (rho.data.tokenize)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 from rho import distributed as dist
 from rho.commands.parser import Command
-from rho.inspect_store import describe
-from rho.options import option
-from rho.tokenize import tokenize_corpus
+from rho.data.tokenize import tokenize_corpus
+from rho.io.inspect_store import describe
+from rho.training.options import option
 
 
 @dataclass

@@ -1,13 +1,13 @@
-"""`rho train`: CLM / SLM training on transformers.Trainer (rho.training)."""
+"""`rho train`: CLM / SLM training on transformers.Trainer (rho.training.train)."""
 
 from __future__ import annotations
 
 from rho import distributed as dist
 from rho.commands.parser import Command
-from rho.options import ModelDataArguments
-from rho.runs import METRICS_FILE
-from rho.trainer import SelectiveTrainingArguments
-from rho.training import RunDirArguments, run_training
+from rho.training.options import ModelDataArguments
+from rho.training.runs import METRICS_FILE
+from rho.training.train import RunDirArguments, run_training
+from rho.training.trainer import SelectiveTrainingArguments
 
 # The dataclasses `rho train` parses, in the order main takes them: every
 # transformers.TrainingArguments flag works, beside the selection options.

@@ -14,9 +14,9 @@ from rho.analysis.dynamics_report import run_dynamics
 from rho.analysis.html_report import run_html
 from rho.analysis.selection_report import run_selection
 from rho.experiment.records import Analyses, Data, DynamicsTable, SelectionRates, Trained
-from rho.files import read_json
-from rho.runs import run_checkpoints
-from rho.store import TokenStore
+from rho.io.files import read_json
+from rho.io.store import TokenStore
+from rho.training.runs import run_checkpoints
 
 
 class DynamicsFile(BaseModel):

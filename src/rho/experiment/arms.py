@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rho.options import SelectionArguments
+from rho.training.options import SelectionArguments
 
 
 @dataclass(frozen=True)
@@ -20,7 +20,7 @@ class Arm:
     description: str
     # rho train's selection: none | token | sample | sample+token.
     selection: str = "none"
-    # How tokens or windows are scored (rho.select): excess, random, ...
+    # How tokens or windows are scored (rho.selection.select): excess, random, ...
     score: str = "excess"
     # The windows it trains on: corpus | mix (corpus + curated) | pruned | proto | curated.
     data: str = "corpus"

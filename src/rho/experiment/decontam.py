@@ -27,9 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from rho.corpus import expand_inputs, parse_record
+from rho.data.corpus import expand_inputs, parse_record
 from rho.errors import UserError
-from rho.files import one_line, write_atomic
+from rho.io.files import one_line, write_atomic
 
 DEFAULT_N = 13
 

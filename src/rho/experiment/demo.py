@@ -27,7 +27,7 @@ from rho.experiment.prepare import in_validation
 from rho.experiment.records import Results
 from rho.experiment.runner import EXPERIMENT_KIND, run_experiment
 from rho.experiment.settings import ExperimentConfig, load_yaml
-from rho.files import check_replaceable, mark_output, write_text_atomic
+from rho.io.files import check_replaceable, mark_output, write_text_atomic
 
 HERE = Path(__file__).resolve().parent
 GENERAL_HELDOUT = 0.1  # share of the general-text documents held out

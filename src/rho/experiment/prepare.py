@@ -15,16 +15,16 @@ from pathlib import Path
 
 import numpy as np
 
-from rho.corpus import expand_inputs, iter_documents
+from rho.data.corpus import expand_inputs, iter_documents
+from rho.data.tokenize import load_tokenizer, tokenize_corpus
 from rho.errors import UserError
 from rho.experiment.decontam import NgramIndex, decontaminate, read_texts
 from rho.experiment.records import BaseOverlap, Data, Decontamination, InputFiles, Mix, Windows
 from rho.experiment.settings import heldout_sets
-from rho.files import hash_dir, sha256_file, write_text_atomic
+from rho.io.files import hash_dir, sha256_file, write_text_atomic
+from rho.io.store import TokenStore
 from rho.models import PRESETS
-from rho.prune import write_windows
-from rho.store import TokenStore
-from rho.tokenize import load_tokenizer, tokenize_corpus
+from rho.pruning.prune import write_windows
 
 SPLITS = ("validation", "test")  # of every held-out set, in this order
 

@@ -30,7 +30,7 @@ from rho.experiment.tables import (
     seconds,
     winners_markdown,
 )
-from rho.files import write_text_atomic
+from rho.io.files import write_text_atomic
 
 # The paper's figures quoted by the report (PAPER.md), the only numbers not in results.json.
 PAPER = {

@@ -18,7 +18,6 @@ from pathlib import Path
 from tqdm.auto import tqdm
 from transformers.utils import logging as hf_logging
 
-from rho.embed import embed_units
 from rho.errors import UserError
 from rho.experiment.analyses import analyse
 from rho.experiment.arms import ARMS
@@ -42,12 +41,13 @@ from rho.experiment.report import write_report
 from rho.experiment.settings import ExperimentConfig
 from rho.experiment.stages import Stages
 from rho.experiment.training_run import train_run
-from rho.files import check_replaceable, mark_output, output_lock
+from rho.io.files import check_replaceable, mark_output, output_lock
+from rho.io.store import TokenStore
 from rho.models import PRESETS, count_parameters, load_model
-from rho.options import SelectionArguments
-from rho.prune import prune_store
-from rho.score import score_store
-from rho.store import TokenStore
+from rho.pruning.prune import prune_store
+from rho.scoring.embed import embed_units
+from rho.scoring.score import score_store
+from rho.training.options import SelectionArguments
 
 EXPERIMENT_KIND = "rho.Experiment"
 CACHE_ENV = "RHO_CACHE"  # where pretrained bases are cached (default ~/.cache/rho)

@@ -68,7 +68,7 @@ def training_options(value: dict | str | None) -> dict:
     bounded), each value checked strictly against its field's type and choices: an unknown
     field, one the experiment sets from its own options, or one rho does not support (pushing
     to the Hub) is one line."""
-    from rho.schema import check_fields, parse_json
+    from rho.io.schema import check_fields, parse_json
 
     if value is None or value == "":
         return {}
@@ -94,7 +94,7 @@ RHO_TRAINING_OPTIONS = frozenset({"loss_impl"})
 
 @cache
 def training_type() -> type:
-    from rho.trainer import SelectiveTrainingArguments
+    from rho.training.trainer import SelectiveTrainingArguments
 
     return SelectiveTrainingArguments
 

@@ -15,14 +15,14 @@ import glob
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from rho.config_file import read_config
 from rho.errors import UserError
 from rho.experiment.arms import ARMS, CORE_ARMS, DEFAULTS, NAMES
 from rho.experiment.preflight import check_models
 from rho.experiment.schedule import training_options
+from rho.io.config_file import read_config
 from rho.models import PRESETS
-from rho.options import option
-from rho.select import check_ratio
+from rho.selection.select import check_ratio
+from rho.training.options import option
 
 STAGES = ("data", "mix", "base", "proxy", "sample", "reference", "self-reference", "draw", "score",
           "prune", "embed", "proto", "arms", "analyses")  # fmt: skip
@@ -380,5 +380,5 @@ def expand(patterns: list[str]) -> list[str]:
 
 def load_yaml(path: str | Path) -> dict:
     """A config file's fields, checked against ExperimentConfig's before anything runs
-    (rho.config_file: bounded, strict, keys once)."""
+    (rho.io.config_file: bounded, strict, keys once)."""
     return read_config(path, (ExperimentConfig,))

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ValidationError
 from tqdm.auto import tqdm
 
 from rho.experiment.records import Record
-from rho.files import output_lock, read_json, remove_path, write_json_atomic
+from rho.io.files import output_lock, read_json, remove_path, write_json_atomic
 
 RECORD = "stage.json"
 R = TypeVar("R", bound=Record)

@@ -15,7 +15,7 @@ from transformers import TrainingArguments
 
 from rho.analysis import plots
 from rho.analysis import selection as sel
-from rho.files import (
+from rho.io.files import (
     check_replaceable,
     claim_output_dir,
     read_json,
@@ -23,12 +23,12 @@ from rho.files import (
     write_json_atomic,
     write_text_atomic,
 )
-from rho.options import ModelDataArguments
-from rho.runs import RUN_KIND
-from rho.trainer import SelectiveTrainingArguments
-from rho.training import run_training
+from rho.training.options import ModelDataArguments
+from rho.training.runs import RUN_KIND
+from rho.training.train import run_training
+from rho.training.trainer import SelectiveTrainingArguments
 
-SWEEP_KIND = "rho.Sweep"  # output_kind of its --out (rho.files)
+SWEEP_KIND = "rho.Sweep"  # output_kind of its --out (rho.io.files)
 
 
 def training_defaults(max_steps: int) -> dict:

@@ -15,19 +15,19 @@ from torch.utils.data import Subset
 from tqdm.auto import tqdm
 from transformers import PrinterCallback, TrainerCallback
 
-from rho.data import WindowDataset
+from rho.data.batches import WindowDataset
 from rho.errors import UserError
-from rho.eval.heldout import evaluate_store
+from rho.evaluation.heldout import evaluate_store
 from rho.experiment.prepare import SPLITS
 from rho.experiment.records import Curve, Data, Final, Trained
 from rho.experiment.schedule import owned_arguments
-from rho.files import one_line
+from rho.io.files import one_line
+from rho.io.store import TokenStore
 from rho.models import PRESETS, count_parameters
-from rho.options import ModelDataArguments, SelectionArguments
-from rho.runs import eval_records
-from rho.store import TokenStore
-from rho.trainer import SelectiveTrainingArguments
-from rho.training import build_trainer
+from rho.training.options import ModelDataArguments, SelectionArguments
+from rho.training.runs import eval_records
+from rho.training.train import build_trainer
+from rho.training.trainer import SelectiveTrainingArguments
 
 
 class ConsoleLines(TrainerCallback):
@@ -184,7 +184,7 @@ def trained_counts(trainer, args) -> dict:
 
 
 class Logged(BaseModel):
-    """The compute rho's trainer logs (rho.meter: its ``compute_logs`` and each record of a
+    """The compute rho's trainer logs (rho.training.meter: its ``compute_logs`` and each record of a
     run's metrics.jsonl), as far as the experiment reads it."""
 
     model_config = ConfigDict(extra="ignore")

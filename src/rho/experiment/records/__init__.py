@@ -51,8 +51,8 @@ from rho.experiment.records.verdict import (
     Winners,
 )
 from rho.experiment.settings import ExperimentConfig
-from rho.files import read_json, write_json_atomic
-from rho.schema import validate
+from rho.io.files import read_json, write_json_atomic
+from rho.io.schema import validate
 
 __all__ = [
     "Amortised",

@@ -1,0 +1,1 @@
+"""Corpus files -> TokenStore: reading, tokenizing, chat messages; training batches."""

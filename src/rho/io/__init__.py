@@ -1,0 +1,1 @@
+"""Files, schemas and stores: atomic writes, every file rho reads typed, the stores."""

@@ -1,0 +1,1 @@
+"""Offline selection of whole documents or windows: by score, or by prototypes."""

@@ -1,0 +1,1 @@
+"""A model over a TokenStore's windows: the LossStore (and its writer), embeddings."""

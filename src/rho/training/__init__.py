@@ -1,0 +1,1 @@
+"""SelectiveTrainingArguments, SelectiveTrainer, RHO-LOSS candidates, run dirs."""
