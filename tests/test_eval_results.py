@@ -96,7 +96,7 @@ def test_eval_never_writes_among_a_users_files(tmp_path, eval_checkpoint):
     for folder in (user, model):
         assert {name: (folder / name).read_bytes() for name in mine} == mine
     out = model / "rho_eval"
-    assert (out / ".rho-output").read_text().startswith("rho.evaluation\n")
+    assert (out / ".rho-output").read_text().startswith("rho.eval\n")
     assert json.loads((out / "eval.json").read_text())["tasks"]["add"]["items"] == 5
     assert rho_command("eval", ["--compare", str(model)]) == 0  # the run's rho_eval is found
 

@@ -82,9 +82,19 @@ class Arm:
 
 
 SIDES = {"hard": "farthest from", "easy": "nearest to"}  # prototype pruning's --proto_from
-# ExperimentConfig's defaults of the options added after the first results.json: an older one
-# reads as these.
-DEFAULTS = {"proto_keep": 0.5, "proto_from": "hard", "self_reference": 0.1}
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """The defaults of the options the arms' descriptions name: ExperimentConfig's, written
+    once here."""
+
+    proto_keep: float = 0.5
+    proto_from: str = "hard"
+    self_reference: float = 0.1
+
+
+DEFAULTS = Defaults()
 _SCORED = ("reference", "score")
 ARMS: dict[str, Arm] = {
     arm.name: arm

@@ -116,7 +116,7 @@ class ExperimentConfig:
         "arms' budget; then the reference arm's runs are the scoring references)",
     )
     self_reference: float = option(
-        default=DEFAULTS["self_reference"],
+        default=DEFAULTS.self_reference,
         stages=("sample",),
         help="the self-reference arms (slm-self, slm-entropy): the share of the corpus's "
         "windows (a seeded sample, which stays in the corpus) the base is trained on, one pass, "
@@ -134,12 +134,12 @@ class ExperimentConfig:
     )
     prune_keep: float = option(default=0.5, stages=("prune",), help="pruned arms: windows kept")
     proto_keep: float = option(
-        default=DEFAULTS["proto_keep"],
+        default=DEFAULTS.proto_keep,
         stages=("proto",),
         help="prototype arms: share of corpus windows kept",
     )
     proto_from: str = option(
-        default=DEFAULTS["proto_from"],
+        default=DEFAULTS.proto_from,
         stages=("proto",),
         help="prototype arms: keep the windows farthest from (hard) or nearest to (easy) their "
         "k-means centroid (Sorscher et al.: hard when data is abundant, easy when scarce)",

@@ -15,6 +15,7 @@ from transformers import TrainingArguments
 
 from rho.analysis import plots
 from rho.analysis import selection as sel
+from rho.experiment.records.sweep import SweepRun, SweepSettings
 from rho.io.files import (
     check_replaceable,
     claim_output_dir,
@@ -23,6 +24,7 @@ from rho.io.files import (
     write_json_atomic,
     write_text_atomic,
 )
+from rho.io.schema import validate
 from rho.training.options import ModelDataArguments
 from rho.training.runs import RUN_KIND
 from rho.training.train import run_training
@@ -79,7 +81,7 @@ def run_sweep(
         run_dir = out / "runs" / f"ratio-{ratio:g}"
         result_file = run_dir / "sweep_result.json"
         if result_file.exists() and not overwrite:
-            results.append(read_json(result_file))
+            results.append(validate(SweepRun, read_json(result_file), f"{result_file} is damaged"))
             _say(progress, f"ratio {ratio:g}: reusing {result_file}")
             continue
         if run_dir.exists() or run_dir.is_symlink():  # an unfinished or replaced run: afresh
@@ -89,17 +91,17 @@ def run_sweep(
         args = replace(training, **run, selection="token", ratio=ratio, score=score)
         _say(progress, f"ratio {ratio:g}: training {max_steps} steps into {run_dir}")
         results.append(_train(data, args))
-        write_json_atomic(result_file, results[-1], sort_keys=False)
-        _say(progress, f"ratio {ratio:g}: held-out loss {results[-1]['eval_loss']:.4f}")
-    settings = {
+        write_json_atomic(result_file, results[-1].model_dump(), sort_keys=False)
+        _say(progress, f"ratio {ratio:g}: held-out loss {results[-1].eval_loss:.4f}")
+    settings = SweepSettings(
         **paths,
-        "preset": data.preset,
-        "model": model,
-        "max_steps": max_steps,
-        "seed": seed,
-        "score": score,
-        "training_args": given_options(training),
-    }
+        preset=data.preset,
+        model=model,
+        max_steps=max_steps,
+        seed=seed,
+        score=score,
+        training_args=given_options(training),
+    )
     return _write_files(out, ratios, results, settings)
 
 
@@ -108,48 +110,49 @@ def _say(progress: bool, line: str) -> None:
         print(line)
 
 
-def _train(data: ModelDataArguments, args: SelectiveTrainingArguments) -> dict:
+def _train(data: ModelDataArguments, args: SelectiveTrainingArguments) -> SweepRun:
     """Train one run; returns its sweep_result.json record."""
     t0 = time.perf_counter()
     trainer = run_training(data, args)
     history = trainer.state.log_history
-    evals = [h["eval_loss"] for h in history if "eval_loss" in h]
-    trains = [h["loss"] for h in history if "loss" in h]
-    result = {
-        "ratio": args.ratio,
-        "eval_loss": evals[-1] if evals else float("nan"),
-        "final_train_loss": trains[-1] if trains else float("nan"),
-        "max_steps": args.max_steps,
-        "seed": args.seed,
-        "seconds": time.perf_counter() - t0,
-        "tokens_seen": int(trainer.state.num_input_tokens_seen),
-        "run_dir": args.output_dir,
-    }
+    evals = [h.get("eval_loss") for h in history if "eval_loss" in h]
+    trains = [h.get("loss") for h in history if "loss" in h]
+    result = SweepRun(
+        ratio=args.ratio,
+        eval_loss=evals[-1] if evals else float("nan"),
+        final_train_loss=trains[-1] if trains else float("nan"),
+        max_steps=args.max_steps,
+        seed=args.seed,
+        seconds=time.perf_counter() - t0,
+        tokens_seen=int(trainer.state.num_input_tokens_seen),
+        run_dir=args.output_dir,
+    )
     del trainer  # its model and optimizer: freed before the next ratio trains
     gc.collect()
     return result
 
 
-def _write_files(out: Path, ratios: list[float], results: list[dict], settings: dict) -> dict:
+def _write_files(
+    out: Path, ratios: list[float], results: list[SweepRun], settings: SweepSettings
+) -> dict:
     """sweep.json, sweep.md and fig9_sweep.png; returns run_sweep's result."""
-    losses = [float("nan") if r["eval_loss"] is None else r["eval_loss"] for r in results]
+    losses = [float("nan") if r.eval_loss is None else r.eval_loss for r in results]
     summary = sel.sweep_summary(ratios, losses)
     data = {
         "ratios": ratios,
         "eval_loss": losses,
         "summary": summary,
-        "runs": results,
-        "settings": settings,
+        "runs": [r.model_dump() for r in results],
+        "settings": settings.model_dump(),
     }
     table = _markdown_table(summary)
-    model, preset = settings["model"], settings["preset"]
-    steps, seed = settings["max_steps"], settings["seed"]
+    steps, seed = settings.max_steps, settings.seed
     md = [
         "# Selection-ratio sweep",
         "",
-        f"SLM (score {settings['score']}) at each ratio, {steps} steps, seed {seed}, "
-        f"{'model ' + str(model) if model else 'preset ' + str(preset)}; held-out loss on "
-        f"`{settings['eval_tokens']}`. Paper (Fig. 9): ~60% best for 1B on math.",
+        f"SLM (score {settings.score}) at each ratio, {steps} steps, seed {seed}, "
+        f"{settings.described()}; held-out loss on "
+        f"`{settings.eval_tokens}`. Paper (Fig. 9): ~60% best for 1B on math.",
         "",
         table,
         "",
