@@ -171,7 +171,7 @@ def test_hidden_states_capture_skips_the_output_matmul_and_restores_the_layer():
     outputs, hidden = forward_hidden(model, {"input_ids": ids})
     assert outputs.logits.shape == (3, 12, 0) and hidden.shape == (3, 12, 32)
     assert "forward" not in vars(model.get_output_embeddings())  # the class's forward again
-    head = Head(model.lm_head.weight)
+    head = Head(model.get_output_embeddings().weight)  # embed_out in transformers 4.x
     torch.testing.assert_close(head.logits(hidden), model(input_ids=ids).logits)
     assert HeadInputs(hidden, head).token_losses(ids).shape == ids.shape
 
