@@ -185,6 +185,9 @@ def last_record(run_dir: str | Path, key: str = "flops_train") -> dict:
 
 # One thread per process: tiny models gain nothing from more, and on a busy machine threads that
 # wait for each other make runs many times slower.
+# A subprocess's timeout is a guard against a hang, never a clock: generous enough for a
+# machine whose cores are all busy.
+HANG_GUARD_S = 3600
 SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
@@ -208,7 +211,7 @@ def wait_until_held(file: Path, proc: subprocess.Popen, guard: float = 600) -> N
 
 
 def run_rho(
-    *args: str, env: dict | None = None, timeout: float = 180
+    *args: str, env: dict | None = None, timeout: float = HANG_GUARD_S
 ) -> subprocess.CompletedProcess:
     """`python -m rho ARGS` in a real subprocess (this interpreter, so the venv's rho)."""
     return subprocess.run(
@@ -256,7 +259,7 @@ def two_ranks_and_one_process(common: list, tmp_path: Path) -> None:
             + ["--per_device_train_batch_size", rows],
             capture_output=True,
             text=True,
-            timeout=300,
+            timeout=HANG_GUARD_S,
             env={**SUBPROCESS_ENV, DUMP_ENV: str(dump)},
         )
         assert run.returncode == 0, run.stderr[-3000:]

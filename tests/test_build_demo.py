@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import without_noise
+from helpers import HANG_GUARD_S, without_noise
 
 from rho.corpora import SPLITS
 
@@ -112,7 +112,7 @@ def test_builder_is_deterministic(tmp_path):
         for k, (cmd, h) in runs.items()
     }
     for k, p in procs.items():
-        _, err = p.communicate(timeout=120)
+        _, err = p.communicate(timeout=HANG_GUARD_S)
         assert p.returncode == 0, (k, err.decode()[-2000:])
     for name in [f"{s}.jsonl.gz" for s in SPLITS] + ["SOURCES.json"]:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()

@@ -12,6 +12,7 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import HANG_GUARD_S
 
 from rho.errors import UserError
 from rho.experiment import decontam
@@ -72,7 +73,7 @@ def test_hashes_are_stable_across_processes():
             capture_output=True,
             text=True,
             check=True,
-            timeout=60,
+            timeout=HANG_GUARD_S,
         )
         assert json.loads(out.stdout) == here
 

@@ -7,7 +7,7 @@ from html.parser import HTMLParser
 import matplotlib.image
 import numpy as np
 import pytest
-from helpers import assert_traceable
+from helpers import HANG_GUARD_S, assert_traceable
 
 from rho.experiment.analyses import SelectionSample, selection_rates
 from rho.experiment.summary import tokens_to_reach
@@ -57,7 +57,7 @@ def test_quick_demo_end_to_end(tmp_path):
     out = tmp_path / "demo"
     env = {**os.environ, "RHO_CACHE": str(tmp_path / "cache")}
     command = [sys.executable, "-m", "rho", "demo", "--quick", "--out", str(out)]
-    run = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    run = subprocess.run(command, capture_output=True, text=True, timeout=HANG_GUARD_S, env=env)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "test loss (math, general)" in run.stdout + run.stderr
     results = json.loads((out / "results.json").read_text())
@@ -80,7 +80,7 @@ def test_quick_demo_end_to_end(tmp_path):
     parser = _Collect()
     parser.feed((out / "selected.html").read_text())
     assert "html" in parser.tags and "span" in parser.tags
-    rerun = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=HANG_GUARD_S, env=env)
     assert rerun.returncode == 0 and "done before (skipped)" in rerun.stdout + rerun.stderr
     # A foreign directory is refused.
     foreign = tmp_path / "mine"
@@ -106,7 +106,7 @@ def test_the_scarce_setting(tmp_path):
     command = [sys.executable, "-m", "rho", "demo", "--setting", "scarce", "--quick",
                "--seeds", "0", "--reference_seeds", "0", "--analyze", "false",
                "--out", str(out)]  # fmt: skip
-    run = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    run = subprocess.run(command, capture_output=True, text=True, timeout=HANG_GUARD_S, env=env)
     assert run.returncode == 0, run.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     config, tokens = results["config"], results["data"]["tokens"]

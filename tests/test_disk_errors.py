@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import HANG_GUARD_S
 
 from rho.cli import main
 from rho.scoring.score import score_store
@@ -36,7 +37,7 @@ def run_limited(limit: int, *args, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "rho", *map(str, args)],
         capture_output=True, text=True, cwd=cwd, env=env, preexec_fn=limited(limit),
-        timeout=600,
+        timeout=HANG_GUARD_S,
     )  # fmt: skip
 
 

@@ -12,7 +12,14 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import SUBPROCESS_ENV, assert_traceable, last_record, parse_options, write_texts
+from helpers import (
+    HANG_GUARD_S,
+    SUBPROCESS_ENV,
+    assert_traceable,
+    last_record,
+    parse_options,
+    write_texts,
+)
 
 from rho.errors import UserError
 from rho.experiment.arms import ARMS
@@ -75,7 +82,7 @@ def write_config(path: Path, data: dict, out: Path, **extra) -> Path:
     return path
 
 
-def rho(*args, cache: Path, timeout=600) -> subprocess.CompletedProcess:
+def rho(*args, cache: Path, timeout=HANG_GUARD_S) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "rho", *map(str, args)],
         capture_output=True,
@@ -342,7 +349,7 @@ def test_two_experiments_share_one_base_without_clobbering_it(tmp_path, data):
             [sys.executable, "-m", "rho", "experiment", "--config", str(config)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             env={**SUBPROCESS_ENV, "RHO_CACHE": str(cache)}))  # fmt: skip
-    logs = [p.communicate(timeout=600)[0] for p in procs]
+    logs = [p.communicate(timeout=HANG_GUARD_S)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], logs
     (base,) = [p for p in (cache / "stages").iterdir() if p.name.startswith("base-")]
     steps = [r["step"] for r in map(json.loads, (base / "run" / "metrics.jsonl").open())

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import SUBPROCESS_ENV, hold_env, run_rho, wait_until_held
+from helpers import HANG_GUARD_S, SUBPROCESS_ENV, hold_env, run_rho, wait_until_held
 from safetensors.torch import load_file, save_file
 
 from rho.errors import UserError
@@ -255,7 +255,7 @@ def test_a_save_that_fails_midway_leaves_no_checkpoint(tmp_path, token_store):
         text=True,
         env=SUBPROCESS_ENV,
         preexec_fn=limit_file_size(limit),
-        timeout=180,
+        timeout=HANG_GUARD_S,
     )
     assert failed.returncode != 0
     assert not list(out.glob("checkpoint-*"))  # nothing listed as a checkpoint

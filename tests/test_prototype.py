@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import (
+    HANG_GUARD_S,
     SUBPROCESS_ENV,
     hold_env,
     make_docs,
@@ -212,7 +213,7 @@ def test_kill_9_mid_embedding_resumes_to_identical_embeddings(tmp_path, token_st
         wait_until_held(held, proc)
     finally:
         proc.send_signal(signal.SIGKILL)
-    _, stderr = proc.communicate(timeout=600)
+    _, stderr = proc.communicate(timeout=HANG_GUARD_S)
     assert proc.returncode == -signal.SIGKILL, stderr[-2000:]
     done = embedding_batches_done(emb / "progress")
     assert 0 < done < n_batches, "the run ended before it was killed"
@@ -237,7 +238,9 @@ def test_torchrun_two_ranks_embed_and_prune_like_one_process(tmp_path, planted):
     assert one.returncode == 0, one.stderr[-2000:]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     cmd += ["-m", "rho", *args, "--embeddings", str(tmp_path / "e2"), "--out", str(tmp_path / "o2")]
-    two = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=SUBPROCESS_ENV)
+    two = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=HANG_GUARD_S, env=SUBPROCESS_ENV
+    )
     assert two.returncode == 0, two.stderr[-3000:]
     for one_path, two_path in (("e1", "e2"), ("o1/tokens", "o2/tokens")):
         for name in ("embeddings.npy",) if one_path == "e1" else ("tokens.npy", "doc_offsets.npy"):

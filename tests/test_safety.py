@@ -21,7 +21,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import SUBPROCESS_ENV, WORDS, hold_env, make_docs, wait_until_held, write_jsonl
+from helpers import (
+    HANG_GUARD_S,
+    SUBPROCESS_ENV,
+    WORDS,
+    hold_env,
+    make_docs,
+    wait_until_held,
+    write_jsonl,
+)
 
 import rho.data.tokenize as tokenize_mod
 from rho.cli import main
@@ -60,7 +68,7 @@ def start(*args, cwd=None, env: dict | None = None) -> subprocess.Popen:
     )
 
 
-def collect(proc: subprocess.Popen, timeout: float = 240) -> subprocess.CompletedProcess:
+def collect(proc: subprocess.Popen, timeout: float = HANG_GUARD_S) -> subprocess.CompletedProcess:
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -340,7 +348,11 @@ def test_inspect_into_a_closed_pipe_is_quiet(token_store):
     paths = " ".join([f"'{token_store.path}'"] * 400)
     script = f"set +o pipefail; '{sys.executable}' -m rho inspect {paths} | head -1"
     result = subprocess.run(
-        ["bash", "-c", script], capture_output=True, text=True, env=SUBPROCESS_ENV, timeout=120
+        ["bash", "-c", script],
+        capture_output=True,
+        text=True,
+        env=SUBPROCESS_ENV,
+        timeout=HANG_GUARD_S,
     )
     assert result.returncode == 0
     assert result.stdout == f"{token_store.path}\n"
@@ -495,7 +507,9 @@ def test_five_megabyte_single_line_document_stays_small(tmp_path, token_store):
     )
     cmd = [sys.executable, "-c", measure, sys.executable, "-m", "rho", "tokenize", str(corpus)]
     cmd += ["--out", str(out), "--tokenizer", str(token_store.tokenizer_dir)]
-    result = subprocess.run(cmd, capture_output=True, text=True, env=SUBPROCESS_ENV, timeout=300)
+    result = subprocess.run(
+        cmd, capture_output=True, text=True, env=SUBPROCESS_ENV, timeout=HANG_GUARD_S
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     peak_mb = int(result.stdout.split("peak-rss-kb")[-1]) / 1024
     print(f"5 MB single-line document: peak RSS {peak_mb:.0f} MB")

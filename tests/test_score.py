@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import SUBPROCESS_ENV, hold_env, run_rho, torch_threads, wait_until_held
+from helpers import HANG_GUARD_S, SUBPROCESS_ENV, hold_env, run_rho, torch_threads, wait_until_held
 
 from rho.cli import main
 from rho.errors import UserError
@@ -125,7 +125,7 @@ def interrupt_midway(args: list, sig: signal.Signals, progress, n_batches: int) 
     try:
         wait_until_held(held, proc)
         proc.send_signal(sig)
-        _, stderr = proc.communicate(timeout=600)
+        _, stderr = proc.communicate(timeout=HANG_GUARD_S)
     finally:
         proc.kill()
         held.unlink(missing_ok=True)
@@ -170,7 +170,9 @@ def test_torchrun_two_ranks_equals_one_process(tmp_path, token_store, model_dir)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     cmd += ["-m", "rho", "score", "--model", str(model_dir), "--tokens", str(token_store.path)]
     cmd += ["--out", str(out), "--seq-len", str(SEQ), "--batch-size", "4", "--device", "cpu"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=SUBPROCESS_ENV)
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=HANG_GUARD_S, env=SUBPROCESS_ENV
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     # Each batch has the same windows and shapes whichever rank scores it, and CPU kernels are
     # deterministic for a given shape, so the bytes match exactly (checked, not assumed).

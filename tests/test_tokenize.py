@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import SUBPROCESS_ENV, make_docs, run_rho, write_jsonl
+from helpers import HANG_GUARD_S, SUBPROCESS_ENV, make_docs, run_rho, write_jsonl
 
 import rho
 from rho.cli import main
@@ -229,7 +229,7 @@ def torchrun_tokenize(*args, nproc: int = 2, env: dict | None = None):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
     cmd += [str(nproc), "-m", "rho", "tokenize", *map(str, args)]
     env = {**SUBPROCESS_ENV, "RHO_TOKENIZE_CHUNK_BYTES": "2500", **(env or {})}
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=HANG_GUARD_S, env=env)
 
 
 @pytest.mark.slow

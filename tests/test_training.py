@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import assert_one_line_error, run_rho
+from helpers import HANG_GUARD_S, assert_one_line_error, run_rho
 from transformers import HfArgumentParser
 
 from rho.training.runs import OPTIONS_FILE
@@ -67,7 +67,7 @@ def test_two_ranks_train_under_ddp_without_find_unused_parameters(stores, tmp_pa
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     cmd += ["-m", "rho", *map(str, common_args(stores, tmp_path / "run"))]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=HANG_GUARD_S, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     facts = json.loads((tmp_path / "run" / OPTIONS_FILE).read_text())["distributed"]
     assert facts == {
