@@ -197,7 +197,7 @@ def hold_env(point: str, n: int, file: Path) -> dict:
     return {**SUBPROCESS_ENV, HOLD_ENV: f"{point}:{n}:{file}"}
 
 
-def wait_until_held(file: Path, proc: subprocess.Popen, guard: float = 600) -> None:
+def wait_until_held(file: Path, proc: subprocess.Popen, guard: float = HANG_GUARD_S) -> None:
     """Until ``proc`` waits at its hold point; ``guard`` seconds only stop a hung test."""
     deadline = time.monotonic() + guard
     while not file.exists():

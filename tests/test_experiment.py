@@ -188,7 +188,7 @@ def test_killed_mid_arm_resumes_without_redoing_finished_stages(tmp_path, data):
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             env={**SUBPROCESS_ENV, "RHO_CACHE": str(cache)})  # fmt: skip
     arm = out / "stages" / "slm-seed0"
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + HANG_GUARD_S
     while not (arm / "run").exists() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
