@@ -25,7 +25,8 @@ from helpers import (
 
 from rho.cli import main
 from rho.errors import UserError
-from rho.io.files import hash_arrays, write_json_atomic
+from rho.io.files import write_json_atomic
+from rho.io.reading import hash_arrays
 from rho.io.store import TokenStore
 from rho.models import build_model, load_model
 from rho.pruning.prototype import keep_by_distance, prototype_select, semdedup

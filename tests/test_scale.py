@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from rho.io.files import blocks, hash_arrays
+from rho.io.reading import blocks, hash_arrays
 from rho.io.store import (
     LossStore,
     TokenStore,

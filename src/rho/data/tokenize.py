@@ -47,10 +47,9 @@ from rho.io.files import (
     clean_stale_scratch,
     output_lock,
     remove_path,
-    sha256_file,
     write_json_atomic,
 )
-from rho.io.reading import hash_dir
+from rho.io.reading import hash_dir, sha256_file
 from rho.io.store import (
     TOKEN_STORE,
     TokenStore,

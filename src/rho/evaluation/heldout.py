@@ -26,7 +26,8 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
 from rho.errors import UserError
-from rho.io.files import one_line, read_slice
+from rho.io.files import one_line
+from rho.io.reading import read_slice
 from rho.io.store import TokenStore, should_have_value, window_bounds, window_chunk
 from rho.models import load_model, parse_dtype
 from rho.scoring.windows import batch_windows, check_positions, default_device, iter_window_losses

@@ -21,7 +21,8 @@ from rho.errors import UserError
 from rho.experiment.decontam import NgramIndex, decontaminate, read_texts
 from rho.experiment.records import BaseOverlap, Data, Decontamination, InputFiles, Mix, Windows
 from rho.experiment.settings import heldout_sets
-from rho.io.files import hash_dir, sha256_file, write_text_atomic
+from rho.io.files import write_text_atomic
+from rho.io.reading import hash_dir, sha256_file
 from rho.io.store import TokenStore
 from rho.models import PRESETS
 from rho.pruning.prune import write_windows

@@ -8,7 +8,7 @@ import math
 import numpy as np
 
 from rho.errors import UserError
-from rho.io.files import read_slice
+from rho.io.reading import read_slice
 
 # The token stream is cut into non-overlapping windows of seq_len tokens from position 0 (the last
 # one may be shorter). ref_loss[i] = -log p(tokens[i] | tokens[window_start .. i-1]); it is NaN at

@@ -27,9 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from rho.errors import UserError
-
-# The readers live in rho.io.reading; importable from here too, where the other modules find them.
-from rho.io.reading import blocks, hash_arrays, hash_dir, read_slice, sha256_file  # noqa: F401
+from rho.io.reading import blocks
 
 # A directory that holds this file was made by rho as a whole output of the named kind (run
 # directories, demo/experiment directories, analysis and eval outputs); stores are known by

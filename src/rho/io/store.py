@@ -33,17 +33,8 @@ from transformers import AutoTokenizer
 
 from rho.errors import UserError
 from rho.io.alignment import loss_positions, n_windows, window_bounds, window_starts
-from rho.io.files import (
-    blocks,
-    building,
-    hash_arrays,
-    hash_dir,
-    one_line,
-    read_slice,
-    save_npy,
-    sha256_file,
-    write_json_atomic,
-)
+from rho.io.files import building, one_line, save_npy, write_json_atomic
+from rho.io.reading import blocks, hash_arrays, hash_dir, read_slice, sha256_file
 from rho.io.schema import TokenStoreMeta
 from rho.io.store_files import (
     CHUNK,

@@ -16,7 +16,8 @@ from tokenize import TokenError
 import numpy as np
 
 from rho.errors import UserError
-from rho.io.files import blocks, one_line
+from rho.io.files import one_line
+from rho.io.reading import blocks
 from rho.io.schema import LossStoreMeta, Strict, read_json_file, show, validate
 
 FORMAT_VERSION = 1

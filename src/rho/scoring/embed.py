@@ -32,12 +32,12 @@ from rho.errors import UserError
 from rho.io.files import (
     building,
     check_not_input,
-    hash_arrays,
     mark_output,
     output_lock,
     save_npy_atomic,
     write_json_atomic,
 )
+from rho.io.reading import hash_arrays
 from rho.io.schema import Count, Hash, Name, Strict
 from rho.io.store import TokenStore
 from rho.io.store_files import FORMAT_VERSION, open_npy, read_store_meta, reserve_disk_space

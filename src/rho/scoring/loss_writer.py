@@ -19,13 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from rho.errors import UserError
-from rho.io.files import (
-    building,
-    hash_arrays,
-    read_json,
-    save_npy_atomic,
-    write_json_atomic,
-)
+from rho.io.files import building, read_json, save_npy_atomic, write_json_atomic
+from rho.io.reading import hash_arrays
 from rho.io.schema import LossStoreMeta, Strict
 from rho.io.store import (
     FINITE_RECORDS,

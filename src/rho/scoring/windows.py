@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from rho.errors import UserError
-from rho.io.files import read_slice
+from rho.io.reading import read_slice
 from rho.io.store import n_windows, window_bounds
 from rho.selection.output_layer import model_token_losses
 
