@@ -225,7 +225,7 @@ def test_a_string_is_not_a_finished_store(tmp_path, token_store):
 
 
 def test_garbage_store_tokenizer_is_one_line(tmp_path, token_store, capsys):
-    from rho.data.tokenize import load_tokenizer
+    from rho.data.tokenizer_setup import load_tokenizer
 
     store = copy_store(token_store, tmp_path)
     (store.path / "tokenizer" / "tokenizer.json").write_text('{"model": {"type": "BPE"')

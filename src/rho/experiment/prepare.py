@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from rho.data.corpus import expand_inputs, iter_documents
-from rho.data.tokenize import load_tokenizer, tokenize_corpus
+from rho.data.tokenize import tokenize_corpus
+from rho.data.tokenizer_setup import load_tokenizer
 from rho.errors import UserError
 from rho.experiment.decontam import NgramIndex, decontaminate, read_texts
 from rho.experiment.records import BaseOverlap, Data, Decontamination, InputFiles, Mix, Windows
