@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from rho.commands.parser import Command
 from rho.experiment.demo import SETTINGS, demo_defaults, run_demo
+from rho.experiment.engine import EngineOptions
 from rho.experiment.settings import ExperimentConfig
 from rho.training.options import option
 
@@ -30,9 +31,9 @@ def defaults(given) -> dict:
     return demo_defaults(given.quick, given.setting) | {"out": "rho-demo"}
 
 
-def main(demo: DemoOptions, config: ExperimentConfig) -> int:
-    run_demo(config, quick=demo.quick, setting=demo.setting)
+def main(demo: DemoOptions, config: ExperimentConfig, engine: EngineOptions) -> int:
+    run_demo(config, quick=demo.quick, setting=demo.setting, engine=engine)
     return 0
 
 
-COMMAND = Command((DemoOptions, ExperimentConfig), main, defaults=defaults)
+COMMAND = Command((DemoOptions, ExperimentConfig, EngineOptions), main, defaults=defaults)

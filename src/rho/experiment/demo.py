@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict
 
 from rho.corpora import demo_path
 from rho.errors import UserError
+from rho.experiment.engine import EngineOptions
 from rho.experiment.prepare import in_validation
 from rho.experiment.records import Results
 from rho.experiment.runner import EXPERIMENT_KIND, run_experiment
@@ -111,7 +112,12 @@ def clean_math(line: str) -> bool:
     return record.domain == "math" and not record.noise_spans
 
 
-def run_demo(cfg: ExperimentConfig, quick: bool = False, setting: str = "paper") -> Results:
+def run_demo(
+    cfg: ExperimentConfig,
+    quick: bool = False,
+    setting: str = "paper",
+    engine: EngineOptions | None = None,
+) -> Results:
     """`rho experiment` on the demo's files, written into ``cfg.out``/demo-data first; ``cfg``
     holds demo_defaults(quick, setting) under the user's config and flags."""
     out = Path(cfg.out)
@@ -123,4 +129,4 @@ def run_demo(cfg: ExperimentConfig, quick: bool = False, setting: str = "paper")
         setattr(cfg, key, value)
     title = "rho demo" + (f" --setting {setting}" if setting != "paper" else "")
     title += " --quick" if quick else ""
-    return run_experiment(cfg, title)
+    return run_experiment(cfg, title, engine)

@@ -22,6 +22,7 @@ from rho.errors import UserError
 from rho.experiment.analyses import analyse
 from rho.experiment.arms import ARMS
 from rho.experiment.collect import BASE_SEED, collect, only
+from rho.experiment.engine import EngineOptions, run_pool
 from rho.experiment.plan import Kind, Stage, plan
 from rho.experiment.preflight import check_sizes
 from rho.experiment.prepare import build_mix, draw_windows, inputs_key, prepare
@@ -59,17 +60,31 @@ def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "rho"))
 
 
-def run_experiment(cfg: ExperimentConfig, title: str = "rho experiment") -> Results:
-    """Run (or resume) every stage into ``cfg.out``; returns the results (results.json)."""
+def quiet_transformers() -> None:
+    hf_logging.set_verbosity_error()  # no tokenizer/config warnings on the console
+    hf_logging.disable_progress_bar()
+
+
+def run_experiment(
+    cfg: ExperimentConfig, title: str = "rho experiment", engine: EngineOptions | None = None
+) -> Results:
+    """Run (or resume) every stage into ``cfg.out``, in this process or by ``engine``'s workers;
+    returns the results (results.json)."""
+    engine = engine or EngineOptions()
     cfg.check_inputs()
     out = Path(cfg.out)
     check_replaceable(out, EXPERIMENT_KIND)  # a new directory, or an experiment's to resume
-    hf_logging.set_verbosity_error()  # no tokenizer/config warnings on the console
-    hf_logging.disable_progress_bar()
+    quiet_transformers()
     out.mkdir(parents=True, exist_ok=True)
     mark_output(out, EXPERIMENT_KIND)
     with output_lock(out):
-        return Runner(cfg, out).run(title)
+        runner = Runner(cfg, out)
+        runner.announce(title)
+        if engine.in_process:
+            runner.run_all()
+        else:
+            run_pool(runner, engine)
+        return runner.finish(title)
 
 
 class Runner:
@@ -82,18 +97,48 @@ class Runner:
         self.results: dict[str, Record] = {}
         self.plan = plan(cfg, inputs_key(cfg.view("data")))
 
-    def run(self, title: str) -> Results:
+    def announce(self, title: str) -> None:
         cfg = self.cfg
         tqdm.write(
             f"== {title} into {self.out}: arms {', '.join(cfg.arm_list)}; seeds "
             f"{cfg.seeds}; reference seeds {cfg.reference_seeds_used} =="
         )
+
+    def run_all(self) -> None:
+        """Every stage, in the plan's order, in this process."""
         for key, stage in self.plan.items():
             self.results[key] = self.run_stage(key, stage)
+
+    def finish(self, title: str) -> Results:
+        """results.json and the report, from every stage's record."""
         results = collect(self.cfg, self.plan, self.results, self.stages.seconds)
         results.write(self.out / "results.json")
         write_report(results, self.out, title)
         return results
+
+    def recorded(self, key: str) -> Record | None:
+        """The stage's record if it finished with its current key (else None); its seconds go
+        into ``stages.seconds`` as when it runs here."""
+        stage = self.plan[key]
+        _, kind = BUILDERS[stage.kind]
+        if stage.cached:
+            saved = Stages(cache_dir(), self.stages.log).done(stage.name, stage.key, kind)
+        elif stage.kind in (Kind.BASE, Kind.PROXY):  # a given model or a fresh preset
+            return self.run_stage(key, stage)
+        else:
+            saved = self.stages.done(stage.name, stage.key, kind)
+        if saved is None:
+            return None
+        self.stages.seconds[key] = saved[1]
+        return saved[0]
+
+    def load_recorded(self) -> None:
+        """Every stage finished so far (by this process or by workers) into ``results``."""
+        for key in self.plan:
+            if key not in self.results:
+                found = self.recorded(key)
+                if found is not None:
+                    self.results[key] = found
 
     def run_stage(self, key: str, stage: Stage) -> Record:
         build, kind = BUILDERS[stage.kind]
