@@ -71,6 +71,59 @@ def write_texts(path: Path, texts: list[str]) -> Path:
     return write_jsonl(path, [{"text": t} for t in texts])
 
 
+# --- `rho experiment`'s data and config -------------------------------------------------------
+
+
+def sentences(rng: random.Random, words: list[str], n: int) -> str:
+    return " ".join(" ".join(rng.choice(words) for _ in range(rng.randint(6, 14))) + "."
+                    for _ in range(n))  # fmt: skip
+
+
+def experiment_data(root: Path) -> dict:
+    """`rho experiment`'s files: a target domain (its own words), general text, and noise; one
+    held-out target document is copied into the corpus: decontamination must drop it."""
+    rng = random.Random(0)
+    target_words = [f"th{i}m" for i in range(40)] + ["the", "of", "is"]
+    general_words = [f"gen{i}" for i in range(60)] + ["the", "of", "is"]
+    target = [sentences(rng, target_words, 12) for _ in range(60)]
+    general = [sentences(rng, general_words, 12) for _ in range(60)]
+    noise = ["".join(rng.choice("qxzj#$%0123") for _ in range(400)) for _ in range(20)]
+    leaked = target[50]
+    corpus = target[:20] + general[:40] + noise + [leaked]
+    files = {
+        "curated": target[20:40],
+        "corpus": corpus,
+        "base": general[:40],
+        "target": target[40:60],
+        "general": general[40:60],
+    }
+    paths = {name: str(write_texts(root / f"{name}.jsonl", texts)) for name, texts in files.items()}
+    return {**paths, "leaked": leaked}
+
+
+def write_config(path: Path, data: dict, out: Path, **extra) -> Path:
+    """A tiny `rho experiment` config over ``experiment_data``'s files (JSON is YAML)."""
+    config = {
+        "curated": [data["curated"]],
+        "corpus": [data["corpus"]],
+        "base_data": [data["base"]],
+        "heldout": [f"target={data['target']}", f"general={data['general']}"],
+        "out": str(out),
+        "base": "tiny",
+        "vocab": 400,
+        "seq_len": 32,
+        "batch_size": 4,
+        "train_tokens": 1024,
+        "evals": 2,
+        "eval_windows": 4,
+        "seeds": [0, 1],
+        "dynamics_checkpoints": 2,
+        **extra,
+    }
+    path.write_text(json.dumps(config))
+    return path
+
+
 def without_noise(record: dict) -> str:
     """A demo document's text with its noise spans cut out, whitespace collapsed."""
     text, parts, last = record["text"], [], 0

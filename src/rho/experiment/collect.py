@@ -22,6 +22,7 @@ from rho.experiment.records import (
     Trained,
 )
 from rho.experiment.settings import ExperimentConfig
+from rho.training.meter import forward_flops
 
 BASE_SEED = 0  # the base is one model, pretrained once
 WHAT = {
@@ -120,7 +121,9 @@ def charge(result: Record) -> tuple[float, float]:
     if isinstance(result, Trained):
         return result.flops_train, 0.0
     if isinstance(result, Scores):
-        return 2.0 * result.n_params * result.scored_tokens, float(result.scored_tokens)
+        return float(forward_flops(result.n_params, result.scored_tokens)), float(
+            result.scored_tokens
+        )
     if isinstance(result, Embedded):
         return result.flops, 0.0
     return 0.0, 0.0

@@ -44,6 +44,12 @@ class EngineOptions:
         stages=(),
         help="CPU threads per stage (0: the cores shared among the workers)",
     )
+    plan: bool = option(
+        default=False,
+        stages=(),
+        help="print the stages, their FLOPs and an estimated wall time (from a probe of a few "
+        "steps on this device), write OUT/plan.json, and train nothing",
+    )
 
     def worker_count(self) -> int:
         if self.workers < 0:

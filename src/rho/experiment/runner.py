@@ -22,8 +22,10 @@ from rho.errors import UserError
 from rho.experiment.analyses import analyse
 from rho.experiment.arms import ARMS
 from rho.experiment.collect import BASE_SEED, collect, only
+from rho.experiment.cost import embed_flops, sample_windows
 from rho.experiment.engine import EngineOptions, run_pool
 from rho.experiment.plan import Kind, Stage, plan
+from rho.experiment.plan_report import write_plan
 from rho.experiment.preflight import check_sizes
 from rho.experiment.prepare import build_mix, draw_windows, inputs_key, prepare
 from rho.experiment.records import (
@@ -38,6 +40,7 @@ from rho.experiment.records import (
     Trained,
     Windows,
 )
+from rho.experiment.records.plan import PlanRecord
 from rho.experiment.report import write_report
 from rho.experiment.settings import ExperimentConfig
 from rho.experiment.stages import Stages
@@ -67,9 +70,9 @@ def quiet_transformers() -> None:
 
 def run_experiment(
     cfg: ExperimentConfig, title: str = "rho experiment", engine: EngineOptions | None = None
-) -> Results:
+) -> Results | PlanRecord:
     """Run (or resume) every stage into ``cfg.out``, in this process or by ``engine``'s workers;
-    returns the results (results.json)."""
+    returns the results (results.json), or with ``engine.plan`` only the plan (plan.json)."""
     engine = engine or EngineOptions()
     cfg.check_inputs()
     out = Path(cfg.out)
@@ -79,6 +82,8 @@ def run_experiment(
     mark_output(out, EXPERIMENT_KIND)
     with output_lock(out):
         runner = Runner(cfg, out)
+        if engine.plan:  # the plan and its cost (plan.json): nothing runs
+            return write_plan(runner, title, engine)
         runner.announce(title)
         if engine.in_process:
             runner.run_all()
@@ -214,7 +219,7 @@ class Runner:
         permutation than the arms' draws: its windows may be drawn by them too)."""
         v = self.cfg.view("sample")
         corpus = TokenStore(self.data.store("corpus"))
-        n = max(1, round(v.self_reference * (corpus.n_tokens // v.seq_len)))
+        n = sample_windows(v.self_reference, corpus.n_tokens, v.seq_len)
         return draw_windows(corpus, v.seq_len, n, SELF_SAMPLE + stage.seed, directory / "sample")
 
     def build_reference(self, stage: Stage, directory: Path) -> Trained:
@@ -311,14 +316,12 @@ class Runner:
             directory / "embeddings",
             layer=v.embed_layer,
         )
-        # A forward pass costs 2·N per token; the input embeddings are a lookup.
-        flops = 0.0 if v.embed_layer == 0 else 2.0 * count_parameters(model) * store.n_tokens
         return Embedded(
             embeddings=str(directory / "embeddings"),
             model=model_dir,
             layer=v.embed_layer,
             embedded_tokens=store.n_tokens,
-            flops=flops,
+            flops=embed_flops(v.embed_layer, count_parameters(model), store.n_tokens),
         )
 
     def build_proto(self, stage: Stage, directory: Path) -> Windows:

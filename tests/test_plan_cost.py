@@ -1,0 +1,125 @@
+"""`rho experiment --plan`: the stages, their FLOPs and a probe's wall-time estimate, written to
+plan.json with nothing trained; after a real run, the planned FLOPs are what results.json and
+every stage's record charge."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from helpers import experiment_data, parse_options, rho_command, write_config
+
+from rho.experiment.collect import charge
+from rho.experiment.plan_report import PLAN_FILE
+from rho.experiment.records import Results
+from rho.experiment.records.plan import PlanRecord
+from rho.experiment.runner import Runner
+from rho.experiment.settings import ExperimentConfig
+from rho.io.files import MARKER
+from rho.models import build_model, count_parameters
+
+ARMS = "clm,slm,rholoss,pruned-clm,proto-slm"
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict:
+    return experiment_data(tmp_path_factory.mktemp("plan-data"))
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("RHO_CACHE", str(tmp_path / "cache"))  # the pretrained base's
+    return tmp_path / "cache"
+
+
+def config_of(tmp_path: Path, data: dict, out: Path, **extra) -> Path:
+    return write_config(tmp_path / "c.yaml", data, out, arms=ARMS, seeds=[0], **extra)
+
+
+def planned(config: Path, out: Path) -> PlanRecord:
+    assert rho_command("experiment", ["--config", config, "--plan"]) == 0
+    return PlanRecord.model_validate(json.loads((out / PLAN_FILE).read_text()))
+
+
+def files_under(*roots: Path) -> dict[str, int]:
+    """Every file below ``roots`` and its modification time."""
+    return {str(p): p.stat().st_mtime_ns for r in roots if r.exists() for p in r.rglob("*")}
+
+
+def test_plan_lists_the_stages_and_their_flops_and_trains_nothing(tmp_path, data, cache, capsys):
+    out = tmp_path / "run"
+    config = config_of(tmp_path, data, out)  # base_tokens 0: one pass over --base_data
+    plan = planned(config, out)
+    assert sorted(p.name for p in out.iterdir()) == sorted([MARKER, PLAN_FILE])
+    assert not cache.exists()  # no base pretrained, nothing cached
+    cfg = ExperimentConfig(**json.loads(config.read_text()))
+    stages = Runner(cfg, out).plan
+    assert [(s.name, s.kind, s.after) for s in plan.stages] == [
+        (key, stage.kind.value, list(stage.after)) for key, stage in stages.items()
+    ]
+    assert {s.status for s in plan.stages} == {"to run"}
+    # 6·N per token trained at the preset's size (the data's vocabulary is at most --vocab);
+    # RHO-LOSS forwards its candidates too (2·N per token).
+    n = count_parameters(build_model("tiny", cfg.vocab))
+    budget, by_name = cfg.train_tokens, {s.name: s for s in plan.stages}
+    for arm in ("clm", "slm", "pruned-clm", "proto-slm"):
+        assert by_name[f"{arm}-seed0"].flops == 6 * n * budget
+    assert by_name["rholoss-seed0"].flops == 6 * n * budget + 2 * n * cfg.candidate_factor * budget
+    assert by_name["score-ref0-draw-x1-seed0"].flops == 2 * n * budget  # SLM's draw scored
+    assert not by_name["clm-seed0"].exact and "--vocab 400" in by_name["clm-seed0"].note
+    # The base's pretraining is one pass over --base_data: unknown before the data stage.
+    assert plan.unknown == ["base"] and by_name["base"].flops is None
+    assert plan.flops_total == sum(s.flops for s in plan.stages if s.flops is not None)
+    assert plan.flops_to_run == plan.flops_total and not plan.exact
+    assert plan.probe is not None and plan.probe.models["base"].n_params == n
+    assert plan.wall_seconds > 0 and plan.workers == 1
+    printed = capsys.readouterr().out
+    assert "nothing is trained" in printed and "estimate from a probe on" in printed
+    assert plan.probe.device in printed and "rholoss-seed0" in printed
+
+
+def test_plan_is_a_flag_of_experiment_and_demo():
+    assert parse_options("experiment", ["--plan"])[1].plan
+    assert parse_options("demo", ["--plan"])[2].plan
+    assert not parse_options("demo", [])[2].plan
+
+
+@pytest.mark.slow
+def test_planned_flops_are_what_the_run_charges(tmp_path, data, cache):
+    out = tmp_path / "run"
+    config = config_of(tmp_path, data, out, base_tokens=2048, analyze=False)
+    before = planned(config, out)
+    assert not before.unknown and {s.status for s in before.stages} == {"to run"}
+    assert rho_command("experiment", ["--config", config]) == 0
+    results = Results.read(out / "results.json")
+    flops = {s.name: s.flops for s in before.stages}
+    # Planned before anything ran: every arm's training and what each arm is charged.
+    for arm, runs in results.runs.items():
+        assert flops[f"{arm}-seed0"] == runs[0].flops_train, arm
+    cfg = ExperimentConfig(**json.loads(config.read_text()))
+    stages = Runner(cfg, out).plan
+    for arm, overhead in results.overhead.items():
+        charged = sum(flops[key] for key in stages[f"{arm}-seed0"].charges)
+        assert charged == pytest.approx(overhead.flops, rel=1e-12), arm
+    assert flops["base"] >= results.base.flops_train  # an upper bound: a partial last window
+
+    # Planned again after the run: every stage recorded, each figure exactly its record's
+    # charge (rho.experiment.collect.charge) where exact, at most it otherwise.
+    files = files_under(out, cache)
+    after = planned(config, out)
+    changed = {k for k, v in files_under(out, cache).items() if files.get(k) != v}
+    assert changed == {str(out / PLAN_FILE)}  # nothing else written
+    assert {s.status for s in after.stages} <= {"recorded", "cached"}
+    assert after.flops_to_run == 0 and after.probe is None and after.wall_seconds is None
+    runner = Runner(cfg, out)
+    runner.load_recorded()
+    total = 0.0
+    for stage in after.stages:
+        spent = charge(runner.results[stage.name])[0]
+        total += spent
+        if stage.kind == "arm":
+            assert stage.exact, stage.note  # whole windows drawn for whole batches
+        assert stage.flops == spent if stage.exact else stage.flops >= spent, stage.name
+    assert after.flops_total == total if after.exact else after.flops_total >= total
+    assert results.base.flops_train == charge(runner.results["base"])[0]
