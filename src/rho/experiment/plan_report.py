@@ -5,6 +5,7 @@ besides plan.json."""
 
 from __future__ import annotations
 
+import torch
 from tqdm.auto import tqdm
 
 from rho.experiment.cost import Costing, Figure
@@ -79,7 +80,9 @@ def write_plan(runner, title: str, engine) -> PlanRecord:
         rows = cfg.batch_size // cfg.training.get("gradient_accumulation_steps", 1)
         configs = {model: costing.architecture(model) for model in sorted(models)}
         bf16 = bool(cfg.training.get("bf16", False))
-        found = probe(configs, rows, cfg.seq_len, bf16, engine.threads())
+        # a worker's share of the cores, or this process's threads when the stages run here
+        threads = torch.get_num_threads() if engine.in_process else engine.threads()
+        found = probe(configs, rows, cfg.seq_len, bf16, threads)
     stages = [planned(runner, k, s, figures[k], found) for k, s in runner.plan.items()]
     workers = engine.worker_count()
     record = PlanRecord(
