@@ -71,7 +71,14 @@ def write_texts(path: Path, texts: list[str]) -> Path:
     return write_jsonl(path, [{"text": t} for t in texts])
 
 
-# --- `rho experiment`'s data and config -------------------------------------------------------
+def without_noise(record: dict) -> str:
+    """A demo document's text with its noise spans cut out, whitespace collapsed."""
+    text, parts, last = record["text"], [], 0
+    for start, end in record["noise_spans"]:
+        parts.append(text[last:start])
+        last = end
+    parts.append(text[last:])
+    return " ".join("".join(parts).split())
 
 
 def sentences(rng: random.Random, words: list[str], n: int) -> str:
@@ -79,9 +86,14 @@ def sentences(rng: random.Random, words: list[str], n: int) -> str:
                     for _ in range(n))  # fmt: skip
 
 
-def experiment_data(root: Path) -> dict:
-    """`rho experiment`'s files: a target domain (its own words), general text, and noise; one
-    held-out target document is copied into the corpus: decontamination must drop it."""
+def write_corpus(path: Path, texts: list[str]) -> str:
+    return str(write_texts(path, texts))
+
+
+def experiment_files(root: Path) -> dict:
+    """`rho experiment`'s tiny inputs: a target domain (its own words), general text, and
+    noise; one held-out target document is copied into the corpus: decontamination must drop
+    it."""
     rng = random.Random(0)
     target_words = [f"th{i}m" for i in range(40)] + ["the", "of", "is"]
     general_words = [f"gen{i}" for i in range(60)] + ["the", "of", "is"]
@@ -90,19 +102,18 @@ def experiment_data(root: Path) -> dict:
     noise = ["".join(rng.choice("qxzj#$%0123") for _ in range(400)) for _ in range(20)]
     leaked = target[50]
     corpus = target[:20] + general[:40] + noise + [leaked]
-    files = {
-        "curated": target[20:40],
-        "corpus": corpus,
-        "base": general[:40],
-        "target": target[40:60],
-        "general": general[40:60],
+    return {
+        "curated": write_corpus(root / "curated.jsonl", target[20:40]),
+        "corpus": write_corpus(root / "corpus.jsonl", corpus),
+        "base": write_corpus(root / "base.jsonl", general[:40]),
+        "target": write_corpus(root / "target.jsonl", target[40:60]),
+        "general": write_corpus(root / "general.jsonl", general[40:60]),
+        "leaked": leaked,
     }
-    paths = {name: str(write_texts(root / f"{name}.jsonl", texts)) for name, texts in files.items()}
-    return {**paths, "leaked": leaked}
 
 
 def write_config(path: Path, data: dict, out: Path, **extra) -> Path:
-    """A tiny `rho experiment` config over ``experiment_data``'s files (JSON is YAML)."""
+    """A tiny `rho experiment` config on ``experiment_files``' inputs (``extra`` on top)."""
     config = {
         "curated": [data["curated"]],
         "corpus": [data["corpus"]],
@@ -120,18 +131,8 @@ def write_config(path: Path, data: dict, out: Path, **extra) -> Path:
         "dynamics_checkpoints": 2,
         **extra,
     }
-    path.write_text(json.dumps(config))
+    path.write_text(json.dumps(config))  # JSON is YAML
     return path
-
-
-def without_noise(record: dict) -> str:
-    """A demo document's text with its noise spans cut out, whitespace collapsed."""
-    text, parts, last = record["text"], [], 0
-    for start, end in record["noise_spans"]:
-        parts.append(text[last:start])
-        last = end
-    parts.append(text[last:])
-    return " ".join("".join(parts).split())
 
 
 # --- Stores and checkpoints --------------------------------------------------------------------

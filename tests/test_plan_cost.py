@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import experiment_data, parse_options, rho_command, write_config
+from helpers import experiment_files, parse_options, rho_command, write_config
 
 from rho.experiment.collect import charge
 from rho.experiment.plan_report import PLAN_FILE
@@ -24,7 +24,7 @@ ARMS = "clm,slm,rholoss,pruned-clm,proto-slm"
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> dict:
-    return experiment_data(tmp_path_factory.mktemp("plan-data"))
+    return experiment_files(tmp_path_factory.mktemp("plan-data"))
 
 
 @pytest.fixture(autouse=True)

@@ -17,8 +17,8 @@ ending in a short batch; such a stage's figure is marked as an upper bound ("≤
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
-from functools import cached_property
+from dataclasses import dataclass, field
+from functools import cached_property, partial
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
@@ -251,10 +251,9 @@ class Costing:
 
     def embed(self, stage: Stage) -> Figure:
         layer = self.cfg.embed_layer
-        figure = self.forward(
-            "base", self.windows[stage.windows], lambda n, t: embed_flops(layer, n, t)
-        )
-        return figure if layer else replace(figure, forward_tokens=0)  # a lookup
+        if layer == 0:  # the input embeddings: a lookup, whatever the size
+            return Figure("base", self.size("base")[0], flops=embed_flops(0, 0, 0))
+        return self.forward("base", self.windows[stage.windows], partial(embed_flops, layer))
 
     def arm(self, stage: Stage) -> Figure:
         arm = ARMS[stage.arm]

@@ -130,9 +130,9 @@ def show(record: PlanRecord, title: str, out) -> None:
     if notes:
         tqdm.write(f"  ≤ / unknown: {'; '.join(notes)}")
     if record.probe is not None:
-        p = record.probe
+        p, workers = record.probe, "worker" if record.workers == 1 else "workers"
         tqdm.write(
-            f"  wall time ≈ {record.wall_seconds / 60:.1f} min on {record.workers} worker(s): an "
+            f"  wall time ≈ {record.wall_seconds / 60:.1f} min on {record.workers} {workers}: an "
             f"estimate from a probe on {p.device} ({p.steps} training and forward steps of "
             f"{p.batch_size} × {p.seq_len} tokens per model, after a warm-up); training, "
             f"candidate, scoring and embedding steps only ({LEFT_OUT})"

@@ -22,7 +22,7 @@ STEPS = 3  # timed, after one warm-up step
 def device_name(device: torch.device, threads: int) -> str:
     if device.type == "cuda":
         return f"GPU {torch.cuda.get_device_name(device)}"
-    return f"CPU ({platform.machine()}, {threads} threads)"
+    return f"CPU ({platform.machine()}, {threads} thread{'s' if threads > 1 else ''})"
 
 
 def timed(step, device: torch.device) -> float:
