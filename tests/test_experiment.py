@@ -150,7 +150,7 @@ def test_every_arm_on_two_axes_from_a_config(tmp_path, data):
     for figure in ("curves.png", "axes.png", "frontier.png", "selected.html"):
         assert (out / figure).stat().st_size > 1000, figure
     assert_traceable(report, results)
-    assert "Sensitivity to the reference's seed" in report and "paired t-test" in report
+    assert "Each arm's scoring reference" in report and "paired t-test" in report
     frontier = results["summary"]["frontier"]
     assert frontier["best"] in results["runs"] and "## The compute frontier" in report
     # The console: compact lines, no raw Trainer dicts, no weight-loading bars.
