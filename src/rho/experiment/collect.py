@@ -52,9 +52,7 @@ def collect(
     }
     overhead = overheads(plan, results, seconds, runs)
     of_kind = [(name, s) for name, s in plan.items() if s.kind in (Kind.REFERENCE, Kind.DRAW)]
-    references = {
-        n: reference(s, results[n]) for n, s in of_kind if s.kind == Kind.REFERENCE
-    }
+    references = {n: reference(s, results[n]) for n, s in of_kind if s.kind == Kind.REFERENCE}
     return Results(
         config=cfg,
         data=DataSummary(

@@ -33,7 +33,8 @@ class Overhead(Record):
     """What an arm is charged before training (mean over its seeds)."""
 
     flops: float = 0.0
-    seconds: float = 0.0
+    seconds: float = 0.0  # charged runs' training seconds (no evaluations), other stages' all
+
     what: str = ""
     tokens_scored: float | None = None
 
