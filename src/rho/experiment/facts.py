@@ -5,8 +5,9 @@ can be traced back to that file.
 ``summarise`` gives: the test-loss table; the target (CLM's mean final loss on the whole target
 validation set) and how far the curves' sample sits from it; the compute to reach it; who wins
 on each axis; every arm against CLM on every axis with its test (paired where the seeds share
-data order, else Welch's); the pairing of arms with reference seeds; and the sources of
-variance the seeds do not cover.
+data order, else Welch's); each reference-reading arm seed with the scoring reference that
+scored it, and the scoring references' own losses; and the sources of variance the seeds do
+not cover.
 """
 
 from __future__ import annotations
