@@ -116,10 +116,10 @@ def test_planned_flops_are_what_the_run_charges(tmp_path, data, cache):
     runner.load_recorded()
     total = 0.0
     for stage in after.stages:
-        spent = charge(runner.results[stage.name])[0]
+        spent = charge(runner.results[stage.name], 0.0)[0]
         total += spent
         if stage.kind == "arm":
             assert stage.exact, stage.note  # whole windows drawn for whole batches
         assert stage.flops == spent if stage.exact else stage.flops >= spent, stage.name
     assert after.flops_total == total if after.exact else after.flops_total >= total
-    assert results.base.flops_train == charge(runner.results["base"])[0]
+    assert results.base.flops_train == charge(runner.results["base"], 0.0)[0]
