@@ -11,9 +11,10 @@ import pytest
 from helpers import experiment_files, parse_options, rho_command, write_config
 
 from rho.experiment.collect import charge
-from rho.experiment.plan_report import PLAN_FILE
+from rho.experiment.cost import Windows, bounds
+from rho.experiment.plan_report import PLAN_FILE, makespan
 from rho.experiment.records import Results
-from rho.experiment.records.plan import PlanRecord
+from rho.experiment.records.plan import PlannedStage, PlanRecord
 from rho.experiment.runner import Runner
 from rho.experiment.settings import ExperimentConfig
 from rho.io.files import MARKER
@@ -79,6 +80,17 @@ def test_plan_lists_the_stages_and_their_flops_and_trains_nothing(tmp_path, data
     assert plan.probe.device in printed and "rholoss-seed0" in printed
 
 
+def test_a_fresh_preset_base_is_given_and_costs_nothing(tmp_path, data):
+    out = tmp_path / "run"
+    config = write_config(tmp_path / "c.yaml", data, out, arms="clm,slm", seeds=[0],
+                          from_scratch=True, base_data=[])  # fmt: skip
+    by_name = {s.name: s for s in planned(config, out).stages}
+    assert by_name["base"].status == "given" and by_name["base"].flops == 0
+    n = count_parameters(build_model("tiny", 400))
+    assert by_name["base"].n_params == by_name["clm-seed0"].n_params == n
+    assert by_name["clm-seed0"].flops == 6 * n * 1024
+
+
 def test_plan_is_a_flag_of_experiment_and_demo():
     assert parse_options("experiment", ["--plan"])[1].plan
     assert parse_options("demo", ["--plan"])[2].plan
@@ -123,3 +135,24 @@ def test_planned_flops_are_what_the_run_charges(tmp_path, data, cache):
         assert stage.flops == spent if stage.exact else stage.flops >= spent, stage.name
     assert after.flops_total == total if after.exact else after.flops_total >= total
     assert results.base.flops_train == charge(runner.results["base"], 0.0)[0]
+
+
+def test_a_run_is_exact_only_while_its_batches_are_whole_windows():
+    whole, partial = Windows(8), Windows(8, whole=False)
+    assert bounds(whole, steps=2, per_step=4) == []  # one epoch of whole batches
+    assert bounds(whole, steps=3, per_step=4) == []  # epochs of whole batches
+    assert bounds(Windows(10), steps=3, per_step=4)  # the epoch ends in a batch of 2
+    assert bounds(partial, steps=1, per_step=4)  # a short last window
+    assert bounds(Windows(None, bound="at most: x"), steps=1, per_step=4) == ["at most: x"]
+
+
+def test_the_wall_time_schedules_the_stages_on_the_workers():
+    def stage(name, after, seconds, status="to run"):
+        unknown = dict.fromkeys(("arm", "seed", "model", "n_params", "flops"))
+        counts = dict.fromkeys(("train_tokens", "forward_tokens"))
+        return PlannedStage(name=name, kind="arm", after=after, status=status, exact=True,
+                            seconds=seconds, **unknown, **counts)  # fmt: skip
+
+    stages = [stage("a", [], 1.0), stage("b", ["a"], 2.0), stage("c", ["a"], 2.0),
+              stage("d", [], 9.0, status="recorded")]  # fmt: skip
+    assert makespan(stages, 1) == 5.0 and makespan(stages, 2) == 3.0

@@ -24,9 +24,11 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from rho.data.tokenizer_setup import load_tokenizer, vocab_size_of
+from rho.errors import UserError
 from rho.experiment.arms import ARMS
 from rho.experiment.plan import Kind, Stage
 from rho.experiment.prepare import tokenizer_source
+from rho.io.files import one_line
 from rho.io.store import TokenStore
 from rho.models import PRESETS, count_parameters, preset_config
 from rho.selection.select import n_keep
@@ -54,7 +56,10 @@ def model_config(start: str, vocab: int, seq_len: int):
     model's own config."""
     if start in PRESETS:
         return preset_config(start, vocab, max_positions=seq_len)
-    return AutoConfig.from_pretrained(start)
+    try:
+        return AutoConfig.from_pretrained(start)
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot read the config of the model {start}: {one_line(err)}") from None
 
 
 def parameters(config) -> int:
