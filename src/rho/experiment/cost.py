@@ -257,7 +257,7 @@ class Costing:
     def embed(self, stage: Stage) -> Figure:
         layer = self.cfg.embed_layer
         if layer == 0:  # the input embeddings: a lookup, whatever the size
-            return Figure("base", self.size("base")[0], flops=embed_flops(0, 0, 0))
+            return Figure("base", self.size("base")[0])
         return self.forward("base", self.windows[stage.windows], partial(embed_flops, layer))
 
     def arm(self, stage: Stage) -> Figure:
