@@ -100,9 +100,12 @@ def test_plan_is_a_flag_of_experiment_and_demo():
 @pytest.mark.slow
 def test_planned_flops_are_what_the_run_charges(tmp_path, data, cache):
     out = tmp_path / "run"
-    config = config_of(tmp_path, data, out, base_tokens=2048, analyze=False)
+    arms = f"{ARMS},slm-proxy,slm-self"  # a proxy base and reference, a self-reference
+    config = write_config(tmp_path / "c.yaml", data, out, arms=arms, seeds=[0], base_tokens=2048,
+                          reference_base="tiny", analyze=False)  # fmt: skip
     before = planned(config, out)
-    assert not before.unknown and {s.status for s in before.stages} == {"to run"}
+    assert {s.status for s in before.stages} == {"to run"}
+    assert before.unknown == ["self-ref-seed0"]  # its sample is a share of the corpus's windows
     assert rho_command("experiment", ["--config", config]) == 0
     results = Results.read(out / "results.json")
     flops = {s.name: s.flops for s in before.stages}
@@ -112,8 +115,15 @@ def test_planned_flops_are_what_the_run_charges(tmp_path, data, cache):
     cfg = ExperimentConfig(**json.loads(config.read_text()))
     stages = Runner(cfg, out).plan
     for arm, overhead in results.overhead.items():
-        charged = sum(flops[key] for key in stages[f"{arm}-seed0"].charges)
-        assert charged == pytest.approx(overhead.flops, rel=1e-12), arm
+        keys = stages[f"{arm}-seed0"].charges
+        if arm == "slm-self":
+            assert "self-ref-seed0" in keys
+            continue
+        charged = sum(flops[key] for key in keys)
+        if "proxy" in keys:  # its pretraining on --base_data: an upper bound, as the base's
+            assert charged >= overhead.flops
+        else:
+            assert charged == pytest.approx(overhead.flops, rel=1e-12), arm
     assert flops["base"] >= results.base.flops_train  # an upper bound: a partial last window
 
     # Planned again after the run: every stage recorded, each figure exactly its record's
