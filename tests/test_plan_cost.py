@@ -5,6 +5,7 @@ every stage's record charge."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -126,25 +127,41 @@ def test_planned_flops_are_what_the_run_charges(tmp_path, data, cache):
             assert charged == pytest.approx(overhead.flops, rel=1e-12), arm
     assert flops["base"] >= results.base.flops_train  # an upper bound: a partial last window
 
-    # Planned again after the run: every stage recorded, each figure exactly its record's
-    # charge (rho.experiment.collect.charge) where exact, at most it otherwise.
+    # Planned again after the run: every stage recorded, nothing else written.
     files = files_under(out, cache)
     after = planned(config, out)
     changed = {k for k, v in files_under(out, cache).items() if files.get(k) != v}
     assert changed == {str(out / PLAN_FILE), str(out / MARKER)}  # as every run, its marker
     assert {s.status for s in after.stages} <= {"recorded", "cached"}
     assert after.flops_to_run == 0 and after.probe is None and after.wall_seconds is None
+    spent = spent_flops(cfg, out)
+    assert results.base.flops_train == spent["base"]
+    assert_planned_as_charged(after, spent)
+    # With only the data stage recorded (and the cached bases), from its token counts alone.
+    for stage in (out / "stages").iterdir():
+        if stage.name != "data":
+            shutil.rmtree(stage)
+    again = planned(config, out)
+    assert {s.name for s in again.stages if s.status != "to run"} == {"data", "base", "proxy"}
+    assert_planned_as_charged(again, spent)
+    assert again.wall_seconds > 0 and not again.unknown
+
+
+def spent_flops(cfg: ExperimentConfig, out: Path) -> dict[str, float]:
+    """Every recorded stage's FLOPs as results.json charges them (rho.experiment.collect)."""
     runner = Runner(cfg, out)
     runner.load_recorded()
-    total = 0.0
-    for stage in after.stages:
-        spent = charge(runner.results[stage.name], 0.0)[0]
-        total += spent
-        if stage.kind == "arm":
-            assert stage.exact, stage.note  # whole windows drawn for whole batches
-        assert stage.flops == spent if stage.exact else stage.flops >= spent, stage.name
-    assert after.flops_total == total if after.exact else after.flops_total >= total
-    assert results.base.flops_train == charge(runner.results["base"], 0.0)[0]
+    return {key: charge(record, 0.0)[0] for key, record in runner.results.items()}
+
+
+def assert_planned_as_charged(plan: PlanRecord, spent: dict[str, float]) -> None:
+    """Each figure is its stage's charge where exact (every arm: whole windows drawn for whole
+    batches), at most it otherwise."""
+    for stage in plan.stages:
+        assert stage.exact or stage.kind != "arm", (stage.name, stage.note)
+        assert stage.flops == spent[stage.name] if stage.exact else stage.flops >= spent[stage.name]
+    total = sum(spent.values())
+    assert plan.flops_total == total if plan.exact else plan.flops_total >= total
 
 
 def test_a_run_is_exact_only_while_its_batches_are_whole_windows():
