@@ -4,9 +4,10 @@ can be traced back to that file.
 
 ``summarise`` gives: the test-loss table; the target (CLM's mean final loss on the whole target
 validation set) and how far the curves' sample sits from it; the compute to reach it; who wins
-on each axis; every arm against CLM on every axis with its test (paired where the seeds share
-data order, else Welch's); the pairing of arms with reference seeds; and the sources of
-variance the seeds do not cover.
+on each axis; every arm against CLM and against the curated mix on every axis with its test
+(paired where the seeds share data order, else Welch's), every test Holm-adjusted over the
+report's family (rho.experiment.family); the pairing of arms with reference seeds; and the
+sources of variance the seeds do not cover.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from rho.experiment.arms import ARMS
+from rho.experiment.family import adjust_family
 from rho.experiment.records import (
     ArmRun,
     ComputeRow,
@@ -53,6 +55,8 @@ def summarise(
     compute = compute_table(runs, overhead, baseline=BASELINE, axis=axis, target=target)
     curated_only = [arm for arm in runs if ARMS[arm].data == "curated"]
     won = winners(losses, compute, lambda a, b: shares_order(runs, a, b), curated_only)
+    tested = against(runs, losses)
+    front = frontier(compute, runs)
     return Summary(
         losses=losses,
         target=Target(
@@ -66,11 +70,12 @@ def summarise(
         compute=compute,
         winners=won,
         tokens_left_out=curated_only,
-        against_baseline=against_baseline(runs, losses),
+        against=tested,
+        tests=adjust_family(tested, won, front, MIX),
         paired_arms=[arm for arm in runs if shares_order(runs, arm, BASELINE)],
         reference_pairs=reference_pairs(runs, axes),
         uncovered_variance=uncovered_variance(cfg, pretrained_base),
-        frontier=frontier(compute, runs),
+        frontier=front,
         alpha=ALPHA,
         read_per_trained=read_per_trained(runs),
     )
@@ -85,18 +90,24 @@ def read_per_trained(runs: Runs) -> dict[str, float]:
     }
 
 
-def against_baseline(runs: Runs, losses: dict) -> dict[str, dict[str, Difference]]:
-    """arm -> axis -> the difference of its test loss from CLM's, with its test."""
+def against(runs: Runs, losses: dict) -> dict[str, dict[str, dict[str, Difference]]]:
+    """baseline -> arm -> axis -> the difference of the arm's test loss from the baseline's,
+    with its test: every arm against clm, and against clm-mix when it ran (clm against the mix
+    is the mix's row against clm, not a second test)."""
     out = {}
-    for arm, row in losses.items():
-        if arm == BASELINE:
+    for base in (BASELINE, MIX):
+        if base not in losses:
             continue
-        paired = shares_order(runs, arm, BASELINE)
-        out[arm] = {
-            axis: difference(s.values, losses[BASELINE][axis].values, paired=paired)
-            for axis, s in row.items()
-            if axis in losses[BASELINE]
-        }
+        out[base] = {}
+        for arm, row in losses.items():
+            if arm in (BASELINE, base):
+                continue
+            paired = shares_order(runs, arm, base)
+            out[base][arm] = {
+                axis: difference(s.values, losses[base][axis].values, paired=paired)
+                for axis, s in row.items()
+                if axis in losses[base]
+            }
     return out
 
 

@@ -39,6 +39,7 @@ from rho.experiment.records.verdict import (
     ComputeRow,
     CostRatios,
     Difference,
+    Family,
     Frontier,
     FrontierEntry,
     Overhead,
@@ -70,6 +71,7 @@ __all__ = [
     "DynamicsRow",
     "DynamicsTable",
     "Embedded",
+    "Family",
     "Final",
     "Frontier",
     "FrontierEntry",
@@ -83,6 +85,7 @@ __all__ = [
     "Reference",
     "ReferencePair",
     "Results",
+    "SCHEMA_VERSION",
     "Scores",
     "SelectionRates",
     "Spread",
@@ -94,7 +97,9 @@ __all__ = [
     "Winners",
 ]
 
-SCHEMA_VERSION = 2  # 1: the untyped results.json (no schema_version field)
+# 1: the untyped results.json (no schema_version field); 2: the records, tests unadjusted;
+# 3: Holm-adjusted p and every arm against clm and clm-mix
+SCHEMA_VERSION = 3
 
 
 class Pretrained(Record):
