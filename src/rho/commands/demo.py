@@ -5,9 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rho.commands.experiment import CompareOptions
 from rho.commands.parser import Command
-from rho.experiment.compare import compare_runs
 from rho.experiment.demo import SETTINGS, demo_defaults, run_demo
 from rho.experiment.settings import ExperimentConfig
 from rho.training.options import option
@@ -32,12 +30,9 @@ def defaults(given) -> dict:
     return demo_defaults(given.quick, given.setting) | {"out": "rho-demo"}
 
 
-def main(demo: DemoOptions, config: ExperimentConfig, compare: CompareOptions) -> int:
-    if compare.compare is not None:
-        compare_runs(config.out, compare.compare)
-    else:
-        run_demo(config, quick=demo.quick, setting=demo.setting)
+def main(demo: DemoOptions, config: ExperimentConfig) -> int:
+    run_demo(config, quick=demo.quick, setting=demo.setting)
     return 0
 
 
-COMMAND = Command((DemoOptions, ExperimentConfig, CompareOptions), main, defaults=defaults)
+COMMAND = Command((DemoOptions, ExperimentConfig), main, defaults=defaults)

@@ -310,7 +310,7 @@ def frontier_lines(frontier: Frontier, compute: dict[str, ComputeRow]) -> list[s
         "",
         "![validation loss against one-off total FLOPs](frontier.png)",
         "",
-        "| arm | one-off FLOPs to the target (× clm's run) | below clm's run on every seed | "
+        "| arm | one-off FLOPs to the target (× clm's run) | seeds below clm's run | "
         "against the curated mix |",
         "|---|---|---|---|",
     ]
@@ -319,7 +319,7 @@ def frontier_lines(frontier: Frontier, compute: dict[str, ComputeRow]) -> list[s
         if ratio is None:
             lines.append(f"| {arm} | {reached_text(compute[arm])} | n/a | n/a |")
             continue
-        below = "yes" if e.below_clm else "no"
+        below = f"{e.seeds_below_clm} of {_seeds(ratio.n)}"
         mix = e.against_mix
         versus = "—" if mix is None else f"{mix.delta:+.3g} FLOPs: {verdict(mix)}"
         lines.append(f"| {arm} | {pm(ratio, '.3g', '×')} | {below} | {versus} |")

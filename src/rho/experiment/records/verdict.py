@@ -130,7 +130,7 @@ class ReferencePair(Record):
 
 class FrontierEntry(Record):
     ratio_one_off: Spread | None
-    below_clm: bool | None
+    seeds_below_clm: int | None  # seeds whose one-off total is below clm's whole run
     against_mix: Difference | None
 
 
