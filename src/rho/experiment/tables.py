@@ -1,6 +1,7 @@
 """Markdown tables and sentences of `rho experiment`'s report, from results.json's ``summary``
-(rho.experiment.facts): test loss per axis (mean ± sample std over seeds), compute to a target,
-who wins, every arm against the baseline with its test, and the reference-seed pairs."""
+(rho.experiment.facts): test loss per axis (mean ± sample std over seeds), compute to a target
+(on how many seeds each arm reached it), who wins, every arm against clm and clm-mix with its
+test, the family those tests are adjusted in, and the reference-seed pairs."""
 
 from __future__ import annotations
 
