@@ -159,6 +159,16 @@ def test_every_arm_against_clm_and_the_mix_in_the_report(results):
     assert_traceable(report, results.model_dump())
 
 
+def test_a_run_of_single_seeds_has_no_test_to_adjust():
+    single = hand_results({arm: {a: v[:1] for a, v in per.items()} for arm, per in LOSSES.items()})
+    assert single.summary.tests.size == 0 and single.summary.tests.tests == []
+    d = single.summary.against["clm"]["slm"]["target"]
+    assert d.p is None and d.p_adjusted is None and d.supported is None
+    report = "\n".join(report_lines(single, "hand-made"))
+    assert "No difference in this report could be tested" in report
+    assert "untested: an arm has a single seed" in report
+
+
 def test_no_mix_no_tests_against_it():
     results = hand_results({arm: LOSSES[arm] for arm in ("clm", "slm")})
     assert list(results.summary.against) == ["clm"]

@@ -261,9 +261,15 @@ def against_markdown(against: dict[str, dict[str, dict[str, Difference]]]) -> st
 
 def family_text(family: Family) -> str:
     """Which tests are adjusted together, and what "supported" means."""
+    if family.size == 0:
+        return (
+            "No difference in this report could be tested (an arm with a single seed, or no "
+            "spread over seeds): none is called supported."
+        )
+    tests = "1 test" if family.size == 1 else f"{family.size} tests"
     return (
         f"Every claim of this report that a difference is supported rests on {family.method}-"
-        f"adjusted p over its family of {family.size} tests: {family.what}. Supported: "
+        f"adjusted p over its family of {tests}: {family.what}. Supported: "
         f"adjusted p < {family.alpha}. Each test's own p and its adjusted p are in "
         "results.json (`summary`), and the family's tests are named in `summary.tests`."
     )
