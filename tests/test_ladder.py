@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 from itertools import combinations
+from pathlib import Path
 
 import matplotlib.image
 import pytest
@@ -197,3 +198,14 @@ def test_quick_two_size_ladder_end_to_end(tmp_path):
     rerun = subprocess.run(command, capture_output=True, text=True, timeout=HANG_GUARD_S, env=env)
     assert rerun.returncode == 0 and "done before (skipped)" in rerun.stdout + rerun.stderr
     assert json.loads((out / "results.json").read_text())["ladder"] == raw
+
+
+def test_the_gpu_ladder_config_has_the_budgets_it_documents():
+    """docs/ladder-gpu.yaml parses, and the rule gives the steps its comments state."""
+    config = Path(__file__).resolve().parents[1] / "docs" / "ladder-gpu.yaml"
+    cfg, options = parse_options("experiment", ["--config", str(config)])
+    rungs = [rung for rung, _ in plan_rungs(cfg, options)]
+    step = 64 * 1024
+    assert [(r.base_tokens // step, r.train_tokens // step) for r in rungs] == [
+        (6_001, 600), (18_503, 1_850), (44_667, 4_467)]  # fmt: skip
+    assert [r.n_params for r in rungs] == [19_664_256, 60_631_680, 146_364_288]

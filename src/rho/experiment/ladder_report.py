@@ -9,6 +9,7 @@ from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 from tqdm.auto import tqdm
 
 from rho.analysis.plots import plain_text
@@ -76,7 +77,7 @@ def axis_lines(ladder: Ladder, axis: str, table: AxisLadder) -> list[str]:
         cells = []
         for size in sizes:
             loss = table.losses[size].get(arm)
-            cell = pm(loss) if loss else "—"
+            cell = pm(loss, ".4f") if loss else "—"
             if arm in table.ratios.get(size, {}):
                 ratio = table.ratios[size][arm]
                 cell += f" ({ratio:.2f}×)" if ratio is not None else " (not reached)"
@@ -117,6 +118,7 @@ def answer_lines(ladder: Ladder) -> list[str]:
 def plot_ladder(ladder: Ladder, path: Path) -> None:
     """One panel per axis: each arm's mean test loss minus CLM's against N (log x)."""
     n_of = {r.name: r.n_params for r in ladder.rungs}
+    base_of = {r.name: r.base for r in ladder.rungs}
     fig = Figure(figsize=(5.5 * len(ladder.axes), 4.5), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
     panels = fig.subplots(1, len(ladder.axes), squeeze=False)[0]
@@ -129,6 +131,9 @@ def plot_ladder(ladder: Ladder, path: Path) -> None:
             ax.plot([n_of[s] for s in shown], gaps, "-o", ms=4, label=arm)
         ax.axhline(0.0, color="0.3", lw=1, linestyle=":", label=f"{BASELINE} (0)")
         ax.set_xscale("log")
+        ticks = [n_of[s] for s in sizes]  # the sizes themselves (log ticks would be mathtext)
+        ax.set_xticks(ticks, labels=[f"{base_of[s]}\n{n_of[s]:,}" for s in sizes])
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("model parameters (N)")
         ax.set_ylabel(f"{axis} test loss minus CLM's (nats/token)")
         ax.set_title(f"{axis}: below 0 beats CLM")
