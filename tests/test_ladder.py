@@ -155,6 +155,24 @@ def tau_by_hand(x: list[float], y: list[float]) -> float:
     return (sum(v > 0 for v in sign) - sum(v < 0 for v in sign)) / len(pairs)
 
 
+def assert_hand_computed(raw: dict, sizes: list[str], arms: int) -> None:
+    """Each axis's rankings, agreement and tau in a two-size ladder's results.json, recomputed
+    by hand from the per-size losses it holds."""
+    for table in raw["axes"].values():
+        small, large = (table["losses"][size] for size in sizes)
+        for size, losses in table["losses"].items():
+            means = {arm: sum(t["values"]) / len(t["values"]) for arm, t in losses.items()}
+            assert table["rankings"][size] == sorted(means, key=means.get)
+        names = sorted(small)
+        pairs = [(decided(small, a, b), decided(large, a, b)) for a, b in combinations(names, 2)]
+        (found,) = table["adjacent"]
+        assert found["pairs"] == len(pairs) == arms * (arms - 1) // 2
+        assert math.isclose(found["agreement"], sum(x == y for x, y in pairs) / len(pairs))
+        tau = tau_by_hand([small[a]["mean"] for a in names], [large[a]["mean"] for a in names])
+        assert math.isclose(found["tau"], tau)
+        assert table["to_largest"] == [found]
+
+
 @pytest.mark.slow
 def test_quick_two_size_ladder_end_to_end(tmp_path):
     """`rho demo --setting ladder --quick` (fewer arms and seeds): two sizes, each an
@@ -174,24 +192,14 @@ def test_quick_two_size_ladder_end_to_end(tmp_path):
     for rung in ladder.rungs:  # each size a run with the rule's budgets
         sized = json.loads((out / rung.run / "results.json").read_text())
         assert sized["config"]["base"] == rung.base
-        assert sized["base"]["train_tokens"] == rung.base_tokens
-        assert rung.base_tokens == round(rung.n_params / 2048) * 2048  # T = 1, steps of 2048
-        assert sized["runs"]["clm"][0]["train_tokens"] == rung.train_tokens
+        step = 16 * 128  # quick.yaml's batch x window: the rule's budgets in whole steps
+        assert rung.base_tokens == round(rung.n_params / step) * step  # T = 1
+        assert rung.train_tokens == round(rung.base_tokens / 2 / step) * step  # arm_share 0.5
+        assert sized["base"]["steps"] == rung.base_tokens // step
+        assert sized["runs"]["clm"][0]["steps"] == rung.train_tokens // step
         assert sized["base"]["n_params"] == rung.n_params
     assert set(raw["axes"]) == {"math", "general"}
-    for table in raw["axes"].values():
-        small, large = (table["losses"][r.name] for r in ladder.rungs)
-        for size, losses in table["losses"].items():
-            means = {arm: sum(t["values"]) / len(t["values"]) for arm, t in losses.items()}
-            assert table["rankings"][size] == sorted(means, key=means.get)
-        arms = sorted(small)
-        pairs = [(decided(small, a, b), decided(large, a, b)) for a, b in combinations(arms, 2)]
-        (found,) = table["adjacent"]
-        assert found["pairs"] == len(pairs) == 6
-        assert math.isclose(found["agreement"], sum(x == y for x, y in pairs) / len(pairs))
-        tau = tau_by_hand([small[a]["mean"] for a in arms], [large[a]["mean"] for a in arms])
-        assert math.isclose(found["tau"], tau)
-        assert table["to_largest"] == [found]
+    assert_hand_computed(raw, [r.name for r in ladder.rungs], arms=4)
     report = (out / "report.md").read_text()
     assert "Kendall's tau" in report and "size-300k/report.md" in report
     assert matplotlib.image.imread(out / "ladder.png").shape[0] > 100
