@@ -99,6 +99,18 @@ def test_the_command_reads_bases_from_flags_and_config(tmp_path):
     assert ladder.bases == ["300k", "1m", "5m"]
 
 
+def test_the_demo_ladder_settings():
+    """`rho demo --setting ladder`: 300k, 1m, 5m at demo.yaml's scale; --quick: tiny, 300k."""
+    _, cfg, ladder = parse_options("demo", ["--setting", "ladder"])
+    assert (ladder.bases, cfg.vocab, cfg.seq_len) == (["300k", "1m", "5m"], 2048, 256)
+    steps = [r.train_tokens // 4096 for r, _ in plan_rungs(cfg, ladder)]
+    assert steps == [15, 42, 240]  # docs/RESULTS.md
+    _, cfg, ladder = parse_options("demo", ["--setting", "ladder", "--quick"])
+    assert (ladder.bases, cfg.vocab, cfg.seq_len) == (["tiny", "300k"], 512, 128)
+    _, _, ladder = parse_options("demo", [])
+    assert ladder.bases == []  # the other settings run one size
+
+
 def s(mean: float, std: float, n: int = 3) -> Spread:
     return Spread(mean=mean, std=std, n=n, values=[])
 
