@@ -13,7 +13,8 @@ The budgets of a size follow from its parameter count N by one stated rule (``bu
 - every budget is rounded to whole optimizer steps (at least one) of ``batch_size`` ×
   ``seq_len`` tokens; the batch, window length, learning rates, seeds and arms are the same at
   every size. N counts every parameter once (tied embeddings), a preset's at the tokenizer's
-  vocabulary (``--tokenizer``'s, else ``--vocab``).
+  vocabulary (``--tokenizer``'s, else ``--vocab``). A ``--reference_base`` (the proxy arms'
+  start) is the same model at every size, pretrained on that size's base budget.
 """
 
 from __future__ import annotations
@@ -44,7 +45,9 @@ class LadderOptions:
     bases: list[str] = option(
         "model sizes to race the arms at, smallest first: presets (300k 1m 5m ...) or model "
         "directories; each size runs the whole experiment into OUT/size-NAME with its budgets "
-        "scaled by --tokens_per_param and --arm_share (none: one run at --base)",
+        "scaled by --tokens_per_param and --arm_share, in whole optimizer steps (N: every "
+        "parameter once, a preset's at the tokenizer's vocabulary; batch, window length, "
+        "learning rates, seeds and arms the same at every size; none: one run at --base)",
         factory=list,
     )
     tokens_per_param: float = option(
