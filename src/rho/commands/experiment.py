@@ -1,7 +1,9 @@
-"""`rho experiment`: every arm, seeds and baselines on your data (rho.experiment). Its options
-are ExperimentConfig's fields and how the stages run (EngineOptions: workers, threads);
-`--config FILE.yaml` (the shared parser's) sets them from a file. With `--compare OTHER_RUN` it
-trains nothing: it compares the finished run in --out with another (rho.experiment.compare)."""
+"""`rho experiment`: every arm, seeds and baselines on your data (rho.experiment); with
+`--bases`, the whole race at several model sizes (rho.experiment.ladder). Its options are
+ExperimentConfig's fields, how the stages run (EngineOptions: workers, threads) and the
+ladder's (LadderOptions); `--config FILE.yaml` (the shared parser's) sets them from a file.
+With `--compare OTHER_RUN` it trains nothing: it compares the finished run in --out with another
+(rho.experiment.compare)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from dataclasses import dataclass
 from rho.commands.parser import Command
 from rho.experiment.compare import compare_runs
 from rho.experiment.engine import EngineOptions
+from rho.experiment.ladder import LadderOptions, run_ladder
 from rho.experiment.runner import run_experiment
 from rho.experiment.settings import ExperimentConfig
 from rho.training.options import option
@@ -27,12 +30,19 @@ class CompareOptions:
     )
 
 
-def main(config: ExperimentConfig, engine: EngineOptions, compare: CompareOptions) -> int:
+def main(
+    config: ExperimentConfig,
+    engine: EngineOptions,
+    ladder: LadderOptions,
+    compare: CompareOptions,
+) -> int:
     if compare.compare is not None:
         compare_runs(config.out, compare.compare)
+    elif ladder.bases:
+        run_ladder(config, ladder, engine=engine)
     else:
         run_experiment(config, engine=engine)
     return 0
 
 
-COMMAND = Command((ExperimentConfig, EngineOptions, CompareOptions), main)
+COMMAND = Command((ExperimentConfig, EngineOptions, LadderOptions, CompareOptions), main)
