@@ -39,9 +39,13 @@ def config_of(tmp_path: Path, data: dict, out: Path, **extra) -> Path:
     return write_config(tmp_path / "c.yaml", data, out, arms=ARMS, seeds=[0], **extra)
 
 
+def read_plan(out: Path) -> PlanRecord:
+    return PlanRecord.model_validate(json.loads((out / PLAN_FILE).read_text()))
+
+
 def planned(config: Path, out: Path) -> PlanRecord:
     assert rho_command("experiment", ["--config", config, "--plan"]) == 0
-    return PlanRecord.model_validate(json.loads((out / PLAN_FILE).read_text()))
+    return read_plan(out)
 
 
 def files_under(*roots: Path) -> dict[str, int]:
@@ -90,6 +94,18 @@ def test_a_fresh_preset_base_is_given_and_costs_nothing(tmp_path, data):
     n = count_parameters(build_model("tiny", 400))
     assert by_name["base"].n_params == by_name["clm-seed0"].n_params == n
     assert by_name["clm-seed0"].flops == 6 * n * 1024
+
+
+def test_a_ladder_plans_each_size_and_trains_nothing(tmp_path, data, cache):
+    out = tmp_path / "ladder"
+    config = write_config(tmp_path / "c.yaml", data, out, arms="clm,slm", seeds=[0])
+    assert rho_command("experiment", ["--config", config, "--bases", "tiny,300k", "--plan"]) == 0
+    files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    sizes = ("size-tiny", "size-300k")
+    assert files == sorted([MARKER] + [f"{s}/{f}" for s in sizes for f in (MARKER, PLAN_FILE)])
+    assert not cache.exists()
+    tiny, larger = ({s.name: s.n_params for s in read_plan(out / size).stages} for size in sizes)
+    assert tiny["clm-seed0"] < larger["clm-seed0"]  # each size charged at its own N
 
 
 def test_plan_is_a_flag_of_experiment_and_demo():

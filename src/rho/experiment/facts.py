@@ -4,10 +4,11 @@ can be traced back to that file.
 
 ``summarise`` gives: the test-loss table; the target (CLM's mean final loss on the whole target
 validation set) and how far the curves' sample sits from it; the compute to reach it; who wins
-on each axis; every arm against CLM on every axis with its test (paired where the seeds share
-data order, else Welch's); each reference-reading arm seed with the scoring reference that
-scored it, and the scoring references' own losses; and the sources of variance the seeds do
-not cover.
+on each axis; every arm against CLM and against the curated mix on every axis with its test
+(paired where the seeds share data order, else Welch's), every test Holm-adjusted over the
+report's family (rho.experiment.family); each reference-reading arm seed with the scoring
+reference that scored it, and the scoring references' own losses; and the sources of variance
+the seeds do not cover.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from rho.experiment.arms import ARMS
+from rho.experiment.family import adjust_family
 from rho.experiment.records import (
     ArmRun,
     ComputeRow,
@@ -62,6 +64,8 @@ def summarise(
     compute = compute_table(runs, overhead, baseline=BASELINE, axis=axis, target=target)
     curated_only = [arm for arm in runs if ARMS[arm].data == "curated"]
     won = winners(losses, compute, lambda a, b: shares_order(runs, a, b), curated_only)
+    tested = against(runs, losses)
+    front = frontier(compute, runs)
     return Summary(
         losses=losses,
         target=Target(
@@ -75,12 +79,13 @@ def summarise(
         compute=compute,
         winners=won,
         tokens_left_out=curated_only,
-        against_baseline=against_baseline(runs, losses),
+        against=tested,
+        tests=adjust_family(tested, won, front, MIX),
         paired_arms=[arm for arm in runs if shares_order(runs, arm, BASELINE)],
         reference_pairs=reference_pairs(runs, axes, references),
         scoring_references=scoring_references(references, axes),
         uncovered_variance=uncovered_variance(cfg, pretrained_base),
-        frontier=frontier(compute, runs),
+        frontier=front,
         alpha=ALPHA,
         read_per_trained=read_per_trained(runs),
     )
@@ -95,18 +100,24 @@ def read_per_trained(runs: Runs) -> dict[str, float]:
     }
 
 
-def against_baseline(runs: Runs, losses: dict) -> dict[str, dict[str, Difference]]:
-    """arm -> axis -> the difference of its test loss from CLM's, with its test."""
+def against(runs: Runs, losses: dict) -> dict[str, dict[str, dict[str, Difference]]]:
+    """baseline -> arm -> axis -> the difference of the arm's test loss from the baseline's,
+    with its test: every arm against clm, and against clm-mix when it ran (clm against the mix
+    is the mix's row against clm, not a second test)."""
     out = {}
-    for arm, row in losses.items():
-        if arm == BASELINE:
+    for base in (BASELINE, MIX):
+        if base not in losses:
             continue
-        paired = shares_order(runs, arm, BASELINE)
-        out[arm] = {
-            axis: difference(s.values, losses[BASELINE][axis].values, paired=paired)
-            for axis, s in row.items()
-            if axis in losses[BASELINE]
-        }
+        out[base] = {}
+        for arm, row in losses.items():
+            if arm in (BASELINE, base):
+                continue
+            paired = shares_order(runs, arm, base)
+            out[base][arm] = {
+                axis: difference(s.values, losses[base][axis].values, paired=paired)
+                for axis, s in row.items()
+                if axis in losses[base]
+            }
     return out
 
 
@@ -116,13 +127,19 @@ def reference_pairs(
     """For each arm that reads reference scores: per seed, the scoring reference that scored
     its windows (the reference arm's run, a ``ref-seed`` run for --ref_tokens, a proxy's or a
     self-reference), that reference's own losses, and the arm's test loss minus CLM's of the
-    same data seed (the paired difference: data order cancels, the reference does not)."""
+    same data seed (the paired difference: data order cancels, the reference does not). A
+    run with no recorded reference (a hand-made results file) has no pair."""
     clm = {r.seed: r.final.test for r in runs.get(BASELINE, [])}
-    return {
-        arm: [pair(r, references[r.reference], clm.get(r.seed), axes) for r in seeds]
+    pairs = {
+        arm: [
+            pair(r, references[r.reference], clm.get(r.seed), axes)
+            for r in seeds
+            if r.reference in references
+        ]
         for arm, seeds in runs.items()
         if ARMS[arm].uses_reference
     }
+    return {arm: found for arm, found in pairs.items() if found}
 
 
 def pair(run: ArmRun, ref: Reference, clm: dict | None, axes: list[str]) -> ReferencePair:
@@ -167,7 +184,7 @@ def uncovered_variance(cfg: ExperimentConfig, pretrained_base: bool) -> list[str
 
 def frontier(compute: dict[str, ComputeRow], runs: Runs) -> Frontier:
     """Per arm, its one-off total FLOPs to reach the target (overhead + training) as a ratio to
-    clm's whole run, and whether it is below clm's run on every seed and below the curated
+    clm's whole run, on how many seeds it is below clm's run, and whether it is below the curated
     mix's one-off total (Welch's or the paired test on the per-seed totals); ``best``: the arm
     with the least one-off FLOPs to the target among those that reach it on every seed."""
     rows = {}
@@ -175,9 +192,9 @@ def frontier(compute: dict[str, ComputeRow], runs: Runs) -> Frontier:
     for arm, row in compute.items():
         total = row.flops_total
         ratio = None if total is None else total.ratio_one_off
-        entry = FrontierEntry(ratio_one_off=ratio, below_clm=None, against_mix=None)
+        entry = FrontierEntry(ratio_one_off=ratio, seeds_below_clm=None, against_mix=None)
         if ratio is not None:
-            entry.below_clm = max(ratio.values) < 1.0
+            entry.seeds_below_clm = sum(v < 1.0 for v in ratio.values)
             if arm != MIX and mix is not None and mix.one_off is not None:
                 entry.against_mix = difference(
                     total.one_off.values, mix.one_off.values, paired=shares_order(runs, arm, MIX)

@@ -39,6 +39,7 @@ from rho.experiment.records.verdict import (
     ComputeRow,
     CostRatios,
     Difference,
+    Family,
     Frontier,
     FrontierEntry,
     Overhead,
@@ -71,6 +72,7 @@ __all__ = [
     "DynamicsTable",
     "Embedded",
     "Environment",
+    "Family",
     "Final",
     "Frontier",
     "FrontierEntry",
@@ -84,6 +86,7 @@ __all__ = [
     "Reference",
     "ReferencePair",
     "Results",
+    "SCHEMA_VERSION",
     "Scores",
     "SelectionRates",
     "Spread",
@@ -95,8 +98,9 @@ __all__ = [
     "Winners",
 ]
 
-# 1: the untyped results.json (no schema_version field); 3: the scoring references' losses,
-# each arm seed's scoring reference, the environment
+# 1: the untyped results.json (no schema_version field); 2: the records, tests unadjusted;
+# 3: Holm-adjusted p, every arm against clm and clm-mix, the scoring references' losses, each
+# arm seed's scoring reference, the environment
 SCHEMA_VERSION = 3
 
 

@@ -16,7 +16,9 @@ class Spread(Record):
 
 
 class Difference(Record):
-    """mean(a) − mean(b) and its t-test; se, p, supported None when it cannot be tested."""
+    """mean(a) − mean(b) and its t-test: ``p`` the test's own, ``p_adjusted`` Holm's over the
+    ``family`` of tests it was judged in (rho.experiment.family), ``supported`` p_adjusted
+    < alpha; se, p, supported None when it cannot be tested."""
 
     delta: float
     se: float | None = None
@@ -25,8 +27,21 @@ class Difference(Record):
     df: float | None = None
     critical: float | None = None
     p: float | None = None
+    p_adjusted: float | None = None
+    family: int | None = None
     supported: bool | None = None
     n: list[int]
+
+
+class Family(Record):
+    """The family of tests the report's claims come from, adjusted together (Holm–Bonferroni):
+    ``what`` it holds in words, ``tests`` one name per test, ``size`` how many."""
+
+    method: str
+    alpha: float
+    what: str
+    size: int
+    tests: list[str]
 
 
 class Overhead(Record):
@@ -120,7 +135,7 @@ class ReferencePair(Record):
 
 class FrontierEntry(Record):
     ratio_one_off: Spread | None
-    below_clm: bool | None
+    seeds_below_clm: int | None  # seeds whose one-off total is below clm's whole run
     against_mix: Difference | None
 
 
@@ -138,7 +153,8 @@ class Summary(Record):
     compute: dict[str, ComputeRow]
     winners: Winners
     tokens_left_out: list[str]
-    against_baseline: dict[str, dict[str, Difference]]
+    against: dict[str, dict[str, dict[str, Difference]]]  # baseline -> arm -> axis
+    tests: Family
     paired_arms: list[str]
     reference_pairs: dict[str, list[ReferencePair]]
     # source (base | proxy | self) -> axis -> its scoring references' test loss
