@@ -51,7 +51,7 @@ def sample_windows(share: float, corpus_tokens: int, seq_len: int) -> int:
     return max(1, round(share * (corpus_tokens // seq_len)))
 
 
-def model_config(start: str, vocab: int, seq_len: int):
+def model_config(start: str, vocab: int, seq_len: int = 2048):
     """The architecture a stage trains or scores: a preset at the data's vocabulary, or a given
     model's own config."""
     if start in PRESETS:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from rho.errors import UserError
+from rho.experiment import cost
 from rho.experiment.ladder_report import write_ladder_report
 from rho.experiment.ladder_verdict import axis_ladder
 from rho.experiment.records import Results
@@ -31,7 +32,7 @@ from rho.experiment.records.ladder import Ladder, LadderResults, Rule, Rung
 from rho.experiment.runner import run_experiment
 from rho.experiment.settings import ExperimentConfig
 from rho.io.files import check_replaceable, mark_output, output_lock
-from rho.models import PRESETS, count_parameters, preset_config
+from rho.models import PRESETS
 from rho.training.options import option
 
 LADDER_KIND = "rho.Ladder"
@@ -88,20 +89,12 @@ def size_name(base: str) -> str:
 
 
 def parameters(base: str, vocab: int) -> int:
-    """N: a preset's parameters at ``vocab``, or a model directory's (from its config; no
-    weights are read: the model is built on the meta device)."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    if base in PRESETS:
-        config = preset_config(base, vocab)
-    elif (Path(base) / "config.json").is_file():
-        config = AutoConfig.from_pretrained(base, local_files_only=True)
-    else:
+    """N: a preset's parameters at ``vocab``, or a model directory's (from its config, counted
+    as the plan's cost counts it: rho.experiment.cost)."""
+    if base not in PRESETS and not (Path(base) / "config.json").is_file():
         raise UserError(f"--bases {base!r} is neither a preset ({', '.join(PRESETS)}) nor a "
                         "model directory")  # fmt: skip
-    with torch.device("meta"):
-        return count_parameters(AutoModelForCausalLM.from_config(config))
+    return cost.parameters(cost.model_config(base, vocab))
 
 
 def vocabulary(cfg: ExperimentConfig) -> int:
