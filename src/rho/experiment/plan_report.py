@@ -121,7 +121,8 @@ def show(record: PlanRecord, title: str, out) -> None:
             f"  {s.name:<30} {s.kind:<9} {s.arm or '-':<13} {'-' if s.seed is None else s.seed:>4}"
             f"  {s.status:<8} {flops_text(s):>10} {seconds:>8}  {', '.join(s.after) or '-'}"
         )
-    unknown = f"; {len(record.unknown)} stages after the data stage" if record.unknown else ""
+    n = len(record.unknown)
+    unknown = f"; {n} stage{'s' if n > 1 else ''} after the data stage" if n else ""
     tqdm.write(
         f"  FLOPs: {record.flops_total:.3g} in all, {record.flops_to_run:.3g} to run{unknown} "
         "(6·N per token trained, 2·N per token forwarded: what the frontier charges)"
