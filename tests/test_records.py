@@ -78,10 +78,15 @@ def test_a_stage_record_of_another_shape_is_redone(tmp_path):
 def test_an_older_results_json_is_refused_in_one_line(tmp_path):
     path = tmp_path / "results.json"
     path.write_text(json.dumps({"config": {}, "runs": {}}))
-    with pytest.raises(UserError, match="schema version 1; this rho reads version 2") as err:
+    with pytest.raises(UserError, match="schema version 1; this rho reads version 3") as err:
         Results.read(path)
     assert "\n" not in str(err.value)
-    path.write_text(json.dumps({"schema_version": 2, "runs": []}))
+    # version 2: one axis's compute table and frontier, no budget ladder
+    path.write_text(json.dumps({"schema_version": 2, "config": {}, "runs": {}}))
+    with pytest.raises(UserError, match="schema version 2; this rho reads version 3") as err:
+        Results.read(path)
+    assert "\n" not in str(err.value)
+    path.write_text(json.dumps({"schema_version": 3, "runs": []}))
     with pytest.raises(UserError) as err:
         Results.read(path)
     assert "\n" not in str(err.value)

@@ -1,13 +1,13 @@
-"""results.json from a finished plan: every arm seed's run, the references, the draws, the
-pretrained base and proxy, what each arm is charged before training, and the verdict
-(rho.experiment.facts), as one ``Results``."""
+"""results.json from a finished plan: every arm seed's run (and its runs on the budget
+ladder), the references, the draws, the pretrained base and proxy, what each arm is charged
+before training, and the verdict (rho.experiment.facts), as one ``Results``."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from rho.experiment.facts import summarise
-from rho.experiment.plan import Kind, Stage
+from rho.experiment.plan import Kind, Stage, arm_stage
 from rho.experiment.records import (
     ArmRun,
     DataSummary,
@@ -46,8 +46,17 @@ def collect(
     """Every stage's record (``results``, by plan name) and seconds, as results.json."""
     data = only(plan, results, Kind.DATA)
     runs = {
-        name: [arm_run(plan[f"{name}-seed{seed}"], results, seed) for seed in cfg.seeds_of(name)]
+        name: [arm_run(plan[arm_stage(name, seed)], results) for seed in cfg.seeds_of(name)]
         for name in cfg.arm_list
+    }
+    ladder = {
+        name: [
+            arm_run(plan[arm_stage(name, seed, budget)], results)
+            for budget in cfg.laddered(name)
+            for seed in cfg.seeds_of(name)
+        ]
+        for name in cfg.arm_list
+        if cfg.laddered(name)
     }
     overhead = overheads(plan, results, seconds, runs)
     of_kind = [(name, s) for name, s in plan.items() if s.kind in (Kind.REFERENCE, Kind.DRAW)]
@@ -62,6 +71,7 @@ def collect(
         ),
         stages={name: stage.key for name, stage in plan.items()},
         runs=runs,
+        ladder=ladder,
         overhead=overhead,
         analyses=only(plan, results, Kind.ANALYSES),
         seconds={k: round(v, 1) for k, v in seconds.items()},
@@ -69,16 +79,17 @@ def collect(
         draws={n: draw(s, results[n]) for n, s in of_kind if s.kind == Kind.DRAW},
         base=pretrained(plan, results, "base"),
         proxy=pretrained(plan, results, "proxy"),
-        summary=summarise(runs, data.axes, overhead, cfg, "base" in data.tokens),
+        summary=summarise(runs, data.axes, overhead, cfg, "base" in data.tokens, ladder),
     )
 
 
-def arm_run(stage: Stage, results: dict[str, Record], seed: int) -> ArmRun:
+def arm_run(stage: Stage, results: dict[str, Record]) -> ArmRun:
     return ArmRun(
         **dict(results[stage.name]),
-        seed=seed,
+        seed=stage.seed,
         reference_seed=stage.reference_seed,
         windows=stage.windows,
+        budget=1.0 if stage.budget is None else stage.budget,
     )
 
 
@@ -134,7 +145,7 @@ def overheads(
     arm and left out."""
     out = {}
     for name, seeds in runs.items():
-        charges = [plan[f"{name}-seed{run.seed}"].charges for run in seeds]
+        charges = [plan[arm_stage(name, run.seed)].charges for run in seeds]
         kinds = {plan[key].kind for keys in charges for key in keys}
         if not kinds:
             continue

@@ -36,11 +36,13 @@ from rho.experiment.records.stage import (
 )
 from rho.experiment.records.verdict import (
     Amortised,
+    AxisVerdict,
     ComputeRow,
     CostRatios,
     Difference,
     Frontier,
     FrontierEntry,
+    LadderPoint,
     Overhead,
     Rank,
     ReferencePair,
@@ -58,6 +60,7 @@ __all__ = [
     "Amortised",
     "Analyses",
     "ArmRun",
+    "AxisVerdict",
     "BaseOverlap",
     "ComputeRow",
     "CostRatios",
@@ -74,6 +77,7 @@ __all__ = [
     "Frontier",
     "FrontierEntry",
     "InputFiles",
+    "LadderPoint",
     "Mix",
     "Model",
     "Overhead",
@@ -94,7 +98,9 @@ __all__ = [
     "Winners",
 ]
 
-SCHEMA_VERSION = 2  # 1: the untyped results.json (no schema_version field)
+# 1: the untyped results.json (no schema_version field); 2: one axis's compute table and
+# frontier, no budget ladder
+SCHEMA_VERSION = 3
 
 
 class Pretrained(Record):
@@ -141,6 +147,7 @@ class Results(Record):
     data: DataSummary
     stages: dict[str, str]  # stage -> key
     runs: dict[str, list[ArmRun]]
+    ladder: dict[str, list[ArmRun]]  # laddered arm -> its runs below budget 1 (--budgets)
     overhead: dict[str, Overhead]
     analyses: Analyses | None
     seconds: dict[str, float]
