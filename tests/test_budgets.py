@@ -183,8 +183,23 @@ def test_clm_cost_to_each_loss_on_its_curve_and_on_its_ladder_by_hand(races):
     (proto,) = found["proto-clm"]  # below every clm run and clm's whole curve: no figure
     assert proto.clm_on_ladder is None and proto.clm_on_curve is None
     text = "\n".join(ladder_lines(_frontier(found), races[1]))
-    assert "| proto-clm | 1 | 3.9000 | 400 | not reached | outside the ladder |" in text
+    assert (
+        "| proto-clm | 1 | 3.9000 | 400 | not reached by clm's curve | below every clm run: "
+        "beyond the ladder |" in text
+    )
     assert "| slm | 1 | 4.3000 ± 0.0707 | 600 ± 0 | 333 (1.8×) | 283 (2.12×) |" in text
+
+
+def test_a_loss_above_clms_smallest_run_has_no_ladder_figure(races):
+    runs, ladder, overhead = races
+    runs["slm-random"] = [run(0, 400, 5.2, [6, 5.8, 5.6, 5.4, 5.2])]
+    (worse,) = points(runs, ladder, overhead, "target")["slm-random"]
+    assert worse.clm_on_ladder is None  # clm's quarter budget already gets to 5.0
+    # on clm's mean curve (6, 5.5, ...) 5.2 lies between 100 and 200 FLOPs: 150
+    assert worse.clm_on_curve == pytest.approx(150.0) and worse.ratio_on_curve == 400 / 150
+    text = "\n".join(ladder_lines(_frontier({"clm": points(*races, "target")["clm"],
+                                             "slm-random": [worse]}), ladder))  # fmt: skip
+    assert "| slm-random | 1 | 5.2000 | 400 | 150 (2.67×) | above clm's smallest run |" in text
 
 
 def _frontier(found):

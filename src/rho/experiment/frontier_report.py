@@ -21,15 +21,21 @@ def _cost(flops: float | None, ratio: float | None, missing: str) -> str:
     return f"{flops:.3g} ({ratio:.3g}×)"
 
 
-def _point_row(arm: str, p: LadderPoint, ladder: bool) -> str:
-    on_ladder = "outside the ladder" if ladder else "no ladder"
+def _point_row(arm: str, p: LadderPoint, clm: list[LadderPoint]) -> str:
+    """One point's row; ``clm``: clm's points (its ladder when there are two or more)."""
+    if len(clm) < 2:
+        outside = "no ladder"
+    elif p.loss.mean < min(q.loss.mean for q in clm):
+        outside = "below every clm run: beyond the ladder"
+    else:
+        outside = "above clm's smallest run"
     cells = [
         arm,
         f"{p.budget:g}",
         pm(p.loss, ".4f"),
         pm(p.flops, ".3g"),
-        _cost(p.clm_on_curve, p.ratio_on_curve, "not reached"),
-        _cost(p.clm_on_ladder, p.ratio_on_ladder, on_ladder),
+        _cost(p.clm_on_curve, p.ratio_on_curve, "not reached by clm's curve"),
+        _cost(p.clm_on_ladder, p.ratio_on_ladder, outside),
     ]
     return "| " + " | ".join(cells) + " |"
 
@@ -37,7 +43,7 @@ def _point_row(arm: str, p: LadderPoint, ladder: bool) -> str:
 def ladder_lines(frontier: Frontier, ladder: dict[str, list[ArmRun]]) -> list[str]:
     """Every arm's annealed points (one per budget) and clm's FLOPs to their loss, both ways."""
     budgets = sorted({r.budget for runs in ladder.values() for r in runs})
-    has_ladder = len(frontier.points.get("clm", [])) > 1
+    clm = frontier.points.get("clm", [])
     laddered = (
         f"{', '.join(ladder)} also ran at {', '.join(f'{b:g}' for b in budgets)} of the budget, "
         "each a whole run with its own warm-up and cosine decay."
@@ -59,7 +65,7 @@ def ladder_lines(frontier: Frontier, ladder: dict[str, list[ArmRun]]) -> list[st
         "|---|---|---|---|---|---|",
     ]
     for arm, points in frontier.points.items():
-        lines += [_point_row(arm, p, has_ladder) for p in points]
+        lines += [_point_row(arm, p, clm) for p in points]
     return [*lines, ""]
 
 
