@@ -11,6 +11,8 @@ Each arm seed trains on windows drawn for it, and only those are scored or embed
 slm and slm-random of one seed share their windows and order), then, by arm, reference scores
 of the draw, pruning by them, or prototype pruning of its embeddings (then scores of what was
 kept). The stages an arm seed is charged for before training are listed in its ``charges``.
+A laddered arm (--budgets, --ladder_arms) has one more stage per seed and fraction below 1
+(``clm-b0.25-seed0``: the fraction is in its identity), on the same windows, scores and charges.
 """
 
 from __future__ import annotations
@@ -87,7 +89,7 @@ def reference_name(cfg: ExperimentConfig, source: str, seed: int) -> str:
 
 def arm_stage(arm: str, seed: int, budget: float = 1.0) -> str:
     """An arm seed's training stage; below budget 1, its run on the ladder (--budgets)."""
-    return f"{arm}-seed{seed}" if budget == 1.0 else f"{arm}-b{budget:g}-seed{seed}"
+    return f"{arm}-seed{seed}" if budget == 1.0 else f"{arm}-b{budget!r}-seed{seed}"
 
 
 BASE = ("data", "base")  # what every stage that starts from the base reads
