@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 
 from rho.experiment.arms import ARMS
 from rho.experiment.figures import plot_axes, plot_curves, plot_frontier
+from rho.experiment.frontier_report import axes_lines, ladder_lines
 from rho.experiment.records import (
     Analyses,
     ArmRun,
@@ -50,12 +51,18 @@ def _names(arms: list[str]) -> str:
 def write_report(results: Results, out: Path, title: str) -> str:
     """Write report.md and the plots into ``out``; print and return the summary."""
     axes, summary = results.data.axes, results.summary
-    plot_curves(results.runs, out / "curves.png", axis=axes[0])
+    axis = summary.target_axis
+    plot_curves(results.runs, out / "curves.png", axis=axis)
     plot_frontier(
-        results.runs, results.overhead, summary.target.loss, out / "frontier.png", axis=axes[0]
+        results.runs,
+        results.overhead,
+        summary.target.loss,
+        out / "frontier.png",
+        axis=axis,
+        points=summary.frontier.points,
     )
     if len(axes) > 1:
-        plot_axes(summary.losses, out / "axes.png", x=axes[0], y=axes[1])
+        plot_axes(summary.losses, out / "axes.png", x=axis, y=next(a for a in axes if a != axis))
     text = "\n".join(report_lines(results, title))
     write_text_atomic(out / "report.md", text)
     text = summary_text(results, out)
@@ -124,10 +131,11 @@ def start_lines(results: Results) -> list[str]:
 def schedule_lines(results: Results) -> list[str]:
     """The arms grouped by their schedule (optimizer steps and warm-up)."""
     cfg, groups = results.config, {}
-    for arm, seeds in results.runs.items():
+    for arm, seeds in [*results.runs.items(), *results.ladder.items()]:
         for run in seeds:
             arms = groups.setdefault((run.steps, run.warmup_steps), [])
-            arms += [arm] if arm not in arms else []
+            name = arm if run.budget == 1.0 else f"{arm} at budget {run.budget:g}"
+            arms += [name] if name not in arms else []
     return [
         f"{_names(arms)}: {steps} optimizer steps of {cfg.batch_size}×{cfg.seq_len} tokens, "
         f"{warmup} of them warm-up, then a cosine decay (AdamW)."
@@ -255,13 +263,15 @@ def report_lines(results: Results, title: str) -> list[str]:
         decontam_markdown(data.decontamination),
         "",
         *loss_lines(results),
-        f"## Compute to reach clm's final validation {data.axes[0]} loss",
+        f"## Compute to reach clm's final validation {summary.target_axis} loss",
         "",
         target_sentence(summary.target, cfg.eval_windows == 0),
         "",
         compute_markdown(summary.compute, summary.read_per_trained),
         "",
         *frontier_lines(summary.frontier, summary.compute),
+        *ladder_lines(summary.frontier, results.ladder),
+        *axes_lines(summary),
         *analyses_lines(results.analyses),
         "## Why these numbers differ from the paper's",
         "",
@@ -281,7 +291,7 @@ def loss_lines(results: Results) -> list[str]:
     """Test losses, the winners, every arm against clm, the reference seeds, the plots."""
     axes, runs, summary = results.data.axes, results.runs, results.summary
     lines = [
-        f"## Test loss on every axis (nats/token; {axes[0]} is the target)",
+        f"## Test loss on every axis (nats/token; {summary.target_axis} is the target)",
         "",
         loss_markdown(summary.losses, runs),
         "",
@@ -311,7 +321,8 @@ def loss_lines(results: Results) -> list[str]:
         ]
     if len(axes) > 1:
         lines += ["![test loss on both axes](axes.png)", ""]
-    return [*lines, f"![validation {axes[0]} loss vs training tokens](curves.png)", ""]
+    curves = f"![validation {summary.target_axis} loss vs training tokens](curves.png)"
+    return [*lines, curves, ""]
 
 
 def params(runs: dict[str, list[ArmRun]]) -> str:
