@@ -442,4 +442,5 @@ def hand_results(losses: dict[str, dict[str, list[float]]], **config):
         draws={},
         summary=summarise(runs, axes, {}, cfg, pretrained_base=False, references={}),
         environment=environment(),
+        ladder={},
     )

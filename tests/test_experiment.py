@@ -105,7 +105,8 @@ def test_every_arm_on_two_axes_from_a_config(tmp_path, data):
         assert (out / figure).stat().st_size > 1000, figure
     assert_traceable(report, results)
     assert "Each arm's scoring reference" in report and "paired t-test" in report
-    frontier = results["summary"]["frontier"]
+    frontier = results["summary"]["axes"]["target"]["frontier"]  # every axis has one
+    assert set(results["summary"]["axes"]) == {"target", "general"}
     assert frontier["best"] in results["runs"] and "## The compute frontier" in report
     # The console: compact lines, no raw Trainer dicts, no weight-loading bars.
     assert "{'loss'" not in run.stdout + run.stderr and "Loading weights" not in run.stderr

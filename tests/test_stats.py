@@ -10,7 +10,7 @@ import pytest
 from helpers import assert_traceable, hand_results
 
 from rho.experiment.family import adjust_family
-from rho.experiment.records import Difference, Frontier, Winners
+from rho.experiment.records import Difference, Winners
 from rho.experiment.report import report_lines
 from rho.experiment.stats import WELCH, difference, holm, verdict
 from rho.experiment.tables import (
@@ -63,8 +63,7 @@ def test_a_family_adjusts_each_test_and_names_it():
         "clm": {"slm": {"target": _tested(0.01), "general": _tested(0.04)}},
         "clm-mix": {"slm": {"target": _tested(0.03)}},
     }
-    nothing = Frontier(arms={}, best=None, best_ratio=None)
-    family = adjust_family(against, Winners(loss={}), nothing, "clm-mix")
+    family = adjust_family(against, Winners(loss={}), {}, "clm-mix")
     assert family.size == 3 and family.method == "Holm–Bonferroni" and family.alpha == 0.05
     assert family.tests == [
         "target test loss: clm vs slm",

@@ -4,10 +4,10 @@ called supported only where the family's chance of any false one stays under alp
 
 The family of one run (``WHAT``): every arm against clm and against clm-mix on every axis's
 test loss; each winner against its runner-up (test loss on every axis, tokens, one-off and
-amortised FLOPs to the target); each arm's one-off FLOPs to the target against clm-mix's. A
-comparison met twice (slm against clm on an axis is also slm's lead when clm is its runner-up)
-is one test; a comparison that cannot be tested (a single seed, no spread) claims nothing and
-is left out.
+amortised FLOPs to the target axis's target); each arm's one-off FLOPs to every axis's target
+against clm-mix's. A comparison met twice (slm against clm on an axis is also slm's lead when
+clm is its runner-up) is one test; a comparison that cannot be tested (a single seed, no
+spread) claims nothing and is left out.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ HOLM = "Holm–Bonferroni"
 WHAT = (
     "every arm against clm and against clm-mix on every axis's test loss; each winner against "
     "its runner-up (test loss on every axis, tokens, one-off and amortised FLOPs to the "
-    "target); each arm's one-off FLOPs to the target against clm-mix's. A comparison met "
+    "target); each arm's one-off FLOPs to every axis's target against clm-mix's. A comparison met "
     "twice counts once; one that cannot be tested (a single seed, no spread) is left out"
 )
 
@@ -27,8 +27,9 @@ WHAT = (
 def members(
     against: dict[str, dict[str, dict[str, Difference]]],
     winners: Winners,
-    frontier: Frontier,
+    frontiers: dict[str, Frontier],
     mix: str,
+    target_axis: str | None = None,
 ) -> dict[str, list[Difference]]:
     """Test name -> the Differences that are that test (one, or the same comparison met in
     two places), in the order the report gives them. A name is "QUANTITY: A vs B" with the
@@ -55,20 +56,23 @@ def members(
     ):
         if rank is not None:
             add(quantity, rank.arm, rank.runner_up, rank.difference)
-    for arm, entry in frontier.arms.items():
-        add("one-off FLOPs to the target", arm, mix, entry.against_mix)
+    for axis, frontier in frontiers.items():
+        for arm, entry in frontier.arms.items():
+            where = "the target" if axis == target_axis else f"the {axis} target"
+            add(f"one-off FLOPs to {where}", arm, mix, entry.against_mix)
     return found
 
 
 def adjust_family(
     against: dict[str, dict[str, dict[str, Difference]]],
     winners: Winners,
-    frontier: Frontier,
+    frontiers: dict[str, Frontier],
     mix: str,
+    target_axis: str | None = None,
 ) -> Family:
     """Holm-adjust every test of the family in place (each Difference's ``p_adjusted``,
     ``family`` and ``supported``) and return the family's record."""
-    found = members(against, winners, frontier, mix)
+    found = members(against, winners, frontiers, mix, target_axis)
     names = list(found)
     for name, p in zip(names, holm([found[n][0].p for n in names]), strict=True):
         for d in found[name]:  # the same comparison: the same data, the same p

@@ -1,6 +1,6 @@
 """The model-size ladder's report.md and figure (rho.experiment.ladder), formatted from its
 ``Ladder`` record only: the rule, each size's budgets, per axis each arm's test loss (and one-off
-FLOPs ratio on the target axis) at every size, the ranking per size and the agreement of the
+FLOPs ratio, on every axis) at every size, the ranking per size and the agreement of the
 rankings between sizes; ``ladder.png``: each arm's loss minus CLM's against model size."""
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def axis_lines(ladder: Ladder, axis: str, table: AxisLadder) -> list[str]:
     """An axis's losses (and ratios), rankings and agreements."""
     sizes = list(table.losses)
     base_of = {r.name: r.base for r in ladder.rungs}
-    target = " (target: one-off FLOPs to reach CLM's loss, ratio to CLM's)" if any(
+    target = " (in brackets: one-off FLOPs to reach CLM's loss here, ratio to CLM's run)" if any(
         table.ratios.values()) else ""  # fmt: skip
     lines = [f"## {axis}{target}", "", "Test loss, mean ± sample std over seeds:", "",
              "| arm | " + " | ".join(base_of[s] for s in sizes) + " |",

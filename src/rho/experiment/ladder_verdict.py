@@ -65,11 +65,11 @@ def agreement(small: Table, large: Table, names: tuple[str, str]) -> Agreement:
     )
 
 
-def one_off_ratios(results: Results) -> dict[str, float | None]:
-    """Each arm's one-off FLOPs to reach the target, as a ratio to CLM's (mean over seeds;
-    None where the arm did not reach it)."""
+def one_off_ratios(results: Results, axis: str) -> dict[str, float | None]:
+    """Each arm's one-off FLOPs to reach CLM's final loss on ``axis``, as a ratio to CLM's run
+    (mean over seeds; None where the arm did not reach it)."""
     ratios: dict[str, float | None] = {}
-    for arm, row in results.summary.compute.items():
+    for arm, row in results.summary.axes[axis].compute.items():
         found = row.flops_total.ratio_one_off if row.flops_total else None
         ratios[arm] = found.mean if found else None
     return ratios
@@ -82,7 +82,6 @@ def axis_ladder(axis: str, rungs: list[Rung], results: dict[str, Results]) -> Ax
         name: {arm: row[axis] for arm, row in results[name].summary.losses.items() if axis in row}
         for name in names
     }
-    target = {name: results[name].summary.target.axis == axis for name in names}
     largest = names[-1] if names else None
 
     def compare(a: str, b: str) -> Agreement:
@@ -90,7 +89,7 @@ def axis_ladder(axis: str, rungs: list[Rung], results: dict[str, Results]) -> Ax
 
     return AxisLadder(
         losses=losses,
-        ratios={name: one_off_ratios(results[name]) if target[name] else {} for name in names},
+        ratios={name: one_off_ratios(results[name], axis) for name in names},
         rankings={name: ranking(losses[name]) for name in names},
         adjacent=[compare(a, b) for a, b in zip(names, names[1:], strict=False)],
         to_largest=[compare(a, largest) for a in names[:-1]],

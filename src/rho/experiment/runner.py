@@ -291,12 +291,18 @@ class Runner:
             init=self.model("base"),
             tokens=tokens,
             selection=arm.selection_arguments(v),
-            steps=self.steps(self.corpus_tokens(v), v),
+            steps=self.arm_steps(stage, v),
             seed=stage.seed,
             lr=v.learning_rate,
             ref_losses=losses,
             save_checkpoints=stage.save,
         )
+
+    def arm_steps(self, stage: Stage, view) -> int:
+        """An arm's optimizer steps: the budget's, or a ladder run's share of them (its own
+        warm-up and cosine decay follow from its steps)."""
+        steps = self.steps(self.corpus_tokens(view), view)
+        return steps if stage.budget is None else max(1, round(stage.budget * steps))
 
     def build_analyses(self, stage: Stage, directory: Path) -> Analyses:
         first = self.cfg.seeds[0]

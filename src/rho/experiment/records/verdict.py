@@ -1,5 +1,6 @@
 """The verdict's records (rho.experiment.stats, summary and facts): spreads over seeds, tests
-of a difference, the compute table, the winners, the frontier and the ``Summary``."""
+of a difference, the compute table, the winners, the frontier (with the budget ladder's
+points), each axis's and the ``Summary``."""
 
 from __future__ import annotations
 
@@ -139,18 +140,44 @@ class FrontierEntry(Record):
     against_mix: Difference | None
 
 
+class LadderPoint(Record):
+    """An arm's fully annealed point at one budget (1: its own runs; below: a ladder run), and
+    what clm spends to reach its loss: on clm's mean curve (mid-schedule, the paper's way) and
+    on clm's laddered runs (each annealed, interpolated in log-compute; None outside them)."""
+
+    budget: float
+    loss: Spread  # final validation loss on the axis, over the arm's seeds
+    flops: Spread  # one-off total FLOPs: overhead + the whole run
+    curve_loss: float  # its curves' mean last point (the sample clm's curve is measured on)
+    clm_on_curve: float | None  # clm's FLOPs to curve_loss on its mean curve (None: never)
+    clm_on_ladder: float | None  # clm's FLOPs to loss.mean on its ladder (None: outside it)
+    ratio_on_curve: float | None  # flops.mean ÷ clm_on_curve
+    ratio_on_ladder: float | None  # flops.mean ÷ clm_on_ladder
+
+
 class Frontier(Record):
     arms: dict[str, FrontierEntry]
     best: str | None
     best_ratio: float | None
+    points: dict[str, list[LadderPoint]]  # per arm, by budget
+    beats_mix: list[str]  # selection arms below clm-mix's one-off FLOPs to the target
+
+
+class AxisVerdict(Record):
+    """One held-out axis's target (clm's final loss there), compute table and frontier."""
+
+    target: Target
+    compute: dict[str, ComputeRow]
+    frontier: Frontier
 
 
 class Summary(Record):
-    """The verdict (rho.experiment.facts): the report only formats these numbers."""
+    """The verdict (rho.experiment.facts): the report only formats these numbers. ``target``,
+    ``compute`` and ``frontier`` are the target axis's (--target_axis)."""
 
     losses: dict[str, dict[str, Spread]]
-    target: Target
-    compute: dict[str, ComputeRow]
+    target_axis: str
+    axes: dict[str, AxisVerdict]
     winners: Winners
     tokens_left_out: list[str]
     against: dict[str, dict[str, dict[str, Difference]]]  # baseline -> arm -> axis
@@ -160,6 +187,17 @@ class Summary(Record):
     # source (base | proxy | self) -> axis -> its scoring references' test loss
     scoring_references: dict[str, dict[str, Spread]]
     uncovered_variance: list[str]
-    frontier: Frontier
     alpha: float
     read_per_trained: dict[str, float]
+
+    @property
+    def target(self) -> Target:
+        return self.axes[self.target_axis].target
+
+    @property
+    def compute(self) -> dict[str, ComputeRow]:
+        return self.axes[self.target_axis].compute
+
+    @property
+    def frontier(self) -> Frontier:
+        return self.axes[self.target_axis].frontier
