@@ -55,7 +55,8 @@ def files_under(*roots: Path) -> dict[str, int]:
 
 def test_plan_lists_the_stages_and_their_flops_and_trains_nothing(tmp_path, data, cache, capsys):
     out = tmp_path / "run"
-    config = config_of(tmp_path, data, out)  # base_tokens 0: one pass over --base_data
+    # base_tokens 0: one pass over --base_data; clm also on half the budget (its own run)
+    config = config_of(tmp_path, data, out, budgets=[0.5, 1.0])
     plan = planned(config, out)
     assert sorted(p.name for p in out.iterdir()) == sorted([MARKER, PLAN_FILE])
     assert not cache.exists()  # no base pretrained, nothing cached
@@ -72,6 +73,7 @@ def test_plan_lists_the_stages_and_their_flops_and_trains_nothing(tmp_path, data
     for arm in ("clm", "slm", "pruned-clm", "proto-slm"):
         assert by_name[f"{arm}-seed0"].flops == 6 * n * budget
     assert by_name["rholoss-seed0"].flops == 6 * n * budget + 2 * n * cfg.candidate_factor * budget
+    assert by_name["clm-b0.5-seed0"].flops == 6 * n * budget // 2
     assert by_name["score-ref0-draw-x1-seed0"].flops == 2 * n * budget  # SLM's draw scored
     assert not by_name["clm-seed0"].exact and "--vocab 400" in by_name["clm-seed0"].note
     # The base's pretraining is one pass over --base_data: unknown before the data stage.
@@ -119,7 +121,8 @@ def test_planned_flops_are_what_the_run_charges(tmp_path, data, cache):
     out = tmp_path / "run"
     arms = f"{ARMS},slm-proxy,slm-self"  # a proxy base and reference, a self-reference
     config = write_config(tmp_path / "c.yaml", data, out, arms=arms, seeds=[0], base_tokens=2048,
-                          reference_base="tiny", analyze=False)  # fmt: skip
+                          reference_base="tiny", analyze=False, budgets=[0.5, 1.0],
+                          ladder_arms="clm,rholoss")  # fmt: skip
     before = planned(config, out)
     assert {s.status for s in before.stages} == {"to run"}
     assert before.unknown == ["self-ref-seed0"]  # its sample is a share of the corpus's windows

@@ -160,13 +160,16 @@ class Costing:
         return None if found is None else Windows(found.windows)
 
     # ------------------------------------------------------------------ training and forwards
-    def training(self, model: str, tokens: int | None, view, data: Windows, selection=PLAIN):
-        """A run of the runner's steps for ``tokens``, each of ``view.batch_size`` windows of
-        ``data``, at the size of ``model``; RHO-LOSS reads (and forwards) its candidates."""
+    def steps(self, tokens: int | None, view) -> int | None:
+        """The runner's steps for ``tokens`` (None: after the data stage)."""
+        return None if tokens is None else self.runner.steps(tokens, view)
+
+    def training(self, model: str, steps: int | None, view, data: Windows, selection=PLAIN):
+        """A run of ``steps``, each of ``view.batch_size`` windows of ``data``, at the size of
+        ``model``; RHO-LOSS reads (and forwards) its candidates."""
         n, notes = self.size(model)
-        if tokens is None:
+        if steps is None:
             return Figure(model, n, None, None, None, [AFTER_DATA])
-        steps = self.runner.steps(tokens, view)
         factor = selection.candidate_factor if selection.selects_windows else 1
         trained = steps * view.batch_size * view.seq_len
         learner = selection.selects_windows and selection.score in LEARNER_SCORES
@@ -191,7 +194,7 @@ class Costing:
             return Figure(model, self.size(model)[0])
         view = self.cfg.view(model)
         tokens = view.base_tokens or self.tokens("base")
-        return self.training(model, tokens, view, self.store("base"))
+        return self.training(model, self.steps(tokens, view), view, self.store("base"))
 
     def sample(self, stage: Stage) -> Figure:
         corpus, found = self.tokens("corpus"), self.recorded_windows(stage)
@@ -206,11 +209,10 @@ class Costing:
             view = self.cfg.view("self-reference")
             data = self.windows[f"self-sample-seed{stage.seed}"]
             tokens = None if data.count is None else data.count * view.seq_len
-            return self.training(model, tokens, view, data)
+            return self.training(model, self.steps(tokens, view), view, data)
         view = self.cfg.view("reference")
-        return self.training(
-            model, view.ref_tokens or self.budget(view), view, self.store("curated")
-        )
+        steps = self.steps(view.ref_tokens or self.budget(view), view)
+        return self.training(model, steps, view, self.store("curated"))
 
     def draw(self, stage: Stage) -> Figure:
         """``pool`` budgets of whole windows, at most the source's whole windows."""
@@ -264,8 +266,9 @@ class Costing:
         arm = ARMS[stage.arm]
         view = self.cfg.view("arms", arm.reads)
         data = self.store("curated") if arm.data == "curated" else self.windows[stage.windows]
-        selection = arm.selection_arguments(view)
-        return self.training("base", self.budget(view), view, data, selection)
+        # the runner's steps: the budget's, or a ladder run's share of them
+        steps = None if self.budget(view) is None else self.runner.arm_steps(stage, view)
+        return self.training("base", steps, view, data, arm.selection_arguments(view))
 
 
 def bounds(data: Windows, steps: int, per_step: int) -> list[str]:
