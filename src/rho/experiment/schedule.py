@@ -58,6 +58,9 @@ OWNED: dict[str, tuple[str, Value]] = {
     "data_seed": ("--seeds", lambda r: r.seed),
     "eval_strategy": ("--evals", lambda r: "steps"),
     "eval_steps": ("--evals", lambda r: r.every),
+    # the starting point of every curve, evaluated inside train(): an evaluate() before it
+    # leaves accelerate's model marked prepared, and train() then runs it without DDP
+    "eval_on_start": ("--evals", lambda r: True),
     "save_strategy": ("(the experiment)", lambda r: "steps" if r.save else "no"),
     "save_steps": ("--evals", lambda r: r.every),
     "logging_steps": ("--evals", lambda r: max(1, r.every // 2)),

@@ -159,7 +159,6 @@ def train_run(
     trainer.remove_callback(PrinterCallback)  # raw log dicts go to metrics.jsonl, not the console
     trainer.add_callback(ConsoleLines(label, data.axes, steps))
     trainer.add_callback(EvaluateAtEnd())
-    trainer.evaluate()  # the starting point of every curve
     trainer.train()
     trainer.save_model()
     trained = trained_counts(trainer, args)
