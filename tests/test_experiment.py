@@ -162,7 +162,7 @@ def test_killed_mid_arm_resumes_without_redoing_finished_stages(tmp_path, data):
 
 def test_config_and_flags(tmp_path, data):
     config = write_config(tmp_path / "c.yaml", data, tmp_path / "o", ratio=0.5)
-    (cfg,) = parse_options("experiment", ["--config", config, "--ratio", "0.7"])
+    cfg, _ = parse_options("experiment", ["--config", config, "--ratio", "0.7"])
     assert cfg.ratio == 0.7 and cfg.seeds == [0, 1] and cfg.base == "tiny"  # the flag wins
     assert cfg.heldout_sets() == {"target": [data["target"]], "general": [data["general"]]}
     (tmp_path / "bad.yaml").write_text("ratoi: 0.5\n")

@@ -140,9 +140,10 @@ class Worker:
             self.process.wait()
 
 
-def devices_of(slot: int, nproc: int = 1) -> list[str]:
-    """A worker's own GPUs: one per process of its stages (none on a CPU)."""
-    return visible_devices()[slot * nproc : (slot + 1) * nproc]
+def devices_of(slot: int, nproc: int, visible: list[str]) -> list[str]:
+    """A worker's own GPUs among the ``visible`` ones: one per process of its stages (none on a
+    CPU)."""
+    return visible[slot * nproc : (slot + 1) * nproc]
 
 
 def run_pool(runner, engine: EngineOptions) -> None:
@@ -154,7 +155,10 @@ def run_pool(runner, engine: EngineOptions) -> None:
     count, threads, nproc = engine.worker_count(), engine.threads(), engine.nproc_per_stage
     engine.check_batch(runner.cfg)
     runner.load_recorded()
-    workers = [Worker(out, slot, threads, devices_of(slot, nproc), nproc) for slot in range(count)]
+    visible = visible_devices()
+    workers = [
+        Worker(out, slot, threads, devices_of(slot, nproc, visible), nproc) for slot in range(count)
+    ]
     each = f"{threads} threads" + (f", {nproc} processes per training stage" if nproc > 1 else "")
     tqdm.write(f"  {count} workers, {each} each; logs in {out / LOGS}")
     try:
