@@ -5,9 +5,22 @@ guarantees."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
-from helpers import experiment_data, rho_command, run_rho, write_config
+from helpers import (
+    HANG_GUARD_S,
+    SUBPROCESS_ENV,
+    experiment_data,
+    rho_command,
+    run_rho,
+    write_config,
+)
 
 from rho.errors import UserError
 from rho.experiment.engine import EngineOptions, check_devices, devices_of
@@ -82,3 +95,32 @@ def test_two_processes_per_stage_train_like_one(tmp_path):
         text = (logs / f"{stage}.log").read_text()
         assert f"rank 0 of 2: {stage}" in text and f"rank 1 of 2: {stage}" in text, stage
     assert "rank 0 of 2" not in (logs / "data.log").read_text()  # ran in the worker itself
+
+
+def gone(pid: int) -> bool:
+    """The process has ended (a zombie nobody reaped counts as ended)."""
+    stat = Path(f"/proc/{pid}/stat")
+    try:
+        return stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl is Linux's")
+def test_a_stage_process_dies_with_its_killed_parent():
+    """A worker's torchrun, and torchrun's ranks, die with their parent: a worker killed with
+    kill -9 mid-stage leaves no rank to finish the stage behind the rerun that redoes it."""
+    child = ("import os, time; from rho.experiment.worker import die_with_parent; "
+             "die_with_parent(); print(os.getpid(), flush=True); time.sleep(3600)")  # fmt: skip
+    parent = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {child!r}])"
+    proc = subprocess.Popen([sys.executable, "-c", parent], stdout=subprocess.PIPE, text=True,
+                            env=SUBPROCESS_ENV)  # fmt: skip
+    pid = int(proc.stdout.readline())  # the child runs on, its parent waiting for it
+    assert not gone(pid)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + HANG_GUARD_S  # a guard against a hang, never a clock
+    while not gone(pid) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert gone(pid)

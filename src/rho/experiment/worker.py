@@ -10,7 +10,9 @@ worker's threads."""
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 import subprocess
 import sys
 import traceback
@@ -28,6 +30,7 @@ from rho.io.files import read_json
 from rho.scoring.windows import default_device
 
 THREADS_ENV = "RHO_STAGE_THREADS"
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 # The stages that train or score a model, run under torchrun with --nproc_per_stage K > 1.
 DISTRIBUTED = frozenset({Kind.BASE, Kind.PROXY, Kind.REFERENCE, Kind.SCORE, Kind.EMBED, Kind.ARM})
 
@@ -82,12 +85,21 @@ def run_ranks(out: Path, key: str, log: Path, nproc: int) -> bool:
     with open(log, "a", encoding="utf-8") as f:
         done = subprocess.run(
             [*launch, "--nproc_per_node", str(nproc), *stage],
+            preexec_fn=die_with_parent,
             stdin=subprocess.DEVNULL,
             stdout=f,
             stderr=f,
             env=env,
         )
     return done.returncode == 0
+
+
+def die_with_parent() -> None:
+    """On Linux, SIGKILL this process when its parent dies: a worker killed mid-stage (kill -9)
+    takes its torchrun and the ranks with it, which would otherwise finish the stage and write
+    its record behind the rerun that redoes it."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def set_threads() -> None:
@@ -99,6 +111,7 @@ def set_threads() -> None:
 def run_rank(out: Path, key: str) -> int:
     """One rank of a stage under torchrun: every rank runs the stage's builder (DDP training,
     shared scoring batches); rank 0 writes the record (rho.experiment.stages)."""
+    die_with_parent()  # torchrun's
     set_threads()
     quiet_transformers()
     device = default_device()  # cuda:LOCAL_RANK, or the CPU
