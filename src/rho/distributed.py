@@ -53,10 +53,11 @@ def world_size() -> int:
 
 
 def init_from_env(device: torch.device | None = None) -> bool:
-    """Join the process group torchrun describes in the environment (no-op for one process)."""
+    """Join the process group torchrun describes in the environment (no-op for one process).
+    On GPUs, NCCL carries CUDA tensors and gloo CPU ones (a rank's flags, pickled objects)."""
     if is_distributed() or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return is_distributed()
-    backend = "nccl" if device is not None and device.type == "cuda" else "gloo"
+    backend = "cpu:gloo,cuda:nccl" if device is not None and device.type == "cuda" else "gloo"
     dist.init_process_group(backend=backend)
     return True
 
@@ -126,4 +127,14 @@ def checked(fn, *, everywhere: bool = False, device: torch.device | None = None)
             raise RankFailed(f"rank {names} failed (its error is printed above)", bad_input)
     if error is not None:
         raise error
+    return result
+
+
+def from_rank0(fn):
+    """Run ``fn`` on rank 0 alone (as ``checked``) and give every rank its result (picklable)."""
+    result = checked(fn)
+    if is_distributed():
+        box = [result]
+        dist.broadcast_object_list(box, src=0)
+        result = box[0]
     return result

@@ -10,6 +10,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from rho import distributed as dist
 from rho.errors import UserError
 
 MAX_TRAINING_CHARS = 1 << 16  # the --training JSON (a few options)
@@ -36,6 +37,12 @@ class Run:
     def accumulation(self) -> int:
         return self.cfg.training.get("gradient_accumulation_steps", 1)
 
+    @property
+    def micro_batch(self) -> int:
+        """A process's rows per micro-batch: the step's windows over the accumulation steps and
+        the processes (under torchrun the ranks' micro-batches make up the global one)."""
+        return self.cfg.batch_size // (self.accumulation * dist.world_size())
+
 
 Value = Callable[[Run], Any] | None  # None: not set (left at the TrainingArguments default)
 # field -> (the experiment's option that sets it, its value in a run)
@@ -43,14 +50,17 @@ OWNED: dict[str, tuple[str, Value]] = {
     "output_dir": ("--out", lambda r: str(r.directory)),
     "max_steps": ("--train_tokens", lambda r: r.steps),
     "num_train_epochs": ("--train_tokens", None),
-    # a step is always --batch_size windows: accumulation splits it into micro-batches
-    "per_device_train_batch_size": ("--batch_size", lambda r: r.cfg.batch_size // r.accumulation),
+    # a step is always --batch_size windows: accumulation and processes split it
+    "per_device_train_batch_size": ("--batch_size", lambda r: r.micro_batch),
     "per_device_eval_batch_size": ("--batch_size", lambda r: r.cfg.batch_size),
     "learning_rate": ("--learning_rate", lambda r: r.lr),
     "seed": ("--seeds", lambda r: r.seed),
     "data_seed": ("--seeds", lambda r: r.seed),
     "eval_strategy": ("--evals", lambda r: "steps"),
     "eval_steps": ("--evals", lambda r: r.every),
+    # the starting point of every curve, evaluated inside train(): an evaluate() before it
+    # leaves accelerate's model marked prepared, and train() then runs it without DDP
+    "eval_on_start": ("--evals", lambda r: True),
     "save_strategy": ("(the experiment)", lambda r: "steps" if r.save else "no"),
     "save_steps": ("--evals", lambda r: r.every),
     "logging_steps": ("--evals", lambda r: max(1, r.every // 2)),

@@ -4,6 +4,10 @@ its result (a typed record, rho.experiment.records). A rerun skips a stage whose
 the same key, and redoes, from scratch, a stage that is missing, unfinished (killed mid-way)
 or whose inputs or settings changed; a changed stage changes the keys of every stage after
 it, so they are redone too.
+
+Under torchrun (``--nproc_per_stage``) every rank runs the stage's builder; rank 0 alone takes
+a shared stage's lock, clears its directory and writes its record, and the ranks decide
+together whether it is done.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 from tqdm.auto import tqdm
 
+from rho import distributed as dist
 from rho.experiment.records import Record
 from rho.io.files import output_lock, read_json, remove_path, write_json_atomic
 
@@ -68,25 +73,36 @@ class Stages:
         ``shared`` stage (a cache entry other run directories use too) is built under a lock
         that a second process waits on; it then finds the record and skips. The record is
         written last, so a half-built stage is never trusted."""
-        if not shared:
+        if not shared or dist.rank() != 0:
             return self._run(name, key, build, kind, title)
         with output_lock(self.path(name), wait=True):
             return self._run(name, key, build, kind, title)
 
     def _run(self, name: str, key: str, build: Callable[[Path], R], kind: type[R], title: str) -> R:
-        saved = self.done(name, key, kind)
+        saved = dist.checked(lambda: self._start(name, key, kind, title))
+        if dist.rank() != 0:  # rank 0 has decided (and holds a shared stage's lock)
+            saved = self.done(name, key, kind)
         if saved is not None:
             result, self.seconds[name] = saved
-            self.log(f"  {title or name}: done before (skipped)")
             return result
-        self.log(f"  {title or name} ...")
         directory = self.path(name)
-        remove_path(directory)  # unfinished or stale: start this stage afresh
-        directory.mkdir(parents=True)
         started = time.perf_counter()
         result = build(directory)
         seconds = time.perf_counter() - started
         self.seconds[name] = seconds
-        record = StageRecord(key=key, seconds=round(seconds, 3), result=result.model_dump())
-        write_json_atomic(directory / RECORD, record.model_dump(), sort_keys=False)
+        if dist.rank() == 0:
+            record = StageRecord(key=key, seconds=round(seconds, 3), result=result.model_dump())
+            write_json_atomic(directory / RECORD, record.model_dump(), sort_keys=False)
         return result
+
+    def _start(self, name: str, key: str, kind: type[R], title: str) -> tuple[R, float] | None:
+        """The stage's record if it is done; else its directory, made afresh."""
+        saved = self.done(name, key, kind)
+        if saved is not None:
+            self.log(f"  {title or name}: done before (skipped)")
+            return saved
+        self.log(f"  {title or name} ...")
+        directory = self.path(name)
+        remove_path(directory)  # unfinished or stale: start this stage afresh
+        directory.mkdir(parents=True)
+        return None

@@ -15,6 +15,7 @@ from torch.utils.data import Subset
 from tqdm.auto import tqdm
 from transformers import PrinterCallback, TrainerCallback
 
+from rho import distributed as dist
 from rho.data.batches import WindowDataset
 from rho.errors import UserError
 from rho.evaluation.heldout import evaluate_store
@@ -136,7 +137,9 @@ def train_run(
     """Train from ``init`` (a preset or a model directory) on ``tokens``; returns the run's
     record: curve, final validation and test loss per axis, what it trained (steps, warm-up,
     tokens, windows read), FLOPs, seconds. ``cfg`` is the stage's view of the config (the
-    schedule fields); ``data`` the data stage's record (the held-out stores)."""
+    schedule fields); ``data`` the data stage's record (the held-out stores). Under torchrun
+    every rank trains its share of each step's ``batch_size`` windows (DDP), and every rank
+    returns the record."""
     preset = init in PRESETS
     options = ModelDataArguments(
         tokens=tokens,
@@ -156,14 +159,13 @@ def train_run(
     trainer.remove_callback(PrinterCallback)  # raw log dicts go to metrics.jsonl, not the console
     trainer.add_callback(ConsoleLines(label, data.axes, steps))
     trainer.add_callback(EvaluateAtEnd())
-    trainer.evaluate()  # the starting point of every curve
     trainer.train()
     trainer.save_model()
     trained = trained_counts(trainer, args)
     del trainer
-    return Trained(
-        run=str(run), final=final_losses(run, cfg, data), curve=curve(run, data.axes), **trained
-    )
+    # Under torchrun rank 0 saved the model and logged the curve: it reads both, once.
+    final, points = dist.from_rank0(lambda: (final_losses(run, cfg, data), curve(run, data.axes)))
+    return Trained(run=str(run), final=final, curve=points, **trained)
 
 
 def trained_counts(trainer, args) -> dict:

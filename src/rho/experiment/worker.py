@@ -1,11 +1,19 @@
 """A worker of `rho experiment`'s pool (rho.experiment.engine): ``python -m
 rho.experiment.worker OUT`` reads stage names from stdin, one a line, runs each with its output
 in ``OUT/logs/STAGE.log``, and answers ``ok STAGE`` or ``failed STAGE`` on stdout. It imports
-torch and transformers once for all its stages, and reads the config the pool wrote."""
+torch and transformers once for all its stages, and reads the config the pool wrote.
+
+With ``--nproc_per_stage K`` > 1 a training or scoring stage runs under torchrun instead: K
+processes of ``python -m rho.experiment.worker --stage OUT STAGE``, every rank's output in the
+stage's log, each rank on its own GPU (LOCAL_RANK among the worker's) or its share of the
+worker's threads."""
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
+import subprocess
 import sys
 import traceback
 from contextlib import contextmanager
@@ -13,10 +21,18 @@ from pathlib import Path
 
 import torch
 
-from rho.experiment.engine import CONFIG_FILE, LOGS
+from rho import distributed as dist
+from rho.experiment.engine import CONFIG_FILE, LOGS, NPROC_ENV
+from rho.experiment.plan import Kind, Stage
 from rho.experiment.runner import Runner, quiet_transformers
 from rho.experiment.settings import ExperimentConfig
 from rho.io.files import read_json
+from rho.scoring.windows import default_device
+
+THREADS_ENV = "RHO_STAGE_THREADS"
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+# The stages that train or score a model, run under torchrun with --nproc_per_stage K > 1.
+DISTRIBUTED = frozenset({Kind.BASE, Kind.PROXY, Kind.REFERENCE, Kind.SCORE, Kind.EMBED, Kind.ARM})
 
 
 @contextmanager
@@ -40,7 +56,9 @@ def output_to(log: Path):
             os.close(saved[1])
 
 
-def run_one(runner: Runner, key: str, log: Path) -> bool:
+def run_one(runner: Runner, key: str, log: Path, nproc: int = 1) -> bool:
+    if nproc > 1 and under_torchrun(runner.plan[key]):
+        return run_ranks(runner.out, key, log, nproc)
     with output_to(log):
         try:
             runner.load_recorded()
@@ -51,17 +69,75 @@ def run_one(runner: Runner, key: str, log: Path) -> bool:
             return False
 
 
-def main(argv: list[str]) -> int:
-    out = Path(argv[0])
-    threads = int(os.environ.get("RHO_STAGE_THREADS", "0"))
+def under_torchrun(stage: Stage) -> bool:
+    """A stage that trains or scores (a base or proxy only when it is pretrained here)."""
+    return stage.kind in DISTRIBUTED and (stage.cached or stage.kind not in (Kind.BASE, Kind.PROXY))
+
+
+def run_ranks(out: Path, key: str, log: Path, nproc: int) -> bool:
+    """The stage as ``nproc`` processes under torchrun, every rank's output in ``log``; True if
+    every rank finished (rank 0 then wrote the record)."""
+    threads = int(os.environ.get(THREADS_ENV, "0")) or os.cpu_count() or 1
+    share = str(max(1, threads // nproc))  # on a CPU the ranks share the worker's threads
+    env = dict(os.environ, OMP_NUM_THREADS=share, MKL_NUM_THREADS=share, **{THREADS_ENV: share})
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    stage = ["-m", "rho.experiment.worker", "--stage", str(out), key]
+    with open(log, "a", encoding="utf-8") as f:
+        done = subprocess.run(
+            [*launch, "--nproc_per_node", str(nproc), *stage],
+            preexec_fn=die_with_parent,
+            stdin=subprocess.DEVNULL,
+            stdout=f,
+            stderr=f,
+            env=env,
+        )
+    return done.returncode == 0
+
+
+def die_with_parent() -> None:
+    """On Linux, SIGKILL this process when its parent dies: a worker killed mid-stage (kill -9)
+    takes its torchrun and the ranks with it, which would otherwise finish the stage and write
+    its record behind the rerun that redoes it."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def set_threads() -> None:
+    threads = int(os.environ.get(THREADS_ENV, "0"))
     if threads:
         torch.set_num_threads(threads)
+
+
+def run_rank(out: Path, key: str) -> int:
+    """One rank of a stage under torchrun: every rank runs the stage's builder (DDP training,
+    shared scoring batches); rank 0 writes the record (rho.experiment.stages)."""
+    die_with_parent()  # torchrun's
+    set_threads()
     quiet_transformers()
+    device = default_device()  # cuda:LOCAL_RANK, or the CPU
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_from_env(device)
+    with dist.process_group_closed():
+        print(f"rank {dist.rank()} of {dist.world_size()}: {key}", flush=True)
+        runner = Runner(ExperimentConfig(**read_json(out / CONFIG_FILE)), out)
+        runner.load_recorded()
+        runner.run_stage(key, runner.plan[key])
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    if argv[0] == "--stage":
+        return run_rank(Path(argv[1]), argv[2])
+    out = Path(argv[0])
+    set_threads()
+    quiet_transformers()
+    nproc = int(os.environ.get(NPROC_ENV, "1"))
     answers = os.fdopen(os.dup(1), "w", buffering=1)  # stdout itself goes to the stage logs
     runner = Runner(ExperimentConfig(**read_json(out / CONFIG_FILE)), out)
     for line in sys.stdin:
         key = line.strip()
-        ok = run_one(runner, key, out / LOGS / f"{key}.log")
+        ok = run_one(runner, key, out / LOGS / f"{key}.log", nproc)
         answers.write(f"{'ok' if ok else 'failed'} {key}\n")
     return 0
 
