@@ -22,7 +22,7 @@ from rho.errors import UserError
 from rho.experiment.analyses import analyse
 from rho.experiment.arms import ARMS
 from rho.experiment.collect import BASE_SEED, collect, only
-from rho.experiment.engine import EngineOptions, run_pool
+from rho.experiment.engine import EngineOptions, execute
 from rho.experiment.plan import Kind, Stage, plan
 from rho.experiment.preflight import check_sizes
 from rho.experiment.prepare import build_mix, draw_windows, inputs_key, prepare
@@ -68,8 +68,8 @@ def quiet_transformers() -> None:
 def run_experiment(
     cfg: ExperimentConfig, title: str = "rho experiment", engine: EngineOptions | None = None
 ) -> Results:
-    """Run (or resume) every stage into ``cfg.out``, in this process or by ``engine``'s workers;
-    returns the results (results.json)."""
+    """Run (or resume) every stage into ``cfg.out``, in this process or by ``engine``'s workers
+    or Ray tasks; returns the results (results.json)."""
     engine = engine or EngineOptions()
     cfg.check_inputs()
     out = Path(cfg.out)
@@ -80,10 +80,7 @@ def run_experiment(
     with output_lock(out):
         runner = Runner(cfg, out)
         runner.announce(title)
-        if engine.in_process:
-            runner.run_all()
-        else:
-            run_pool(runner, engine)
+        execute(runner, engine)
         return runner.finish(title)
 
 
