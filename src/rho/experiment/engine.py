@@ -32,7 +32,6 @@ CONFIG_FILE = "experiment.json"  # the config the workers read
 LOGS = "logs"
 CPU_WORKERS = 1  # --workers 0 on a machine without a GPU (the README's measurement decides it)
 REFRESH_S = 1.0  # how often the live lines re-read the stage logs
-STOP_GRACE_S = 30.0  # how long a stopped worker may take to exit before it is killed
 EXECUTORS = ("local", "ray")
 
 
@@ -127,6 +126,7 @@ class Console:
 
     def line(self, text: str) -> None:
         tqdm.write(text, file=self.file)
+        self.file.flush()  # a pipe's reader (a log, a test) sees each line as it happens
 
     def started(self, key: str, where: str) -> None:
         if not self.live:
@@ -249,16 +249,12 @@ class Worker:
             os.killpg(self.process.pid, signal.SIGTERM)
 
     def close(self) -> None:
-        """Let it exit (its stdin closed ends its loop), or kill its process group."""
+        """Wait for it to exit: idle, its stdin closed ends its loop; stopped, SIGTERM."""
         try:
             self.process.stdin.close()
-        except OSError:
+        except OSError:  # it had died: nothing reads its stdin
             pass
-        try:
-            self.process.wait(STOP_GRACE_S)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+        self.process.wait()
         self.process.stdout.close()
 
 

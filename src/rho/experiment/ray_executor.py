@@ -77,9 +77,13 @@ def run_ray(runner, engine: EngineOptions) -> None:
     connect(ray, engine)
     # a cluster's nodes are not this machine: its share of our cores means nothing there
     threads = (engine.stage_threads or 1) if engine.ray_address else engine.threads()
-    gpus = 1 if ray.cluster_resources().get("GPU", 0) else 0
+    cluster = ray.cluster_resources()
+    gpus = 1 if cluster.get("GPU", 0) else 0
     task = ray.remote(run_stage).options(num_cpus=threads, num_gpus=gpus, max_retries=0)
-    console.line(f"  Ray: {threads} CPUs, {gpus} GPUs per stage; logs in {logs}")
+    console.line(
+        f"  Ray: {cluster.get('CPU', 0):g} CPUs, {cluster.get('GPU', 0):g} GPUs; each stage "
+        f"{threads} CPUs, {gpus} GPUs; logs in {logs}"
+    )
     schedule, pending = Schedule(runner, console), {}
     try:
         while True:
