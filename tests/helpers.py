@@ -81,6 +81,60 @@ def without_noise(record: dict) -> str:
     return " ".join("".join(parts).split())
 
 
+def sentences(rng: random.Random, words: list[str], n: int) -> str:
+    return " ".join(" ".join(rng.choice(words) for _ in range(rng.randint(6, 14))) + "."
+                    for _ in range(n))  # fmt: skip
+
+
+def write_corpus(path: Path, texts: list[str]) -> str:
+    return str(write_texts(path, texts))
+
+
+def experiment_files(root: Path) -> dict:
+    """`rho experiment`'s tiny inputs: a target domain (its own words), general text, and
+    noise; one held-out target document is copied into the corpus: decontamination must drop
+    it."""
+    rng = random.Random(0)
+    target_words = [f"th{i}m" for i in range(40)] + ["the", "of", "is"]
+    general_words = [f"gen{i}" for i in range(60)] + ["the", "of", "is"]
+    target = [sentences(rng, target_words, 12) for _ in range(60)]
+    general = [sentences(rng, general_words, 12) for _ in range(60)]
+    noise = ["".join(rng.choice("qxzj#$%0123") for _ in range(400)) for _ in range(20)]
+    leaked = target[50]
+    corpus = target[:20] + general[:40] + noise + [leaked]
+    return {
+        "curated": write_corpus(root / "curated.jsonl", target[20:40]),
+        "corpus": write_corpus(root / "corpus.jsonl", corpus),
+        "base": write_corpus(root / "base.jsonl", general[:40]),
+        "target": write_corpus(root / "target.jsonl", target[40:60]),
+        "general": write_corpus(root / "general.jsonl", general[40:60]),
+        "leaked": leaked,
+    }
+
+
+def write_config(path: Path, data: dict, out: Path, **extra) -> Path:
+    """A tiny `rho experiment` config on ``experiment_files``' inputs (``extra`` on top)."""
+    config = {
+        "curated": [data["curated"]],
+        "corpus": [data["corpus"]],
+        "base_data": [data["base"]],
+        "heldout": [f"target={data['target']}", f"general={data['general']}"],
+        "out": str(out),
+        "base": "tiny",
+        "vocab": 400,
+        "seq_len": 32,
+        "batch_size": 4,
+        "train_tokens": 1024,
+        "evals": 2,
+        "eval_windows": 4,
+        "seeds": [0, 1],
+        "dynamics_checkpoints": 2,
+        **extra,
+    }
+    path.write_text(json.dumps(config))  # JSON is YAML
+    return path
+
+
 # --- Stores and checkpoints --------------------------------------------------------------------
 
 

@@ -16,9 +16,11 @@ from helpers import (
     HANG_GUARD_S,
     SUBPROCESS_ENV,
     assert_traceable,
+    experiment_files,
     last_record,
     parse_options,
-    write_texts,
+    write_config,
+    write_corpus,
 )
 
 from rho.errors import UserError
@@ -28,58 +30,9 @@ from rho.experiment.settings import ExperimentConfig, load_yaml
 from rho.io.files import jsonable
 
 
-def sentences(rng: random.Random, words: list[str], n: int) -> str:
-    return " ".join(" ".join(rng.choice(words) for _ in range(rng.randint(6, 14))) + "."
-                    for _ in range(n))  # fmt: skip
-
-
-def write_corpus(path: Path, texts: list[str]) -> str:
-    return str(write_texts(path, texts))
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> dict:
-    """A target domain (its own words), general text, and noise; one held-out target document
-    is copied into the corpus: decontamination must drop it."""
-    root = tmp_path_factory.mktemp("experiment-data")
-    rng = random.Random(0)
-    target_words = [f"th{i}m" for i in range(40)] + ["the", "of", "is"]
-    general_words = [f"gen{i}" for i in range(60)] + ["the", "of", "is"]
-    target = [sentences(rng, target_words, 12) for _ in range(60)]
-    general = [sentences(rng, general_words, 12) for _ in range(60)]
-    noise = ["".join(rng.choice("qxzj#$%0123") for _ in range(400)) for _ in range(20)]
-    leaked = target[50]
-    corpus = target[:20] + general[:40] + noise + [leaked]
-    return {
-        "curated": write_corpus(root / "curated.jsonl", target[20:40]),
-        "corpus": write_corpus(root / "corpus.jsonl", corpus),
-        "base": write_corpus(root / "base.jsonl", general[:40]),
-        "target": write_corpus(root / "target.jsonl", target[40:60]),
-        "general": write_corpus(root / "general.jsonl", general[40:60]),
-        "leaked": leaked,
-    }
-
-
-def write_config(path: Path, data: dict, out: Path, **extra) -> Path:
-    config = {
-        "curated": [data["curated"]],
-        "corpus": [data["corpus"]],
-        "base_data": [data["base"]],
-        "heldout": [f"target={data['target']}", f"general={data['general']}"],
-        "out": str(out),
-        "base": "tiny",
-        "vocab": 400,
-        "seq_len": 32,
-        "batch_size": 4,
-        "train_tokens": 1024,
-        "evals": 2,
-        "eval_windows": 4,
-        "seeds": [0, 1],
-        "dynamics_checkpoints": 2,
-        **extra,
-    }
-    path.write_text(json.dumps(config))  # JSON is YAML
-    return path
+    return experiment_files(tmp_path_factory.mktemp("experiment-data"))
 
 
 def rho(*args, cache: Path, timeout=HANG_GUARD_S) -> subprocess.CompletedProcess:
@@ -150,7 +103,7 @@ def test_every_arm_on_two_axes_from_a_config(tmp_path, data):
     for figure in ("curves.png", "axes.png", "frontier.png", "selected.html"):
         assert (out / figure).stat().st_size > 1000, figure
     assert_traceable(report, results)
-    assert "Sensitivity to the reference's seed" in report and "paired t-test" in report
+    assert "Each arm's scoring reference" in report and "paired t-test" in report
     frontier = results["summary"]["frontier"]
     assert frontier["best"] in results["runs"] and "## The compute frontier" in report
     # The console: compact lines, no raw Trainer dicts, no weight-loading bars.
@@ -209,7 +162,7 @@ def test_killed_mid_arm_resumes_without_redoing_finished_stages(tmp_path, data):
 
 def test_config_and_flags(tmp_path, data):
     config = write_config(tmp_path / "c.yaml", data, tmp_path / "o", ratio=0.5)
-    (cfg,) = parse_options("experiment", ["--config", config, "--ratio", "0.7"])
+    cfg, _ = parse_options("experiment", ["--config", config, "--ratio", "0.7"])
     assert cfg.ratio == 0.7 and cfg.seeds == [0, 1] and cfg.base == "tiny"  # the flag wins
     assert cfg.heldout_sets() == {"target": [data["target"]], "general": [data["general"]]}
     (tmp_path / "bad.yaml").write_text("ratoi: 0.5\n")

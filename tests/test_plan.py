@@ -270,3 +270,30 @@ def test_a_draw_is_whole_windows_and_a_larger_draw_holds_a_smaller(token_store, 
     assert windows(small) != windows(other)  # the seed draws
     everything = draw_windows(store, seq, 10**9, seed=0, out=tmp_path / "all")
     assert everything.windows == everything.of  # a draw larger than the source: all of it
+
+
+def test_the_cached_base_is_keyed_by_what_changes_its_bytes(files, monkeypatch):
+    """torch's or transformers' version, or the device type, changes a pretrained base's bytes:
+    the cached base (and everything after it) gets a new key; accelerate's version does not."""
+    from rho.experiment import environment
+
+    cfg = dataclasses.replace(base_config(files), reference_base="1m", base="5m")
+    installed, device = environment.versions(), environment.device_type()
+    before = plan(cfg, inputs_key(cfg))
+
+    def keys_with(device=device, **changed) -> dict:
+        monkeypatch.setattr(environment, "versions", lambda: {**installed, **changed})
+        monkeypatch.setattr(environment, "device_type", lambda: device)
+        return plan(cfg, inputs_key(cfg))
+
+    same = keys_with()
+    assert {n: s.key for n, s in same.items()} == {n: s.key for n, s in before.items()}
+    for changed in ({"torch": "0.0.1"}, {"transformers": "0.0.1"}, {"device": "other"}):
+        after = keys_with(**changed)
+        for name in ("base", "proxy"):
+            assert after[name].key != before[name].key, changed
+            assert after[name].name == f"base-{after[name].key}"  # its own cache entry
+        assert after["slm-seed0"].key != before["slm-seed0"].key
+        assert after["data"].key == before["data"].key
+    unchanged = keys_with(accelerate="0.0.1")
+    assert unchanged["base"].key == before["base"].key

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from rho.errors import UserError
-from rho.experiment.records import Curve, Results, Trained, Windows
+from rho.experiment.records import SCHEMA_VERSION, Curve, Results, Trained, Windows
 from rho.experiment.stages import RECORD, Stages
 
 # A trained stage's record as rho wrote it before the records existed (plain dicts).
@@ -78,10 +78,13 @@ def test_a_stage_record_of_another_shape_is_redone(tmp_path):
 def test_an_older_results_json_is_refused_in_one_line(tmp_path):
     path = tmp_path / "results.json"
     path.write_text(json.dumps({"config": {}, "runs": {}}))
-    with pytest.raises(UserError, match="schema version 1; this rho reads version 2") as err:
+    with pytest.raises(UserError, match=f"version 1; this rho reads version {SCHEMA_VERSION}"):
+        Results.read(path)
+    path.write_text(json.dumps({"schema_version": 2, "config": {}}))  # no environment yet
+    with pytest.raises(UserError, match="schema version 2;") as err:
         Results.read(path)
     assert "\n" not in str(err.value)
-    path.write_text(json.dumps({"schema_version": 2, "runs": []}))
+    path.write_text(json.dumps({"schema_version": SCHEMA_VERSION, "runs": []}))
     with pytest.raises(UserError) as err:
         Results.read(path)
     assert "\n" not in str(err.value)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from rho.experiment.environment import environment
 from rho.experiment.facts import summarise
 from rho.experiment.plan import Kind, Stage
 from rho.experiment.records import (
@@ -46,11 +47,12 @@ def collect(
     """Every stage's record (``results``, by plan name) and seconds, as results.json."""
     data = only(plan, results, Kind.DATA)
     runs = {
-        name: [arm_run(plan[f"{name}-seed{seed}"], results, seed) for seed in cfg.seeds_of(name)]
+        name: [arm_run(plan, results, f"{name}-seed{seed}", seed) for seed in cfg.seeds_of(name)]
         for name in cfg.arm_list
     }
     overhead = overheads(plan, results, seconds, runs)
     of_kind = [(name, s) for name, s in plan.items() if s.kind in (Kind.REFERENCE, Kind.DRAW)]
+    references = {n: reference(s, results[n]) for n, s in of_kind if s.kind == Kind.REFERENCE}
     return Results(
         config=cfg,
         data=DataSummary(
@@ -65,19 +67,26 @@ def collect(
         overhead=overhead,
         analyses=only(plan, results, Kind.ANALYSES),
         seconds={k: round(v, 1) for k, v in seconds.items()},
-        references={n: reference(s, results[n]) for n, s in of_kind if s.kind == Kind.REFERENCE},
+        references=references,
         draws={n: draw(s, results[n]) for n, s in of_kind if s.kind == Kind.DRAW},
         base=pretrained(plan, results, "base"),
         proxy=pretrained(plan, results, "proxy"),
-        summary=summarise(runs, data.axes, overhead, cfg, "base" in data.tokens),
+        environment=environment(),
+        summary=summarise(
+            runs, data.axes, overhead, cfg, "base" in data.tokens, references=references
+        ),
     )
 
 
-def arm_run(stage: Stage, results: dict[str, Record], seed: int) -> ArmRun:
+def arm_run(plan: dict[str, Stage], results: dict[str, Record], name: str, seed: int) -> ArmRun:
+    """An arm seed's run, with the scoring reference it is charged for (its scores' model)."""
+    stage = plan[name]
+    scored_by = [key for key in stage.charges if plan[key].kind == Kind.REFERENCE]
     return ArmRun(
         **dict(results[stage.name]),
         seed=seed,
         reference_seed=stage.reference_seed,
+        reference=scored_by[0] if scored_by else None,
         windows=stage.windows,
     )
 
@@ -90,6 +99,8 @@ def reference(stage: Stage, run: Trained) -> Reference:
         train_tokens=run.train_tokens,
         n_params=run.n_params,
         flops_train=run.flops_train,
+        seconds_train=run.seconds_train,
+        final=run.final,
     )
 
 
@@ -114,38 +125,38 @@ def pretrained(plan: dict[str, Stage], results: dict[str, Record], name: str) ->
     )
 
 
-def charge(result: Record) -> tuple[float, float]:
-    """(FLOPs, tokens scored) one charged stage costs: a reference's or proxy's training,
-    2·N_ref FLOPs per token scored, the embedding; pruning and clustering cost seconds."""
+def charge(result: Record, seconds: float) -> tuple[float, float, float]:
+    """(FLOPs, tokens scored, seconds) one charged stage costs: a reference's or proxy's
+    training (its training seconds: the evaluations along its run and of the final model are
+    not charged, as an arm's training seconds leave out its own), 2·N_ref FLOPs per token
+    scored, the embedding; pruning and clustering cost their stage's ``seconds`` only."""
     if isinstance(result, Trained):
-        return result.flops_train, 0.0
+        return result.flops_train, 0.0, result.seconds_train
     if isinstance(result, Scores):
-        return 2.0 * result.n_params * result.scored_tokens, float(result.scored_tokens)
+        return 2.0 * result.n_params * result.scored_tokens, float(result.scored_tokens), seconds
     if isinstance(result, Embedded):
-        return result.flops, 0.0
-    return 0.0, 0.0
+        return result.flops, 0.0, seconds
+    return 0.0, 0.0, seconds
 
 
 def overheads(
     plan: dict[str, Stage], results: dict[str, Record], seconds: dict, runs: dict
 ) -> dict[str, Overhead]:
     """What each arm is charged before its training: the plan's charges of each of its seeds
-    (see ``charge``) and their seconds, the mean over its seeds. The base is shared by every
-    arm and left out."""
+    (see ``charge``; ``seconds``: each stage's), the mean over its seeds. The base is shared
+    by every arm and left out."""
     out = {}
     for name, seeds in runs.items():
         charges = [plan[f"{name}-seed{run.seed}"].charges for run in seeds]
         kinds = {plan[key].kind for keys in charges for key in keys}
         if not kinds:
             continue
-        costs = [[charge(results[key]) for key in keys] for keys in charges]
-        scored = float(np.mean([sum(t for _, t in c) for c in costs]))
+        costs = [[charge(results[key], seconds.get(key, 0.0)) for key in keys] for keys in charges]
+        flops, scored, spent = (np.mean([sum(c[i] for c in cs) for cs in costs]) for i in range(3))
         out[name] = Overhead(
-            flops=float(np.mean([sum(f for f, _ in c) for c in costs])),
-            seconds=float(
-                np.mean([sum(seconds.get(key, 0.0) for key in keys) for keys in charges])
-            ),
+            flops=float(flops),
+            seconds=float(spent),
             what=" + ".join(WHAT[k] for k in WHAT if k in kinds),
-            tokens_scored=scored if Kind.SCORE in kinds else None,
+            tokens_scored=float(scored) if Kind.SCORE in kinds else None,
         )
     return out

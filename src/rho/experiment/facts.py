@@ -5,8 +5,9 @@ can be traced back to that file.
 ``summarise`` gives: the test-loss table; the target (CLM's mean final loss on the whole target
 validation set) and how far the curves' sample sits from it; the compute to reach it; who wins
 on each axis; every arm against CLM on every axis with its test (paired where the seeds share
-data order, else Welch's); the pairing of arms with reference seeds; and the sources of
-variance the seeds do not cover.
+data order, else Welch's); each reference-reading arm seed with the scoring reference that
+scored it, and the scoring references' own losses; and the sources of variance the seeds do
+not cover.
 """
 
 from __future__ import annotations
@@ -20,12 +21,14 @@ from rho.experiment.records import (
     Difference,
     Frontier,
     FrontierEntry,
+    Reference,
     ReferencePair,
+    Spread,
     Summary,
     Target,
 )
 from rho.experiment.settings import ExperimentConfig
-from rho.experiment.stats import ALPHA, difference
+from rho.experiment.stats import ALPHA, difference, spread
 from rho.experiment.summary import Runs, compute_table, final_loss, loss_table, winners
 
 BASELINE = "clm"
@@ -41,10 +44,16 @@ def shares_order(runs: Runs, a: str, b: str) -> bool:
 
 
 def summarise(
-    runs: Runs, axes: list[str], overhead: dict, cfg: ExperimentConfig, pretrained_base: bool
+    runs: Runs,
+    axes: list[str],
+    overhead: dict,
+    cfg: ExperimentConfig,
+    pretrained_base: bool,
+    references: dict[str, Reference],
 ) -> Summary:
     """The verdict of the runs: ``overhead`` is each arm's one-off charge; ``pretrained_base``
-    whether the base was pretrained here (for the variance the seeds do not cover)."""
+    whether the base was pretrained here (for the variance the seeds do not cover);
+    ``references`` the scoring references, by stage."""
     axis = axes[0]
     losses = loss_table(runs, "test")
     base_runs = runs[BASELINE]
@@ -68,7 +77,8 @@ def summarise(
         tokens_left_out=curated_only,
         against_baseline=against_baseline(runs, losses),
         paired_arms=[arm for arm in runs if shares_order(runs, arm, BASELINE)],
-        reference_pairs=reference_pairs(runs, axes),
+        reference_pairs=reference_pairs(runs, axes, references),
+        scoring_references=scoring_references(references, axes),
         uncovered_variance=uncovered_variance(cfg, pretrained_base),
         frontier=frontier(compute, runs),
         alpha=ALPHA,
@@ -100,28 +110,44 @@ def against_baseline(runs: Runs, losses: dict) -> dict[str, dict[str, Difference
     return out
 
 
-def reference_pairs(runs: Runs, axes: list[str]) -> dict[str, list[ReferencePair]]:
-    """For each arm that reads reference scores over several seeds: per seed, the reference it
-    used, that reference's own test loss and the arm's minus CLM's of the same data seed (the
-    paired difference: data order cancels, the reference's seed does not)."""
-    refs = {r.seed: r.final.test for r in runs.get("reference", [])}
+def reference_pairs(
+    runs: Runs, axes: list[str], references: dict[str, Reference]
+) -> dict[str, list[ReferencePair]]:
+    """For each arm that reads reference scores: per seed, the scoring reference that scored
+    its windows (the reference arm's run, a ``ref-seed`` run for --ref_tokens, a proxy's or a
+    self-reference), that reference's own losses, and the arm's test loss minus CLM's of the
+    same data seed (the paired difference: data order cancels, the reference does not)."""
     clm = {r.seed: r.final.test for r in runs.get(BASELINE, [])}
-    out = {}
-    for arm, seeds in runs.items():
-        if not ARMS[arm].uses_reference or len({r.reference_seed for r in seeds}) < 2:
-            continue
-        out[arm] = [pair(r, refs, clm.get(r.seed), axes) for r in seeds]
-    return out
+    return {
+        arm: [pair(r, references[r.reference], clm.get(r.seed), axes) for r in seeds]
+        for arm, seeds in runs.items()
+        if ARMS[arm].uses_reference
+    }
 
 
-def pair(run: ArmRun, refs: dict, clm: dict | None, axes: list[str]) -> ReferencePair:
+def pair(run: ArmRun, ref: Reference, clm: dict | None, axes: list[str]) -> ReferencePair:
     return ReferencePair(
         seed=run.seed,
         reference_seed=run.reference_seed,
-        reference_test=refs.get(run.reference_seed),
+        reference=run.reference,
+        reference_validation=ref.final.validation,
+        reference_test=ref.final.test,
         test=run.final.test,
         minus_clm=None if clm is None else {a: run.final.test[a] - clm[a] for a in axes},
     )
+
+
+def scoring_references(
+    references: dict[str, Reference], axes: list[str]
+) -> dict[str, dict[str, Spread]]:
+    """Per source (base, proxy, self): its scoring references' own test loss on every axis
+    (that has one), over their seeds."""
+    out = {}
+    for source in dict.fromkeys(r.source for r in references.values()):
+        mine = [r.final.test for r in references.values() if r.source == source]
+        losses = {a: [t[a] for t in mine if t.get(a) is not None] for a in axes}
+        out[source] = {a: spread(values) for a, values in losses.items() if values}
+    return out
 
 
 def uncovered_variance(cfg: ExperimentConfig, pretrained_base: bool) -> list[str]:

@@ -20,6 +20,7 @@ import json
 from dataclasses import dataclass
 from enum import StrEnum
 
+from rho.experiment import environment
 from rho.experiment.arms import ARMS, Arm
 from rho.experiment.settings import FILE_FIELDS, ExperimentConfig
 from rho.models import PRESETS
@@ -154,11 +155,12 @@ class Planner:
 
     def cache(self, name: str) -> None:
         """Make a pretrained stage a shared cache entry, named by its key: other run
-        directories with the same key find it."""
+        directories with the same key find it. The key holds what changes the model's bytes
+        beyond its settings and data (torch's and transformers' versions, the device type), so
+        a model pretrained under others is pretrained again, never reused."""
         stage = self.stages[name]
-        self.stages[name] = Stage(
-            f"base-{stage.key}", stage.kind, stage.key, stage.after, cached=True
-        )
+        key = stage_key(settings=stage.key, built_with=environment.build_key())
+        self.stages[name] = Stage(f"base-{key}", stage.kind, key, stage.after, cached=True)
 
     def reference(self, source: str, r: int) -> str:
         """A scoring reference: the base (or the proxy) fine-tuned on the curated data, or the

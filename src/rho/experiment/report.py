@@ -27,6 +27,7 @@ from rho.experiment.tables import (
     frontier_lines,
     loss_markdown,
     pairs_markdown,
+    pm,
     seconds,
     winners_markdown,
 )
@@ -88,6 +89,8 @@ def setting_lines(results: Results) -> list[str]:
         + (f"; the first seed for {_names(single)}." if single else ".")
     )
     for arm, rows in results.summary.reference_pairs.items():
+        if len({r.reference_seed for r in rows}) < 2:
+            continue
         pairing = ", ".join(f"seed {r.seed} with reference {r.reference_seed}" for r in rows)
         lines.append(f"{arm} pairs {pairing}: its spread includes the reference's.")
     return [" ".join(lines), ""]
@@ -154,6 +157,7 @@ def reference_lines(results: Results) -> list[str]:
                 "those windows stay in the corpus, where the arms may draw them too. They "
                 "score the drawn windows' loss and next-token entropy."
             )
+            lines.append(own_losses(results, source))
             continue
         start = "the base" if source == "base" else "the proxy"
         shared = (
@@ -166,7 +170,19 @@ def reference_lines(results: Results) -> list[str]:
             f"fine-tuned on the curated data ({results.data.tokens['curated']:,} tokens) "
             f"{trained}" + ("; the reference arm's runs are these references." if shared else ".")
         )
+        lines.append(own_losses(results, source))
     return lines
+
+
+def own_losses(results: Results, source: str) -> str:
+    """The scoring references' own test loss, set beside clm's on the target."""
+    own, axis = results.summary.scoring_references[source], results.summary.target.axis
+    clm, text = results.summary.losses["clm"][axis], "Their own test loss: "
+    text += ", ".join(f"{a} {pm(s, '.4f')}" for a, s in own.items())
+    if axis in own:
+        side = "weaker" if own[axis].mean > clm.mean else "stronger"
+        text += f" (clm's on {axis}: {pm(clm, '.4f')}): {side} than clm on the target"
+    return text + "."
 
 
 def draw_lines(results: Results) -> list[str]:
@@ -280,7 +296,10 @@ def loss_lines(results: Results) -> list[str]:
     ]
     if summary.reference_pairs:
         lines += [
-            "### Sensitivity to the reference's seed",
+            "### Each arm's scoring reference",
+            "",
+            "The model that scored each arm seed's windows (results.json's `references`: its "
+            "validation loss too); the reference's part in the spread shows across seeds.",
             "",
             pairs_markdown(summary.reference_pairs, axes),
             "",

@@ -240,12 +240,13 @@ def against_markdown(against: dict[str, dict[str, Difference]]) -> str:
 
 
 def pairs_markdown(pairs: dict, axes: list[str]) -> str:
-    """Per arm and seed: the reference it used, that reference's test loss, the arm's, and the
-    arm's minus clm's of the same data seed (data order cancels; the reference does not)."""
+    """Per arm and seed: the scoring reference that scored its windows (its stage), that
+    reference's own test loss, the arm's, and the arm's minus clm's of the same data seed
+    (data order cancels; the reference does not)."""
     head = [
         "arm",
         "seed",
-        "reference seed",
+        "scored by",
         *[f"reference's {a}" for a in axes],
         *[f"{a}" for a in axes],
         *[f"{a} minus clm" for a in axes],
@@ -253,13 +254,12 @@ def pairs_markdown(pairs: dict, axes: list[str]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for arm, rows in pairs.items():
         for r in rows:
-            ref = r.reference_test or {}
             diff = r.minus_clm or {}
             cells = [
                 arm,
                 str(r.seed),
-                str(r.reference_seed),
-                *[_num(ref.get(a), ".4f") for a in axes],
+                r.reference,
+                *[_num(r.reference_test.get(a), ".4f") for a in axes],
                 *[_num(r.test.get(a), ".4f") for a in axes],
                 *[_num(diff.get(a), "+.4f") for a in axes],
             ]

@@ -70,6 +70,7 @@ __all__ = [
     "DynamicsRow",
     "DynamicsTable",
     "Embedded",
+    "Environment",
     "Final",
     "Frontier",
     "FrontierEntry",
@@ -94,7 +95,9 @@ __all__ = [
     "Winners",
 ]
 
-SCHEMA_VERSION = 2  # 1: the untyped results.json (no schema_version field)
+# 1: the untyped results.json (no schema_version field); 3: the scoring references' losses,
+# each arm seed's scoring reference, the environment
+SCHEMA_VERSION = 3
 
 
 class Pretrained(Record):
@@ -109,12 +112,33 @@ class Pretrained(Record):
 
 
 class Reference(Record):
+    """A scoring reference: the model whose losses score an arm's windows."""
+
     seed: int
     source: str  # base | proxy | self
     steps: int
     train_tokens: int
     n_params: int
     flops_train: float
+    seconds_train: float
+    final: Final  # its own loss on the whole validation and test sets of every axis
+
+
+class Environment(Record):
+    """What the run that wrote results.json ran under (rho.experiment.environment)."""
+
+    rho: str
+    commit: str | None  # None: rho's sources are not in a git checkout
+    dirty: bool | None  # tracked files differ from the commit
+    python: str
+    torch: str | None
+    transformers: str | None
+    accelerate: str | None
+    tokenizers: str | None
+    numpy: str | None
+    device: str  # cpu | cuda
+    device_name: str | None  # the CUDA device's name
+    platform: str
 
 
 class Draw(Record):
@@ -148,6 +172,7 @@ class Results(Record):
     draws: dict[str, Draw]
     base: Pretrained | None = None
     proxy: Pretrained | None = None
+    environment: Environment
     summary: Summary
 
     def write(self, path: Path) -> Path:

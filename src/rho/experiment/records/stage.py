@@ -152,6 +152,7 @@ class ArmRun(Trained):
 
     seed: int
     reference_seed: int | None = None
+    reference: str | None = None  # the stage of the reference whose scores it read
     windows: str | None = None  # the stage whose windows it trained on
 
 

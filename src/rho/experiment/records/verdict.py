@@ -33,7 +33,8 @@ class Overhead(Record):
     """What an arm is charged before training (mean over its seeds)."""
 
     flops: float = 0.0
-    seconds: float = 0.0
+    seconds: float = 0.0  # charged runs' training seconds (no evaluations), other stages' all
+
     what: str = ""
     tokens_scored: float | None = None
 
@@ -106,9 +107,13 @@ class Target(Record):
 
 
 class ReferencePair(Record):
+    """An arm seed and the scoring reference that scored its windows (its stage and losses)."""
+
     seed: int
     reference_seed: int | None
-    reference_test: dict[str, float | None] | None
+    reference: str
+    reference_validation: dict[str, float | None]
+    reference_test: dict[str, float | None]
     test: dict[str, float | None]
     minus_clm: dict[str, float] | None
 
@@ -136,6 +141,8 @@ class Summary(Record):
     against_baseline: dict[str, dict[str, Difference]]
     paired_arms: list[str]
     reference_pairs: dict[str, list[ReferencePair]]
+    # source (base | proxy | self) -> axis -> its scoring references' test loss
+    scoring_references: dict[str, dict[str, Spread]]
     uncovered_variance: list[str]
     frontier: Frontier
     alpha: float
