@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from helpers import (
     HANG_GUARD_S,
-    experiment_data,
+    experiment_files,
     hold_env,
     run_rho,
     wait_until_held,
@@ -33,7 +33,7 @@ POOL = ("--workers", "2", "--stage_threads", "1")
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> dict:
-    return experiment_data(tmp_path_factory.mktemp("engine-data"))
+    return experiment_files(tmp_path_factory.mktemp("engine-data"))
 
 
 def config(tmp_path: Path, data: dict, name: str, **extra) -> tuple[Path, Path]:
