@@ -34,17 +34,20 @@ def import_ray():
     return ray
 
 
-def run_stage(out: str, key: str, threads: int) -> bool:
+def run_stage(out: str, key: str, threads: int, plan: dict) -> bool:
     """A Ray task: run stage ``key`` of the experiment in ``out`` in this Ray worker process
-    (torch, transformers and the config loaded once per process)."""
+    (torch, transformers and the config loaded once per process). The driver's ``plan`` is the
+    one run: a node whose torch or device differ would key the cached base otherwise."""
     import torch
 
     from rho.experiment.worker import run_one
 
     if out not in _runners:
         _runners[out] = runner_of(Path(out))
+    runner = _runners[out]
+    runner.plan = plan
     torch.set_num_threads(threads)
-    return run_one(_runners[out], key, Path(out) / LOGS / f"{key}.log")
+    return run_one(runner, key, Path(out) / LOGS / f"{key}.log")
 
 
 def runner_of(out: Path):
@@ -72,9 +75,17 @@ def run_ray(runner, engine: EngineOptions) -> None:
     """Run ``runner``'s plan as Ray tasks until every stage is recorded or one fails (the
     tasks already running then finish); Ctrl-C cancels them."""
     ray = import_ray()
-    logs = prepare(runner)
-    console = Console(logs)
+    console = Console(prepare(runner))
     connect(ray, engine)
+    try:
+        hand_over(ray, runner, engine, console)
+    finally:
+        console.close()
+        ray.shutdown()
+
+
+def hand_over(ray, runner, engine: EngineOptions, console: Console) -> None:
+    """Each ready stage to Ray as a task; each ended task's record taken."""
     # a cluster's nodes are not this machine: its share of our cores means nothing there
     threads = (engine.stage_threads or 1) if engine.ray_address else engine.threads()
     cluster = ray.cluster_resources()
@@ -82,26 +93,23 @@ def run_ray(runner, engine: EngineOptions) -> None:
     task = ray.remote(run_stage).options(num_cpus=threads, num_gpus=gpus, max_retries=0)
     console.line(
         f"  Ray: {cluster.get('CPU', 0):g} CPUs, {cluster.get('GPU', 0):g} GPUs; each stage "
-        f"{threads} CPUs, {gpus} GPUs; logs in {logs}"
+        f"{threads} CPUs, {gpus} GPUs; logs in {console.logs}"
     )
-    schedule, pending = Schedule(runner, console), {}
+    schedule, pending, plan = Schedule(runner, console), {}, ray.put(runner.plan)
     try:
         while True:
             while (key := schedule.next("ray")) is not None:
-                pending[task.remote(str(runner.out), key, threads)] = key
+                pending[task.remote(str(runner.out), key, threads, plan)] = key
             if not pending:
                 break
             ended, _ = ray.wait(list(pending), num_returns=1, timeout=REFRESH_S)
             for ref in ended:
                 end(ray, schedule, pending.pop(ref), ref)
             console.show(schedule.running)
-    except BaseException:
+    except BaseException:  # Ctrl-C above all: no task outlives the run
         for ref in pending:
             ray.cancel(ref, force=True)
         raise
-    finally:
-        console.close()
-        ray.shutdown()
     schedule.check()
 
 
