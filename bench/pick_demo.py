@@ -38,7 +38,8 @@ def run(out: Path, arm: str, flags: list[str]) -> dict:
     subprocess.run(command, check=True)
     results = json.loads((out / "results.json").read_text())
     row = results["runs"][arm][0]
-    frontier = results["summary"]["frontier"]["arms"][arm]["ratio_one_off"]
+    summary = results["summary"]
+    frontier = summary["axes"][summary["target_axis"]]["frontier"]["arms"][arm]["ratio_one_off"]
     return {
         "flags": " ".join(flags),
         "validation": row["final"]["validation"][results["data"]["axes"][0]],

@@ -383,3 +383,64 @@ def assert_traceable(report: str, results: dict) -> None:
     values += [abs(v) for v in values if v < 0]  # "0.0001 below the target" prints −0.0001
     missing = [m.group() for m in NUMBER.finditer(report) if not recorded(m.group(), values)]
     assert not missing, f"numbers in report.md not in results.json: {missing[:20]}"
+
+
+# --- Hand-made experiment results --------------------------------------------------------------
+
+
+def hand_run(seed: int, losses: dict[str, float]):
+    """One seed of an arm as results.json holds it, with the given final losses (validation and
+    test alike) and a two-point validation curve from 6.0 down to them over 100 tokens (10
+    FLOPs and 0.01 s per token); the fields nothing here reads are placeholders."""
+    from rho.experiment.records import ArmRun
+
+    return ArmRun.model_validate({
+        "run": "run", "steps": 4, "warmup_steps": 1, "windows_read": 1, "windows_trained": 1,
+        "sample_windows": {}, "n_params": 1, "seed": seed,
+        "final": {"validation": dict(losses), "test": dict(losses)},
+        "curve": {"tokens": [0, 100], "flops": [0.0, 1000.0], "seconds": [0.0, 1.0],
+                  **{axis: [6.0, loss] for axis, loss in losses.items()}},
+        "train_tokens": 100, "flops_train": 1000.0, "seconds_train": 1.0,
+    })  # fmt: skip
+
+
+def hand_results(losses: dict[str, dict[str, list[float]]], **config):
+    """A whole Results (results.json's model) from final losses per arm, axis and seed (arm ->
+    axis -> one loss per seed, the i-th of every axis being seed i); its summary is computed
+    by rho.experiment.facts, the rest are placeholders. ``config``: ExperimentConfig fields
+    (eval_windows 0: the curves are the whole validation set's)."""
+    from rho.experiment.environment import environment
+    from rho.experiment.facts import summarise
+    from rho.experiment.records import BaseOverlap, DataSummary, Results
+    from rho.experiment.settings import ExperimentConfig
+
+    cfg = ExperimentConfig(**{"eval_windows": 0, **config})
+    axes = list(losses["clm"])
+    runs = {
+        arm: [
+            hand_run(seed, {axis: values[seed] for axis, values in per_axis.items()})
+            for seed in range(len(next(iter(per_axis.values()))))
+        ]
+        for arm, per_axis in losses.items()
+    }
+    overlap = BaseOverlap(documents=0, base_documents=0, corpus_documents=1,
+                          share_of_corpus_characters=0.0)  # fmt: skip
+    return Results(
+        config=cfg,
+        data=DataSummary(
+            axes=axes,
+            decontamination={},
+            tokens={"corpus": 1000, "curated": 100},
+            base_overlap=overlap,
+        ),  # fmt: skip
+        stages={"data": "k"},
+        runs=runs,
+        overhead={},
+        analyses=None,
+        seconds={},
+        references={},
+        draws={},
+        summary=summarise(runs, axes, {}, cfg, pretrained_base=False, references={}),
+        environment=environment(),
+        ladder={},
+    )

@@ -157,16 +157,16 @@ def test_config_keys_take_either_spelling(tmp_path):
 
 
 def test_demo_scale_and_setting_are_options_under_the_config(tmp_path):
-    demo, cfg, _ = parse("demo", ["--quick"])
+    demo, cfg, _, _ = parse("demo", ["--quick"])
     assert demo.quick and cfg.out == "rho-demo"
     quick_tokens = cfg.train_tokens
-    _, full, _ = parse("demo", [])
+    _, full, _, _ = parse("demo", [])
     assert full.train_tokens > quick_tokens  # quick.yaml over demo.yaml
     config = tmp_path / "c.yaml"
     config.write_text("quick: true\nseeds: [5]\n")
-    demo, cfg, _ = parse("demo", ["--config", config])
+    demo, cfg, _, _ = parse("demo", ["--config", config])
     assert demo.quick and cfg.train_tokens == quick_tokens and cfg.seeds == [5]
-    demo, cfg, _ = parse("demo", ["--setting", "scarce", "--seeds", "7"])
+    demo, cfg, _, _ = parse("demo", ["--setting", "scarce", "--seeds", "7"])
     assert demo.setting == "scarce" and cfg.curated_tokens == cfg.train_tokens // 20
     assert cfg.seeds == [7]
 

@@ -65,6 +65,11 @@ def test_quick_demo_end_to_end(tmp_path):
     assert list(results["runs"]) == arms
     assert [r["seed"] for r in results["runs"]["clm"]] == [0, 1, 2]
     assert [r["seed"] for r in results["runs"]["slm"]] == [0, 1, 2]
+    # CLM's budget ladder: whole runs at a quarter and half of the budget, every seed
+    ladder = [(r["budget"], r["seed"]) for r in results["ladder"]["clm"]]
+    assert ladder == [(b, s) for b in (0.25, 0.5) for s in (0, 1, 2)]
+    steps = results["runs"]["clm"][0]["steps"]
+    assert [r["steps"] for r in results["ladder"]["clm"]] == [steps // 4] * 3 + [steps // 2] * 3
     for arm, runs in results["runs"].items():
         for r in runs:
             assert all(np.isfinite(v) for v in r["final"]["test"].values()), arm
@@ -73,7 +78,8 @@ def test_quick_demo_end_to_end(tmp_path):
     report = (out / "report.md").read_text()
     assert_traceable(report, results)
     for text in ("rho demo --quick", "curves.png", "axes.png", "selected.html",
-                 "Decontamination", "Token-loss dynamics"):  # fmt: skip
+                 "Decontamination", "Token-loss dynamics", "## Annealed points",
+                 "## The frontier on every axis"):  # fmt: skip
         assert text in report, text
     image = matplotlib.image.imread(out / "axes.png")
     assert image.shape[0] > 100 and image.shape[1] > 100

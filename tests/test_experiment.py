@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -104,7 +105,8 @@ def test_every_arm_on_two_axes_from_a_config(tmp_path, data):
         assert (out / figure).stat().st_size > 1000, figure
     assert_traceable(report, results)
     assert "Each arm's scoring reference" in report and "paired t-test" in report
-    frontier = results["summary"]["frontier"]
+    frontier = results["summary"]["axes"]["target"]["frontier"]  # every axis has one
+    assert set(results["summary"]["axes"]) == {"target", "general"}
     assert frontier["best"] in results["runs"] and "## The compute frontier" in report
     # The console: compact lines, no raw Trainer dicts, no weight-loading bars.
     assert "{'loss'" not in run.stdout + run.stderr and "Loading weights" not in run.stderr
@@ -162,8 +164,9 @@ def test_killed_mid_arm_resumes_without_redoing_finished_stages(tmp_path, data):
 
 def test_config_and_flags(tmp_path, data):
     config = write_config(tmp_path / "c.yaml", data, tmp_path / "o", ratio=0.5)
-    cfg, _ = parse_options("experiment", ["--config", config, "--ratio", "0.7"])
+    cfg, _, _, compare = parse_options("experiment", ["--config", config, "--ratio", "0.7"])
     assert cfg.ratio == 0.7 and cfg.seeds == [0, 1] and cfg.base == "tiny"  # the flag wins
+    assert compare.compare is None  # a run, not a comparison
     assert cfg.heldout_sets() == {"target": [data["target"]], "general": [data["general"]]}
     (tmp_path / "bad.yaml").write_text("ratoi: 0.5\n")
     with pytest.raises(UserError, match="unknown option 'ratoi'"):
@@ -259,15 +262,25 @@ def test_the_traceability_check_can_fail():
 @pytest.mark.slow
 def test_rerun_with_other_seeds_trains_the_reference_it_reports(tmp_path, data):
     """--seeds 0 1, then --seeds 1 2 into the same directory: the reference of the second run
-    is trained with seed 1 (it was reused from seed 0 and reported as seed 1)."""
+    is trained with seed 1 (it was reused from seed 0 and reported as seed 1). The two real
+    runs are then compared (--compare), which trains nothing."""
     import torch
 
-    out, cache = tmp_path / "run", tmp_path / "cache"
+    out, cache, first = tmp_path / "run", tmp_path / "cache", tmp_path / "first.json"
     for seeds in ([0, 1], [1, 2]):
         config = write_config(tmp_path / "c.yaml", data, out, arms="clm,slm,reference",
                               seeds=seeds, analyze=False)  # fmt: skip
         run = rho("experiment", "--config", config, cache=cache)
         assert run.returncode == 0, run.stderr[-3000:]
+        if not first.exists():
+            first.write_bytes((out / "results.json").read_bytes())
+    stages = sorted((out / "stages").iterdir())
+    compared = rho("experiment", "--config", config, "--compare", first, cache=cache)
+    assert compared.returncode == 0, compared.stderr[-3000:]
+    assert sorted((out / "stages").iterdir()) == stages  # nothing trained
+    for arm in ("clm", "slm", "reference"):
+        assert re.search(rf"^{arm} +target +\d\.\d{{4}}", compared.stdout, re.M), arm
+    assert "settings that differ: seeds" in compared.stdout
     results = json.loads((out / "results.json").read_text())
     (reference,) = results["runs"]["reference"]
     args = torch.load(Path(reference["run"]) / "training_args.bin", weights_only=False)

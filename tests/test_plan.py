@@ -146,6 +146,10 @@ CHANGES = {
     "dynamics_checkpoints": (3, {"analyses"}),
     "analyze": (False, set()),
     "choices": ("picked by hand", set()),
+    # the ladder's runs are new stages (by default of clm only); nothing else changes
+    "budgets": ("0.5,1", {"clm-b0.5-seed0", "clm-b0.5-seed1"}),
+    "ladder_arms": ("clm,slm", set()),  # no budget below 1: no ladder
+    "target_axis": ("general", set()),  # the verdict's, not a stage's
 }
 
 

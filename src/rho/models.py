@@ -1,7 +1,7 @@
 """Models: tiny Llama-architecture presets built from configs (never downloaded), and loading.
 
 Presets take their vocabulary from the tokenizer; sizes below are for a 4k vocabulary with tied
-embeddings, except ``100m`` (32k vocabulary, for GPU measurements).
+embeddings, except ``100m`` and the GPU ladder's ``gpu-*`` (a 32k vocabulary: docs/ladder-gpu.yaml).
 """
 
 from __future__ import annotations
@@ -27,6 +27,16 @@ PRESETS: dict[str, dict] = {
     ),
     "100m": dict(
         hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=2048
+    ),
+    # the GPU ladder (docs/ladder-gpu.yaml): about 20M, 60M and 150M at a 32k vocabulary
+    "gpu-20m": dict(
+        hidden_size=384, num_hidden_layers=4, num_attention_heads=6, intermediate_size=1024
+    ),
+    "gpu-60m": dict(
+        hidden_size=640, num_hidden_layers=8, num_attention_heads=10, intermediate_size=1728
+    ),
+    "gpu-150m": dict(
+        hidden_size=896, num_hidden_layers=12, num_attention_heads=14, intermediate_size=2432
     ),
 }
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from rho.commands.parser import Command
 from rho.experiment.demo import SETTINGS, demo_defaults, run_demo
 from rho.experiment.engine import EngineOptions
+from rho.experiment.ladder import LadderOptions
 from rho.experiment.settings import ExperimentConfig
 from rho.training.options import option
 
@@ -20,7 +21,8 @@ class DemoOptions:
     quick: bool = option("smoke-test scale", False)
     setting: str = option(
         "paper: demo.yaml; scarce: the curated data 1/20 of each arm's budget, and a math-corpus "
-        "axis (scarce.yaml)",
+        "axis (scarce.yaml); ladder: the race at three model sizes, 300k, 1m and 5m (ladder.yaml; "
+        "--quick: tiny and 300k)",
         "paper",
         choices=SETTINGS,
     )
@@ -31,9 +33,13 @@ def defaults(given) -> dict:
     return demo_defaults(given.quick, given.setting) | {"out": "rho-demo"}
 
 
-def main(demo: DemoOptions, config: ExperimentConfig, engine: EngineOptions) -> int:
-    run_demo(config, quick=demo.quick, setting=demo.setting, engine=engine)
+def main(
+    demo: DemoOptions, config: ExperimentConfig, engine: EngineOptions, ladder: LadderOptions
+) -> int:
+    run_demo(config, quick=demo.quick, setting=demo.setting, engine=engine, ladder=ladder)
     return 0
 
 
-COMMAND = Command((DemoOptions, ExperimentConfig, EngineOptions), main, defaults=defaults)
+COMMAND = Command(
+    (DemoOptions, ExperimentConfig, EngineOptions, LadderOptions), main, defaults=defaults
+)

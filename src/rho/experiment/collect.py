@@ -1,6 +1,6 @@
-"""results.json from a finished plan: every arm seed's run, the references, the draws, the
-pretrained base and proxy, what each arm is charged before training, and the verdict
-(rho.experiment.facts), as one ``Results``."""
+"""results.json from a finished plan: every arm seed's run (and its runs on the budget
+ladder), the references, the draws, the pretrained base and proxy, what each arm is charged
+before training, and the verdict (rho.experiment.facts), as one ``Results``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 
 from rho.experiment.environment import environment
 from rho.experiment.facts import summarise
-from rho.experiment.plan import Kind, Stage
+from rho.experiment.plan import Kind, Stage, arm_stage
 from rho.experiment.records import (
     ArmRun,
     DataSummary,
@@ -23,6 +23,7 @@ from rho.experiment.records import (
     Trained,
 )
 from rho.experiment.settings import ExperimentConfig
+from rho.training.meter import forward_flops
 
 BASE_SEED = 0  # the base is one model, pretrained once
 WHAT = {
@@ -47,8 +48,17 @@ def collect(
     """Every stage's record (``results``, by plan name) and seconds, as results.json."""
     data = only(plan, results, Kind.DATA)
     runs = {
-        name: [arm_run(plan, results, f"{name}-seed{seed}", seed) for seed in cfg.seeds_of(name)]
+        name: [arm_run(plan, results, arm_stage(name, seed)) for seed in cfg.seeds_of(name)]
         for name in cfg.arm_list
+    }
+    ladder = {
+        name: [
+            arm_run(plan, results, arm_stage(name, seed, budget))
+            for budget in cfg.laddered(name)
+            for seed in cfg.seeds_of(name)
+        ]
+        for name in cfg.arm_list
+        if cfg.laddered(name)
     }
     overhead = overheads(plan, results, seconds, runs)
     of_kind = [(name, s) for name, s in plan.items() if s.kind in (Kind.REFERENCE, Kind.DRAW)]
@@ -64,6 +74,7 @@ def collect(
         ),
         stages={name: stage.key for name, stage in plan.items()},
         runs=runs,
+        ladder=ladder,
         overhead=overhead,
         analyses=only(plan, results, Kind.ANALYSES),
         seconds={k: round(v, 1) for k, v in seconds.items()},
@@ -73,21 +84,22 @@ def collect(
         proxy=pretrained(plan, results, "proxy"),
         environment=environment(),
         summary=summarise(
-            runs, data.axes, overhead, cfg, "base" in data.tokens, references=references
+            runs, data.axes, overhead, cfg, "base" in data.tokens, references, ladder
         ),
     )
 
 
-def arm_run(plan: dict[str, Stage], results: dict[str, Record], name: str, seed: int) -> ArmRun:
+def arm_run(plan: dict[str, Stage], results: dict[str, Record], name: str) -> ArmRun:
     """An arm seed's run, with the scoring reference it is charged for (its scores' model)."""
     stage = plan[name]
     scored_by = [key for key in stage.charges if plan[key].kind == Kind.REFERENCE]
     return ArmRun(
         **dict(results[stage.name]),
-        seed=seed,
+        seed=stage.seed,
         reference_seed=stage.reference_seed,
         reference=scored_by[0] if scored_by else None,
         windows=stage.windows,
+        budget=1.0 if stage.budget is None else stage.budget,
     )
 
 
@@ -133,7 +145,8 @@ def charge(result: Record, seconds: float) -> tuple[float, float, float]:
     if isinstance(result, Trained):
         return result.flops_train, 0.0, result.seconds_train
     if isinstance(result, Scores):
-        return 2.0 * result.n_params * result.scored_tokens, float(result.scored_tokens), seconds
+        flops = float(forward_flops(result.n_params, result.scored_tokens))
+        return flops, float(result.scored_tokens), seconds
     if isinstance(result, Embedded):
         return result.flops, 0.0, seconds
     return 0.0, 0.0, seconds
@@ -147,7 +160,7 @@ def overheads(
     by every arm and left out."""
     out = {}
     for name, seeds in runs.items():
-        charges = [plan[f"{name}-seed{run.seed}"].charges for run in seeds]
+        charges = [plan[arm_stage(name, run.seed)].charges for run in seeds]
         kinds = {plan[key].kind for keys in charges for key in keys}
         if not kinds:
             continue

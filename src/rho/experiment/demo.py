@@ -7,6 +7,9 @@
 - ``corpus``: the corpus without the held-out documents; ``curated`` and the math ``heldout``
   as shipped (``--quick``: a seeded fraction of every file).
 
+``--setting ladder`` (ladder.yaml; ladder-quick.yaml on top for ``--quick``): the race at
+several model sizes (rho.experiment.ladder), each size in its own run directory.
+
 ``--setting scarce`` (scarce.yaml): the curated data cut to 1/20 of each arm's budget, as in the
 paper (0.5B curated tokens for 15B trained), and a third axis, ``math-corpus``: a share of the
 corpus's own math documents (those without injected noise) held out, target-domain text that
@@ -24,17 +27,21 @@ from pydantic import BaseModel, ConfigDict
 from rho.corpora import demo_path
 from rho.errors import UserError
 from rho.experiment.engine import EngineOptions
+from rho.experiment.ladder import LADDER_KIND, LadderOptions, run_ladder
 from rho.experiment.prepare import in_validation
 from rho.experiment.records import Results
+from rho.experiment.records.ladder import LadderResults
 from rho.experiment.runner import EXPERIMENT_KIND, run_experiment
-from rho.experiment.settings import ExperimentConfig, load_yaml
+from rho.experiment.settings import ExperimentConfig
+from rho.io.config_file import read_config
 from rho.io.files import check_replaceable, mark_output, write_text_atomic
 
 HERE = Path(__file__).resolve().parent
 GENERAL_HELDOUT = 0.1  # share of the general-text documents held out
 MATH_HELDOUT = 0.1  # --setting scarce: share of the corpus's clean math documents held out
 QUICK_FRACTION = 0.1
-SETTINGS = ("paper", "scarce")  # paper: demo.yaml alone; else demo.yaml then SETTING.yaml
+# paper: demo.yaml alone; else demo.yaml then SETTING.yaml (and SETTING-quick.yaml if any)
+SETTINGS = ("paper", "scarce", "ladder")
 SCARCE = 20  # --setting scarce: the curated data is 1/SCARCE of each arm's budget
 
 
@@ -46,9 +53,16 @@ def demo_defaults(quick: bool, setting: str = "paper") -> dict:
         values.update(load_yaml(HERE / f"{setting}.yaml"))
     if quick:
         values.update(load_yaml(HERE / "quick.yaml"))
+        if (HERE / f"{setting}-quick.yaml").is_file():
+            values.update(load_yaml(HERE / f"{setting}-quick.yaml"))
     if setting == "scarce":  # at any scale
         values["curated_tokens"] = values["train_tokens"] // SCARCE
     return values
+
+
+def load_yaml(path: Path) -> dict:
+    """A shipped config's fields: `rho experiment`'s options and the ladder's."""
+    return read_config(path, (ExperimentConfig, LadderOptions))
 
 
 def demo_files(directory: Path, quick: bool, seed: int = 0, setting: str = "paper") -> dict:
@@ -117,16 +131,21 @@ def run_demo(
     quick: bool = False,
     setting: str = "paper",
     engine: EngineOptions | None = None,
-) -> Results:
-    """`rho experiment` on the demo's files, written into ``cfg.out``/demo-data first; ``cfg``
-    holds demo_defaults(quick, setting) under the user's config and flags."""
+    ladder: LadderOptions | None = None,
+) -> Results | LadderResults:
+    """`rho experiment` (or, with ``ladder.bases``, the ladder) on the demo's files, written
+    into ``cfg.out``/demo-data first; ``cfg`` holds demo_defaults(quick, setting) under the
+    user's config and flags."""
     out = Path(cfg.out)
-    check_replaceable(out, EXPERIMENT_KIND)  # before anything is written into it
+    kind = LADDER_KIND if ladder and ladder.bases else EXPERIMENT_KIND
+    check_replaceable(out, kind)  # before anything is written into it
     out.mkdir(parents=True, exist_ok=True)
-    mark_output(out, EXPERIMENT_KIND)
+    mark_output(out, kind)
     files = demo_files(out / "demo-data", quick, setting=setting)
     for key, value in files.items():
         setattr(cfg, key, value)
     title = "rho demo" + (f" --setting {setting}" if setting != "paper" else "")
     title += " --quick" if quick else ""
+    if kind == LADDER_KIND:
+        return run_ladder(cfg, ladder, title, engine)
     return run_experiment(cfg, title, engine)

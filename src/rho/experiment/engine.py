@@ -63,6 +63,12 @@ class EngineOptions:
         help="the Ray cluster to use (ray.init's address; default: a local Ray started for the "
         "run, with --workers x --stage_threads CPUs)",
     )
+    plan: bool = option(
+        default=False,
+        stages=(),
+        help="print the stages, their FLOPs and an estimated wall time (from a probe of a few "
+        "steps on this device), write OUT/plan.json, and train nothing",
+    )
 
     def worker_count(self) -> int:
         if self.workers < 0:

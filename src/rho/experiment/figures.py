@@ -116,12 +116,20 @@ def plot_curves(runs: dict, path: str | Path, axis: str = "target") -> None:
 
 @plain_text
 def plot_frontier(
-    runs: dict, overhead: dict, target: float, path: str | Path, axis: str = "target"
+    runs: dict,
+    overhead: dict,
+    target: float,
+    path: str | Path,
+    axis: str = "target",
+    points: dict | None = None,
 ) -> None:
     """The compute frontier: validation loss on ``axis`` against one-off total FLOPs (the arm's
     overhead, then its training), per arm the mean over seeds as a line and min–max as a band;
-    the target as a dashed line. clm and clm-mix are the lines to beat."""
+    the target as a dashed line. clm and clm-mix are the lines to beat. A laddered arm's
+    fully annealed runs (``points``: arm -> rho.experiment.records.LadderPoint by budget) are
+    squares joined by a line, ± one sample std of their final loss."""
     fig, ax = _figure(7.5, 4.8)
+    colours: dict[str, str] = {}
     for arm, seeds in runs.items():
         extra = overhead[arm].flops if arm in overhead else 0.0
         curves = [(x + extra, loss) for x, loss in _curves(seeds, axis, "flops")]
@@ -133,8 +141,21 @@ def plot_frontier(
         (line,) = ax.plot(
             flops, mean, style, lw=width, marker="o", ms=2.5, label=f"{arm} ({_seeds(len(curves))})"
         )
+        colours[arm] = line.get_color()
         if len(curves) > 1:
             ax.fill_between(flops, low, high, color=line.get_color(), alpha=0.15, lw=0)
+    for arm, ladder in (points or {}).items():
+        if len(ladder) > 1:
+            ax.errorbar(
+                [p.flops.mean for p in ladder],
+                [p.loss.mean for p in ladder],
+                yerr=[p.loss.std for p in ladder],
+                fmt="s-",
+                ms=5,
+                capsize=3,
+                color=colours.get(arm),
+                label=f"{arm} annealed at budgets {', '.join(f'{p.budget:g}' for p in ladder)}",
+            )
     ax.axhline(target, color="0.3", linestyle=":", lw=1, label=f"target {target:.4f}")
     ax.set_xlabel("one-off total FLOPs (overhead + training)")
     ax.set_ylabel(f"{axis} validation loss (nats/token)")

@@ -11,6 +11,8 @@ Each arm seed trains on windows drawn for it, and only those are scored or embed
 slm and slm-random of one seed share their windows and order), then, by arm, reference scores
 of the draw, pruning by them, or prototype pruning of its embeddings (then scores of what was
 kept). The stages an arm seed is charged for before training are listed in its ``charges``.
+A laddered arm (--budgets, --ladder_arms) has one more stage per seed and fraction below 1
+(``clm-b0.25-seed0``: the fraction is in its identity), on the same windows, scores and charges.
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ class Stage:
     windows: str | None = None  # the stage whose windows it reads (scores, prunes, trains on)
     scores: str | None = None  # the stage whose reference losses it reads
     charges: tuple[str, ...] = ()  # one-off stages charged to an arm seed
+    budget: float | None = None  # a ladder run's fraction of the arms' budget (None: all of it)
 
 
 def pretrains_base(cfg: ExperimentConfig) -> bool:
@@ -83,6 +86,11 @@ def reference_name(cfg: ExperimentConfig, source: str, seed: int) -> str:
     if source in ("proxy", "self"):
         return f"{source}-ref-seed{seed}"
     return f"reference-seed{seed}" if shares_reference_runs(cfg) else f"ref-seed{seed}"
+
+
+def arm_stage(arm: str, seed: int, budget: float = 1.0) -> str:
+    """An arm seed's training stage; below budget 1, its run on the ladder (--budgets)."""
+    return f"{arm}-seed{seed}" if budget == 1.0 else f"{arm}-b{budget!r}-seed{seed}"
 
 
 BASE = ("data", "base")  # what every stage that starts from the base reads
@@ -253,7 +261,7 @@ class Planner:
         if arm.data == "curated" and shares_reference_runs(cfg):
             return
         for seed in cfg.seeds_of(arm.name):
-            name = f"{arm.name}-seed{seed}"
+            name = arm_stage(arm.name, seed)
             if arm.data == "curated":
                 self.add(
                     name,
@@ -267,18 +275,22 @@ class Planner:
                 continue
             windows, scores, charges = self.pipeline(arm, seed)
             after = [*BASE, windows] + ([scores] if scores and scores != windows else [])
-            self.add(
-                name,
-                Kind.ARM,
-                "arms",
-                after=after,
-                extra_reads=arm.reads,
-                links={"windows": windows, "scores": scores, "charges": tuple(charges)},
-                arm=arm.name,
-                seed=seed,
-                reference_seed=cfg.reference_for(seed) if arm.uses_reference else None,
-                save=seed == first and arm.name in ("clm", "slm"),  # checkpoints: the analyses
-            )
+            # the ladder's runs train on the same windows and scores, for their share of steps
+            for budget in [1.0, *cfg.laddered(arm.name)]:
+                self.add(
+                    arm_stage(arm.name, seed, budget),
+                    Kind.ARM,
+                    "arms",
+                    after=after,
+                    extra_reads=arm.reads,
+                    links={"windows": windows, "scores": scores, "charges": tuple(charges)},
+                    arm=arm.name,
+                    seed=seed,
+                    reference_seed=cfg.reference_for(seed) if arm.uses_reference else None,
+                    # checkpoints: the analyses'
+                    save=seed == first and arm.name in ("clm", "slm") and budget == 1.0,
+                    **({} if budget == 1.0 else {"budget": budget}),
+                )
 
     def analyses(self) -> None:
         first = self.cfg.seeds[0]

@@ -20,8 +20,8 @@ from rho.data.tokenize import tokenize_corpus
 from rho.data.tokenizer_setup import load_tokenizer
 from rho.errors import UserError
 from rho.experiment.decontam import NgramIndex, decontaminate, read_texts
+from rho.experiment.inputs import heldout_sets
 from rho.experiment.records import BaseOverlap, Data, Decontamination, InputFiles, Mix, Windows
-from rho.experiment.settings import heldout_sets
 from rho.io.files import write_text_atomic
 from rho.io.reading import hash_dir, sha256_file
 from rho.io.store import TokenStore

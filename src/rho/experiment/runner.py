@@ -18,14 +18,16 @@ from pathlib import Path
 from tqdm.auto import tqdm
 from transformers.utils import logging as hf_logging
 
-from rho.errors import UserError
 from rho.experiment.analyses import analyse
 from rho.experiment.arms import ARMS
 from rho.experiment.collect import BASE_SEED, collect, only
+from rho.experiment.cost import sample_windows
 from rho.experiment.engine import EngineOptions, execute
 from rho.experiment.plan import Kind, Stage, plan
+from rho.experiment.plan_report import write_plan
 from rho.experiment.preflight import check_sizes
 from rho.experiment.prepare import build_mix, draw_windows, inputs_key, prepare
+from rho.experiment.pruning_stages import build_embed, build_proto, build_prune
 from rho.experiment.records import (
     Analyses,
     Data,
@@ -38,15 +40,13 @@ from rho.experiment.records import (
     Trained,
     Windows,
 )
+from rho.experiment.records.plan import PlanRecord
 from rho.experiment.report import write_report
 from rho.experiment.settings import ExperimentConfig
 from rho.experiment.stages import Stages
 from rho.experiment.training_run import train_run
 from rho.io.files import check_replaceable, mark_output, output_lock
 from rho.io.store import TokenStore
-from rho.models import PRESETS, count_parameters, load_model
-from rho.pruning.prune import prune_store
-from rho.scoring.embed import embed_units
 from rho.scoring.score import score_store
 from rho.training.options import SelectionArguments
 
@@ -67,9 +67,10 @@ def quiet_transformers() -> None:
 
 def run_experiment(
     cfg: ExperimentConfig, title: str = "rho experiment", engine: EngineOptions | None = None
-) -> Results:
+) -> Results | PlanRecord:
     """Run (or resume) every stage into ``cfg.out``, in this process or by ``engine``'s workers
-    or Ray tasks; returns the results (results.json)."""
+    or Ray tasks; returns the results (results.json), or with ``engine.plan`` only the plan
+    (plan.json)."""
     engine = engine or EngineOptions()
     cfg.check_inputs()
     out = Path(cfg.out)
@@ -79,6 +80,8 @@ def run_experiment(
     mark_output(out, EXPERIMENT_KIND)
     with output_lock(out):
         runner = Runner(cfg, out)
+        if engine.plan:  # the plan and its cost (plan.json): nothing runs
+            return write_plan(runner, title, engine)
         runner.announce(title)
         execute(runner, engine)
         return runner.finish(title)
@@ -211,7 +214,7 @@ class Runner:
         permutation than the arms' draws: its windows may be drawn by them too)."""
         v = self.cfg.view("sample")
         corpus = TokenStore(self.data.store("corpus"))
-        n = max(1, round(v.self_reference * (corpus.n_tokens // v.seq_len)))
+        n = sample_windows(v.self_reference, corpus.n_tokens, v.seq_len)
         return draw_windows(corpus, v.seq_len, n, SELF_SAMPLE + stage.seed, directory / "sample")
 
     def build_reference(self, stage: Stage, directory: Path) -> Trained:
@@ -270,84 +273,6 @@ class Runner:
             n_params=reference.n_params,
         )
 
-    def build_prune(self, stage: Stage, directory: Path) -> Windows:
-        v = self.cfg.view("prune")
-        scored = self.results[stage.windows]
-        report = prune_store(
-            scored.store,
-            scored.losses,
-            directory / "pruned",
-            keep=v.prune_keep,
-            unit="window",
-            by="reference",
-            progress=False,
-        )
-        return Windows(
-            tokens=str(directory / "pruned" / "tokens"),
-            losses=str(directory / "pruned" / "ref_losses"),
-            windows=report["units_kept"],
-        )
-
-    def build_embed(self, stage: Stage, directory: Path) -> Embedded:
-        """The drawn windows embedded by the base: the mean of a hidden state."""
-        v = self.cfg.view("embed")
-        model_dir = self.model("base")
-        if model_dir in PRESETS:
-            raise UserError(
-                "the prototype arms embed with a trained model: not with "
-                "--from_scratch (give a model --base)"
-            )
-        store = TokenStore(self.results[stage.windows].tokens)
-        model = load_model(model_dir)
-        embed_units(
-            model,
-            model_dir,
-            store,
-            "window",
-            v.seq_len,
-            directory / "embeddings",
-            layer=v.embed_layer,
-        )
-        # A forward pass costs 2·N per token; the input embeddings are a lookup.
-        flops = 0.0 if v.embed_layer == 0 else 2.0 * count_parameters(model) * store.n_tokens
-        return Embedded(
-            embeddings=str(directory / "embeddings"),
-            model=model_dir,
-            layer=v.embed_layer,
-            embedded_tokens=store.n_tokens,
-            flops=flops,
-        )
-
-    def build_proto(self, stage: Stage, directory: Path) -> Windows:
-        v = self.cfg.view("proto")
-        store = TokenStore(self.results[stage.windows].tokens)
-        embedded = self.results[stage.after[0]]
-        options = {
-            "embed_model": embedded.model,
-            "embeddings": embedded.embeddings,
-            "layer": embedded.layer,
-            "seq_len": v.seq_len,
-            "keep_from": v.proto_from,
-            "dedup": v.proto_dedup or None,
-            "seed": 0,
-        }
-        report = prune_store(
-            store,
-            None,
-            directory / "pruned",
-            keep=v.proto_keep,
-            unit="window",
-            by="prototype",
-            progress=False,
-            prototype=options,
-        )
-        return Windows(
-            tokens=str(directory / "pruned" / "tokens"),
-            windows=report["units_kept"],
-            dropped_by_dedup=report.get("dropped_by_dedup"),
-            clusters=report.get("clusters"),
-        )
-
     def build_arm(self, stage: Stage, directory: Path) -> Trained:
         arm = ARMS[stage.arm]
         v = self.cfg.view("arms", arm.reads)
@@ -364,12 +289,18 @@ class Runner:
             init=self.model("base"),
             tokens=tokens,
             selection=arm.selection_arguments(v),
-            steps=self.steps(self.corpus_tokens(v), v),
+            steps=self.arm_steps(stage, v),
             seed=stage.seed,
             lr=v.learning_rate,
             ref_losses=losses,
             save_checkpoints=stage.save,
         )
+
+    def arm_steps(self, stage: Stage, view) -> int:
+        """An arm's optimizer steps: the budget's, or a ladder run's share of them (its own
+        warm-up and cosine decay follow from its steps)."""
+        steps = self.steps(self.corpus_tokens(view), view)
+        return steps if stage.budget is None else max(1, round(stage.budget * steps))
 
     def build_analyses(self, stage: Stage, directory: Path) -> Analyses:
         first = self.cfg.seeds[0]
@@ -396,9 +327,9 @@ BUILDERS = {
     Kind.REFERENCE: (Runner.build_reference, Trained),
     Kind.DRAW: (Runner.build_draw, Windows),
     Kind.SCORE: (Runner.build_score, Scores),
-    Kind.PRUNE: (Runner.build_prune, Windows),
-    Kind.EMBED: (Runner.build_embed, Embedded),
-    Kind.PROTO: (Runner.build_proto, Windows),
+    Kind.PRUNE: (build_prune, Windows),
+    Kind.EMBED: (build_embed, Embedded),
+    Kind.PROTO: (build_proto, Windows),
     Kind.ARM: (Runner.build_arm, Trained),
     Kind.ANALYSES: (Runner.build_analyses, Analyses),
 }  # what builds each kind of stage, and the record it returns

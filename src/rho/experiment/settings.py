@@ -11,12 +11,12 @@ defaults; flags given on the command line win.
 
 from __future__ import annotations
 
-import glob
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from rho.errors import UserError
 from rho.experiment.arms import ARMS, CORE_ARMS, DEFAULTS, NAMES
+from rho.experiment.inputs import budget_list, expand, heldout_sets
 from rho.experiment.preflight import check_models
 from rho.experiment.schedule import training_options
 from rho.io.config_file import read_config
@@ -51,6 +51,12 @@ class ExperimentConfig:
         help="held-out sets as NAME=FILE[,FILE...]; the first is the "
         "target axis (e.g. target=math.jsonl general=web.jsonl); each is "
         "split into validation and test",
+    )
+    target_axis: str | None = option(
+        default=None,
+        stages=(),
+        help="the held-out axis whose clm loss is the target of the compute table and the "
+        "winners (default: the first); results.json has the frontier of every axis",
     )
     out: str = option(default="rho-experiment", stages=(), help="run directory")
     base: str = option(
@@ -108,6 +114,16 @@ class ExperimentConfig:
     )
     train_tokens: int = option(
         default=0, stages=("arms", "draw", "reference"), help="per-arm budget (0: one pass)"
+    )
+    # a ladder stage's budget is in its identity (rho.experiment.plan), not read from here
+    budgets: list[float] | str | None = option(
+        default=None,
+        stages=(),
+        help="the budget ladder: fractions of --train_tokens (e.g. 0.25,0.5,1), each a whole run "
+        "of the --ladder_arms with its own warm-up and cosine decay (1: the arms' own runs)",
+    )
+    ladder_arms: str = option(
+        default="clm", stages=(), help="arms run at every --budgets fraction (comma list, or all)"
     )
     ref_tokens: int = option(
         default=0,
@@ -206,6 +222,7 @@ class ExperimentConfig:
 
     def __post_init__(self):
         self.training = training_options(self.training)
+        self.budgets = budget_list(self.budgets)
         self.check()
 
     @property
@@ -226,6 +243,17 @@ class ExperimentConfig:
             return self.reference_seeds_used
         seeded = {a.strip() for a in self.seeded_arms.split(",")}
         return list(self.seeds) if arm in seeded or "all" in seeded else list(self.seeds[:1])
+
+    def laddered(self, arm: str) -> list[float]:
+        """The --budgets fractions below 1 an arm runs at (its own runs are fraction 1)."""
+        names = {a.strip() for a in self.ladder_arms.split(",")}
+        on = arm in names or ("all" in names and ARMS[arm].data != "curated")
+        return [b for b in self.budgets if b < 1.0] if on else []
+
+    @property
+    def target(self) -> str:
+        """The axis that sets the target: --target_axis, or the first held-out set."""
+        return self.target_axis or next(iter(self.heldout_sets()))
 
     @property
     def reference_seeds_used(self) -> list[int]:
@@ -279,9 +307,12 @@ class ExperimentConfig:
                 raise UserError(f"--{name} must be distinct integers")
         self.arm_list  # noqa: B018 (validates)
         self.heldout_sets()  # validates NAME=FILE[,FILE...]
-        unknown = {a.strip() for a in self.seeded_arms.split(",") if a.strip()} - {*ARMS, "all"}
-        if unknown:
-            raise UserError(f"--seeded_arms: unknown arm {sorted(unknown)[0]!r}")
+        for name in ("seeded_arms", "ladder_arms"):
+            given = {a.strip() for a in getattr(self, name).split(",") if a.strip()}
+            if given - {*ARMS, "all"}:
+                raise UserError(f"--{name}: unknown arm {sorted(given - {*ARMS, 'all'})[0]!r}")
+        if any(ARMS[a].data == "curated" and self.laddered(a) for a in ARMS):
+            raise UserError("--ladder_arms: the reference arm (curated data) has no ladder")
         for name in ("base", "reference_base"):
             value = getattr(self, name)
             if self.from_scratch and value is not None and value not in PRESETS:
@@ -292,6 +323,8 @@ class ExperimentConfig:
         globs in the file lists are expanded here, in sorted order."""
         if not self.corpus or not self.heldout:
             raise UserError("give --corpus and at least one --heldout NAME=FILE")
+        if self.target_axis is not None and self.target_axis not in self.heldout_sets():
+            raise UserError(f"--target_axis {self.target_axis!r} is not a --heldout set's name")
         curated = [a for a in self.arm_list if ARMS[a].needs_curated]
         if curated and not self.curated:
             raise UserError(f"--arms {curated[0]} needs --curated (the target's curated data); "
@@ -347,35 +380,6 @@ class ConfigView:
                 f"the {self._stage} stage does not declare --{name} (see ExperimentConfig's stages)"
             )
         return getattr(self._cfg, name)
-
-
-def heldout_sets(items: list[str]) -> dict[str, list[str]]:
-    """NAME -> files, in the order given (the first is the target axis)."""
-    sets: dict[str, list[str]] = {}
-    for item in items:
-        name, sep, files = item.partition("=")
-        if not sep or not name or not files:
-            raise UserError(f"--heldout {item!r}: write NAME=FILE[,FILE...]")
-        if name in sets:
-            raise UserError(f"--heldout {name!r} is given twice")
-        sets[name] = [f for f in files.split(",") if f]
-        if not sets[name]:
-            raise UserError(f"--heldout {item!r} names no file: write NAME=FILE[,FILE...]")
-    return sets
-
-
-def expand(patterns: list[str]) -> list[str]:
-    """Input files with globs expanded (sorted); every input must exist."""
-    out = []
-    for pattern in patterns:
-        matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
-        if not matches:
-            raise UserError(f"no input matches {pattern!r}")
-        for match in matches:
-            if not Path(match).exists():
-                raise UserError(f"input {match} does not exist")
-        out += matches
-    return out
 
 
 def load_yaml(path: str | Path) -> dict:

@@ -1,6 +1,7 @@
 """Markdown tables and sentences of `rho experiment`'s report, from results.json's ``summary``
-(rho.experiment.facts): test loss per axis (mean ± sample std over seeds), compute to a target,
-who wins, every arm against the baseline with its test, and the reference-seed pairs."""
+(rho.experiment.facts): test loss per axis (mean ± sample std over seeds), compute to a target
+(on how many seeds each arm reached it), who wins, every arm against clm and clm-mix with its
+test, the family those tests are adjusted in, and the reference-seed pairs."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from rho.experiment.records import (
     Decontamination,
     Difference,
     DynamicsTable,
+    Family,
     Frontier,
     Rank,
     Spread,
@@ -34,9 +36,10 @@ def _num(x: float | None, spec: str = ".4g") -> str:
 
 
 def pm(s: Spread | None, spec: str = ".4g", unit: str = "") -> str:
-    """Mean ± sample std of a spread (just the mean for one value; "not reached" for None)."""
+    """Mean ± sample std of a spread (just the mean for one value; "—" for None: a cost not
+    reached on every seed)."""
     if s is None:
-        return "not reached"
+        return "—"
     fmt = seconds if spec == "s" else (lambda x: format(x, spec))
     if s.n < 2:
         return f"{fmt(s.mean)}{unit}"
@@ -135,7 +138,7 @@ def compute_markdown(
     for arm, row in compute_table.items():
         cells = [
             arm,
-            f"{row.reached}/{row.seeds}",
+            f"{row.reached} of {_seeds(row.seeds)}",
             pm(row.tokens) + _ratio_text(row.ratio.tokens),
             f"{ARMS[arm].data} tokens" if arm in ARMS else "",
             pm(row.flops_train, ".3g") + _ratio_text(row.ratio.flops_train),
@@ -166,8 +169,10 @@ def _compute_notes(compute_table: dict[str, ComputeRow], read_per_trained: dict)
     ]
     lines = [
         "",
-        "Costs to reach are interpolated linearly between evaluations, per seed; an arm counts as "
-        'reaching only if every seed does (otherwise "not reached"). The one-off total adds the '
+        "Costs to reach are interpolated linearly between evaluations, per seed; an arm's costs "
+        'are given only where every one of its seeds reaches the target ("—" where "reached" '
+        "says fewer did: a mean over the seeds that got there would report the lucky ones). "
+        "The one-off total adds the "
         "arm's overhead before training (spent once, reusable by later runs); amortised over N "
         "runs it adds overhead/N. Break-even: the smallest N from which on the amortised total "
         "is below the baseline's (never: the arm's training alone costs at least as much). "
@@ -196,10 +201,13 @@ def _lead(rank: Rank, spec: str, unit: str = "") -> str:
     )
 
 
-def winners_markdown(winners: Winners, focus: str = "slm", left_out=()) -> str:
+def winners_markdown(
+    winners: Winners, focus: str = "slm", left_out=(), compute: dict | None = None
+) -> str:
     """The winners as plain sentences, one per axis, naming the winner whichever arm it is; when
     it is not ``focus`` (the method under test), where ``focus`` placed. Values are mean ±
-    sample std over seeds."""
+    sample std over seeds. ``compute``: the compute table, to say on how many seeds each arm
+    reached the target where none reached it on every seed."""
 
     def placed(rank: Rank) -> str:
         if rank.arm == focus or focus not in rank.ranking:
@@ -223,20 +231,54 @@ def winners_markdown(winners: Winners, focus: str = "slm", left_out=()) -> str:
     ):
         rank = getattr(winners, key)
         if rank is None:
-            lines.append(f"- {sentence.format(runs='N')}: no arm reached the target on every seed.")
+            lines.append(f"- {sentence.format(runs='N')}: {_none_reached(key, compute, left_out)}.")
             continue
         head = sentence.format(runs=rank.runs or "N")
         lines.append(f"- {head}: {rank.arm} {_lead(rank, spec)}." + placed(rank))
     return "\n".join(lines)
 
 
-def against_markdown(against: dict[str, dict[str, Difference]]) -> str:
-    """Each arm minus the baseline on every axis, with the test and its verdict."""
-    lines = ["| arm | axis | difference (nats/token) | verdict |", "|---|---|---|---|"]
-    for arm, per_axis in against.items():
-        for axis, d in per_axis.items():
-            lines.append(f"| {arm} | {axis} | {d.delta:+.4f} | {verdict(d)} |")
+def _none_reached(key: str, compute: dict | None, left_out) -> str:
+    """Why a compute rank is empty: no ranked arm reached the target on all its seeds, with
+    each one's count when the compute table is given."""
+    if not compute:
+        return "no arm reached the target on every seed"
+    ranked = [(a, r) for a, r in compute.items() if key != "tokens" or a not in left_out]
+    counts = ", ".join(f"{a} {r.reached} of {r.seeds}" for a, r in ranked)
+    return f"no arm reached the target on every seed (seeds that reached it: {counts})"
+
+
+def against_markdown(against: dict[str, dict[str, dict[str, Difference]]]) -> str:
+    """Each arm minus each baseline (clm, clm-mix) on every axis, with the test and its
+    verdict."""
+    lines = _head(["arm", "against", "axis", "difference (nats/token)", "verdict"])
+    for base, per_arm in against.items():
+        for arm, per_axis in per_arm.items():
+            for axis, d in per_axis.items():
+                lines.append(_row([arm, base, axis, f"{d.delta:+.4f}", verdict(d)]))
     return "\n".join(lines)
+
+
+def family_text(family: Family) -> str:
+    """Which tests are adjusted together, and what "supported" means."""
+    if family.size == 0:
+        return (
+            "No difference in this report could be tested (an arm with a single seed, or no "
+            "spread over seeds): none is called supported."
+        )
+    tests = "1 test" if family.size == 1 else f"{family.size} tests"
+    return (
+        f"Every claim of this report that a difference is supported rests on {family.method}-"
+        f"adjusted p over its family of {tests}: {family.what}. Supported: "
+        f"adjusted p < {family.alpha}. Each test's own p and its adjusted p are in "
+        "results.json (`summary`), and the family's tests are named in `summary.tests`."
+    )
+
+
+def reached_text(row: ComputeRow) -> str:
+    """How many of an arm's seeds reached the target, in words (never "every seed" unless
+    all did)."""
+    return f"reached on {row.reached} of {_seeds(row.seeds)}"
 
 
 def pairs_markdown(pairs: dict, axes: list[str]) -> str:
@@ -267,23 +309,24 @@ def pairs_markdown(pairs: dict, axes: list[str]) -> str:
     return "\n".join(lines)
 
 
-def frontier_lines(frontier: Frontier) -> list[str]:
-    """Whether each arm's one-off total beats clm's run and the curated mix's."""
+def frontier_lines(frontier: Frontier, compute: dict[str, ComputeRow]) -> list[str]:
+    """Whether each arm's one-off total beats clm's run and the curated mix's (``compute``:
+    on how many seeds an arm reached the target, where not on all)."""
     lines = [
         "## The compute frontier",
         "",
         "![validation loss against one-off total FLOPs](frontier.png)",
         "",
-        "| arm | one-off FLOPs to the target (× clm's run) | below clm's run on every seed | "
+        "| arm | one-off FLOPs to the target (× clm's run) | seeds below clm's run | "
         "against the curated mix |",
         "|---|---|---|---|",
     ]
     for arm, e in frontier.arms.items():
         ratio = e.ratio_one_off
         if ratio is None:
-            lines.append(f"| {arm} | not reached on every seed | n/a | n/a |")
+            lines.append(f"| {arm} | {reached_text(compute[arm])} | n/a | n/a |")
             continue
-        below = "yes" if e.below_clm else "no"
+        below = f"{e.seeds_below_clm} of {_seeds(ratio.n)}"
         mix = e.against_mix
         versus = "—" if mix is None else f"{mix.delta:+.3g} FLOPs: {verdict(mix)}"
         lines.append(f"| {arm} | {pm(ratio, '.3g', '×')} | {below} | {versus} |")

@@ -26,6 +26,8 @@ from rho.selection.output_layer import model_token_losses
 from rho.selection.select import top_windows, window_scores
 from rho.training.options import SelectionArguments
 
+LEARNER_SCORES = ("excess", "learner")  # scores that read the learner's loss of each candidate
+
 
 def forward_losses(
     model,
@@ -86,7 +88,7 @@ def choose_windows(
         scored[1] = n_tokens
     ref_loss = to_model(batch["ref_loss"], float("nan")) if "ref_loss" in batch else None
     learner_loss = None
-    if score in ("excess", "learner"):
+    if score in LEARNER_SCORES:
         learner_loss = forward_losses(learner, batch, targets, batch_size, autocast, loss_impl)
         scored[0] = n_tokens
     if score == "random":

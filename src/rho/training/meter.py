@@ -20,6 +20,16 @@ COUNTERS = (
 )
 
 
+def train_flops(n_params: int, tokens: int) -> int:
+    """A token trained costs 6·N FLOPs (forward and backward)."""
+    return 6 * n_params * tokens
+
+
+def forward_flops(n_params: int, tokens: int) -> int:
+    """A token forwarded without a gradient (scored, embedded, a candidate) costs 2·N FLOPs."""
+    return 2 * n_params * tokens
+
+
 class ComputeMeter(TrainerCallback):
     """FLOPs by the 6N (train) and 2N (forward only) rules: ``n_params`` is the learner's,
     ``n_ref_params`` the online reference's (0: none)."""
@@ -54,8 +64,8 @@ class ComputeMeter(TrainerCallback):
         return {
             "candidate_windows": c["candidate_windows"],
             "windows_trained": c["windows_trained"],
-            "flops_train": 6 * self.n_params * c["tokens_trained"],
-            "flops_candidates": 2 * self.n_params * c["candidate_tokens"],
-            "flops_ref_online": 2 * self.n_ref_params * c["ref_tokens"],
+            "flops_train": train_flops(self.n_params, c["tokens_trained"]),
+            "flops_candidates": forward_flops(self.n_params, c["candidate_tokens"]),
+            "flops_ref_online": forward_flops(self.n_ref_params, c["ref_tokens"]),
             "train_seconds": round(c["train_seconds"], 3),
         }

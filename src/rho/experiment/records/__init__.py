@@ -36,11 +36,14 @@ from rho.experiment.records.stage import (
 )
 from rho.experiment.records.verdict import (
     Amortised,
+    AxisVerdict,
     ComputeRow,
     CostRatios,
     Difference,
+    Family,
     Frontier,
     FrontierEntry,
+    LadderPoint,
     Overhead,
     Rank,
     ReferencePair,
@@ -58,6 +61,7 @@ __all__ = [
     "Amortised",
     "Analyses",
     "ArmRun",
+    "AxisVerdict",
     "BaseOverlap",
     "ComputeRow",
     "CostRatios",
@@ -71,10 +75,12 @@ __all__ = [
     "DynamicsTable",
     "Embedded",
     "Environment",
+    "Family",
     "Final",
     "Frontier",
     "FrontierEntry",
     "InputFiles",
+    "LadderPoint",
     "Mix",
     "Model",
     "Overhead",
@@ -84,6 +90,7 @@ __all__ = [
     "Reference",
     "ReferencePair",
     "Results",
+    "SCHEMA_VERSION",
     "Scores",
     "SelectionRates",
     "Spread",
@@ -95,8 +102,10 @@ __all__ = [
     "Winners",
 ]
 
-# 1: the untyped results.json (no schema_version field); 3: the scoring references' losses,
-# each arm seed's scoring reference, the environment
+# 1: the untyped results.json (no schema_version field); 2: the records, one axis's compute
+# table and frontier, tests unadjusted; 3: Holm-adjusted p, every arm against clm and clm-mix,
+# the scoring references' losses, each arm seed's scoring reference, the environment, every
+# axis's verdict and the budget ladder
 SCHEMA_VERSION = 3
 
 
@@ -165,6 +174,7 @@ class Results(Record):
     data: DataSummary
     stages: dict[str, str]  # stage -> key
     runs: dict[str, list[ArmRun]]
+    ladder: dict[str, list[ArmRun]]  # laddered arm -> its runs below budget 1 (--budgets)
     overhead: dict[str, Overhead]
     analyses: Analyses | None
     seconds: dict[str, float]

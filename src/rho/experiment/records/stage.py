@@ -148,12 +148,14 @@ class Trained(Model):
 
 
 class ArmRun(Trained):
-    """One seed of an arm in results.json: its run, its data seed and the reference it read."""
+    """One seed of an arm in results.json: its run, its data seed, the reference it read and
+    its budget."""
 
     seed: int
     reference_seed: int | None = None
     reference: str | None = None  # the stage of the reference whose scores it read
     windows: str | None = None  # the stage whose windows it trained on
+    budget: float = 1.0  # its fraction of the arms' budget (below 1: a run on the ladder)
 
 
 class DynamicsRow(Record):

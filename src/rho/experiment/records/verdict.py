@@ -1,5 +1,6 @@
 """The verdict's records (rho.experiment.stats, summary and facts): spreads over seeds, tests
-of a difference, the compute table, the winners, the frontier and the ``Summary``."""
+of a difference, the compute table, the winners, the frontier (with the budget ladder's
+points), each axis's and the ``Summary``."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ class Spread(Record):
 
 
 class Difference(Record):
-    """mean(a) − mean(b) and its t-test; se, p, supported None when it cannot be tested."""
+    """mean(a) − mean(b) and its t-test: ``p`` the test's own, ``p_adjusted`` Holm's over the
+    ``family`` of tests it was judged in (rho.experiment.family), ``supported`` p_adjusted
+    < alpha; se, p, supported None when it cannot be tested."""
 
     delta: float
     se: float | None = None
@@ -25,8 +28,21 @@ class Difference(Record):
     df: float | None = None
     critical: float | None = None
     p: float | None = None
+    p_adjusted: float | None = None
+    family: int | None = None
     supported: bool | None = None
     n: list[int]
+
+
+class Family(Record):
+    """The family of tests the report's claims come from, adjusted together (Holm–Bonferroni):
+    ``what`` it holds in words, ``tests`` one name per test, ``size`` how many."""
+
+    method: str
+    alpha: float
+    what: str
+    size: int
+    tests: list[str]
 
 
 class Overhead(Record):
@@ -120,30 +136,68 @@ class ReferencePair(Record):
 
 class FrontierEntry(Record):
     ratio_one_off: Spread | None
-    below_clm: bool | None
+    seeds_below_clm: int | None  # seeds whose one-off total is below clm's whole run
     against_mix: Difference | None
+
+
+class LadderPoint(Record):
+    """An arm's fully annealed point at one budget (1: its own runs; below: a ladder run), and
+    what clm spends to reach its loss: on clm's mean curve (mid-schedule, the paper's way) and
+    on clm's laddered runs (each annealed, interpolated in log-compute; None outside them)."""
+
+    budget: float
+    loss: Spread  # final validation loss on the axis, over the arm's seeds
+    flops: Spread  # one-off total FLOPs: overhead + the whole run
+    curve_loss: float  # its curves' mean last point (the sample clm's curve is measured on)
+    clm_on_curve: float | None  # clm's FLOPs to curve_loss on its mean curve (None: never)
+    clm_on_ladder: float | None  # clm's FLOPs to loss.mean on its ladder (None: outside it)
+    ratio_on_curve: float | None  # flops.mean ÷ clm_on_curve
+    ratio_on_ladder: float | None  # flops.mean ÷ clm_on_ladder
 
 
 class Frontier(Record):
     arms: dict[str, FrontierEntry]
     best: str | None
     best_ratio: float | None
+    points: dict[str, list[LadderPoint]]  # per arm, by budget
+    beats_mix: list[str]  # selection arms below clm-mix's one-off FLOPs to the target
+
+
+class AxisVerdict(Record):
+    """One held-out axis's target (clm's final loss there), compute table and frontier."""
+
+    target: Target
+    compute: dict[str, ComputeRow]
+    frontier: Frontier
 
 
 class Summary(Record):
-    """The verdict (rho.experiment.facts): the report only formats these numbers."""
+    """The verdict (rho.experiment.facts): the report only formats these numbers. ``target``,
+    ``compute`` and ``frontier`` are the target axis's (--target_axis)."""
 
     losses: dict[str, dict[str, Spread]]
-    target: Target
-    compute: dict[str, ComputeRow]
+    target_axis: str
+    axes: dict[str, AxisVerdict]
     winners: Winners
     tokens_left_out: list[str]
-    against_baseline: dict[str, dict[str, Difference]]
+    against: dict[str, dict[str, dict[str, Difference]]]  # baseline -> arm -> axis
+    tests: Family
     paired_arms: list[str]
     reference_pairs: dict[str, list[ReferencePair]]
     # source (base | proxy | self) -> axis -> its scoring references' test loss
     scoring_references: dict[str, dict[str, Spread]]
     uncovered_variance: list[str]
-    frontier: Frontier
     alpha: float
     read_per_trained: dict[str, float]
+
+    @property
+    def target(self) -> Target:
+        return self.axes[self.target_axis].target
+
+    @property
+    def compute(self) -> dict[str, ComputeRow]:
+        return self.axes[self.target_axis].compute
+
+    @property
+    def frontier(self) -> Frontier:
+        return self.axes[self.target_axis].frontier
