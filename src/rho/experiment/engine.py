@@ -1,17 +1,21 @@
 """How `rho experiment` runs its plan: in this process, one stage after another (one worker),
-or by a pool of worker processes that run every stage whose inputs are recorded, at once.
+by a pool of worker processes that run every stage whose inputs are recorded, at once, or as
+Ray tasks (rho.experiment.ray_executor).
 
 A worker (rho.experiment.worker) is a long-lived process, pinned to its devices
 (``CUDA_VISIBLE_DEVICES``) or given its share of the cores as threads; it is handed one stage at
 a time and writes the stage's log to ``OUT/logs/STAGE.log``; with ``--nproc_per_stage K`` it
 runs each training and scoring stage under torchrun, as K processes (DDP) on its own K GPUs. A
 stage's record is written last (rho.experiment.stages), so what a killed or failed worker leaves
-is redone by the next run, and a stage's outputs do not depend on which worker ran it.
+is redone by the next run, and a stage's outputs do not depend on which worker ran it. A failed
+stage stops the launches; the stages already running finish and keep their records. Ctrl-C
+stops every worker.
 """
 
 from __future__ import annotations
 
 import os
+import selectors
 import signal
 import subprocess
 import sys
@@ -29,6 +33,9 @@ from rho.training.options import option
 CONFIG_FILE = "experiment.json"  # the config the workers read
 LOGS = "logs"
 NPROC_ENV = "RHO_NPROC_PER_STAGE"  # a worker's processes per training and scoring stage
+CPU_WORKERS = 1  # --workers 0 on a machine without a GPU (the README's measurement decides it)
+REFRESH_S = 1.0  # how often the live lines re-read the stage logs
+EXECUTORS = ("local", "ray")
 
 
 @dataclass
@@ -38,13 +45,26 @@ class EngineOptions:
     workers: int = option(
         default=0,
         stages=(),
-        help="stages run at once, each in its own worker process (0: one per visible GPU; on "
-        "a CPU one)",
+        help=f"stages run at once, each in its own worker process (0: one per visible GPU; on "
+        f"a CPU {CPU_WORKERS})",
     )
     stage_threads: int = option(
         default=0,
         stages=(),
         help="CPU threads per stage (0: the cores shared among the workers)",
+    )
+    executor: str = option(
+        default="local",
+        stages=(),
+        choices=EXECUTORS,
+        help="local: this machine's worker processes; ray: Ray tasks on a cluster whose nodes "
+        "share the run directory (pip install 'rho[ray]')",
+    )
+    ray_address: str | None = option(
+        default=None,
+        stages=(),
+        help="the Ray cluster to use (ray.init's address; default: a local Ray started for the "
+        "run, with --workers x --stage_threads CPUs)",
     )
     plan: bool = option(
         default=False,
@@ -64,17 +84,26 @@ class EngineOptions:
             raise UserError(f"--workers must be at least 0, got {self.workers}")
         if self.nproc_per_stage < 1:
             raise UserError(f"--nproc_per_stage must be at least 1, got {self.nproc_per_stage}")
-        count = self.workers or max(1, len(visible_devices()) // self.nproc_per_stage)
-        check_devices(count, self.nproc_per_stage, len(visible_devices()))
+        gpus = len(visible_devices())
+        count = self.workers or (gpus // self.nproc_per_stage if gpus else CPU_WORKERS)
+        count = max(1, count)
+        check_devices(count, self.nproc_per_stage, gpus)
         return count
 
     def threads(self) -> int:
+        if self.stage_threads < 0:
+            raise UserError(f"--stage_threads must be at least 0, got {self.stage_threads}")
         return self.stage_threads or max(1, (os.cpu_count() or 1) // self.worker_count())
 
     @property
     def in_process(self) -> bool:
-        """One worker and nothing else asked for: run the stages here, as one process."""
-        return self.worker_count() == 1 and not self.stage_threads and self.nproc_per_stage == 1
+        """One local worker and nothing else asked for: run the stages here, as one process."""
+        return (
+            self.executor == "local"
+            and self.worker_count() == 1
+            and not self.stage_threads
+            and self.nproc_per_stage == 1
+        )
 
     def check_batch(self, cfg) -> None:
         """A step's ``--batch_size`` windows split evenly over the processes' micro-batches."""
@@ -107,8 +136,135 @@ def check_devices(workers: int, nproc: int, devices: int) -> None:
         )
 
 
+def execute(runner, engine: EngineOptions) -> None:
+    """Run every stage of ``runner``'s plan not yet recorded, as ``engine`` says."""
+    if engine.executor == "ray":
+        from rho.experiment.ray_executor import run_ray
+
+        run_ray(runner, engine)
+    elif engine.in_process:
+        runner.run_all()
+    else:
+        run_pool(runner, engine)
+
+
+def prepare(runner) -> Path:
+    """What every worker reads: the config file; and the logs' directory, and the stages
+    recorded so far. Returns the logs' directory."""
+    write_json_atomic(runner.out / CONFIG_FILE, runner.cfg.as_dict())
+    logs = runner.out / LOGS
+    logs.mkdir(exist_ok=True)
+    runner.load_recorded()
+    return logs
+
+
+def last_line(log: Path, tail: int = 4096) -> str:
+    """The last non-blank line of ``log`` (a progress bar's last refresh counts as a line)."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - tail))
+            text = f.read().decode("utf-8", "replace")
+    except FileNotFoundError:
+        return ""
+    lines = [line.strip() for line in text.replace("\r", "\n").split("\n")]
+    return next((line for line in reversed(lines) if line), "")
+
+
+class Console:
+    """On a terminal, one live line per running stage (its name, seconds and the last line of
+    its log), under the lines of stages that ended; elsewhere one plain line per start and
+    end."""
+
+    def __init__(self, logs: Path, file=None):
+        self.logs, self.file = logs, file or sys.stdout
+        self.live = self.file.isatty()
+        self.bars: list[tqdm] = []
+
+    def line(self, text: str) -> None:
+        tqdm.write(text, file=self.file)
+        self.file.flush()  # a pipe's reader (a log, a test) sees each line as it happens
+
+    def started(self, key: str, where: str) -> None:
+        if not self.live:
+            self.line(f"  {key} ... ({where})")
+
+    def show(self, running: dict[str, float]) -> None:
+        """Redraw the live lines: one per stage in ``running`` (its start time)."""
+        if not self.live:
+            return
+        while len(self.bars) < len(running):
+            self.bars.append(
+                tqdm(
+                    total=0,
+                    position=len(self.bars),
+                    leave=False,
+                    bar_format="{desc}",
+                    dynamic_ncols=True,
+                    file=self.file,
+                )  # fmt: skip
+            )
+        now = time.perf_counter()
+        texts = [
+            f"  {key} {now - started:5.0f} s | {last_line(self.logs / f'{key}.log')}"
+            for key, started in running.items()
+        ]
+        for i, bar in enumerate(self.bars):
+            bar.set_description_str(texts[i] if i < len(texts) else "", refresh=True)
+
+    def close(self) -> None:
+        for bar in self.bars:
+            bar.close()
+        self.bars = []
+
+
+class Schedule:
+    """Which stages are left, which run (since when) and which failed; the next ready stage in
+    the plan's order, none once one failed."""
+
+    def __init__(self, runner, console: Console):
+        self.runner, self.console = runner, console
+        self.todo = [key for key in runner.plan if key not in runner.results]
+        self.running: dict[str, float] = {}
+        self.failed: dict[str, str] = {}  # stage -> why
+
+    def next(self, where: str = "") -> str | None:
+        if self.failed:
+            return None
+        results = self.runner.results
+        for key in self.todo:
+            stage = self.runner.plan[key]
+            if key not in self.running and all(a in results for a in stage.after):
+                self.running[key] = time.perf_counter()
+                self.console.started(key, where)
+                return key
+        return None
+
+    def end(self, key: str, ok: bool, why: str = "failed") -> None:
+        """Take the stage's record if it ``ok``-ended with one; else it failed for ``why``."""
+        seconds = time.perf_counter() - self.running.pop(key)
+        found = self.runner.recorded(key) if ok else None
+        if found is None:
+            self.failed[key] = why
+            self.console.line(f"  {key}: {why} after {seconds:.0f} s")
+            return
+        self.runner.results[key] = found
+        self.todo.remove(key)
+        self.console.line(f"  {key}: done in {seconds:.0f} s")
+
+    def check(self) -> None:
+        """A one-line error for the first stage that failed, or for stages never run."""
+        logs = self.runner.out / LOGS
+        for key, why in self.failed.items():
+            raise UserError(f"stage {key} {why}: see its log, {logs / f'{key}.log'}")
+        if self.todo:
+            raise UserError(
+                f"every worker ended before stage {self.todo[0]} could run: see the workers' "
+                f"logs, {logs / 'worker-*.log'}"
+            )
+
+
 class Worker:
-    """One worker process and the stage it is running."""
+    """One worker process, the stage it is running, and its answers read so far."""
 
     def __init__(self, out: Path, slot: int, threads: int, devices: list[str], nproc: int = 1):
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
@@ -116,34 +272,47 @@ class Worker:
         env[NPROC_ENV] = str(nproc)
         if devices:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(devices)
-        self.slot, self.stage, self.started = slot, None, 0.0
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "rho.experiment.worker", str(out)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            env=env,
-            start_new_session=True,  # Ctrl-C reaches the pool, which stops its workers
-        )
+        self.slot, self.stage, self.alive, self.pending = slot, None, True, b""
+        with open(out / LOGS / f"worker-{slot}.log", "ab") as log:  # its own output, not a stage's
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "rho.experiment.worker", str(out)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                env=env,
+                start_new_session=True,  # Ctrl-C reaches the pool, which stops its workers
+            )
 
-    def start(self, name: str) -> None:
-        self.stage, self.started = name, time.perf_counter()
-        self.process.stdin.write(name + "\n")
-        self.process.stdin.flush()
+    def start(self, key: str) -> None:
+        self.stage = key
+        try:
+            self.process.stdin.write(key.encode() + b"\n")
+            self.process.stdin.flush()
+        except OSError:  # it has died: its stage fails when its pipe reads as closed
+            pass
 
-    def result(self) -> bool:
-        """Wait for the stage to end: True if it finished (its record written)."""
-        line = self.process.stdout.readline()
-        return line.strip() == f"ok {self.stage}"
+    def answers(self) -> list[str] | None:
+        """The complete lines it has written (read without blocking: its pipe is readable);
+        None once its pipe is closed: the process has ended."""
+        chunk = os.read(self.process.stdout.fileno(), 65536)
+        if not chunk:
+            self.alive = False
+            return None
+        *lines, self.pending = (self.pending + chunk).split(b"\n")
+        return [line.decode(errors="replace").strip() for line in lines]
 
-    def stop(self, sig: int = signal.SIGTERM) -> None:
+    def stop(self) -> None:
         if self.process.poll() is None:
-            os.killpg(self.process.pid, sig)
+            os.killpg(self.process.pid, signal.SIGTERM)
 
     def close(self) -> None:
-        if self.process.poll() is None:
+        """Wait for it to exit: idle, its stdin closed ends its loop; stopped, SIGTERM."""
+        try:
             self.process.stdin.close()
-            self.process.wait()
+        except OSError:  # it had died: nothing reads its stdin
+            pass
+        self.process.wait()
+        self.process.stdout.close()
 
 
 def devices_of(slot: int, nproc: int, visible: list[str]) -> list[str]:
@@ -155,78 +324,70 @@ def devices_of(slot: int, nproc: int, visible: list[str]) -> list[str]:
 def run_pool(runner, engine: EngineOptions) -> None:
     """Run ``runner``'s plan by a pool of workers: each stage once every stage it reads is
     recorded, in the plan's order among those ready."""
-    out = runner.out
-    write_json_atomic(out / CONFIG_FILE, runner.cfg.as_dict())
-    (out / LOGS).mkdir(exist_ok=True)
+    logs = prepare(runner)
     count, threads, nproc = engine.worker_count(), engine.threads(), engine.nproc_per_stage
     engine.check_batch(runner.cfg)
-    runner.load_recorded()
     visible = visible_devices()
-    workers = [
-        Worker(out, slot, threads, devices_of(slot, nproc, visible), nproc) for slot in range(count)
-    ]
+    console = Console(logs)
     each = f"{threads} threads" + (f", {nproc} processes per training stage" if nproc > 1 else "")
-    tqdm.write(f"  {count} workers, {each} each; logs in {out / LOGS}")
+    console.line(f"  {count} workers, {each} each; logs in {logs}")
+    workers: list[Worker] = []
     try:
-        Pool(runner, workers).run()
-    except BaseException:
+        workers += [
+            Worker(runner.out, slot, threads, devices_of(slot, nproc, visible), nproc)
+            for slot in range(count)
+        ]
+        Pool(Schedule(runner, console), workers).run()
+    except BaseException:  # Ctrl-C above all: no worker outlives the run
         for worker in workers:
             worker.stop()
         raise
     finally:
+        console.close()
         for worker in workers:
             worker.close()
 
 
 class Pool:
-    """Hands ready stages to idle workers until every stage is recorded or one fails."""
+    """Hands ready stages to idle live workers until every stage is recorded or one fails;
+    then waits for the stages still running."""
 
-    def __init__(self, runner, workers: list[Worker]):
-        self.runner, self.workers = runner, workers
-        self.todo = [key for key in runner.plan if key not in runner.results]
-        self.failed: list[str] = []
-
-    def ready(self) -> str | None:
-        running = {w.stage for w in self.workers if w.stage}
-        for key in self.todo:
-            stage = self.runner.plan[key]
-            if key not in running and all(a in self.runner.results for a in stage.after):
-                return key
-        return None
+    def __init__(self, schedule: Schedule, workers: list[Worker]):
+        self.schedule, self.workers = schedule, workers
 
     def run(self) -> None:
-        while self.todo:
-            idle = [w for w in self.workers if w.stage is None]
-            key = self.ready() if idle and not self.failed else None
-            if key is not None:
-                idle[0].start(key)
-                tqdm.write(f"  {key} ... (worker {idle[0].slot})")
-                continue
-            busy = [w for w in self.workers if w.stage is not None]
-            if not busy:
+        while True:
+            for worker in self.workers:
+                if worker.alive and worker.stage is None:
+                    key = self.schedule.next(f"worker {worker.slot}")
+                    if key is not None:
+                        worker.start(key)
+            if not any(w.stage for w in self.workers):
                 break
-            self.wait(busy)
-        if self.failed:
-            key = self.failed[0]
-            log = self.runner.out / LOGS / f"{key}.log"
-            raise UserError(f"stage {key} failed: see its log, {log}")
+            self.wait()
+        self.schedule.check()
 
-    def wait(self, busy: list[Worker]) -> None:
-        """Wait for one busy worker's stage to end and take its record."""
-        import selectors
-
+    def wait(self) -> None:
+        """Take what the workers answered within REFRESH_S (a closed pipe: a dead worker,
+        whose stage failed), then redraw the live lines."""
         with selectors.DefaultSelector() as sel:
-            for w in busy:
-                sel.register(w.process.stdout, selectors.EVENT_READ, w)
-            worker = sel.select()[0][0].data
-        key, ok = worker.stage, worker.result()
-        seconds = time.perf_counter() - worker.started
-        worker.stage = None
-        found = self.runner.recorded(key) if ok else None
-        if found is None:
-            self.failed.append(key)
-            tqdm.write(f"  {key}: failed after {seconds:.0f} s")
+            for w in self.workers:
+                if w.alive:
+                    sel.register(w.process.stdout, selectors.EVENT_READ, w)
+            ready = [key.data for key, _ in sel.select(REFRESH_S)]
+        for worker in ready:
+            self.take(worker)
+        self.schedule.console.show(self.schedule.running)
+
+    def take(self, worker: Worker) -> None:
+        lines = worker.answers()
+        if lines is None:
+            if worker.stage is not None:
+                key, worker.stage = worker.stage, None
+                self.schedule.end(key, False, "stopped: its worker died")
             return
-        self.runner.results[key] = found
-        self.todo.remove(key)
-        tqdm.write(f"  {key}: done in {seconds:.0f} s")
+        for line in lines:
+            if worker.stage is not None and line in (f"ok {worker.stage}",
+                                                     f"failed {worker.stage}"):  # fmt: skip
+                key, worker.stage = worker.stage, None
+                self.schedule.end(key, line.startswith("ok "))

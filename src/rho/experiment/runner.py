@@ -22,7 +22,7 @@ from rho.experiment.analyses import analyse
 from rho.experiment.arms import ARMS
 from rho.experiment.collect import BASE_SEED, collect, only
 from rho.experiment.cost import sample_windows
-from rho.experiment.engine import EngineOptions, run_pool
+from rho.experiment.engine import EngineOptions, execute
 from rho.experiment.plan import Kind, Stage, plan
 from rho.experiment.plan_report import write_plan
 from rho.experiment.preflight import check_sizes
@@ -68,8 +68,9 @@ def quiet_transformers() -> None:
 def run_experiment(
     cfg: ExperimentConfig, title: str = "rho experiment", engine: EngineOptions | None = None
 ) -> Results | PlanRecord:
-    """Run (or resume) every stage into ``cfg.out``, in this process or by ``engine``'s workers;
-    returns the results (results.json), or with ``engine.plan`` only the plan (plan.json)."""
+    """Run (or resume) every stage into ``cfg.out``, in this process or by ``engine``'s workers
+    or Ray tasks; returns the results (results.json), or with ``engine.plan`` only the plan
+    (plan.json)."""
     engine = engine or EngineOptions()
     cfg.check_inputs()
     out = Path(cfg.out)
@@ -82,10 +83,7 @@ def run_experiment(
         if engine.plan:  # the plan and its cost (plan.json): nothing runs
             return write_plan(runner, title, engine)
         runner.announce(title)
-        if engine.in_process:
-            runner.run_all()
-        else:
-            run_pool(runner, engine)
+        execute(runner, engine)
         return runner.finish(title)
 
 

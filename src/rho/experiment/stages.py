@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from rho import distributed as dist
 from rho.experiment.records import Record
 from rho.io.files import output_lock, read_json, remove_path, write_json_atomic
+from rho.testhook import hold
 
 RECORD = "stage.json"
 R = TypeVar("R", bound=Record)
@@ -90,6 +91,7 @@ class Stages:
         result = build(directory)
         seconds = time.perf_counter() - started
         self.seconds[name] = seconds
+        hold(f"stage.{name}.built")  # tests only: stopped with the stage built, unrecorded
         if dist.rank() == 0:
             record = StageRecord(key=key, seconds=round(seconds, 3), result=result.model_dump())
             write_json_atomic(directory / RECORD, record.model_dump(), sort_keys=False)
