@@ -1,24 +1,27 @@
 """Pick the demo's prototype and proxy settings on pick seeds and the pick share of validation.
 
-Runs `rho demo --pick true` once per candidate into one directory (so the base, the draws and
-clm are trained once and reused), on seeds 100 and 101, which the demo never reports, and on the
-pick share of the held-out validation documents (demo.yaml's pick_share), which the demo's
-curves and target never read; test sets are not read. Ranks the candidates of each group by the
-one-off FLOPs to reach clm's final loss on the target's pick share (the compute frontier, on the
-pick curves; a candidate reaching it on every pick seed first), then by the final loss there.
-Writes the table and the picks to docs/demo-choices.md; the picks are then written into
+Runs `rho demo --pick true` with clm alone into --out (the data, the base and clm, once), then
+each candidate beside clm in its own copy of that directory (OUT-ARM-N: a rerun resumes each
+candidate; --jobs runs several at once), on seeds 100 and 101, which the demo never reports, and
+on the pick share of the held-out validation documents (demo.yaml's pick_share), which the
+demo's curves and target never read; test sets are not read. Ranks the candidates of each group
+by the one-off FLOPs to reach clm's final loss on the target's pick share (the compute frontier,
+on the pick curves; a candidate reaching it on every pick seed first), then by the final loss
+there. Writes the table and the picks to docs/demo-choices.md; the picks are then written into
 src/rho/experiment/demo.yaml by hand.
 
-    OMP_NUM_THREADS=1 python bench/pick_demo.py --out /tmp/pick   # about 1.5 hours on 2 cores
+    OMP_NUM_THREADS=1 python bench/pick_demo.py --out /tmp/rho-pick --jobs 2
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 PICK_SEEDS = ["100", "101"]  # disjoint from every seed the demo reports
@@ -36,12 +39,21 @@ GROUPS = {
 }
 
 
-def run(out: Path, arm: str, flags: list[str]) -> dict:
-    command = [sys.executable, "-m", "rho", "demo", "--out", str(out), "--arms", f"clm,{arm}",
-               *COMMON, *flags]  # fmt: skip
-    start = time.perf_counter()
+def demo(out: Path, arms: str, flags: list[str]) -> dict:
+    """`rho demo --pick true` on the pick seeds into ``out``; its results.json."""
+    command = [sys.executable, "-m", "rho", "demo", "--out", str(out), "--arms", arms, *COMMON,
+               *flags]  # fmt: skip
     subprocess.run(command, check=True)
-    results = json.loads((out / "results.json").read_text())
+    return json.loads((out / "results.json").read_text())
+
+
+def run(out: Path, arm: str, flags: list[str], number: int) -> dict:
+    """One candidate beside clm, in a copy of ``out`` (where clm is trained already)."""
+    own = out.with_name(f"{out.name}-{arm}-{number}")
+    if not own.exists():
+        shutil.copytree(out, own, symlinks=True)
+    start = time.perf_counter()
+    results = demo(own, f"clm,{arm}", flags)
     target = results["data"]["axes"][0]
     frontier = results["summary"]["frontier"]["arms"][arm]["ratio_one_off"]
     return {
@@ -70,11 +82,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("/tmp/rho-pick"))
     parser.add_argument("--doc", type=Path, default=Path("docs/demo-choices.md"))
+    parser.add_argument("--jobs", type=int, default=1, help="candidates run at once")
     args = parser.parse_args()
+    demo(args.out, "clm", [])  # the data, the base and clm, which every candidate reuses
+    candidates = [(arm, flags, n) for arm, group in GROUPS.items() for n, flags in enumerate(group)]
+    with ThreadPoolExecutor(args.jobs) as pool:
+        rows = list(pool.map(lambda c: run(args.out, *c), candidates))
     lines = [
         "# How the demo's prototype and proxy settings were picked",
         "",
-        f"`OMP_NUM_THREADS=1 python bench/pick_demo.py`: `rho demo {' '.join(COMMON)}`, each "
+        f"`OMP_NUM_THREADS=1 python bench/pick_demo.py --jobs {args.jobs}`: "
+        f"`rho demo {' '.join(COMMON)}`, each "
         "candidate beside clm: pick seeds the demo never reports, and the pick share of the "
         "held-out validation documents (demo.yaml's `pick_share`), which the demo's curves and "
         "target never read. Ranked by the one-off FLOPs to reach clm's final loss on the "
@@ -83,16 +101,17 @@ def main() -> None:
         "Every other setting is demo.yaml's.",
         "",
     ]
-    for arm, candidates in GROUPS.items():
-        rows = rank([run(args.out, arm, flags) for flags in candidates])
+    for arm in GROUPS:
+        ranked = rank([row for row, c in zip(rows, candidates, strict=True) if c[0] == arm])
         lines += [f"## {arm}", "", "| flags | one-off FLOPs to the target (× clm) | loss on "
-                  "the pick share (target) | seconds |", "|---|---:|---:|---:|"]  # fmt: skip
-        for r in rows:
+                  f"the pick share (target) | seconds ({args.jobs} at once) |",
+                  "|---|---:|---:|---:|"]  # fmt: skip
+        for r in ranked:
             one_off = "-" if r["one_off"] is None else f"{r['one_off']:.3f}"
             lines.append(f"| `{r['flags']}` | {one_off} | {r['pick']:.4f} | {r['seconds']} |")
-        lines += ["", f"clm's loss on the pick share: {rows[0]['clm_pick']:.4f}. "
-                  f"Picked: `{rows[0]['flags']}`.", ""]  # fmt: skip
-        args.doc.write_text("\n".join(lines))
+        lines += ["", f"clm's loss on the pick share: {ranked[0]['clm_pick']:.4f}. "
+                  f"Picked: `{ranked[0]['flags']}`.", ""]  # fmt: skip
+    args.doc.write_text("\n".join(lines))
     print("\n".join(lines))
 
 
