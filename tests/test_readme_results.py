@@ -40,6 +40,8 @@ def test_the_documents_hold_exactly_what_their_results_file_writes():
     assert len(sources()) == 1  # both documents publish one run
     (source,) = sources()
     assert source.startswith("docs/results/") and (ROOT / source).stat().st_size < MAX_BYTES
+    committed = {f"docs/results/{p.name}" for p in (ROOT / "docs" / "results").iterdir()}
+    assert committed == {source}  # no results file left over that no block is written from
     assert stale(ROOT) == []
 
 
