@@ -124,12 +124,15 @@ def compute(results: Results, verbose: bool) -> list[str]:
 
 
 def winners(results: Results) -> str:
-    best = results.summary.winners.loss
-    return (
-        "Lowest test loss: "
-        + "; ".join(f"{axis}: {rank.arm}" for axis, rank in best.items() if rank is not None)
-        + "."
-    )
+    """The lowest test loss on each axis, and its difference to the runner-up."""
+    parts = []
+    for axis, rank in results.summary.winners.loss.items():
+        if rank is None:
+            continue
+        d = rank.difference
+        against = "" if d is None else f" ({d.delta:+.3f} vs {rank.runner_up}, {p_text(d)})"
+        parts.append(f"{axis}: {rank.arm}{against}")
+    return f"Lowest test loss: {'; '.join(parts)}."
 
 
 def selection(results: Results) -> list[str]:
