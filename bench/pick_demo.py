@@ -10,7 +10,7 @@ on the pick curves; a candidate reaching it on every pick seed first), then by t
 there. Writes the table and the picks to docs/demo-choices.md; the picks are then written into
 src/rho/experiment/demo.yaml by hand.
 
-    OMP_NUM_THREADS=1 python bench/pick_demo.py --out /tmp/rho-pick --jobs 3   # 46 min, 2 busy cores
+    OMP_NUM_THREADS=1 python bench/pick_demo.py --out /tmp/rho-pick --jobs 3  # 46 min, 2 busy cores
 """
 
 from __future__ import annotations
