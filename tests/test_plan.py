@@ -39,6 +39,7 @@ def base_config(files: dict) -> ExperimentConfig:
         seeds=[0, 1],
         seeded_arms="clm,slm",
         reference_seeds=[0, 1],
+        pick_share=0.3,  # so that --pick may be set alone
     )
 
 
@@ -142,6 +143,8 @@ CHANGES = {
     "evals": (4, AFTER_BASE),
     "eval_windows": (0, AFTER_BASE),
     "validation_fraction": (0.4, EVERY),
+    "pick_share": (0.5, EVERY),
+    "pick": (True, EVERY),
     "decontam_threshold": (0.1, EVERY),
     "dynamics_checkpoints": (3, {"analyses"}),
     "analyze": (False, set()),

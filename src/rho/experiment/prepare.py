@@ -64,6 +64,13 @@ def in_validation(text: str, fraction: float, salt: str = "validation") -> bool:
     return int.from_bytes(digest, "little") / 2**64 < fraction
 
 
+def in_pick_share(text: str, share: float) -> bool:
+    """A validation document set aside to pick settings on (an independent split of the
+    validation documents): a ``--pick`` run's curves and target read only these, any other
+    run's never do."""
+    return in_validation(text, share, salt="pick")
+
+
 def write_docs(path: Path, texts: list[str]) -> Path:
     return write_text_atomic(path, "".join(json.dumps({"text": t}) + "\n" for t in texts))
 
@@ -100,7 +107,8 @@ def prepare(cfg, directory: Path) -> Data:
 
 def split_heldout(cfg, index: NgramIndex, directory: Path):
     """Each held-out set decontaminated against ``index`` and split by document hash into
-    validation and test files; returns {name: {split: file}} and {name: its statistics}."""
+    validation (less the pick share, or only it under --pick) and test files; returns
+    {name: {split: file}} and {name: its statistics}."""
     split_files: dict[str, dict[str, str]] = {}
     decontam: dict[str, Decontamination] = {}
     for name, files in heldout_sets(cfg.heldout).items():
@@ -110,6 +118,7 @@ def split_heldout(cfg, index: NgramIndex, directory: Path):
         kept = [t for t, keep in zip(texts, result.keep, strict=True) if keep]
         validation = [t for t in kept if in_validation(t, cfg.validation_fraction)]
         test = [t for t in kept if not in_validation(t, cfg.validation_fraction)]
+        validation = [t for t in validation if in_pick_share(t, cfg.pick_share) == cfg.pick]
         if not validation or not test:
             raise_small(name, len(texts), len(kept))
         split_files[name] = {

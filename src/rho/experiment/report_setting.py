@@ -174,11 +174,18 @@ def splits_lines(results: Results) -> list[str]:
         else f"a fixed sample of {windows} windows spread evenly over the {target.axis} "
         "validation set (the same for every run)"
     )
+    pick = (
+        f" {cfg.pick_share:.0%} of the validation documents are a pick share, "
+        + ("which this picking run reads as its validation set." if cfg.pick else
+           "set aside to pick settings on: read by nothing here.")
+        if cfg.pick_share
+        else ""
+    )  # fmt: skip
     return [
         "## Splits: what was used for what",
         "",
         f"Each held-out set is split by a hash of each document into validation "
-        f"({cfg.validation_fraction:.0%}) and test. Validation: the curves ({sample}, at "
+        f"({cfg.validation_fraction:.0%}) and test.{pick} Validation: the curves ({sample}, at "
         f"every evaluation) and the target of the compute table, {target.what}. Test: the "
         "final losses below, computed once per run on the whole set. Nothing in this run chose "
         "a setting: they are the config's (results.json, `config`), "

@@ -204,6 +204,17 @@ class ExperimentConfig:
     validation_fraction: float = option(
         default=0.5, stages=("data",), help="share of each held-out set used for validation"
     )
+    pick_share: float = option(
+        default=0.0,
+        stages=("data",),
+        help="share of the validation documents set aside to pick settings on (--pick): the "
+        "curves and target of other runs never read them",
+    )
+    pick: bool = option(
+        default=False,
+        stages=("data",),
+        help="a picking run: the curves and the target read the pick share, not the validation",
+    )
     decontam_threshold: float = option(
         default=0.05,
         stages=("data",),
@@ -282,6 +293,8 @@ class ExperimentConfig:
         check_ratio(self.validation_fraction, "--validation_fraction")
         if self.validation_fraction >= 1.0:
             raise UserError("--validation_fraction must leave a test set (< 1)")
+        if not 0.0 <= self.pick_share < 1.0 or (self.pick and not self.pick_share):
+            raise UserError("--pick_share must be in [0, 1), and above 0 for --pick")
         if not 0.0 <= self.decontam_threshold <= 1.0:
             raise UserError("--decontam_threshold must be in [0, 1]")
         for name in ("seq_len", "batch_size", "evals", "candidate_factor"):
