@@ -50,10 +50,12 @@ def loss(s: Spread) -> str:
 
 
 def p_text(d: Difference) -> str:
-    """The test and its p, short; "untested" when a side has no spread."""
+    """The test and its Holm-adjusted p (results.json has the raw p too), short; "untested"
+    when a side has no spread."""
     if d.p is None:
         return "untested"
-    p = "p < 0.001" if d.p < 0.001 else f"p = {d.p:.3f}"
+    p = d.p if d.p_adjusted is None else d.p_adjusted
+    p = "adjusted p < 0.001" if p < 0.001 else f"adjusted p = {p:.3f}"
     return f"{d.test}, {p}" + ("" if d.supported else ", not supported")
 
 
@@ -73,21 +75,26 @@ def loss_table(results: Results, long: bool) -> list[str]:
     return lines
 
 
-def against_clm(results: Results, verbose: bool) -> list[str]:
-    """Every arm's test loss minus clm's on every axis, with its test: one line, or (verbose)
-    one line per arm."""
+def against(results: Results, baseline: str, verbose: bool) -> list[str]:
+    """Every arm's test loss minus ``baseline``'s on every axis, with its test: one line, or
+    (verbose) one line per arm."""
     rows = []
-    for arm, by_axis in results.summary.against_baseline.items():
+    for arm, by_axis in results.summary.against.get(baseline, {}).items():
         tests = [(a, d, p_text(d)) for a, d in by_axis.items()]
         cells = [
             f"{a} {d.delta:+.3f} ({t if verbose else t.split(', ', 1)[-1]})" for a, d, t in tests
         ]
         rows.append(f"{arm}: {', '.join(cells)}")
+    if not rows:
+        return []
     if verbose:
-        alpha = results.summary.alpha
-        lead = f"- Test loss minus clm's (a t-test each; supported: p < {alpha}):"
+        family = results.summary.tests
+        lead = (
+            f"- Test loss minus {baseline}'s (a t-test each, Holm-adjusted over the report's "
+            f"family of {family.size} tests; supported: adjusted p < {family.alpha}):"
+        )
         return [lead, *[f"  - {r}" for r in rows]]
-    return [f"- Test loss minus clm's: {'; '.join(rows)}."]
+    return [f"- Test loss minus {baseline}'s: {'; '.join(rows)}."]
 
 
 def compute(results: Results, verbose: bool) -> list[str]:
@@ -104,8 +111,8 @@ def compute(results: Results, verbose: bool) -> list[str]:
             missed.append(f"{arm}: reached on {row.reached} of {row.seeds} seeds")
             continue
         text = f"{arm}: {ratio.mean:.2f}" + (f" ± {ratio.std:.2f}" if verbose else "")
-        if verbose and entry.below_clm:
-            text += ", below clm's run on every seed"
+        if verbose and entry.seeds_below_clm is not None:
+            text += f", below clm's run on {entry.seeds_below_clm} of {row.seeds} seeds"
         mix = entry.against_mix
         if verbose and mix is not None:
             more = "more" if mix.delta > 0 else "less"
@@ -133,6 +140,18 @@ def winners(results: Results) -> str:
         against = "" if d is None else f" ({d.delta:+.3f} vs {rank.runner_up}, {p_text(d)})"
         parts.append(f"{axis}: {rank.arm}{against}")
     return f"Lowest test loss: {'; '.join(parts)}."
+
+
+def every_axis(results: Results) -> list[str]:
+    """Per axis, the arm with the least one-off FLOPs to clm's final loss there and the
+    selection arms that beat the curated mix there."""
+    parts = []
+    for axis, verdict in results.summary.axes.items():
+        f = verdict.frontier
+        best = f"{f.best} {f.best_ratio:.2f}×" if f.best else "no arm reaches it on every seed"
+        beats = ", ".join(f.beats_mix) or "none"
+        parts.append(f"{axis}: {best} (selection arms that beat clm-mix: {beats})")
+    return [f"- Least one-off FLOPs to clm's final loss, per axis: {'; '.join(parts)}."]
 
 
 def selection(results: Results) -> list[str]:
@@ -170,7 +189,8 @@ def readme_block(results: Results, source: str) -> str:
         f"in nats/token, mean ± sample std over {len(cfg.seeds)} seeds (`{demo_command(results)}`"
         f", [{source}]({source}); how it was made: [docs/RESULTS.md](docs/RESULTS.md)):"
     )
-    lines = [f"- {winners(results)}", *against_clm(results, False), *compute(results, False)]
+    lines = [f"- {winners(results)}", *against(results, "clm", False), *compute(results, False)]
+    lines += every_axis(results)
     return "\n".join([intro, "", *loss_table(results, False), "", *lines])
 
 
@@ -190,8 +210,8 @@ def results_block(results: Results, source: str) -> str:
     )
     return "\n".join([
         head, "", decontam, "", decontam_markdown(results.data.decontamination), "",
-        *loss_table(results, True), "", f"- {winners(results)}", *against_clm(results, True),
-        *compute(results, True),
+        *loss_table(results, True), "", f"- {winners(results)}", *against(results, "clm", True),
+        *against(results, "clm-mix", True), *compute(results, True), *every_axis(results),
         *selection(results), f"- How the settings were chosen: {cfg.choices or 'not recorded'}",
     ])  # fmt: skip
 

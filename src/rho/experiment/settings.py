@@ -343,11 +343,8 @@ class ExperimentConfig:
             raise UserError(f"--arms {curated[0]} needs --curated (the target's curated data); "
                             "without it, run clm, slm-random, proto-clm and the self-reference "
                             "arms (slm-self, slm-entropy)")  # fmt: skip
-        self.curated, self.corpus, self.base_data = (
-            expand(self.curated),
-            expand(self.corpus),
-            expand(self.base_data),
-        )
+        files = (self.curated, self.corpus, self.base_data)
+        self.curated, self.corpus, self.base_data = (expand(f) for f in files)
         self.heldout = [
             f"{name}={','.join(expand(files))}" for name, files in self.heldout_sets().items()
         ]
