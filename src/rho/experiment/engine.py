@@ -33,7 +33,7 @@ from rho.training.options import option
 CONFIG_FILE = "experiment.json"  # the config the workers read
 LOGS = "logs"
 NPROC_ENV = "RHO_NPROC_PER_STAGE"  # a worker's processes per training and scoring stage
-CPU_WORKERS = 1  # --workers 0 on a machine without a GPU (the README's measurement decides it)
+CPU_WORKERS = 1  # --workers 0 without a GPU (rho demo sets 2: its measurement, in the README)
 REFRESH_S = 1.0  # how often the live lines re-read the stage logs
 EXECUTORS = ("local", "ray")
 
@@ -155,6 +155,8 @@ def prepare(runner) -> Path:
     logs = runner.out / LOGS
     logs.mkdir(exist_ok=True)
     runner.load_recorded()
+    if runner.results:
+        tqdm.write(f"  {len(runner.results)} of {len(runner.plan)} stages done before (skipped)")
     return logs
 
 
