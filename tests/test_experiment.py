@@ -254,6 +254,10 @@ def test_the_traceability_check_can_fail():
         assert_traceable("loss 5.3648", results)
     with pytest.raises(AssertionError, match="23%"):
         assert_traceable("23% of it", results)
+    quoted = {"config": {"choices": "picked with arms of 100 steps"}, "a": 1.0}
+    assert_traceable("chosen before it: picked with arms of 100 steps", quoted)  # its own words
+    with pytest.raises(AssertionError, match="77"):
+        assert_traceable("picked with arms of 100 steps; 77 s", quoted)
 
 
 # ----------------------------------------------------------- stage keys that cannot go stale
