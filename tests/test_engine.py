@@ -22,6 +22,7 @@ from helpers import (
     run_rho,
     wait_until_held,
     write_config,
+    write_texts,
 )
 
 from rho.errors import UserError
@@ -144,8 +145,9 @@ def test_a_failing_stage_stops_the_launches_and_running_stages_keep_their_record
     assert proc.returncode == 2
     log = out / "logs" / "proxy-ref-seed0.log"
     line = error_line(stderr)
-    assert "stage proxy-ref-seed0 failed" in line and str(log) in line
-    assert "Traceback" in log.read_text()
+    # a model that cannot load is the user's to fix: its one line, naming the stage
+    assert "cannot load model" in line and "(stage proxy-ref-seed0)" in line
+    assert "cannot load model" in log.read_text()
     assert set(records(out)) == {"data", "draw-x1-seed0"}
     assert not (out / "stages" / "clm-seed0").exists() and not (out / "results.json").exists()
 
@@ -238,3 +240,16 @@ def test_elsewhere_one_plain_line_per_start_and_end(tmp_path):
         console.line("  clm-seed0: done in 3 s")
         console.close()
     assert file.read_text() == "  clm-seed0 ... (worker 1)\n  clm-seed0: done in 3 s\n"
+
+
+@pytest.mark.slow
+def test_a_stage_that_refuses_its_input_says_why_in_one_line(tmp_path, data):
+    """A UserError inside a worker's stage (a held-out set too small to split) reaches the
+    console as the one line it is in one process, naming the stage, not as a traceback."""
+    tiny = write_texts(tmp_path / "one.jsonl", ["a single held-out document."])
+    config_file, out = config(tmp_path, data, "small", heldout=[f"target={tiny}"])
+    run = run_rho("experiment", "--config", config_file, *POOL, env=cache_env(tmp_path))
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert "too small to split into validation and test" in run.stderr
+    assert "(stage data)" in run.stderr and "Traceback" not in run.stderr
+    assert not (out / "stages" / "data" / "stage.json").exists()

@@ -237,9 +237,13 @@ class Schedule:
             stage = self.runner.plan[key]
             if key not in self.running and all(a in results for a in stage.after):
                 self.running[key] = time.perf_counter()
+                self.clear_error(key)
                 self.console.started(key, where)
                 return key
         return None
+
+    def clear_error(self, key: str) -> None:
+        (self.runner.out / LOGS / f"{key}.error").unlink(missing_ok=True)  # a rerun's own
 
     def end(self, key: str, ok: bool, why: str = "failed") -> None:
         """Take the stage's record if it ``ok``-ended with one; else it failed for ``why``."""
@@ -257,6 +261,9 @@ class Schedule:
         """A one-line error for the first stage that failed, or for stages never run."""
         logs = self.runner.out / LOGS
         for key, why in self.failed.items():
+            said = logs / f"{key}.error"  # a UserError the stage raised: the user's to fix
+            if said.is_file():
+                raise UserError(f"{said.read_text(encoding='utf-8')} (stage {key})")
             raise UserError(f"stage {key} {why}: see its log, {logs / f'{key}.log'}")
         if self.todo:
             raise UserError(

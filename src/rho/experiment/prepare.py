@@ -216,5 +216,6 @@ def mix_repeats(share: float, corpus_tokens: int, curated_tokens: int) -> int:
 def raise_small(name: str, before: int, after: int) -> None:
     raise UserError(
         f"held-out set {name!r} is too small to split into validation and test ({before} "
-        f"documents, {after} after decontamination)"
+        f"documents, {after} after decontamination): give it more documents, or a smaller "
+        "--pick_share"
     )

@@ -22,11 +22,12 @@ from pathlib import Path
 import torch
 
 from rho import distributed as dist
+from rho.errors import UserError
 from rho.experiment.engine import CONFIG_FILE, LOGS, NPROC_ENV
 from rho.experiment.plan import Kind, Stage
 from rho.experiment.runner import Runner, quiet_transformers
 from rho.experiment.settings import ExperimentConfig
-from rho.io.files import read_json
+from rho.io.files import read_json, write_text_atomic
 from rho.scoring.windows import default_device
 
 THREADS_ENV = "RHO_STAGE_THREADS"
@@ -64,6 +65,10 @@ def run_one(runner: Runner, key: str, log: Path, nproc: int = 1) -> bool:
             runner.load_recorded()
             runner.results[key] = runner.run_stage(key, runner.plan[key])
             return True
+        except UserError as err:  # the user's to fix: the pool says it as a run in one process
+            print(f"rho: error: {err}")
+            write_text_atomic(log.with_suffix(".error"), str(err))
+            return False
         except Exception:  # the log keeps the traceback; the pool names the stage and its log
             traceback.print_exc()
             return False
