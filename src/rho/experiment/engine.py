@@ -237,13 +237,10 @@ class Schedule:
             stage = self.runner.plan[key]
             if key not in self.running and all(a in results for a in stage.after):
                 self.running[key] = time.perf_counter()
-                self.clear_error(key)
+                (self.runner.out / LOGS / f"{key}.error").unlink(missing_ok=True)  # a rerun's own
                 self.console.started(key, where)
                 return key
         return None
-
-    def clear_error(self, key: str) -> None:
-        (self.runner.out / LOGS / f"{key}.error").unlink(missing_ok=True)  # a rerun's own
 
     def end(self, key: str, ok: bool, why: str = "failed") -> None:
         """Take the stage's record if it ``ok``-ended with one; else it failed for ``why``."""
