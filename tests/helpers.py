@@ -138,6 +138,30 @@ def write_config(path: Path, data: dict, out: Path, **extra) -> Path:
 # --- Stores and checkpoints --------------------------------------------------------------------
 
 
+def one_line_files(root: Path, names=("curated", "corpus", "base", "target", "general")) -> dict:
+    """A one-document jsonl file per name: inputs a plan can hash (nothing reads them further)."""
+    out = {}
+    for name in names:
+        path = root / f"{name}.jsonl"
+        path.write_text(f'{{"text": "{name} text"}}\n')
+        out[name] = str(path)
+    return out
+
+
+def planned_config(files: dict, **kw):
+    """An ExperimentConfig over ``one_line_files``: a tiny base, seeds 0 and 1 for clm and slm
+    (``kw`` on top)."""
+    from rho.experiment.settings import ExperimentConfig
+
+    return ExperimentConfig(
+        curated=[files["curated"]],
+        corpus=[files["corpus"]],
+        base_data=[files["base"]],
+        heldout=[f"target={files['target']}", f"general={files['general']}"],
+        **{"base": "tiny", "seeds": [0, 1], "seeded_arms": "clm,slm", **kw},
+    )
+
+
 def tokenized(root: Path, records: list[dict], vocab: int | None = 300, **options) -> TokenStore:
     """``records`` written to root/corpus.jsonl and tokenized into root/tokens: with a trained
     tokenizer of ``vocab`` ids, or with ``tokenizer=DIR`` (vocab None)."""

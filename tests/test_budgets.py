@@ -13,7 +13,14 @@ import subprocess
 import sys
 
 import pytest
-from helpers import HANG_GUARD_S, SUBPROCESS_ENV, assert_traceable, write_texts
+from helpers import (
+    HANG_GUARD_S,
+    SUBPROCESS_ENV,
+    assert_traceable,
+    one_line_files,
+    planned_config,
+    write_texts,
+)
 
 from rho.errors import UserError
 from rho.experiment.budget_ladder import ladder_flops, points
@@ -29,26 +36,11 @@ FLOPS = [0.0, 100.0, 200.0, 300.0, 400.0]
 
 @pytest.fixture
 def files(tmp_path) -> dict:
-    out = {}
-    for name in ("curated", "corpus", "base", "target", "general"):
-        path = tmp_path / f"{name}.jsonl"
-        path.write_text(f'{{"text": "{name} text"}}\n')
-        out[name] = str(path)
-    return out
+    return one_line_files(tmp_path)
 
 
 def config(files: dict, **kw) -> ExperimentConfig:
-    return ExperimentConfig(
-        curated=[files["curated"]],
-        corpus=[files["corpus"]],
-        base_data=[files["base"]],
-        heldout=[f"target={files['target']}", f"general={files['general']}"],
-        base="tiny",
-        arms="clm,slm,clm-mix,reference",
-        seeds=[0, 1],
-        seeded_arms="clm,slm",
-        **kw,
-    )
+    return planned_config(files, arms="clm,slm,clm-mix,reference", **kw)
 
 
 def stages(cfg: ExperimentConfig) -> dict:

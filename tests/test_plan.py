@@ -8,6 +8,7 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+from helpers import one_line_files, planned_config
 
 from rho.experiment import arms as arms_module
 from rho.experiment.arms import ARMS, Arm
@@ -19,25 +20,13 @@ from rho.experiment.stats import difference
 
 @pytest.fixture
 def files(tmp_path) -> dict:
-    names = ("curated", "corpus", "base", "target", "general", "other")
-    out = {}
-    for name in names:
-        path = tmp_path / f"{name}.jsonl"
-        path.write_text(f'{{"text": "{name} text"}}\n')
-        out[name] = str(path)
-    return out
+    return one_line_files(tmp_path, ("curated", "corpus", "base", "target", "general", "other"))
 
 
 def base_config(files: dict) -> ExperimentConfig:
-    return ExperimentConfig(
-        curated=[files["curated"]],
-        corpus=[files["corpus"]],
-        base_data=[files["base"]],
-        heldout=[f"target={files['target']}", f"general={files['general']}"],
-        base="tiny",
+    return planned_config(
+        files,
         arms="all",
-        seeds=[0, 1],
-        seeded_arms="clm,slm",
         reference_seeds=[0, 1],
         pick_share=0.3,  # so that --pick may be set alone
     )
