@@ -1,9 +1,12 @@
-"""Publish one `rho demo` run: copy its results.json to docs/results/ (demo.json; the quick
-demo's to demo-quick.json) and write, from that copy, the README's "Results, in short" block
-and docs/RESULTS.md's demo block (rho.experiment.published). tests/test_readme_results.py checks
-that both blocks are exactly what the committed copy writes.
+"""Publish one `rho demo` run, or one `rho demo --setting ladder`: copy its results.json to
+docs/results/ (demo.json or ladder.json; a --quick run's to NAME-quick.json) and write, from
+that copy, its blocks in README.md and docs/RESULTS.md (rho.experiment.published; a ladder's
+figure to docs/ladder.png). tests/test_readme_results.py checks that every block is exactly
+what its committed copy writes.
 
     rho demo --out /tmp/demo && python bench/readme_results.py /tmp/demo/results.json
+    rho demo --setting ladder --out /tmp/ladder && python bench/readme_results.py \
+        /tmp/ladder/results.json
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("results", type=Path, help="a `rho demo` run's results.json")
+    parser.add_argument("results", type=Path, help="a `rho demo` (or ladder) run's results.json")
     args = parser.parse_args()
     copy = publish(args.results, ROOT)
     print(f"wrote {copy.relative_to(ROOT)} ({copy.stat().st_size:,} bytes), README.md and "

@@ -26,7 +26,7 @@ from helpers import (
 )
 
 from rho.errors import UserError
-from rho.experiment.engine import Console, last_line
+from rho.experiment.console import Console, last_line
 
 SMALL = {"arms": "clm,slm", "seeds": [0], "analyze": False}
 POOL = ("--workers", "2", "--stage_threads", "1")

@@ -103,10 +103,12 @@ def test_the_demo_ladder_settings():
     """`rho demo --setting ladder`: 300k, 1m, 5m at demo.yaml's scale; --quick: tiny, 300k."""
     _, cfg, _, ladder = parse_options("demo", ["--setting", "ladder"])
     assert (ladder.bases, cfg.vocab, cfg.seq_len) == (["300k", "1m", "5m"], 2048, 256)
-    steps = [r.train_tokens // 4096 for r, _ in plan_rungs(cfg, ladder)]
-    assert steps == [15, 42, 240]  # docs/RESULTS.md
+    assert (cfg.batch_size, cfg.seeds) == (8, [0, 1, 2])
+    steps = [(r.base_tokens // 2048, r.train_tokens // 2048) for r, _ in plan_rungs(cfg, ladder)]
+    assert steps == [(23, 9), (67, 27), (384, 154)]  # ladder.yaml's comment, docs/RESULTS.md
     _, cfg, _, ladder = parse_options("demo", ["--setting", "ladder", "--quick"])
     assert (ladder.bases, cfg.vocab, cfg.seq_len) == (["tiny", "300k"], 512, 128)
+    assert cfg.batch_size == 16
     _, _, _, ladder = parse_options("demo", [])
     assert ladder.bases == []  # the other settings run one size
 
@@ -188,7 +190,7 @@ def assert_hand_computed(raw: dict, sizes: list[str], arms: int) -> None:
 @pytest.mark.slow
 def test_quick_two_size_ladder_end_to_end(tmp_path):
     """`rho demo --setting ladder --quick` (fewer arms and seeds): two sizes, each an
-    ordinary run with its scaled budgets; the ranking, agreement and tau in results.json equal
+    ordinary run with its scaled budgets, side by side on the demo's two workers; the ranking, agreement and tau in results.json equal
     a hand computation on its per-size losses; the report and figure are written."""
     out = tmp_path / "ladder"
     env = {**os.environ, "RHO_CACHE": str(tmp_path / "cache")}
@@ -198,6 +200,9 @@ def test_quick_two_size_ladder_end_to_end(tmp_path):
     run = subprocess.run(command, capture_output=True, text=True, timeout=HANG_GUARD_S, env=env)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "ladder: do the smaller sizes' decisions hold" in run.stdout + run.stderr
+    started = [line.split(" ... ")[0].strip() for line in run.stdout.splitlines()
+               if " ... (worker " in line]  # fmt: skip
+    assert started[:2] == ["size-300k/data", "size-tiny/data"]  # side by side, largest first
     ladder = LadderResults.read(out / "results.json").ladder
     raw = json.loads((out / "results.json").read_text())["ladder"]
     assert [r.base for r in ladder.rungs] == ["tiny", "300k"]

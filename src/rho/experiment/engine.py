@@ -27,6 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rho.errors import UserError
+from rho.experiment.console import Console
 from rho.io.files import write_json_atomic
 from rho.training.options import option
 
@@ -136,152 +137,119 @@ def check_devices(workers: int, nproc: int, devices: int) -> None:
         )
 
 
-def execute(runner, engine: EngineOptions) -> None:
-    """Run every stage of ``runner``'s plan not yet recorded, as ``engine`` says."""
+def execute(runners: list, engine: EngineOptions) -> None:
+    """Run every stage of the ``runners``' plans (one run's, or a ladder's sizes') not yet
+    recorded, side by side, by the workers or Ray (the first run's ready stages first)."""
     if engine.executor == "ray":
         from rho.experiment.ray_executor import run_ray
 
-        run_ray(runner, engine)
-    elif engine.in_process:
-        runner.run_all()
+        run_ray(runners, engine)
     else:
-        run_pool(runner, engine)
+        run_pool(runners, engine)
 
 
-def prepare(runner) -> Path:
-    """What every worker reads: the config file; and the logs' directory, and the stages
-    recorded so far. Returns the logs' directory."""
-    write_json_atomic(runner.out / CONFIG_FILE, runner.cfg.as_dict())
-    logs = runner.out / LOGS
-    logs.mkdir(exist_ok=True)
-    runner.load_recorded()
-    if runner.results:
-        tqdm.write(f"  {len(runner.results)} of {len(runner.plan)} stages done before (skipped)")
-    return logs
+def prepare(runners: list) -> Path:
+    """What every worker reads: each run's config file; and its logs' directory, and the stages
+    recorded so far. Returns the first run's logs' directory (the workers' own logs)."""
+    for runner in runners:
+        write_json_atomic(runner.out / CONFIG_FILE, runner.cfg.as_dict())
+        (runner.out / LOGS).mkdir(exist_ok=True)
+        runner.load_recorded()
+        if runner.results:
+            tqdm.write(f"  {runner.out}: {len(runner.results)} of {len(runner.plan)} stages done "
+                       "before (skipped)")  # fmt: skip
+    return runners[0].out / LOGS
 
 
-def last_line(log: Path, tail: int = 4096) -> str:
-    """The last non-blank line of ``log`` (a progress bar's last refresh counts as a line)."""
-    try:
-        with open(log, "rb") as f:
-            f.seek(max(0, f.seek(0, os.SEEK_END) - tail))
-            text = f.read().decode("utf-8", "replace")
-    except FileNotFoundError:
-        return ""
-    lines = [line.strip() for line in text.replace("\r", "\n").split("\n")]
-    return next((line for line in reversed(lines) if line), "")
+@dataclass(frozen=True, eq=False)
+class Job:
+    """One stage of one run: its name on the console (RUN/STAGE when several runs share the
+    workers), its log, and the line a worker is handed (``OUT<tab>STAGE``)."""
 
+    runner: object
+    key: str
+    name: str
 
-class Console:
-    """On a terminal, one live line per running stage (its name, seconds and the last line of
-    its log), under the lines of stages that ended; elsewhere one plain line per start and
-    end."""
+    @property
+    def log(self) -> Path:
+        return self.runner.out / LOGS / f"{self.key}.log"
 
-    def __init__(self, logs: Path, file=None):
-        self.logs, self.file = logs, file or sys.stdout
-        self.live = self.file.isatty()
-        self.bars: list[tqdm] = []
-
-    def line(self, text: str) -> None:
-        tqdm.write(text, file=self.file)
-        self.file.flush()  # a pipe's reader (a log, a test) sees each line as it happens
-
-    def started(self, key: str, where: str) -> None:
-        if not self.live:
-            self.line(f"  {key} ... ({where})")
-
-    def show(self, running: dict[str, float]) -> None:
-        """Redraw the live lines: one per stage in ``running`` (its start time)."""
-        if not self.live:
-            return
-        while len(self.bars) < len(running):
-            self.bars.append(
-                tqdm(
-                    total=0,
-                    position=len(self.bars),
-                    leave=False,
-                    bar_format="{desc}",
-                    dynamic_ncols=True,
-                    file=self.file,
-                )  # fmt: skip
-            )
-        now = time.perf_counter()
-        texts = [
-            f"  {key} {now - started:5.0f} s | {last_line(self.logs / f'{key}.log')}"
-            for key, started in running.items()
-        ]
-        for i, bar in enumerate(self.bars):
-            bar.set_description_str(texts[i] if i < len(texts) else "", refresh=True)
-
-    def close(self) -> None:
-        for bar in self.bars:
-            bar.close()
-        self.bars = []
+    @property
+    def line(self) -> str:
+        return f"{self.runner.out}\t{self.key}"
 
 
 class Schedule:
     """Which stages are left, which run (since when) and which failed; the next ready stage in
-    the plan's order, none once one failed."""
+    the plans' order, none once one failed."""
 
-    def __init__(self, runner, console: Console):
-        self.runner, self.console = runner, console
-        self.todo = [key for key in runner.plan if key not in runner.results]
-        self.running: dict[str, float] = {}
-        self.failed: dict[str, str] = {}  # stage -> why
+    def __init__(self, runners: list, console: Console):
+        self.console, self.logs = console, runners[0].out / LOGS
+        named = len(runners) > 1
+        self.todo = [
+            Job(runner, key, f"{runner.out.name}/{key}" if named else key)
+            for runner in runners
+            for key in runner.plan
+            if key not in runner.results
+        ]
+        self.running: dict[Job, float] = {}
+        self.failed: dict[Job, str] = {}  # stage -> why
 
-    def next(self, where: str = "") -> str | None:
+    def next(self, where: str = "") -> Job | None:
         if self.failed:
             return None
-        results = self.runner.results
-        for key in self.todo:
-            stage = self.runner.plan[key]
-            if key not in self.running and all(a in results for a in stage.after):
-                self.running[key] = time.perf_counter()
-                (self.runner.out / LOGS / f"{key}.error").unlink(missing_ok=True)  # a rerun's own
-                self.console.started(key, where)
-                return key
+        for job in self.todo:
+            stage, results = job.runner.plan[job.key], job.runner.results
+            if job not in self.running and all(a in results for a in stage.after):
+                self.running[job] = time.perf_counter()
+                job.log.with_suffix(".error").unlink(missing_ok=True)  # a rerun's own
+                self.console.started(job.name, where, job.log)
+                return job
         return None
 
-    def end(self, key: str, ok: bool, why: str = "failed") -> None:
+    def end(self, job: Job, ok: bool, why: str = "failed") -> None:
         """Take the stage's record if it ``ok``-ended with one; else it failed for ``why``."""
-        seconds = time.perf_counter() - self.running.pop(key)
-        found = self.runner.recorded(key) if ok else None
+        seconds = time.perf_counter() - self.running.pop(job)
+        found = job.runner.recorded(job.key) if ok else None
         if found is None:
-            self.failed[key] = why
-            self.console.line(f"  {key}: {why} after {seconds:.0f} s")
+            self.failed[job] = why
+            self.console.line(f"  {job.name}: {why} after {seconds:.0f} s")
             return
-        self.runner.results[key] = found
-        self.todo.remove(key)
-        self.console.line(f"  {key}: done in {seconds:.0f} s")
+        job.runner.results[job.key] = found
+        self.todo.remove(job)
+        self.console.line(f"  {job.name}: done in {seconds:.0f} s")
+
+    def names(self) -> dict[str, float]:
+        """The running stages by their console names (for the live lines)."""
+        return {job.name: started for job, started in self.running.items()}
 
     def check(self) -> None:
         """A one-line error for the first stage that failed, or for stages never run."""
-        logs = self.runner.out / LOGS
-        for key, why in self.failed.items():
-            said = logs / f"{key}.error"  # a UserError the stage raised: the user's to fix
+        for job, why in self.failed.items():
+            said = job.log.with_suffix(".error")  # a UserError the stage raised: the user's to fix
             if said.is_file():
-                raise UserError(f"{said.read_text(encoding='utf-8')} (stage {key})")
-            raise UserError(f"stage {key} {why}: see its log, {logs / f'{key}.log'}")
+                raise UserError(f"{said.read_text(encoding='utf-8')} (stage {job.name})")
+            raise UserError(f"stage {job.name} {why}: see its log, {job.log}")
         if self.todo:
             raise UserError(
-                f"every worker ended before stage {self.todo[0]} could run: see the workers' "
-                f"logs, {logs / 'worker-*.log'}"
+                f"every worker ended before stage {self.todo[0].name} could run: see the "
+                f"workers' logs, {self.logs / 'worker-*.log'}"
             )
 
 
 class Worker:
     """One worker process, the stage it is running, and its answers read so far."""
 
-    def __init__(self, out: Path, slot: int, threads: int, devices: list[str], nproc: int = 1):
+    def __init__(self, logs: Path, slot: int, threads: int, devices: list[str], nproc: int = 1):
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
         env["RHO_STAGE_THREADS"] = str(threads)
         env[NPROC_ENV] = str(nproc)
         if devices:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(devices)
-        self.slot, self.stage, self.alive, self.pending = slot, None, True, b""
-        with open(out / LOGS / f"worker-{slot}.log", "ab") as log:  # its own output, not a stage's
+        self.slot, self.job, self.alive, self.pending = slot, None, True, b""
+        with open(logs / f"worker-{slot}.log", "ab") as log:  # its own output, not a stage's
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "rho.experiment.worker", str(out)],
+                [sys.executable, "-m", "rho.experiment.worker"],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=log,
@@ -289,10 +257,10 @@ class Worker:
                 start_new_session=True,  # Ctrl-C reaches the pool, which stops its workers
             )
 
-    def start(self, key: str) -> None:
-        self.stage = key
+    def start(self, job: Job) -> None:
+        self.job = job
         try:
-            self.process.stdin.write(key.encode() + b"\n")
+            self.process.stdin.write(job.line.encode() + b"\n")
             self.process.stdin.flush()
         except OSError:  # it has died: its stage fails when its pipe reads as closed
             pass
@@ -327,12 +295,13 @@ def devices_of(slot: int, nproc: int, visible: list[str]) -> list[str]:
     return visible[slot * nproc : (slot + 1) * nproc]
 
 
-def run_pool(runner, engine: EngineOptions) -> None:
-    """Run ``runner``'s plan by a pool of workers: each stage once every stage it reads is
-    recorded, in the plan's order among those ready."""
-    logs = prepare(runner)
+def run_pool(runners: list, engine: EngineOptions) -> None:
+    """Run the ``runners``' plans by a pool of workers: each stage once every stage it reads is
+    recorded, in the plans' order among those ready."""
+    logs = prepare(runners)
     count, threads, nproc = engine.worker_count(), engine.threads(), engine.nproc_per_stage
-    engine.check_batch(runner.cfg)
+    for runner in runners:
+        engine.check_batch(runner.cfg)
     visible = visible_devices()
     console = Console(logs)
     each = f"{threads} threads" + (f", {nproc} processes per training stage" if nproc > 1 else "")
@@ -340,10 +309,10 @@ def run_pool(runner, engine: EngineOptions) -> None:
     workers: list[Worker] = []
     try:
         workers += [
-            Worker(runner.out, slot, threads, devices_of(slot, nproc, visible), nproc)
+            Worker(logs, slot, threads, devices_of(slot, nproc, visible), nproc)
             for slot in range(count)
         ]
-        Pool(Schedule(runner, console), workers).run()
+        Pool(Schedule(runners, console), workers).run()
     except BaseException:  # Ctrl-C above all: no worker outlives the run
         for worker in workers:
             worker.stop()
@@ -364,11 +333,11 @@ class Pool:
     def run(self) -> None:
         while True:
             for worker in self.workers:
-                if worker.alive and worker.stage is None:
-                    key = self.schedule.next(f"worker {worker.slot}")
-                    if key is not None:
-                        worker.start(key)
-            if not any(w.stage for w in self.workers):
+                if worker.alive and worker.job is None:
+                    job = self.schedule.next(f"worker {worker.slot}")
+                    if job is not None:
+                        worker.start(job)
+            if not any(w.job for w in self.workers):
                 break
             self.wait()
         self.schedule.check()
@@ -383,17 +352,17 @@ class Pool:
             ready = [key.data for key, _ in sel.select(REFRESH_S)]
         for worker in ready:
             self.take(worker)
-        self.schedule.console.show(self.schedule.running)
+        self.schedule.console.show(self.schedule.names())
 
     def take(self, worker: Worker) -> None:
         lines = worker.answers()
         if lines is None:
-            if worker.stage is not None:
-                key, worker.stage = worker.stage, None
-                self.schedule.end(key, False, "stopped: its worker died")
+            if worker.job is not None:
+                job, worker.job = worker.job, None
+                self.schedule.end(job, False, "stopped: its worker died")
             return
         for line in lines:
-            if worker.stage is not None and line in (f"ok {worker.stage}",
-                                                     f"failed {worker.stage}"):  # fmt: skip
-                key, worker.stage = worker.stage, None
-                self.schedule.end(key, line.startswith("ok "))
+            job = worker.job
+            if job is not None and line in (f"ok {job.line}", f"failed {job.line}"):
+                worker.job = None
+                self.schedule.end(job, line.startswith("ok "))

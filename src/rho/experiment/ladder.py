@@ -1,7 +1,8 @@
 """`rho experiment --bases 300k,1m,5m`: the whole race once per model size, each size an
 ordinary `rho experiment` run in OUT/size-NAME/ (its own base, references and arms; cached and
-resumed like any run), then combined into OUT/results.json (``ladder``) and OUT/report.md: does
-the ranking of the arms at a small size hold at a larger one? (rho.experiment.ladder_verdict)
+resumed like any run; with the engine's workers or Ray the sizes run side by side), then
+combined into OUT/results.json (``ladder``) and OUT/report.md: does the ranking of the arms at
+a small size hold at a larger one? (rho.experiment.ladder_verdict)
 
 The budgets of a size follow from its parameter count N by one stated rule (``budgets``):
 
@@ -19,6 +20,7 @@ The budgets of a size follow from its parameter count N by one stated rule (``bu
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -29,7 +31,7 @@ from rho.experiment.ladder_report import write_ladder_report
 from rho.experiment.ladder_verdict import axis_ladder
 from rho.experiment.records import Results
 from rho.experiment.records.ladder import Ladder, LadderResults, Rule, Rung
-from rho.experiment.runner import run_experiment
+from rho.experiment.runner import run_experiments
 from rho.experiment.settings import ExperimentConfig
 from rho.io.files import check_replaceable, mark_output, output_lock
 from rho.models import PRESETS
@@ -142,10 +144,15 @@ def plan_rungs(cfg: ExperimentConfig, options: LadderOptions) -> list[tuple[Rung
     return rungs
 
 
-def run_rung(sized: ExperimentConfig, rung: Rung, title: str, engine=None) -> Results:
-    """One size's whole race: an ordinary run (each size is independent of the others)."""
-    title = f"{title}, size {rung.base} ({rung.n_params:,} parameters)"
-    return run_experiment(sized, title, engine)
+def run_rungs(rungs: list[tuple[Rung, Sized]], title: str, engine=None) -> dict[str, Results]:
+    """Every size's whole race, an ordinary run each (the sizes are independent): side by side
+    on the engine's workers, the largest size's ready stages first (its chain is the longest);
+    in one process (or for --plan) one size after another, smallest first."""
+    side_by_side = engine is not None and not engine.plan and not engine.in_process
+    order = rungs[::-1] if side_by_side else rungs
+    titles = [f"{title}, size {rung.base} ({rung.n_params:,} parameters)" for rung, _ in order]
+    found = run_experiments([sized for _, sized in order], titles, engine)
+    return {rung.name: results for (rung, _), results in zip(order, found, strict=True)}
 
 
 def run_ladder(
@@ -159,7 +166,7 @@ def run_ladder(
     out.mkdir(parents=True, exist_ok=True)
     mark_output(out, LADDER_KIND)
     with output_lock(out):
-        results = {rung.name: run_rung(sized, rung, title, engine) for rung, sized in rungs}
+        results = run_rungs(rungs, title, engine)
         if engine is not None and engine.plan:  # each size's plan.json: nothing was trained
             return None
         ladder = combine([rung for rung, _ in rungs], results, options.rule())
@@ -174,9 +181,11 @@ def combine(rungs: list[Rung], results: dict[str, Results], rule: Rule) -> Ladde
     axes: list[str] = []
     for rung in rungs:
         axes += [a for a in results[rung.name].data.axes if a not in axes]
+    # fsum: the same total whatever order the stages ended in (a rerun reads them in plan order)
+    seconds = {r.name: round(math.fsum(results[r.name].seconds.values()), 3) for r in rungs}
     return Ladder(
         rule=rule,
-        rungs=rungs,
+        rungs=[r.model_copy(update={"seconds": seconds[r.name]}) for r in rungs],
         target_axis=results[rungs[0].name].summary.target.axis,
         axes={axis: axis_ladder(axis, rungs, results) for axis in axes},
     )

@@ -42,7 +42,9 @@ DEFINITIONS = (
     "order, or a tie at both (a tie at one size only, or the opposite order, disagrees). "
     "Agreement is the share of the pairs of arms both sizes ran that agree. Kendall's tau is "
     "tau-b of the two sizes' mean losses (scipy.stats.kendalltau; 1: the same ranking, -1: "
-    "reversed), with its p-value (exact for small samples, no ties)."
+    "reversed), with its p-value (exact for small samples, no ties). A one-off FLOPs ratio "
+    "of 0.00× (an arm's charges aside) means the base itself, at the curves' first "
+    "evaluation, is already at or below CLM's final loss on that axis."
 )
 
 
@@ -63,13 +65,13 @@ def setting_lines(ladder: Ladder) -> list[str]:
     return [*lines, "", f"![each arm's test loss minus CLM's against model size]({FIGURE})", ""]
 
 
-def axis_lines(ladder: Ladder, axis: str, table: AxisLadder) -> list[str]:
-    """An axis's losses (and ratios), rankings and agreements."""
+def axis_lines(ladder: Ladder, axis: str, table: AxisLadder, heading: str = "##") -> list[str]:
+    """An axis's losses (and ratios), rankings and agreements, under a ``heading`` title."""
     sizes = list(table.losses)
     base_of = {r.name: r.base for r in ladder.rungs}
     target = " (in brackets: one-off FLOPs to reach CLM's loss here, ratio to CLM's run)" if any(
         table.ratios.values()) else ""  # fmt: skip
-    lines = [f"## {axis}{target}", "", "Test loss, mean ± sample std over seeds:", "",
+    lines = [f"{heading} {axis}{target}", "", "Test loss, mean ± sample std over seeds:", "",
              "| arm | " + " | ".join(base_of[s] for s in sizes) + " |",
              "|---|" + "---|" * len(sizes)]  # fmt: skip
     arms = list(dict.fromkeys(a for s in sizes for a in table.losses[s]))
@@ -78,7 +80,7 @@ def axis_lines(ladder: Ladder, axis: str, table: AxisLadder) -> list[str]:
         for size in sizes:
             loss = table.losses[size].get(arm)
             cell = pm(loss, ".4f") if loss else "—"
-            if arm in table.ratios.get(size, {}):
+            if arm in table.ratios.get(size, {}) and arm != BASELINE:  # CLM's own: 1 by definition
                 ratio = table.ratios[size][arm]
                 cell += f" ({ratio:.2f}×)" if ratio is not None else " (not reached)"
             cells.append(cell)

@@ -1,5 +1,6 @@
 """The demo's published figures: the blocks of README.md and docs/RESULTS.md written from one
-`rho demo` run's results.json, a copy of which is committed under docs/results/.
+`rho demo` run's results.json (and one `rho demo --setting ladder`'s: published_ladder), a copy
+of which is committed under docs/results/.
 
 A block lies between ``<!-- results:start NAME FILE -->`` and ``<!-- results:end -->``, FILE
 being the results it was written from (relative to the repository root). ``publish`` writes
@@ -16,15 +17,23 @@ from pathlib import Path
 from rho.errors import UserError
 from rho.experiment.arms import ARMS
 from rho.experiment.demo import demo_defaults
+from rho.experiment.ladder_report import FIGURE, plot_ladder
+from rho.experiment.published_ladder import ladder_blocks, ladder_command
 from rho.experiment.records import Difference, Results, Spread
+from rho.experiment.records.ladder import LadderResults
 from rho.experiment.tables import decontam_markdown
-from rho.io.files import write_text_atomic
+from rho.io.files import read_json, write_text_atomic
 
 BLOCK = re.compile(
     r"<!-- results:start (?P<name>[\w-]+) (?P<source>\S+) -->\n(?P<body>.*?)<!-- results:end -->",
     re.S,
 )
-DOCUMENTS = {"readme": "README.md", "demo": "docs/RESULTS.md"}  # block name -> its document
+DOCUMENTS = {  # block name -> its document
+    "readme": "README.md",
+    "demo": "docs/RESULTS.md",
+    "readme-ladder": "README.md",
+    "ladder": "docs/RESULTS.md",
+}
 COPIES = "docs/results"  # where the results a block is written from are committed
 
 
@@ -232,14 +241,28 @@ def fill(text: str, name: str, source: str, body: str) -> str:
     return text[:start] + block + text[end:]
 
 
+def blocks_from(path: Path, source: str) -> dict[str, str]:
+    """Block name -> its text, from the results file at ``path``: a ladder's (its blocks) or
+    a run's (the demo's blocks)."""
+    if "ladder" in read_json(path):
+        return ladder_blocks(LadderResults.read(path).ladder, source)
+    return blocks(Results.read(path), source)
+
+
 def publish(results_file: Path, root: Path) -> Path:
-    """Copy ``results_file`` under docs/results/ (demo.json, or demo-quick.json for the quick
-    demo) and write every document's block from it; returns the copy."""
-    results = Results.read(results_file)
-    name = "demo-quick.json" if demo_command(results).endswith("--quick") else "demo.json"
-    source = f"{COPIES}/{name}"
-    results.write(root / source)
-    for block, body in blocks(Results.read(root / source), source).items():
+    """Copy ``results_file`` under docs/results/ (demo.json or ladder.json; NAME-quick.json for
+    a --quick run) and write its documents' blocks from it (a ladder's figure too, as
+    docs/ladder.png); returns the copy."""
+    if "ladder" in read_json(results_file):
+        found = LadderResults.read(results_file)
+        name = "ladder" + ("-quick" if ladder_command(found.ladder).endswith("--quick") else "")
+        plot_ladder(found.ladder, root / "docs" / FIGURE)
+    else:
+        found = Results.read(results_file)
+        name = "demo" + ("-quick" if demo_command(found).endswith("--quick") else "")
+    source = f"{COPIES}/{name}.json"
+    found.write(root / source)
+    for block, body in blocks_from(root / source, source).items():
         path = root / DOCUMENTS[block]
         write_text_atomic(path, fill(path.read_text(encoding="utf-8"), block, source, body))
     return root / source
@@ -255,7 +278,9 @@ def stale(root: Path) -> list[str]:
             problems.append(f"{document}: {len(found)} blocks named {name}, expected 1")
             continue
         source = found[0]["source"]
-        expected = blocks(Results.read(root / source), source)[name]
-        if found[0]["body"] != expected + "\n":
+        expected = blocks_from(root / source, source).get(name)
+        if expected is None:
+            problems.append(f"{document}: block {name} names {source}, which does not write it")
+        elif found[0]["body"] != expected + "\n":
             problems.append(f"{document}: block {name} differs from what {source} writes")
     return problems

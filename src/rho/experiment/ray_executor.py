@@ -13,12 +13,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from rho.errors import UserError
+from rho.experiment.console import Console
 from rho.experiment.engine import (
     CONFIG_FILE,
     LOGS,
     REFRESH_S,
-    Console,
     EngineOptions,
+    Job,
     Schedule,
     prepare,
 )
@@ -73,43 +74,46 @@ def connect(ray, engine: EngineOptions) -> None:
         ray.init(num_cpus=cpus, include_dashboard=False, **options)
 
 
-def run_ray(runner, engine: EngineOptions) -> None:
-    """Run ``runner``'s plan as Ray tasks until every stage is recorded or one fails (the
+def run_ray(runners: list, engine: EngineOptions) -> None:
+    """Run the ``runners``' plans as Ray tasks until every stage is recorded or one fails (the
     tasks already running then finish); Ctrl-C cancels them."""
     ray = import_ray()
-    console = Console(prepare(runner))
+    console = Console(prepare(runners))
     connect(ray, engine)
     try:
-        hand_over(ray, runner, engine, console)
+        hand_over(ray, runners, engine, console)
     finally:
         console.close()
         ray.shutdown()
 
 
-def hand_over(ray, runner, engine: EngineOptions, console: Console) -> None:
+def hand_over(ray, runners: list, engine: EngineOptions, console: Console) -> None:
     """Each ready stage to Ray as a task; each ended task's record taken."""
     # a cluster's nodes are not this machine: its share of our cores means nothing there
     threads = (engine.stage_threads or 1) if engine.ray_address else engine.threads()
     cluster = ray.cluster_resources()
     nproc = engine.nproc_per_stage
-    engine.check_batch(runner.cfg)
+    for runner in runners:
+        engine.check_batch(runner.cfg)
     gpus = nproc if cluster.get("GPU", 0) else 0
     task = ray.remote(run_stage).options(num_cpus=threads, num_gpus=gpus, max_retries=0)
     console.line(
         f"  Ray: {cluster.get('CPU', 0):g} CPUs, {cluster.get('GPU', 0):g} GPUs; each stage "
         f"{threads} CPUs, {gpus} GPUs; logs in {console.logs}"
     )
-    schedule, pending, plan = Schedule(runner, console), {}, ray.put(runner.plan)
+    schedule, pending = Schedule(runners, console), {}
+    plans = {runner.out: ray.put(runner.plan) for runner in runners}
     try:
         while True:
-            while (key := schedule.next("ray")) is not None:
-                pending[task.remote(str(runner.out), key, threads, plan, nproc)] = key
+            while (job := schedule.next("ray")) is not None:
+                out = job.runner.out
+                pending[task.remote(str(out), job.key, threads, plans[out], nproc)] = job
             if not pending:
                 break
             ended, _ = ray.wait(list(pending), num_returns=1, timeout=REFRESH_S)
             for ref in ended:
                 end(ray, schedule, pending.pop(ref), ref)
-            console.show(schedule.running)
+            console.show(schedule.names())
     except BaseException:  # Ctrl-C above all: no task outlives the run
         for ref in pending:
             ray.cancel(ref, force=True)
@@ -117,10 +121,10 @@ def hand_over(ray, runner, engine: EngineOptions, console: Console) -> None:
     schedule.check()
 
 
-def end(ray, schedule: Schedule, key: str, ref) -> None:
+def end(ray, schedule: Schedule, job: Job, ref) -> None:
     try:
         ok = ray.get(ref)
     except ray.exceptions.RayError:  # its worker died (the log has what it wrote)
-        schedule.end(key, False, "stopped: its Ray worker died")
+        schedule.end(job, False, "stopped: its Ray worker died")
         return
-    schedule.end(key, ok)
+    schedule.end(job, ok)

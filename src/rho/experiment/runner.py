@@ -12,6 +12,7 @@ order per seed, schedule and budget -> analyses (CLM checkpoints' dynamics, SLM'
 from __future__ import annotations
 
 import os
+from contextlib import ExitStack
 from functools import partial
 from pathlib import Path
 
@@ -71,20 +72,38 @@ def run_experiment(
     """Run (or resume) every stage into ``cfg.out``, in this process or by ``engine``'s workers
     or Ray tasks; returns the results (results.json), or with ``engine.plan`` only the plan
     (plan.json)."""
+    return run_experiments([cfg], [title], engine)[0]
+
+
+def run_experiments(
+    cfgs: list[ExperimentConfig], titles: list[str], engine: EngineOptions | None = None
+) -> list[Results] | list[PlanRecord]:
+    """Several runs (a ladder's sizes), each into its ``cfg.out``: their stages side by side on
+    ``engine``'s workers or Ray tasks (the first run's ready stages first), or in this process
+    one run after another."""
     engine = engine or EngineOptions()
-    cfg.check_inputs()
-    out = Path(cfg.out)
-    check_replaceable(out, EXPERIMENT_KIND)  # a new directory, or an experiment's to resume
+    for cfg in cfgs:  # every run checked before anything is written
+        cfg.check_inputs()
+        check_replaceable(Path(cfg.out), EXPERIMENT_KIND)  # new, or an experiment's to resume
     quiet_transformers()
-    out.mkdir(parents=True, exist_ok=True)
-    mark_output(out, EXPERIMENT_KIND)
-    with output_lock(out):
-        runner = Runner(cfg, out)
-        if engine.plan:  # the plan and its cost (plan.json): nothing runs
-            return write_plan(runner, title, engine)
-        runner.announce(title)
-        execute(runner, engine)
-        return runner.finish(title)
+    with ExitStack() as locks:
+        runners = []
+        for cfg in cfgs:
+            out = Path(cfg.out)
+            out.mkdir(parents=True, exist_ok=True)
+            mark_output(out, EXPERIMENT_KIND)
+            locks.enter_context(output_lock(out))
+            runners.append(Runner(cfg, out))
+        pairs = list(zip(runners, titles, strict=True))
+        if engine.plan:  # the plans and their cost (plan.json): nothing runs
+            return [write_plan(runner, title, engine) for runner, title in pairs]
+        for runner, title in pairs:
+            runner.announce(title)
+            if engine.in_process:  # one stage at a time, one run after another
+                runner.run_all()
+        if not engine.in_process:
+            execute(runners, engine)
+        return [runner.finish(title) for runner, title in pairs]
 
 
 class Runner:

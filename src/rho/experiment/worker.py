@@ -1,7 +1,9 @@
 """A worker of `rho experiment`'s pool (rho.experiment.engine): ``python -m
-rho.experiment.worker OUT`` reads stage names from stdin, one a line, runs each with its output
-in ``OUT/logs/STAGE.log``, and answers ``ok STAGE`` or ``failed STAGE`` on stdout. It imports
-torch and transformers once for all its stages, and reads the config the pool wrote.
+rho.experiment.worker`` reads stages from stdin, one a line (``OUT<tab>STAGE``: the run
+directory and the stage), runs each with its output in ``OUT/logs/STAGE.log``, and answers
+``ok OUT<tab>STAGE`` or ``failed OUT<tab>STAGE`` on stdout. It imports torch and transformers
+once for all its stages, and reads each run's config the pool wrote (a ladder's sizes share
+the workers).
 
 With ``--nproc_per_stage K`` > 1 a training or scoring stage runs under torchrun instead: K
 processes of ``python -m rho.experiment.worker --stage OUT STAGE``, every rank's output in the
@@ -132,18 +134,20 @@ def run_rank(out: Path, key: str) -> int:
 
 
 def main(argv: list[str]) -> int:
-    if argv[0] == "--stage":
+    if argv and argv[0] == "--stage":
         return run_rank(Path(argv[1]), argv[2])
-    out = Path(argv[0])
     set_threads()
     quiet_transformers()
     nproc = int(os.environ.get(NPROC_ENV, "1"))
     answers = os.fdopen(os.dup(1), "w", buffering=1)  # stdout itself goes to the stage logs
-    runner = Runner(ExperimentConfig(**read_json(out / CONFIG_FILE)), out)
+    runners: dict[str, Runner] = {}  # one per run directory: a ladder's sizes share the workers
     for line in sys.stdin:
-        key = line.strip()
-        ok = run_one(runner, key, out / LOGS / f"{key}.log", nproc)
-        answers.write(f"{'ok' if ok else 'failed'} {key}\n")
+        job = line.rstrip("\n")
+        out, key = job.split("\t")
+        if out not in runners:
+            runners[out] = Runner(ExperimentConfig(**read_json(Path(out) / CONFIG_FILE)), Path(out))
+        ok = run_one(runners[out], key, Path(out) / LOGS / f"{key}.log", nproc)
+        answers.write(f"{'ok' if ok else 'failed'} {job}\n")
     return 0
 
 

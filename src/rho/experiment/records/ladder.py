@@ -35,6 +35,7 @@ class Rung(Record):
     ref_tokens: int
     curated_tokens: int
     run: str  # the size's run directory, relative to the ladder's
+    seconds: float | None = None  # the size's stages' seconds, summed (None: not run yet)
 
 
 class Agreement(Record):
