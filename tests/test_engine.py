@@ -27,6 +27,8 @@ from helpers import (
 
 from rho.errors import UserError
 from rho.experiment.console import Console, last_line
+from rho.experiment.engine import Schedule
+from rho.experiment.plan import Kind, Stage
 
 SMALL = {"arms": "clm,slm", "seeds": [0], "analyze": False}
 POOL = ("--workers", "2", "--stage_threads", "1")
@@ -253,3 +255,40 @@ def test_a_stage_that_refuses_its_input_says_why_in_one_line(tmp_path, data):
     assert "too small to split into validation and test" in run.stderr
     assert "(stage data)" in run.stderr and "Traceback" not in run.stderr
     assert not (out / "stages" / "data" / "stage.json").exists()
+
+
+class Run:
+    """A run as the schedule sees it: a directory, a plan, its records so far."""
+
+    def __init__(self, out: Path, after: dict[str, tuple[str, ...]]):
+        self.out, self.results = out, {}
+        self.plan = {key: Stage(key, Kind.ARM, key, after=needs) for key, needs in after.items()}
+
+    def recorded(self, key: str) -> str:
+        return f"record of {self.out.name}/{key}"
+
+
+def test_several_runs_share_one_schedule_the_first_runs_ready_stages_first(tmp_path):
+    """A ladder's sizes on one pool: a stage is named RUN/STAGE, handed out once its own run's
+    inputs are recorded, the first run's ready stages before the second's, and its record goes
+    to its own run."""
+    big = Run(tmp_path / "size-5m", {"data": (), "base": ("data",), "arm": ("base",)})
+    small = Run(tmp_path / "size-1m", {"data": (), "base": ("data",)})
+    for run in (big, small):
+        (run.out / "logs").mkdir(parents=True)
+    with open(tmp_path / "console.txt", "w", encoding="utf-8") as f:
+        schedule = Schedule([big, small], Console(tmp_path, file=f))
+        first, second = schedule.next("worker 0"), schedule.next("worker 1")
+        assert (first.name, second.name) == ("size-5m/data", "size-1m/data")
+        assert first.line == f"{big.out}\tdata" and first.log == big.out / "logs" / "data.log"
+        assert schedule.next("worker 2") is None  # every other stage waits on a data stage
+        schedule.end(second, ok=True)
+        assert small.results == {"data": "record of size-1m/data"} and big.results == {}
+        assert schedule.next("worker 1").name == "size-1m/base"  # the big run has none ready
+        schedule.end(first, ok=True)
+        assert schedule.next("worker 0").name == "size-5m/base"
+    assert (tmp_path / "console.txt").read_text().splitlines()[:3] == [
+        "  size-5m/data ... (worker 0)",
+        "  size-1m/data ... (worker 1)",
+        "  size-1m/data: done in 0 s",
+    ]

@@ -190,8 +190,9 @@ def assert_hand_computed(raw: dict, sizes: list[str], arms: int) -> None:
 @pytest.mark.slow
 def test_quick_two_size_ladder_end_to_end(tmp_path):
     """`rho demo --setting ladder --quick` (fewer arms and seeds): two sizes, each an
-    ordinary run with its scaled budgets, side by side on the demo's two workers; the ranking, agreement and tau in results.json equal
-    a hand computation on its per-size losses; the report and figure are written."""
+    ordinary run with its scaled budgets, side by side on the demo's two workers; the ranking,
+    agreement and tau in results.json equal a hand computation on its per-size losses; the
+    report and figure are written; a rerun redoes nothing and writes the same ladder."""
     out = tmp_path / "ladder"
     env = {**os.environ, "RHO_CACHE": str(tmp_path / "cache")}
     command = [sys.executable, "-m", "rho", "demo", "--setting", "ladder", "--quick",
