@@ -241,10 +241,16 @@ def fill(text: str, name: str, source: str, body: str) -> str:
     return text[:start] + block + text[end:]
 
 
+def is_ladder(path: Path) -> bool:
+    """A model-size ladder's results.json (a run's has a ``ladder`` too: clm's budget ladder,
+    by arm; a size ladder's has its ``rungs``)."""
+    return "rungs" in (read_json(path).get("ladder") or {})
+
+
 def blocks_from(path: Path, source: str) -> dict[str, str]:
     """Block name -> its text, from the results file at ``path``: a ladder's (its blocks) or
     a run's (the demo's blocks)."""
-    if "ladder" in read_json(path):
+    if is_ladder(path):
         return ladder_blocks(LadderResults.read(path).ladder, source)
     return blocks(Results.read(path), source)
 
@@ -253,7 +259,7 @@ def publish(results_file: Path, root: Path) -> Path:
     """Copy ``results_file`` under docs/results/ (demo.json or ladder.json; NAME-quick.json for
     a --quick run) and write its documents' blocks from it (a ladder's figure too, as
     docs/ladder.png); returns the copy."""
-    if "ladder" in read_json(results_file):
+    if is_ladder(results_file):
         found = LadderResults.read(results_file)
         name = "ladder" + ("-quick" if ladder_command(found.ladder).endswith("--quick") else "")
         plot_ladder(found.ladder, root / "docs" / FIGURE)
