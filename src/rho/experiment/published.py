@@ -276,15 +276,18 @@ def publish(results_file: Path, root: Path) -> Path:
 
 def stale(root: Path) -> list[str]:
     """Every block that is missing, or differs from what its results file writes."""
-    problems = []
+    problems, texts, written = [], {}, {}  # each document and each source read once
     for name, document in DOCUMENTS.items():
-        text = (root / document).read_text(encoding="utf-8")
-        found = [m for m in BLOCK.finditer(text) if m["name"] == name]
+        if document not in texts:
+            texts[document] = (root / document).read_text(encoding="utf-8")
+        found = [m for m in BLOCK.finditer(texts[document]) if m["name"] == name]
         if len(found) != 1:
             problems.append(f"{document}: {len(found)} blocks named {name}, expected 1")
             continue
         source = found[0]["source"]
-        expected = blocks_from(root / source, source).get(name)
+        if source not in written:
+            written[source] = blocks_from(root / source, source)
+        expected = written[source].get(name)
         if expected is None:
             problems.append(f"{document}: block {name} names {source}, which does not write it")
         elif found[0]["body"] != expected + "\n":
